@@ -1,0 +1,80 @@
+"""The FastAPI application: its Kafka producer and Redis client live in the lifespan and reach
+routes through ``app.state``."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from schemas.codec import AvroCodec
+
+from .errors import install_error_handlers
+from .limits import BodySizeLimit
+from .producer import RequestProducer
+from .results import ResultStore
+from .routes import router
+from .service import InferenceService
+
+logger = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+class AuthNotConfigured(RuntimeError):
+    pass
+
+
+def create_app(settings: Any) -> FastAPI:
+    """``settings``: the shell's Settings (duck-typed: the gateway does not import the shell)."""
+    if settings.auth is None:
+        raise AuthNotConfigured(
+            "refusing to start without authentication: set STREAMINFER_AUTH to jwt, apikey or "
+            "jwt,apikey, or to 'disabled' to run without it on purpose")
+    if settings.auth != "disabled":
+        raise AuthNotConfigured(f"STREAMINFER_AUTH={settings.auth} is not implemented yet; use 'disabled'")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        codec = AvroCodec(registry_url=settings.schema_registry_url)
+        producer = RequestProducer(settings.kafka_bootstrap_servers, codec, settings.topic_prefix,
+                                   linger_ms=settings.kafka_linger_ms,
+                                   request_timeout_ms=settings.kafka_request_timeout_ms)
+        store = ResultStore(settings.redis_dsn, codec, settings.topic_prefix, settings.result_ttl_s)
+        await producer.start()
+        try:
+            await store.start()
+            try:
+                app.state.service = InferenceService(producer, store, settings.model_repository,
+                                                     settings.topic_prefix, settings.max_wait_s)
+                logger.info("gateway serving tasks %s", ",".join(sorted(app.state.service.configs)))
+                yield
+            finally:
+                await store.stop()
+        finally:
+            await producer.stop()
+
+    app = FastAPI(
+        title="streaminfer gateway", version=VERSION, lifespan=lifespan,
+        description="Publishes inference requests as Avro events to Kafka and serves their results "
+                    "from Redis. Errors: `{error_code, message, request_id, timestamp, details}`.",
+    )
+    app.state.info = {"name": "streaminfer", "version": VERSION, "component": "gateway",
+                      "config": settings.summary()}
+    install_error_handlers(app)
+    app.include_router(router)
+
+    @app.middleware("http")
+    async def request_id_header(request: Request, call_next):
+        incoming = request.headers.get("x-request-id")
+        request.state.request_id = incoming
+        response = await call_next(request)
+        echoed = incoming or getattr(request.state, "request_id", None)
+        if echoed:
+            response.headers["X-Request-ID"] = echoed
+        return response
+
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    return app

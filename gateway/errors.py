@@ -1,0 +1,139 @@
+"""Errors of the gateway, and the one place HTTP status codes live.
+
+    GatewayError
+    ├── InvalidRequest          400/422 INVALID_REQUEST
+    ├── Unauthorized            401
+    ├── Forbidden               403
+    ├── NotFound                404 TASK_NOT_FOUND / REQUEST_NOT_FOUND / MODEL_VERSION_NOT_FOUND
+    ├── IdempotencyConflict     409
+    ├── PayloadTooLarge         413
+    ├── TooManyRequests         429 RATE_LIMIT_EXCEEDED / OVERLOADED (with Retry-After)
+    ├── ServiceUnavailable      503
+    └── InferenceTimeout        504
+
+Model and schema errors know nothing of HTTP: :func:`error_response` maps them here.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.errors import ModelError, ModelNotFound, ModelVersionNotFound
+
+logger = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    status = 500
+    code = "INTERNAL_ERROR"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
+                 details: dict | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.code
+        self.status = status or self.status
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+class InvalidRequest(GatewayError):
+    status, code = 422, "INVALID_REQUEST"
+
+
+class Unauthorized(GatewayError):
+    status, code = 401, "UNAUTHORIZED"
+
+
+class Forbidden(GatewayError):
+    status, code = 403, "FORBIDDEN"
+
+
+class NotFound(GatewayError):
+    status, code = 404, "REQUEST_NOT_FOUND"
+
+
+class IdempotencyConflict(GatewayError):
+    status, code = 409, "IDEMPOTENCY_CONFLICT"
+
+
+class PayloadTooLarge(GatewayError):
+    status, code = 413, "PAYLOAD_TOO_LARGE"
+
+
+class TooManyRequests(GatewayError):
+    status, code = 429, "RATE_LIMIT_EXCEEDED"
+
+
+class ServiceUnavailable(GatewayError):
+    status, code = 503, "SERVICE_UNAVAILABLE"
+
+
+class InferenceTimeout(GatewayError):
+    status, code = 504, "INFERENCE_TIMEOUT"
+
+
+def from_model_error(exc: ModelError) -> GatewayError:
+    if isinstance(exc, ModelNotFound):
+        return NotFound(str(exc), code="TASK_NOT_FOUND")
+    if isinstance(exc, ModelVersionNotFound):
+        return NotFound(str(exc), code="MODEL_VERSION_NOT_FOUND")
+    return InvalidRequest(str(exc))
+
+
+def request_id_of(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def error_response(request: Request, error: GatewayError) -> JSONResponse:
+    body = {
+        "error_code": error.code,
+        "message": error.message,
+        "request_id": request_id_of(request),
+        "timestamp": datetime.now(UTC).isoformat(),
+        "details": error.details,
+    }
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+
+_STARLETTE_CODES = {404: NotFound, 405: InvalidRequest, 413: PayloadTooLarge}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as SPEC §5's JSON body; no stack trace reaches a client."""
+
+    @app.exception_handler(GatewayError)
+    async def _gateway(request: Request, exc: GatewayError) -> JSONResponse:
+        return error_response(request, exc)
+
+    @app.exception_handler(ModelError)
+    async def _model(request: Request, exc: ModelError) -> JSONResponse:
+        return error_response(request, from_model_error(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        malformed = any(e.get("type") == "json_invalid" for e in errors)
+        problems = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")} for e in errors]
+        message = "request body is not valid JSON" if malformed else "request does not match the API"
+        return error_response(request, InvalidRequest(message, status=400 if malformed else 422,
+                                                      details={"errors": problems}))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = _STARLETTE_CODES.get(exc.status_code, GatewayError)
+        code = "INVALID_REQUEST" if exc.status_code == 405 else None
+        return error_response(request, kind(str(exc.detail), status=exc.status_code, code=code))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        incident = uuid.uuid4().hex[:12]
+        logger.exception("unhandled error (incident %s)", incident)
+        return error_response(request, GatewayError("internal error", details={"incident": incident}))

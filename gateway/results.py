@@ -1,0 +1,129 @@
+"""Reads results and request status from Redis, and waits for results without polling: one
+pattern subscription per gateway process wakes every waiter whose result was stored."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from schemas import keys
+from schemas.codec import AvroCodec
+from schemas.records import InferenceResult
+
+from .errors import ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+FIELD_AVRO = b"avro"  # the worker's publisher writes the result hash; see streams/publisher.py
+
+
+class ResultStore:
+    def __init__(self, redis_url: str, codec: AvroCodec, prefix: str, ttl_s: int) -> None:
+        self._redis_url = redis_url
+        self._codec = codec
+        self._prefix = prefix
+        self._ttl_s = ttl_s
+        self._closed = True
+
+    async def start(self) -> None:
+        self.redis = Redis.from_url(self._redis_url, decode_responses=False,
+                                    socket_connect_timeout=2, socket_timeout=5)
+        self._waiters: dict[str, set[asyncio.Future]] = defaultdict(set)
+        self._closed = False
+        self._listener = asyncio.create_task(self._listen(), name="result-listener")
+        self._subscribed = asyncio.Event()
+
+    async def stop(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._listener.cancel()
+        await asyncio.wait([self._listener])
+        for futures in self._waiters.values():
+            for fut in futures:
+                fut.cancel()
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def _call(self, coro):
+        try:
+            return await coro
+        except (RedisError, OSError) as exc:
+            raise ServiceUnavailable("the result store is not reachable; retry later",
+                                     headers={"Retry-After": "1"}) from exc
+
+    async def mark_queued(self, request_id: str, task: str, client_id: str | None) -> None:
+        key = keys.status_key(self._prefix, request_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, mapping={"status": "queued", "task": task, "client_id": client_id or ""})
+            pipe.expire(key, self._ttl_s)
+            await self._call(pipe.execute())
+
+    async def status(self, request_id: str) -> dict[str, str]:
+        raw = await self._call(self.redis.hgetall(keys.status_key(self._prefix, request_id)))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def result(self, request_id: str) -> InferenceResult | None:
+        avro = await self._call(self.redis.hget(keys.result_key(self._prefix, request_id), FIELD_AVRO))
+        return None if avro is None else self._codec.decode(avro, InferenceResult)
+
+    async def cancel(self, request_id: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.cancel_key(self._prefix, request_id), b"1", ex=self._ttl_s)
+            pipe.hset(keys.status_key(self._prefix, request_id), "status", "cancelling")
+            await self._call(pipe.execute())
+
+    async def delete(self, request_id: str) -> int:
+        return await self._call(self.redis.delete(keys.result_key(self._prefix, request_id),
+                                                  keys.status_key(self._prefix, request_id)))
+
+    async def wait(self, request_id: str, timeout_s: float) -> InferenceResult | None:
+        """The result once stored, or None after ``timeout_s``."""
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[request_id].add(fut)
+        try:
+            result = await self.result(request_id)  # stored before we listened?
+            if result is not None or timeout_s <= 0:
+                return result
+            try:
+                await asyncio.wait_for(fut, timeout_s)
+            except TimeoutError:
+                pass  # look once more: a notification may have been lost to a reconnect
+            return await self.result(request_id)
+        finally:
+            waiters = self._waiters.get(request_id)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
+                    del self._waiters[request_id]
+
+    async def _listen(self) -> None:
+        pattern = keys.result_channel(self._prefix, "*")
+        prefix_len = len(pattern) - 1
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.psubscribe(pattern)
+                self._subscribed.set()
+                async for message in pubsub.listen():
+                    if message.get("type") != "pmessage":
+                        continue
+                    request_id = message["channel"][prefix_len:].decode()
+                    for fut in self._waiters.get(request_id, ()):
+                        if not fut.done():
+                            fut.set_result(None)
+            except (RedisError, OSError) as exc:
+                self._subscribed.clear()
+                logger.warning("result subscription lost (%s); reconnecting", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                await pubsub.aclose()

@@ -1,0 +1,117 @@
+"""HTTP routes: thin adapters over :class:`InferenceService` (SPEC §5)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from .errors import NotFound
+from .service import InferenceService, Submission
+from .views import links, pending_body, result_body
+
+router = APIRouter()
+
+
+class InferBody(BaseModel):
+    """Body of ``POST /v1/infer/{task}``."""
+
+    inputs: Any = Field(..., description="The task's friendly form ({'text': ...}, {'pixels': 8x8}, "
+                        "{'image': base64 PNG}, {'features': {name: value}}) or a list of OIP tensors",
+                        examples=[{"text": "Kafka is a distributed log"}])
+    priority: str | int | None = Field(None, description="high|normal|low or 0-10 (>=7 high, 4-6 normal, <=3 low)")
+    model_version: str | None = Field(None, description="a version of the task's model; default the newest")
+    deadline_ms: int | None = Field(None, description="expire unless run within this many ms")
+    parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+def service(request: Request) -> InferenceService:
+    return request.app.state.service
+
+
+WaitQuery = Annotated[float | None, Query(ge=0, description="seconds to wait for the result")]
+
+
+@router.post("/v1/infer/{task}", status_code=202, tags=["inference"],
+             responses={200: {"description": "finished within ?wait"}, 202: {"description": "queued"}})
+async def infer(task: str, body: InferBody, request: Request, wait: WaitQuery = None,
+                prefer: Annotated[str | None, Header()] = None,
+                traceparent: Annotated[str | None, Header()] = None) -> JSONResponse:
+    """Publish an inference request; with ``?wait=S`` or ``Prefer: wait=S`` answer with the result
+    when it is done within S seconds."""
+    svc = service(request)
+    wait_s = svc.wait_seconds(wait, prefer)
+    inference = svc.build_request(Submission(
+        task=task, inputs=body.inputs, priority=body.priority, model_version=body.model_version,
+        deadline_ms=body.deadline_ms, parameters={k: str(v) for k, v in body.parameters.items()},
+        trace={"traceparent": traceparent} if traceparent else {},
+    ))
+    request.state.request_id = inference.request_id
+    await svc.submit(inference)
+    if wait_s > 0:
+        result = await svc.wait(inference.request_id, wait_s)
+        if result is not None:
+            return JSONResponse(result_body(result, svc.configs.get(task)), status_code=200)
+    return JSONResponse({"request_id": inference.request_id, "task": task, "status": "queued",
+                         "priority": inference.priority.topic_suffix, "links": links(inference.request_id)},
+                        status_code=202)
+
+
+@router.get("/v1/results/{request_id}", tags=["inference"])
+async def get_result(request_id: str, request: Request, wait: WaitQuery = None,
+                     prefer: Annotated[str | None, Header()] = None) -> dict:
+    """The request's status and, when done, its outputs; ``?wait=S`` long-polls."""
+    svc = service(request)
+    request.state.request_id = request_id
+    wait_s = svc.wait_seconds(wait, prefer)
+    result = await svc.wait(request_id, wait_s) if wait_s > 0 else await svc.store.result(request_id)
+    if result is not None:
+        return result_body(result, svc.configs.get(result.task))
+    status = await svc.store.status(request_id)
+    if not status:
+        raise NotFound(f"no request {request_id!r}")
+    return pending_body(request_id, status)
+
+
+@router.delete("/v1/requests/{request_id}", tags=["inference"])
+async def cancel(request_id: str, request: Request) -> dict:
+    """Cancel a request not yet run, or delete a stored result."""
+    svc = service(request)
+    request.state.request_id = request_id
+    if await svc.store.result(request_id) is not None:
+        await svc.store.delete(request_id)
+        return {"request_id": request_id, "status": "deleted"}
+    if not await svc.store.status(request_id):
+        raise NotFound(f"no request {request_id!r}")
+    await svc.store.cancel(request_id)
+    return {"request_id": request_id, "status": "cancelling"}
+
+
+@router.get("/v1/tasks", tags=["inference"])
+async def tasks(request: Request) -> dict:
+    """Tasks, their models and versions, input signatures, batching settings and topics."""
+    return {"tasks": service(request).describe_tasks()}
+
+
+@router.get("/health", tags=["operations"])
+async def health() -> dict:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", tags=["operations"])
+async def ready(request: Request, response: Response) -> dict:
+    """Readiness: Kafka and Redis reachable."""
+    svc = service(request)
+    checks = {"kafka": svc.producer.is_connected, "redis": await svc.store.ping()}
+    ok = all(checks.values())
+    response.status_code = 200 if ok else 503
+    return {"status": "ready" if ok else "not ready", "checks": checks}
+
+
+@router.get("/info", tags=["operations"])
+async def info(request: Request) -> dict:
+    """Version and a summary of the configuration (no secrets)."""
+    return request.app.state.info

@@ -1,0 +1,114 @@
+"""The gateway's logic behind its routes: build a request, publish it, read or wait for its
+result. Kept apart from FastAPI so routes stay thin adapters."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.config import ModelConfig, load_repository_configs
+from schemas.records import AuditEvent, AuditType, InferenceRequest, InferenceResult, Priority, Tensor, input_digest, now_ms
+from schemas.topics import request_topics, results_topic
+
+from .errors import InvalidRequest, NotFound
+from .inputs import tensors_from_body
+from .producer import RequestProducer
+from .results import ResultStore
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "gateway"
+
+
+@dataclass
+class Submission:
+    task: str
+    inputs: Any
+    priority: str | int | None = None
+    model_version: str | None = None
+    deadline_ms: int | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
+    client_id: str | None = None
+    trace: dict[str, str] = field(default_factory=dict)
+
+
+class InferenceService:
+    def __init__(self, producer: RequestProducer, store: ResultStore, repository_path, prefix: str,
+                 max_wait_s: float) -> None:
+        self.producer = producer
+        self.store = store
+        self.prefix = prefix
+        self.max_wait_s = max_wait_s
+        self._repository_path = repository_path
+        self.refresh_tasks()
+
+    def refresh_tasks(self) -> None:
+        configs = load_repository_configs(self._repository_path)
+        self.configs: dict[str, ModelConfig] = {t: c for t, c in configs.items() if c.versions}
+
+    def config(self, task: str) -> ModelConfig:
+        try:
+            return self.configs[task]
+        except KeyError:
+            raise NotFound(f"no task named {task!r}", code="TASK_NOT_FOUND",
+                           details={"tasks": sorted(self.configs)}) from None
+
+    def build_request(self, sub: Submission) -> InferenceRequest:
+        config = self.config(sub.task)
+        if sub.model_version is not None and sub.model_version not in config.versions:
+            raise NotFound(f"task {sub.task!r} has no model version {sub.model_version!r}",
+                           code="MODEL_VERSION_NOT_FOUND", details={"versions": list(config.versions)})
+        try:
+            priority = Priority.parse(sub.priority if sub.priority is not None else "normal")
+        except ValueError as exc:
+            raise InvalidRequest(f"priority must be high, normal, low or 0-10: {exc}") from exc
+        arrays = tensors_from_body(config, sub.inputs)
+        created = now_ms()
+        deadline = None
+        if sub.deadline_ms is not None:
+            if sub.deadline_ms <= 0:
+                raise InvalidRequest("deadline_ms must be positive")
+            deadline = created + int(sub.deadline_ms)
+        return InferenceRequest(
+            request_id=str(uuid.uuid4()), task=sub.task, model_version=sub.model_version,
+            priority=priority, inputs=[Tensor.from_numpy(name, a) for name, a in arrays.items()],
+            parameters={str(k): str(v) for k, v in sub.parameters.items()}, created_at=created,
+            deadline_at=deadline, client_id=sub.client_id, trace=sub.trace,
+        )
+
+    async def submit(self, request: InferenceRequest) -> None:
+        accepted = AuditEvent(request_id=request.request_id, task=request.task, type=AuditType.ACCEPTED,
+                              actor=ACTOR, input_digest=input_digest(request.inputs),
+                              details={"priority": request.priority.value})
+        await self.store.mark_queued(request.request_id, request.task, request.client_id)
+        await self.producer.submit(request, accepted)
+        logger.info("accepted request", extra={"request_id": request.request_id, "task": request.task,
+                                               "priority": request.priority.value})
+
+    def wait_seconds(self, query_wait: float | None, prefer: str | None) -> float:
+        wait = query_wait
+        if wait is None and prefer:
+            for part in prefer.split(","):
+                name, _, value = part.strip().partition("=")
+                if name.strip().lower() == "wait":
+                    try:
+                        wait = float(value)
+                    except ValueError as exc:
+                        raise InvalidRequest(f"Prefer: wait must be a number of seconds, not {value!r}") from exc
+        if wait is None:
+            return 0.0
+        if wait < 0:
+            raise InvalidRequest("wait must be zero or more seconds")
+        return min(wait, self.max_wait_s)
+
+    async def wait(self, request_id: str, timeout_s: float) -> InferenceResult | None:
+        return await self.store.wait(request_id, timeout_s)
+
+    def describe_tasks(self) -> list[dict]:
+        return [
+            {"task": task, **config.signature(),
+             "topics": {"requests": request_topics(self.prefix, task), "results": results_topic(self.prefix, task)}}
+            for task, config in sorted(self.configs.items())
+        ]

@@ -1,0 +1,40 @@
+"""JSON bodies the gateway answers with (SPEC §8 "Result JSON")."""
+
+from __future__ import annotations
+
+from models.config import ModelConfig
+from models.friendly import tensors_to_friendly
+from schemas.records import InferenceResult
+
+STATUS_NAMES = {"queued", "running", "succeeded", "failed", "expired", "cancelled", "rejected"}
+
+
+def result_body(result: InferenceResult, config: ModelConfig | None) -> dict:
+    outputs: dict = {}
+    if result.outputs:
+        arrays = {t.name: t.to_numpy() for t in result.outputs}
+        outputs = tensors_to_friendly(config, arrays) if config is not None else {
+            name: array.tolist() for name, array in arrays.items()}
+    return {
+        "request_id": result.request_id,
+        "task": result.task,
+        "status": result.status.value.lower(),
+        "model": {"name": result.model_name, "version": result.model_version},
+        "outputs": outputs,
+        "timings": {"queued_ms": result.timings.queued_ms, "inference_ms": result.timings.inference_ms,
+                    "total_ms": result.timings.total_ms},
+        "batch_size": result.batch_size,
+        "attempts": result.attempts,
+        "error": None if result.error is None else {
+            "code": result.error.code, "message": result.error.message, "retriable": result.error.retriable},
+    }
+
+
+def pending_body(request_id: str, status: dict[str, str]) -> dict:
+    state = status.get("status", "queued")
+    return {"request_id": request_id, "task": status.get("task"),
+            "status": "running" if state in ("running", "done") else "queued"}
+
+
+def links(request_id: str) -> dict[str, str]:
+    return {"result": f"/v1/results/{request_id}", "cancel": f"/v1/requests/{request_id}"}

@@ -1,0 +1,409 @@
+"""Read and check ``model.yaml`` files of a Triton-shaped model repository.
+
+Layout: ``<repo>/<model>/model.yaml`` plus ``<repo>/<model>/<version>/<artifact>``. This module
+imports neither torch nor onnxruntime, so the gateway can learn tasks and signatures cheaply.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from models.errors import ModelConfigError, ModelVersionNotFound
+
+__all__ = [
+    "BACKENDS",
+    "DEVICES",
+    "FRIENDLY_KINDS",
+    "NUMPY_DTYPES",
+    "PREPROCESS_KINDS",
+    "TASK_NAME_PATTERN",
+    "ModelConfig",
+    "TensorSpec",
+    "load_model_config",
+    "load_repository_configs",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "model.yaml"
+TASK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+BACKENDS = ("onnxruntime", "torch")
+DEVICES = ("auto", "cpu", "cuda")
+FRIENDLY_KINDS = ("text", "array", "image", "named_features")
+PREPROCESS_KINDS = ("none", "tokenize")
+DEFAULT_ARTIFACTS = {"onnxruntime": "model.onnx", "torch": "model.pt"}
+
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor of a model signature; ``shape`` is per item, without the batch dim."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A parsed ``model.yaml`` plus the version directories found beside it."""
+
+    name: str
+    task: str
+    backend: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int
+    max_batch_delay_ms: float
+    instances: int
+    device: str
+    warmup: bool
+    path: Path
+    versions: tuple[str, ...]
+    default_version: str | None
+    preprocess: dict = field(default_factory=dict)
+    friendly: dict = field(default_factory=dict)
+    description: str = ""
+    # Additions beyond the first sketch of the interface, defaulted so callers need not care.
+    artifact: str = ""
+    version_policy: str = "latest"
+
+    def version_path(self, version: str | None = None) -> Path:
+        """Directory of ``version`` (default: ``default_version``); raises ModelVersionNotFound."""
+        if version is None:
+            if self.default_version is None:
+                if self.version_policy != "latest":
+                    reason = f"version_policy pins {self.version_policy!r}, which is not built"
+                else:
+                    reason = "no version directory is built"
+                raise ModelVersionNotFound(
+                    f"task {self.task!r}: {reason} under {self.path} (found {list(self.versions)})"
+                )
+            version = self.default_version
+        version = str(version)
+        if version not in self.versions:
+            raise ModelVersionNotFound(
+                f"task {self.task!r} has no version {version!r} (available: {list(self.versions)})"
+            )
+        return self.path / version
+
+    def artifact_path(self, version: str | None = None) -> Path:
+        """Path of the model file inside a version directory."""
+        return self.version_path(version) / self.artifact
+
+    def input_spec(self, name: str) -> TensorSpec:
+        return _spec_named(self.inputs, name)
+
+    def output_spec(self, name: str) -> TensorSpec:
+        return _spec_named(self.outputs, name)
+
+    def signature(self) -> dict[str, Any]:
+        """JSON-able summary for ``GET /v1/tasks``; tensor shapes exclude the batch dimension."""
+        return {
+            "task": self.task,
+            "model": self.name,
+            "backend": self.backend,
+            "description": self.description,
+            "versions": list(self.versions),
+            "default_version": self.default_version,
+            "inputs": [spec.to_dict() for spec in self.inputs],
+            "outputs": [spec.to_dict() for spec in self.outputs],
+            "friendly_inputs": {
+                key: source["kind"] for key, source in self.friendly.get("inputs", {}).items()
+            },
+            "friendly_outputs": dict(self.friendly.get("outputs", {})),
+            "batching": {
+                "max_batch_size": self.max_batch_size,
+                "max_batch_delay_ms": self.max_batch_delay_ms,
+            },
+            "instances": self.instances,
+            "device": self.device,
+        }
+
+
+def _spec_named(specs: tuple[TensorSpec, ...], name: str) -> TensorSpec:
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)
+
+
+def load_model_config(model_dir: Path) -> ModelConfig:
+    """Parse ``<model_dir>/model.yaml``; every problem becomes a ModelConfigError naming the file."""
+    model_dir = Path(model_dir)
+    config_file = model_dir / CONFIG_FILE
+    try:
+        raw = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelConfigError(f"{config_file}: file not found") from exc
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelConfigError(f"{config_file}: cannot read YAML: {exc}") from exc
+    try:
+        return _parse(raw, model_dir)
+    except ModelConfigError as exc:
+        raise ModelConfigError(f"{config_file}: {exc}") from None
+
+
+def load_repository_configs(repo: Path) -> dict[str, ModelConfig]:
+    """Configs of every model directory in ``repo``, keyed by task; dirs without model.yaml skipped."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise ModelConfigError(f"model repository {repo} is not a directory")
+    configs: dict[str, ModelConfig] = {}
+    for model_dir in sorted(repo.iterdir()):
+        if not model_dir.is_dir() or not (model_dir / CONFIG_FILE).is_file():
+            continue
+        config = load_model_config(model_dir)
+        if config.task in configs:
+            raise ModelConfigError(
+                f"task {config.task!r} is declared by both {configs[config.task].path} "
+                f"and {model_dir}"
+            )
+        configs[config.task] = config
+    return configs
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+
+def _parse(raw: Any, model_dir: Path) -> ModelConfig:
+    if not isinstance(raw, Mapping):
+        raise ModelConfigError("expected a mapping at the top level")
+    known = {
+        "name", "task", "description", "backend", "artifact", "inputs", "outputs",
+        "max_batch_size", "max_batch_delay_ms", "instances", "device", "warmup",
+        "version_policy", "preprocess", "friendly",
+    }  # fmt: skip
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ModelConfigError(f"unknown keys {unknown}; known keys are {sorted(known)}")
+
+    name = str(raw.get("name", model_dir.name))
+    task = str(raw.get("task", name))
+    if not TASK_NAME_PATTERN.match(task):
+        raise ModelConfigError(f"task name {task!r} must match {TASK_NAME_PATTERN.pattern}")
+    backend = _choice(raw, "backend", BACKENDS, required=True)
+    device = _choice(raw, "device", DEVICES, default="auto")
+    inputs = _tensor_specs(raw.get("inputs"), "inputs")
+    outputs = _tensor_specs(raw.get("outputs"), "outputs")
+    max_batch_size = _number(raw, "max_batch_size", int, default=8, minimum=1)
+    max_batch_delay_ms = float(_number(raw, "max_batch_delay_ms", float, default=5.0, minimum=0))
+    instances = _number(raw, "instances", int, default=1, minimum=1)
+    warmup = raw.get("warmup", True)
+    if not isinstance(warmup, bool):
+        raise ModelConfigError(f"warmup must be true or false, got {warmup!r}")
+    artifact = str(raw.get("artifact") or DEFAULT_ARTIFACTS[backend])
+    if Path(artifact).name != artifact:
+        raise ModelConfigError(f"artifact must be a file name inside the version dir: {artifact!r}")
+
+    versions = _scan_versions(model_dir)
+    version_policy = str(raw.get("version_policy", "latest"))
+    if version_policy == "latest":
+        default_version = versions[-1] if versions else None
+    elif version_policy.isdigit():
+        default_version = version_policy if version_policy in versions else None
+        if default_version is None:
+            logger.warning("task %s pins version %s, which is not built", task, version_policy)
+    else:
+        raise ModelConfigError(
+            f"version_policy must be 'latest' or a version number, got {version_policy!r}"
+        )
+
+    return ModelConfig(
+        name=name,
+        task=task,
+        backend=backend,
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=max_batch_size,
+        max_batch_delay_ms=max_batch_delay_ms,
+        instances=instances,
+        device=device,
+        warmup=warmup,
+        path=model_dir.resolve(),
+        versions=versions,
+        default_version=default_version,
+        preprocess=_preprocess(raw.get("preprocess"), inputs),
+        friendly=_friendly(raw.get("friendly"), inputs, outputs),
+        description=str(raw.get("description", "")).strip(),
+        artifact=artifact,
+        version_policy=version_policy,
+    )
+
+
+def _choice(raw: Mapping, key: str, allowed: tuple[str, ...], *, default=None, required=False):
+    value = raw.get(key, default)
+    if value is None and required:
+        raise ModelConfigError(f"{key} is required (one of {list(allowed)})")
+    if value not in allowed:
+        raise ModelConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _number(raw: Mapping, key: str, kind: type, *, default, minimum):
+    value = raw.get(key, default)
+    # NOTE: bool is an int subclass; `max_batch_size: true` is a typo, not 1.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (kind is int and not isinstance(value, int))
+    ):
+        raise ModelConfigError(f"{key} must be a {kind.__name__}, got {value!r}")
+    if value < minimum:
+        raise ModelConfigError(f"{key} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def _tensor_specs(raw: Any, key: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ModelConfigError(f"{key} must be a non-empty list of {{name, datatype, shape}}")
+    specs: list[TensorSpec] = []
+    for index, item in enumerate(raw):
+        where = f"{key}[{index}]"
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+            raise ModelConfigError(f"{where} needs a string 'name'")
+        datatype = item.get("datatype")
+        if datatype not in NUMPY_DTYPES:
+            raise ModelConfigError(
+                f"{where} ({item['name']}): datatype must be one of {list(NUMPY_DTYPES)}, "
+                f"got {datatype!r}"
+            )
+        shape = item.get("shape", [])
+        if not isinstance(shape, list) or not all(
+            isinstance(dim, int) and not isinstance(dim, bool) and (dim >= 1 or dim == -1)
+            for dim in shape
+        ):
+            raise ModelConfigError(
+                f"{where} ({item['name']}): shape must be a list of sizes >= 1 or -1 "
+                f"(per item, without the batch dimension), got {shape!r}"
+            )
+        specs.append(TensorSpec(name=item["name"], datatype=datatype, shape=tuple(shape)))
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise ModelConfigError(f"{key} has duplicate tensor names: {names}")
+    return tuple(specs)
+
+
+def _scan_versions(model_dir: Path) -> tuple[str, ...]:
+    # Only all-digit names count, so a builder's temporary directory is never served.
+    found = [p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    return tuple(sorted(found, key=int))
+
+
+def _preprocess(raw: Any, inputs: tuple[TensorSpec, ...]) -> dict:
+    if raw is None:
+        return {"kind": "none"}
+    if not isinstance(raw, Mapping):
+        raise ModelConfigError("preprocess must be a mapping")
+    kind = raw.get("kind", "none")
+    if kind not in PREPROCESS_KINDS:
+        raise ModelConfigError(f"preprocess.kind must be one of {list(PREPROCESS_KINDS)}")
+    result = dict(raw, kind=kind)
+    if kind == "tokenize":
+        text_input = raw.get("input")
+        by_name = {spec.name: spec for spec in inputs}
+        if text_input not in by_name or by_name[text_input].datatype != "BYTES":
+            raise ModelConfigError("preprocess.input must name a BYTES input tensor")
+        max_length = raw.get("max_length", 256)
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
+            raise ModelConfigError(f"preprocess.max_length must be an int >= 2, got {max_length!r}")
+        result.update(input=text_input, tokenizer=str(raw.get("tokenizer", "tokenizer.json")),
+                      max_length=max_length)  # fmt: skip
+    return result
+
+
+def _friendly(raw: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> dict:
+    """Normalise the ``friendly:`` section; when absent, every tensor is its own friendly key."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, Mapping):
+        raise ModelConfigError("friendly must be a mapping with 'inputs' and 'outputs'")
+    by_name = {spec.name: spec for spec in inputs}
+
+    raw_inputs = raw.get("inputs") or {
+        spec.name: {"kind": "text" if spec.datatype == "BYTES" else "array", "tensor": spec.name}
+        for spec in inputs
+    }
+    if not isinstance(raw_inputs, Mapping):
+        raise ModelConfigError("friendly.inputs must map friendly keys to {kind, tensor, ...}")
+    sources: dict[str, dict] = {}
+    for key, source in raw_inputs.items():
+        where = f"friendly.inputs.{key}"
+        if not isinstance(source, Mapping):
+            raise ModelConfigError(f"{where} must be a mapping with 'kind' and 'tensor'")
+        source = dict(source)
+        source.setdefault("tensor", key)
+        kind, tensor = source.get("kind"), source["tensor"]
+        if kind not in FRIENDLY_KINDS:
+            raise ModelConfigError(f"{where}.kind must be one of {list(FRIENDLY_KINDS)}")
+        if tensor not in by_name:
+            raise ModelConfigError(f"{where}.tensor {tensor!r} is not an input tensor")
+        _check_source(where, source, by_name[tensor])
+        sources[str(key)] = source
+    unreachable = sorted(set(by_name) - {source["tensor"] for source in sources.values()})
+    if unreachable:
+        raise ModelConfigError(f"friendly.inputs gives no key for input tensors {unreachable}")
+
+    bare_key = raw.get("bare_key", next(iter(sources)))
+    if bare_key not in sources:
+        raise ModelConfigError(f"friendly.bare_key {bare_key!r} is not a friendly input key")
+
+    output_names = {spec.name for spec in outputs}
+    raw_outputs = raw.get("outputs") or {name: name for name in output_names}
+    if not isinstance(raw_outputs, Mapping) or not all(
+        tensor in output_names for tensor in raw_outputs.values()
+    ):
+        raise ModelConfigError(
+            f"friendly.outputs must map friendly keys to output tensors {sorted(output_names)}"
+        )
+    return {"inputs": sources, "outputs": dict(raw_outputs), "bare_key": bare_key}
+
+
+def _check_source(where: str, source: dict, spec: TensorSpec) -> None:
+    kind = source["kind"]
+    if kind == "text" and (spec.datatype != "BYTES" or spec.shape != ()):
+        raise ModelConfigError(f"{where}: kind text needs a BYTES tensor of shape []")
+    if kind != "text" and spec.datatype == "BYTES":
+        raise ModelConfigError(f"{where}: kind {kind} needs a numeric tensor")
+    if kind == "image":
+        if len(spec.shape) != 2 or -1 in spec.shape:
+            raise ModelConfigError(f"{where}: kind image needs a tensor of fixed shape [H, W]")
+        if source.setdefault("invert", "auto") not in ("auto", True, False):
+            raise ModelConfigError(f"{where}.invert must be auto, true or false")
+        max_value = source.setdefault("max_value", 255.0)
+        if isinstance(max_value, bool) or not isinstance(max_value, int | float) or max_value <= 0:
+            raise ModelConfigError(f"{where}.max_value must be a positive number")
+    if kind == "named_features":
+        names = source.get("names")
+        if (
+            not isinstance(names, list)
+            or not all(isinstance(n, str) for n in names)
+            or len(set(names)) != len(names)
+        ):
+            raise ModelConfigError(f"{where}.names must be a list of distinct strings")
+        if spec.shape != (len(names),):
+            raise ModelConfigError(
+                f"{where}: {len(names)} names but tensor {spec.name} has shape {list(spec.shape)}"
+            )

@@ -1,0 +1,284 @@
+"""Map a task's friendly JSON to contract tensors and back, as declared in ``model.yaml``.
+
+Numpy only (Pillow lazily, for images): the HTTP gateway imports this module, so torch and
+onnxruntime must stay out. The ``friendly:`` section, not the task name, drives the mapping, so a
+new task needs a yaml file and no code. Source kinds:
+
+- ``text``: a string or a list of strings -> BYTES ``[N]`` (object array of ``str``)
+- ``array``: nested lists of numbers, one item or ``N`` items -> ``[N, *shape]``
+- ``image``: a base64 PNG/JPEG (or a list) -> grayscale, resized to ``[H, W]``, scaled to
+  ``0..max_value``, inverted when ``invert`` says so (``auto``: when the background is light)
+- ``named_features``: ``{name: number}`` or a list of them -> ``[N, len(names)]`` in ``names`` order
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from models.config import NUMPY_DTYPES, ModelConfig, TensorSpec
+from models.errors import InvalidInput, ModelConfigError
+
+__all__ = ["friendly_to_tensors", "tensors_to_friendly", "validate_tensors"]
+
+logger = logging.getLogger(__name__)
+
+# Larger images are refused before decoding: an 8x8 classifier has no use for them and a PNG
+# bomb would otherwise eat the gateway's memory.
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def friendly_to_tensors(config: ModelConfig, inputs: Any) -> dict[str, np.ndarray]:
+    """Contract input tensors (batch dim ``N >= 1``) for friendly ``inputs``, validated.
+
+    ``inputs`` is a mapping of friendly keys (``{"text": ...}``) or a bare value, which goes to the
+    ``friendly.bare_key`` source (the first declared one unless set).
+    """
+    sources: dict[str, dict] = config.friendly["inputs"]
+    if not isinstance(inputs, Mapping):
+        inputs = {config.friendly["bare_key"]: inputs}
+    unknown = sorted(str(key) for key in inputs if key not in sources)
+    if unknown:
+        raise InvalidInput(
+            f"task {config.task!r}: unknown input keys {unknown}; expected one of {sorted(sources)}"
+        )
+
+    tensors: dict[str, np.ndarray] = {}
+    for spec in config.inputs:
+        keys = [key for key, source in sources.items() if source["tensor"] == spec.name]
+        given = [key for key in keys if key in inputs]
+        if not given:
+            raise InvalidInput(f"task {config.task!r}: missing input, give one of {keys}")
+        if len(given) > 1:
+            raise InvalidInput(f"task {config.task!r}: give only one of {given}")
+        key = given[0]
+        tensors[spec.name] = _CONVERTERS[sources[key]["kind"]](key, inputs[key], sources[key], spec)
+    validate_tensors(config, tensors)
+    return tensors
+
+
+def validate_tensors(config: ModelConfig, tensors: Mapping[str, np.ndarray]) -> None:
+    """Raise InvalidInput unless ``tensors`` match the model's input signature exactly."""
+    if not isinstance(tensors, Mapping):
+        raise InvalidInput(f"inputs must be a mapping of tensor name to array, got {type(tensors)}")
+    expected = [spec.name for spec in config.inputs]
+    missing = [name for name in expected if name not in tensors]
+    extra = sorted(str(name) for name in tensors if name not in expected)
+    if missing or extra:
+        raise InvalidInput(
+            f"task {config.task!r} expects input tensors {expected}; "
+            f"missing {missing}, unexpected {extra}"
+        )
+    batch_sizes = {}
+    for spec in config.inputs:
+        array = tensors[spec.name]
+        _check_array(config, spec, array)
+        batch_sizes[spec.name] = array.shape[0]
+    if len(set(batch_sizes.values())) > 1:
+        raise InvalidInput(f"input tensors disagree on the batch size: {batch_sizes}")
+
+
+def tensors_to_friendly(config: ModelConfig, outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """JSON-able friendly outputs: one item unwrapped, several items as a list per key."""
+    result: dict[str, Any] = {}
+    for key, tensor in config.friendly["outputs"].items():
+        if tensor not in outputs:
+            raise ModelConfigError(f"task {config.task!r}: output tensor {tensor!r} is missing")
+        array = np.asarray(outputs[tensor])
+        if array.ndim == 0:
+            raise ModelConfigError(f"output {tensor!r} has no batch dimension")
+        items = [_jsonable(item) for item in array]
+        result[key] = items[0] if len(items) == 1 else items
+    return result
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+def _shape_text(shape) -> str:
+    return "[" + ", ".join("N" if dim is None else str(dim) for dim in shape) + "]"
+
+
+def _check_array(config: ModelConfig, spec: TensorSpec, array: Any) -> None:
+    where = f"input {spec.name!r}"
+    if not isinstance(array, np.ndarray):
+        raise InvalidInput(f"{where}: expected a numpy array, got {type(array).__name__}")
+    if spec.datatype == "BYTES":
+        if array.dtype.kind not in "OSU":
+            raise InvalidInput(f"{where}: expected BYTES (strings), got dtype {array.dtype}")
+    elif array.dtype != NUMPY_DTYPES[spec.datatype]:
+        raise InvalidInput(
+            f"{where}: expected datatype {spec.datatype} ({NUMPY_DTYPES[spec.datatype]}), "
+            f"got {array.dtype}"
+        )
+    expected_shape = (None, *spec.shape)
+    shape_ok = array.ndim == len(expected_shape) and all(
+        want in (None, -1) or want == got
+        for want, got in zip(expected_shape, array.shape, strict=True)
+    )
+    if not shape_ok:
+        raise InvalidInput(
+            f"{where}: expected shape {_shape_text(expected_shape)} (N items), "
+            f"got {list(array.shape)}"
+        )
+    batch = array.shape[0]
+    if not 1 <= batch <= config.max_batch_size:
+        raise InvalidInput(
+            f"{where}: batch of {batch} items, must be between 1 and {config.max_batch_size}"
+        )
+    if spec.datatype == "BYTES":
+        for index, item in enumerate(array.reshape(-1)):
+            _check_text(where, index, item)
+    elif array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(np.argwhere(~np.isfinite(array.reshape(batch, -1)))[0][0])
+        raise InvalidInput(f"{where}: item {bad} contains NaN or infinity")
+
+
+def _check_text(where: str, index: int, item: Any) -> None:
+    if isinstance(item, bytes | np.bytes_):
+        try:
+            item = bytes(item).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"{where}: item {index} is not valid UTF-8") from exc
+    if not isinstance(item, str):
+        raise InvalidInput(f"{where}: item {index} must be text, got {type(item).__name__}")
+    if not item.strip():
+        raise InvalidInput(f"{where}: item {index} is empty text")
+
+
+# --- friendly -> tensor converters ---------------------------------------------------------------
+
+
+def _as_items(key: str, value: Any, is_item) -> list:
+    """One item or a non-empty list of items."""
+    if is_item(value):
+        return [value]
+    if isinstance(value, list) and value and all(is_item(item) for item in value):
+        return value
+    if isinstance(value, list) and not value:
+        raise InvalidInput(f"input {key!r}: the list is empty")
+    return None  # type: ignore[return-value]  # caller reports its own kind-specific message
+
+
+def _text(key: str, value: Any, source: dict, spec: TensorSpec) -> np.ndarray:
+    items = _as_items(key, value, lambda item: isinstance(item, str))
+    if items is None:
+        raise InvalidInput(f"input {key!r}: expected a string or a list of strings")
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
+
+
+def _array(key: str, value: Any, source: dict, spec: TensorSpec) -> np.ndarray:
+    if isinstance(value, str | bytes | Mapping) or value is None:
+        raise InvalidInput(f"input {key!r}: expected nested lists of numbers")
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"input {key!r}: expected a rectangular array of numbers") from exc
+    if array.ndim == len(spec.shape):
+        array = array[np.newaxis]
+    if array.ndim != len(spec.shape) + 1:
+        raise InvalidInput(
+            f"input {key!r}: expected shape {list(spec.shape)} or [N, *{list(spec.shape)}], "
+            f"got {list(array.shape)}"
+        )
+    dtype = NUMPY_DTYPES[spec.datatype]
+    if dtype.kind in "iub" and np.isfinite(array).all() and (array != np.round(array)).any():
+        raise InvalidInput(f"input {key!r}: expected whole numbers for {spec.datatype}")
+    if dtype.kind in "iub" and not np.isfinite(array).all():
+        raise InvalidInput(f"input {key!r}: NaN or infinity in an integer tensor")
+    return array.astype(dtype)
+
+
+def _named_features(key: str, value: Any, source: dict, spec: TensorSpec) -> np.ndarray:
+    items = _as_items(key, value, lambda item: isinstance(item, Mapping))
+    if items is None:
+        raise InvalidInput(f"input {key!r}: expected {{name: number}} or a list of them")
+    names: list[str] = source["names"]
+    known = set(names)
+    rows = np.empty((len(items), len(names)), dtype=np.float64)
+    for index, item in enumerate(items):
+        unknown = sorted(str(name) for name in item if name not in known)
+        missing = [name for name in names if name not in item]
+        if unknown or missing:
+            raise InvalidInput(
+                f"input {key!r} item {index}: unknown features {unknown}, missing features "
+                f"{missing}"
+            )
+        for column, name in enumerate(names):
+            number = item[name]
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                raise InvalidInput(f"input {key!r} item {index}: feature {name!r} must be a number")
+            rows[index, column] = number
+    return rows.astype(NUMPY_DTYPES[spec.datatype])
+
+
+def _image(key: str, value: Any, source: dict, spec: TensorSpec) -> np.ndarray:
+    items = _as_items(key, value, lambda item: isinstance(item, str))
+    if items is None:
+        raise InvalidInput(f"input {key!r}: expected a base64 image or a list of them")
+    pixels = [_decode_image(f"input {key!r} item {i}", item, source, spec) for i, item in
+              enumerate(items)]  # fmt: skip
+    return np.stack(pixels).astype(NUMPY_DTYPES[spec.datatype])
+
+
+def _decode_image(where: str, text: str, source: dict, spec: TensorSpec) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError  # lazily: only image tasks need Pillow
+
+    if text.startswith("data:") and "," in text:  # tolerate data URLs
+        text = text.split(",", 1)[1]
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f"{where}: not valid base64") from exc
+    try:
+        image = Image.open(io.BytesIO(raw))
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise InvalidInput(f"{where}: image of {image.width}x{image.height} is too large")
+        image.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise InvalidInput(f"{where}: not a readable image ({exc})") from exc
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        # Transparent pixels are background: flatten onto white before dropping alpha.
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    gray = np.asarray(image.convert("L"), dtype=np.float64) / 255.0
+    invert = source["invert"]
+    if invert == "auto":
+        border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+        invert = bool(np.median(border) > 0.5)  # light background -> dark ink -> flip
+    if invert:
+        gray = 1.0 - gray
+    height, width = spec.shape
+    # BOX (area average) mirrors how the digits set was made: counts of ink per pixel block.
+    small = Image.fromarray(gray.astype(np.float32)).resize((width, height), Image.Resampling.BOX)
+    return np.clip(np.asarray(small, dtype=np.float64), 0.0, 1.0) * float(source["max_value"])
+
+
+_CONVERTERS = {
+    "text": _text,
+    "array": _array,
+    "image": _image,
+    "named_features": _named_features,
+}
+
+
+def _jsonable(item: Any) -> Any:
+    if isinstance(item, np.ndarray):
+        if item.dtype.kind in "OSU":
+            return [_jsonable(element) for element in item]
+        return item.tolist()
+    if isinstance(item, bytes | np.bytes_):
+        return bytes(item).decode("utf-8", errors="replace")
+    if isinstance(item, np.generic):
+        value = item.item()
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+    return item

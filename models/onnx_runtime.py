@@ -1,0 +1,69 @@
+"""ONNX Runtime backend: ``OnnxModel`` runs ``model.onnx`` on CUDA when asked and present, else CPU."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+from models.base import Model, default_intra_op_threads
+from models.errors import ModelConfigError
+
+__all__ = ["OnnxModel"]
+
+logger = logging.getLogger(__name__)
+
+
+class OnnxModel(Model):
+    """A model served by an ``onnxruntime.InferenceSession`` (thread-safe ``run``)."""
+
+    _session: ort.InferenceSession
+
+    @staticmethod
+    def _cuda_available() -> bool:
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+
+    def _session_options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_num_threads or default_intra_op_threads()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # NOTE: spinning threads burn a core while idle; on a small box that core is the one the
+        # worker's event loop and the other models need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return options
+
+    def _load_backend(self, feed_names: tuple[str, ...]) -> None:
+        providers = ["CPUExecutionProvider"]
+        if self.device == "cuda":
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            session = ort.InferenceSession(
+                str(self.artifact_path), sess_options=self._session_options(), providers=providers
+            )
+        except Exception as exc:  # onnxruntime raises its own pybind classes, not a common base
+            raise ModelConfigError(f"{self!r}: cannot load {self.artifact_path}: {exc}") from exc
+
+        graph_inputs = [node.name for node in session.get_inputs()]
+        graph_outputs = {node.name for node in session.get_outputs()}
+        missing_feeds = sorted(set(graph_inputs) - set(feed_names))
+        missing_outputs = sorted({spec.name for spec in self.config.outputs} - graph_outputs)
+        if missing_feeds or missing_outputs:
+            raise ModelConfigError(
+                f"{self!r}: {self.artifact_path.name} needs inputs {missing_feeds} that nothing "
+                f"feeds, and lacks outputs {missing_outputs} that model.yaml declares"
+            )
+        self._graph_inputs = graph_inputs
+        self._output_names = [spec.name for spec in self.config.outputs]
+        self._session = session
+        logger.debug("%r uses providers %s", self, session.get_providers())
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        # Feeds the graph does not take (e.g. token_type_ids for some exports) are dropped.
+        arrays = self._session.run(
+            self._output_names, {name: feeds[name] for name in self._graph_inputs}
+        )
+        return dict(zip(self._output_names, arrays, strict=True))

@@ -1,0 +1,301 @@
+"""Avro encode/decode of the records, in single-object or Confluent framing.
+
+Single-object (default): `C3 01` + 8-byte little-endian CRC-64-AVRO fingerprint of the
+writer schema's parsing canonical form + body. Confluent (with a registry URL): `00` +
+4-byte big-endian registry id + body. `decode` accepts both and resolves older or newer
+writer schemas against ours, following Avro's schema resolution rules.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.repository.base import AbstractSchemaRepository, SchemaRepositoryError
+from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
+
+from schemas.errors import DecodeError, EncodeError, SchemaError, UnknownSchema
+from schemas.records import (
+    AuditEvent,
+    DeadLetter,
+    Error,
+    InferenceRequest,
+    InferenceResult,
+    Tensor,
+    Timings,
+)
+from schemas.registry import RegistryClient
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CONFLUENT_MAGIC", "SCHEMA_DIR", "SINGLE_OBJECT_MAGIC", "AvroCodec", "load_schemas"]
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = b"\x00"
+SCHEMA_DIR = Path(__file__).resolve().parent
+
+_SINGLE_HEADER_LEN = len(SINGLE_OBJECT_MAGIC) + 8
+_CONFLUENT_HEADER_LEN = len(CONFLUENT_MAGIC) + 4
+
+RECORD_TYPES: tuple[type, ...] = (
+    Tensor,
+    Error,
+    Timings,
+    InferenceRequest,
+    InferenceResult,
+    AuditEvent,
+    DeadLetter,
+)
+
+T = TypeVar("T")
+
+
+def load_schemas(schema_dir: Path | str | None = None) -> dict[str, dict]:
+    """Full name -> parsed schema for every `<full name>.avsc` in `schema_dir`."""
+    directory = Path(schema_dir) if schema_dir is not None else SCHEMA_DIR
+    schemas: dict[str, dict] = {}
+    for path in sorted(directory.glob("*.avsc")):
+        try:
+            schema = load_schema(str(path))
+        except Exception as exc:
+            raise SchemaError(f"cannot load Avro schema {path}: {exc}") from exc
+        schemas[schema["name"]] = schema
+    return schemas
+
+
+def schema_fingerprint(schema: dict | str | list) -> bytes:
+    """The 8-byte CRC-64-AVRO fingerprint, in the byte order single-object encoding uses."""
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+
+
+def plain_schema(schema: Any, *, keep_logical_types: bool = True) -> Any:
+    """A JSON-ready copy of a parsed schema, without fastavro's `__` bookkeeping keys."""
+    if isinstance(schema, dict):
+        return {
+            key: plain_schema(value, keep_logical_types=keep_logical_types)
+            for key, value in schema.items()
+            if not key.startswith("__") and (keep_logical_types or key != "logicalType")
+        }
+    if isinstance(schema, list):
+        return [plain_schema(item, keep_logical_types=keep_logical_types) for item in schema]
+    return schema
+
+
+def _wire_schema(schema: dict) -> dict:
+    # NOTE: the hot path reads and writes with logical types stripped, so timestamps stay
+    # int ms and never round-trip through datetime; the fingerprint is unchanged because
+    # the parsing canonical form drops logicalType anyway.
+    return parse_schema(plain_schema(schema, keep_logical_types=False))
+
+
+class _ReferenceRepository(AbstractSchemaRepository):
+    """Serves one schema dict plus our `.avsc` files, so references to our named types
+    (e.g. an older InferenceRequest naming `io.streaminfer.v1.Tensor`) are inlined the
+    way any Avro parser would, and the fingerprint matches the producer's."""
+
+    MAIN = "__main__"
+
+    def __init__(self, main: dict, directory: Path):
+        self._main = main
+        self._directory = directory
+
+    def load(self, name: str) -> Any:
+        if name == self.MAIN:
+            return copy.deepcopy(self._main)
+        path = self._directory / f"{name}.avsc"
+        if not path.is_file():
+            raise SchemaRepositoryError(f"no schema named {name}")
+        return json.loads(path.read_text(encoding="utf-8"))
+
+
+@dataclass(slots=True)
+class _Binding:
+    """Everything the codec knows about one record type."""
+
+    record_type: type
+    name: str
+    schema: dict  # as loaded from the .avsc files (public)
+    wire: dict  # logical types stripped; what encode/decode use
+    header: bytes  # single-object header of the current schema
+    writers: dict[bytes, dict] = field(default_factory=dict)  # fingerprint -> wire schema
+    registry_id: int | None = None
+
+
+class AvroCodec:
+    """Encodes records to Kafka values and decodes them back; thread-safe for use.
+
+    Without `registry_url`, writes single-object encoding. With it, writes Confluent
+    framing, registering each record's schema under its full name (RecordNameStrategy).
+    """
+
+    def __init__(
+        self,
+        registry_url: str | None = None,
+        schema_dir: Path | None = None,
+        *,
+        registry_timeout_s: float = 5.0,
+    ):
+        self._schema_dir = Path(schema_dir) if schema_dir is not None else SCHEMA_DIR
+        self._registry = (
+            RegistryClient(registry_url, timeout_s=registry_timeout_s) if registry_url else None
+        )
+        loaded = load_schemas(self._schema_dir)
+        self._bindings: dict[type, _Binding] = {}
+        self._by_name: dict[str, _Binding] = {}
+        self._fingerprint_owner: dict[bytes, str] = {}  # fingerprint -> record full name
+        self._registry_writers: dict[int, tuple[str, dict]] = {}  # id -> (name, wire schema)
+        for record_type in RECORD_TYPES:
+            name = record_type.AVRO_NAME
+            if name not in loaded:
+                raise SchemaError(f"{self._schema_dir} has no {name}.avsc")
+            schema = loaded[name]
+            fp = schema_fingerprint(schema)
+            binding = _Binding(
+                record_type, name, schema, _wire_schema(schema), SINGLE_OBJECT_MAGIC + fp
+            )
+            binding.writers[fp] = binding.wire
+            self._bindings[record_type] = binding
+            self._by_name[name] = binding
+            self._fingerprint_owner[fp] = name
+
+    # -- schemas ---------------------------------------------------------------------
+
+    def schema(self, record_type: type | str) -> dict:
+        """The parsed schema (as loaded from the `.avsc` file) of a record class or name."""
+        return self._binding(record_type).schema
+
+    def fingerprint(self, record_type: type | str) -> bytes:
+        """The 8-byte single-object fingerprint of the current schema of a record."""
+        return self._binding(record_type).header[len(SINGLE_OBJECT_MAGIC) :]
+
+    def register_writer_schema(self, schema: dict) -> None:
+        """Accept events written with `schema` (an older or newer version of one of our
+        records); it may name our other types (e.g. `io.streaminfer.v1.Tensor`)."""
+        try:
+            repo = _ReferenceRepository(plain_schema(schema), self._schema_dir)
+            parsed = load_schema(_ReferenceRepository.MAIN, repo=repo)
+            fp = schema_fingerprint(parsed)
+            wire = _wire_schema(parsed)
+        except Exception as exc:
+            raise SchemaError(f"invalid writer schema: {exc}") from exc
+        binding = self._by_name.get(parsed.get("name")) if isinstance(parsed, dict) else None
+        if binding is None:
+            raise SchemaError(f"writer schema {parsed.get('name')!r} is not one of our records")
+        binding.writers[fp] = wire
+        self._fingerprint_owner[fp] = binding.name
+        logger.info("registered writer schema %s fingerprint %s", binding.name, fp.hex())
+
+    def _binding(self, record_type: type | str) -> _Binding:
+        binding = (
+            self._by_name.get(record_type)
+            if isinstance(record_type, str)
+            else self._bindings.get(record_type)
+        )
+        if binding is None:
+            raise TypeError(f"{record_type!r} is not an Avro record of this package")
+        return binding
+
+    # -- encode ----------------------------------------------------------------------
+
+    def encode(self, record: Any) -> bytes:
+        """Avro bytes of `record`, framed for Kafka. Raises EncodeError."""
+        binding = self._binding(type(record))
+        header = binding.header if self._registry is None else self._confluent_header(binding)
+        out = BytesIO()
+        out.write(header)
+        try:
+            schemaless_writer(out, binding.wire, record.to_avro())
+        except SchemaError:
+            raise
+        except Exception as exc:
+            raise EncodeError(f"cannot encode {binding.name}: {exc!r}") from exc
+        return out.getvalue()
+
+    def _confluent_header(self, binding: _Binding) -> bytes:
+        if binding.registry_id is None:
+            assert self._registry is not None
+            schema_id = self._registry.register(binding.name, plain_schema(binding.schema))
+            binding.registry_id = schema_id
+            # Our own events then decode without a registry round trip.
+            self._registry_writers[schema_id] = (binding.name, binding.wire)
+        return CONFLUENT_MAGIC + binding.registry_id.to_bytes(4, "big")
+
+    # -- decode ----------------------------------------------------------------------
+
+    def decode(self, data: bytes, record_type: type[T]) -> T:
+        """The record of type `record_type` in `data` (either framing).
+
+        Raises DecodeError (UnknownSchema when the writer schema cannot be found).
+        """
+        binding = self._binding(record_type)
+        if not data:
+            raise DecodeError(f"empty message where a {binding.name} was expected")
+        try:
+            if data[:2] == SINGLE_OBJECT_MAGIC:
+                writer = self._single_object_writer(binding, bytes(data[2:_SINGLE_HEADER_LEN]))
+                offset = _SINGLE_HEADER_LEN
+            elif data[:1] == CONFLUENT_MAGIC:
+                if len(data) < _CONFLUENT_HEADER_LEN:
+                    raise DecodeError("truncated Confluent header")
+                writer = self._confluent_writer(binding, int.from_bytes(data[1:5], "big"))
+                offset = _CONFLUENT_HEADER_LEN
+            else:
+                raise DecodeError(f"unknown framing (first bytes {bytes(data[:2]).hex()})")
+            buffer = BytesIO(data)
+            buffer.seek(offset)
+            reader = None if writer is binding.wire else binding.wire
+            value = schemaless_reader(buffer, writer, reader)
+            if buffer.tell() != len(data):
+                raise DecodeError(f"{len(data) - buffer.tell()} bytes left after the record")
+            return binding.record_type.from_avro(value)
+        except SchemaError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"cannot decode {binding.name}: {exc!r}") from exc
+
+    def _single_object_writer(self, binding: _Binding, fp: bytes) -> dict:
+        writer = binding.writers.get(fp)
+        if writer is not None:
+            return writer
+        if len(fp) < 8:
+            raise DecodeError("truncated single-object header")
+        owner = self._fingerprint_owner.get(fp)
+        if owner is not None:
+            raise DecodeError(f"event is a {owner}, not a {binding.name}")
+        raise UnknownSchema(f"unknown writer schema fingerprint {fp.hex()} for {binding.name}")
+
+    def _confluent_writer(self, binding: _Binding, schema_id: int) -> dict:
+        if self._registry is None:
+            return binding.wire  # no registry: the writer must have used our schema
+        cached = self._registry_writers.get(schema_id)
+        if cached is None:
+            raw = self._registry.schema_by_id(schema_id)
+            try:
+                parsed = parse_schema(raw)
+                cached = (parsed["name"], _wire_schema(parsed))
+            except Exception as exc:
+                raise UnknownSchema(f"registry schema id {schema_id} is not usable: {exc}") from exc
+            self._registry_writers[schema_id] = cached
+        name, writer = cached
+        if name != binding.name:
+            raise DecodeError(f"event is a {name}, not a {binding.name}")
+        return writer
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the registry HTTP client, if any; safe to call twice."""
+        if self._registry is not None:
+            self._registry.close()
+
+    def __enter__(self) -> AvroCodec:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,211 @@
+"""The ``streaminfer`` command: ``up``, ``gateway``, ``worker``, ``models build|list``, ``submit``,
+``tail results|audit|dlq``, ``bench`` and ``config show``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import uuid
+
+from .settings import Settings
+
+
+def _tasks_arg(value: str | None) -> list[str] | None:
+    return [t.strip() for t in value.split(",") if t.strip()] if value else None
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import AuthNotConfigured, create_app
+
+    from .telemetry import logging_config, setup_logging
+
+    settings = Settings()
+    setup_logging(args.log_level)
+    try:
+        app = create_app(settings)
+    except AuthNotConfigured as exc:
+        print(f"streaminfer gateway: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_ensure_topics(settings, None))
+    uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port,
+                log_config=logging_config(args.log_level), access_log=False)
+    return 0
+
+
+async def _ensure_topics(settings: Settings, tasks: list[str] | None) -> list[str]:
+    from models.config import load_repository_configs
+
+    from .kafka_admin import ensure_contract_topics
+
+    configs = load_repository_configs(settings.model_repository)
+    tasks = tasks or sorted(t for t, c in configs.items() if c.versions)
+    await ensure_contract_topics(settings, tasks)
+    return tasks
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from streams.app import WorkerOptions, create_worker
+
+    from .telemetry import logging_config, setup_logging
+
+    settings = Settings()
+    setup_logging(args.log_level)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    tasks = loop.run_until_complete(_ensure_topics(settings, _tasks_arg(args.tasks)))
+    if not tasks:
+        print("streaminfer worker: no built models in the repository; run `streaminfer models build`",
+              file=sys.stderr)
+        return 2
+    worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    app, runtime = create_worker(WorkerOptions(
+        bootstrap_servers=settings.kafka_bootstrap_servers, redis_url=settings.redis_dsn,
+        topic_prefix=settings.topic_prefix, group_id=settings.group_id,
+        model_repository=str(settings.model_repository), tasks=tasks, worker_id=worker_id,
+        topic_partitions=settings.topic_partitions, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        linger_ms=settings.kafka_linger_ms, commit_interval_s=settings.worker_commit_interval_s,
+        result_ttl_s=settings.result_ttl_s, max_queued=settings.worker_queue_items,
+        metrics_port=settings.worker_metrics_port, device=settings.device, threads=settings.worker_threads,
+        schema_registry_url=settings.schema_registry_url,
+    ))
+    worker = faust.Worker(app, runtime, loop=loop, loglevel=args.log_level.lower(), quiet=True,
+                          redirect_stdouts=False, logging_config=logging_config(args.log_level))
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    settings = Settings()
+    if args.action == "build":
+        from models.builtin import build_all
+
+        metrics = build_all(settings.model_repository, force=args.force, tasks=_tasks_arg(args.tasks))
+        for task, values in metrics.items():
+            print(f"{task:<20} " + " ".join(f"{k}={v}" for k, v in values.items()))
+        return 0
+    from models.config import load_repository_configs
+
+    configs = load_repository_configs(settings.model_repository)
+    if not configs:
+        print(f"no models in {settings.model_repository}; run `streaminfer models build`")
+    for task, config in sorted(configs.items()):
+        versions = ",".join(config.versions) or "(not built)"
+        print(f"{task:<20} {config.name:<28} {config.backend:<12} versions {versions:<8} "
+              f"max_batch {config.max_batch_size} delay {config.max_batch_delay_ms}ms")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import httpx
+
+    settings = Settings()
+    url = args.url or f"http://{settings.gateway_host}:{settings.gateway_port}"
+    if args.json:
+        body = json.loads(args.json)
+    elif args.text:
+        body = {"inputs": {"text": args.text if len(args.text) > 1 else args.text[0]}}
+    else:
+        body = {"inputs": json.load(sys.stdin)}
+    if args.priority:
+        body["priority"] = args.priority
+    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+    response = httpx.post(f"{url}/v1/infer/{args.task}", params={"wait": args.wait}, json=body,
+                          headers=headers, timeout=args.wait + 10)
+    print(json.dumps(response.json(), indent=2))
+    return 0 if response.status_code < 400 else 1
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from .tail import tail
+
+    return asyncio.run(tail(Settings(), args.stream, task=args.task, request_id=args.request_id,
+                            from_beginning=args.from_beginning, max_messages=args.max,
+                            idle_timeout_s=args.idle_timeout))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .up import run_up
+
+    return run_up(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(json.dumps(Settings().summary(), indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streaminfer", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("STREAMINFER_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start broker, Redis, a worker and the gateway on loopback")
+    up.add_argument("--gateway-port", type=int, default=None)
+    up.add_argument("--kafka-port", type=int, default=9092)
+    up.add_argument("--redis-port", type=int, default=6379)
+    up.add_argument("--tasks", default=None, help="comma-separated tasks (default: all built)")
+    up.add_argument("--workers", type=int, default=1)
+    up.set_defaults(func=cmd_up)
+
+    sub.add_parser("gateway", help="run the HTTP gateway").set_defaults(func=cmd_gateway)
+
+    worker = sub.add_parser("worker", help="run a stream worker")
+    worker.add_argument("--tasks", default=None)
+    worker.add_argument("--worker-id", default=None)
+    worker.set_defaults(func=cmd_worker)
+
+    models = sub.add_parser("models", help="build or list the model repository")
+    models.add_argument("action", choices=["build", "list"])
+    models.add_argument("--force", action="store_true")
+    models.add_argument("--tasks", default=None)
+    models.set_defaults(func=cmd_models)
+
+    submit = sub.add_parser("submit", help="submit one request through the gateway")
+    submit.add_argument("task")
+    submit.add_argument("--text", nargs="+", help="text(s) for text-embedding")
+    submit.add_argument("--json", help="the whole body as JSON")
+    submit.add_argument("--priority")
+    submit.add_argument("--wait", type=float, default=10.0)
+    submit.add_argument("--url")
+    submit.add_argument("--api-key", default=os.environ.get("STREAMINFER_API_KEY"))
+    submit.set_defaults(func=cmd_submit)
+
+    tail = sub.add_parser("tail", help="print results, audit events or dead letters as JSON lines")
+    tail.add_argument("stream", choices=["results", "audit", "dlq"])
+    tail.add_argument("--task")
+    tail.add_argument("--request-id")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--max", type=int, default=None)
+    tail.add_argument("--idle-timeout", type=float, default=None, help="stop after this many idle seconds")
+    tail.set_defaults(func=cmd_tail)
+
+    bench = sub.add_parser("bench", help="measure throughput and latency")
+    bench.add_argument("--requests", type=int, default=2000)
+    bench.add_argument("--concurrency", type=int, default=256)
+    bench.add_argument("--batch-size", type=int, default=None)
+    bench.add_argument("--output", default="bench-results")
+    bench.set_defaults(func=cmd_bench)
+
+    config = sub.add_parser("config", help="show the effective settings")
+    config.add_argument("action", choices=["show"])
+    config.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))

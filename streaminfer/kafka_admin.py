@@ -1,0 +1,55 @@
+"""Creates the contract's topics before any client can ask for their metadata.
+
+A broker may auto-create a missing topic on a metadata request with its own default
+partition count (Tansu does), so topics are created here, first, with the configured count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from schemas.topics import all_topics
+
+logger = logging.getLogger(__name__)
+
+
+async def ensure_topics(
+    bootstrap_servers: str, names: list[str], partitions: int, replication: int = 1,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create the missing topics among ``names``; return the ones created."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [n for n in names if n not in existing]
+            if missing:
+                await admin.create_topics(
+                    [NewTopic(n, num_partitions=partitions, replication_factor=replication) for n in missing]
+                )
+                logger.info("created %d topics with %d partitions", len(missing), partitions)
+            return missing
+        except KafkaConnectionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            logger.warning("broker %s not reachable yet; retrying", bootstrap_servers)
+            await asyncio.sleep(0.5)
+        except KafkaError as exc:  # e.g. a topic created concurrently by another process
+            logger.warning("topic creation: %s", exc)
+            return []
+        finally:
+            await admin.close()
+
+
+async def ensure_contract_topics(settings, tasks: list[str]) -> list[str]:
+    """All request, result, audit and DLQ topics of ``tasks`` under the settings' prefix."""
+    return await ensure_topics(
+        settings.kafka_bootstrap_servers, all_topics(settings.topic_prefix, tasks),
+        settings.topic_partitions, settings.topic_replication,
+    )

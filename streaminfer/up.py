@@ -1,0 +1,122 @@
+"""``streaminfer up``: everything on loopback in one command, stopped together by Ctrl-C or SIGTERM.
+
+Starts the embedded broker and Redis, creates the topics, builds missing models, then runs a worker
+and the gateway as child processes of their own (the production shape) and waits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from . import embedded
+from .kafka_admin import ensure_contract_topics
+from .settings import Settings
+
+
+def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "streaminfer", *argv], env=env, start_new_session=True,
+                            stdin=subprocess.DEVNULL)
+
+
+def _stop(procs: list[subprocess.Popen], timeout_s: float = 15.0) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_ready(url: str, procs: list[subprocess.Popen], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.args[3]} exited with {proc.returncode} during start-up")
+        try:
+            if httpx.get(f"{url}/ready", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"gateway at {url} not ready after {timeout_s}s")
+
+
+def run_up(args: argparse.Namespace) -> int:
+    stop_requested = False
+
+    def request_stop(signum, _frame):
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    base = Settings()
+    repo = Path(base.model_repository)
+    from models.config import load_repository_configs
+
+    if not any(c.versions for c in load_repository_configs(repo).values()):
+        print(f"building the built-in models into {repo} ...", flush=True)
+        from models.builtin import build_all
+
+        build_all(repo)
+
+    servers: list[embedded.EmbeddedServer] = []
+    children: list[subprocess.Popen] = []
+    try:
+        kafka = embedded.tansu(args.kafka_port).start()
+        servers.append(kafka)
+        redis = embedded.redis(args.redis_port).start()
+        servers.append(redis)
+        gateway_port = embedded.free_port(args.gateway_port or base.gateway_port)
+        env = dict(os.environ)
+        env.update({
+            "STREAMINFER_KAFKA_BOOTSTRAP_SERVERS": embedded.bootstrap_address(kafka),
+            "STREAMINFER_REDIS_URL": embedded.redis_address(redis),
+            "STREAMINFER_GATEWAY_HOST": embedded.LOOPBACK,
+            "STREAMINFER_GATEWAY_PORT": str(gateway_port),
+            "STREAMINFER_AUTH": env.get("STREAMINFER_AUTH", "disabled"),
+        })
+        settings = Settings(kafka_bootstrap_servers=env["STREAMINFER_KAFKA_BOOTSTRAP_SERVERS"])
+        tasks = args.tasks.split(",") if args.tasks else sorted(
+            t for t, c in load_repository_configs(repo).items() if c.versions)
+        asyncio.run(ensure_contract_topics(settings, tasks))
+        for n in range(args.workers):
+            worker_env = dict(env, STREAMINFER_WORKER_METRICS_PORT=str(
+                embedded.free_port(base.worker_metrics_port + n)))
+            children.append(_spawn(["worker", "--tasks", ",".join(tasks)], worker_env))
+        children.append(_spawn(["gateway"], env))
+        url = f"http://{embedded.LOOPBACK}:{gateway_port}"
+        _wait_ready(url, children, timeout_s=120)
+        print(f"gateway:  {url}  (docs: {url}/docs)", flush=True)
+        print(f"kafka:    {embedded.bootstrap_address(kafka)}", flush=True)
+        print(f"redis:    {embedded.redis_address(redis)}", flush=True)
+        print("try:", flush=True)
+        print(f"  curl -s -X POST '{url}/v1/infer/text-embedding?wait=5' -H 'Content-Type: application/json' "
+              "-d '{\"inputs\": {\"text\": \"Kafka is a distributed log\"}}'", flush=True)
+        print("Ctrl-C stops everything.", flush=True)
+        while not stop_requested:
+            for proc in children:
+                if proc.poll() is not None:
+                    print(f"{' '.join(proc.args[3:])} exited with {proc.returncode}; stopping", file=sys.stderr)
+                    return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        print("stopping ...", file=sys.stderr, flush=True)
+        _stop(children)
+        for server in reversed(servers):
+            server.stop()

@@ -1,0 +1,42 @@
+"""faust agents: one per request topic (task x priority), each a thin adapter that hands raw
+events to the :class:`RequestProcessor` and acknowledges them only when their result is written.
+
+Separate agents per priority keep a full low-priority queue from blocking high-priority intake.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import faust
+
+from schemas.topics import request_topics
+
+from .processor import RequestProcessor
+from .requests import SourceEvent
+
+logger = logging.getLogger(__name__)
+
+
+def register_agents(app: faust.App, processor: RequestProcessor, prefix: str) -> list[faust.types.AgentT]:
+    agents = []
+    for task in processor.tasks:
+        for topic_name in request_topics(prefix, task):
+            topic = app.topic(topic_name, key_type=bytes, value_type=bytes,
+                              key_serializer="raw", value_serializer="raw")
+            agents.append(app.agent(topic, name=f"requests:{topic_name}")(_make_agent(processor)))
+    return agents
+
+
+def _make_agent(processor: RequestProcessor):
+    async def consume(stream: faust.StreamT) -> None:
+        # noack: faust must not commit an offset when the next event arrives, only when
+        # the processor calls ack() after the result is stored and published.
+        stream = stream.noack()
+        async for event in stream.events():
+            message = event.message
+            source = SourceEvent(message.topic, message.partition, message.offset, message.key, message.value)
+            await processor.handle(source, functools.partial(stream.ack, event))
+
+    return consume

@@ -1,0 +1,105 @@
+"""Assembles a worker: the faust app with its agents, and the runtime service (models, batchers,
+publisher, metrics endpoint) that faust starts before the app and stops after it, so in-flight
+batches are still acknowledged while faust waits for its streams to empty and commits."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import mode
+from prometheus_client import start_http_server
+
+from models.repository import ModelRepository
+from schemas.codec import AvroCodec
+
+from .agents import register_agents
+from .processor import RequestProcessor
+from .publisher import ResultPublisher
+from .transport import WorkerApp
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Plain arguments of a worker (the shell builds them from its settings)."""
+
+    bootstrap_servers: str
+    redis_url: str
+    topic_prefix: str
+    group_id: str
+    model_repository: str
+    tasks: Sequence[str]
+    worker_id: str
+    topic_partitions: int = 6
+    fetch_max_wait_ms: int = 10
+    linger_ms: int = 2
+    commit_interval_s: float = 0.5
+    result_ttl_s: int = 86400
+    max_queued: int = 1024
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = 9100
+    device: str = "auto"
+    threads: int | None = None
+    schema_registry_url: str | None = None
+
+
+class WorkerRuntime(mode.Service):
+    """Starts the publisher and loads the models before faust consumes; drains after it stops."""
+
+    def __init__(self, processor: RequestProcessor, publisher: ResultPublisher,
+                 options: WorkerOptions, **kwargs) -> None:
+        self.processor = processor
+        self.publisher = publisher
+        self.options = options
+        self.metrics_port: int | None = None
+        self._metrics_server = None
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        await self.publisher.start()
+        await self.processor.start()
+        # NOTE: /metrics answers only once the models are warm: launchers use it as a ready signal.
+        if self.options.metrics_port is not None:
+            server, _thread = start_http_server(self.options.metrics_port, self.options.metrics_host)
+            self._metrics_server = server
+            self.metrics_port = server.server_address[1]
+            logger.info("worker metrics on http://%s:%d/metrics", self.options.metrics_host, self.metrics_port)
+        logger.info("worker %s ready for tasks %s", self.options.worker_id, ",".join(self.processor.tasks))
+
+    async def on_stop(self) -> None:
+        await self.processor.stop()
+        await self.publisher.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+
+
+def create_worker(options: WorkerOptions) -> tuple[WorkerApp, WorkerRuntime]:
+    codec = AvroCodec(registry_url=options.schema_registry_url)
+    repository = ModelRepository(options.model_repository, device=options.device,
+                                 intra_op_num_threads=options.threads)
+    publisher = ResultPublisher(options.bootstrap_servers, options.redis_url, codec, options.topic_prefix,
+                                options.result_ttl_s, linger_ms=options.linger_ms)
+    processor = RequestProcessor(repository=repository, publisher=publisher, codec=codec,
+                                 prefix=options.topic_prefix, worker_id=options.worker_id,
+                                 tasks=options.tasks, max_queued=options.max_queued)
+    app = WorkerApp(
+        options.group_id,
+        broker=[f"kafka://{server.strip()}" for server in options.bootstrap_servers.split(",")],
+        web_enabled=False,
+        topic_disable_leader=True,
+        # NOTE: a private datadir: several workers share a host with nothing fixed but their metrics port.
+        datadir=tempfile.mkdtemp(prefix="streaminfer-worker-"),
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=options.topic_partitions,
+        broker_commit_interval=options.commit_interval_s,
+        stream_wait_empty=True,
+    )
+    app.fetch_max_wait_ms = options.fetch_max_wait_ms
+    register_agents(app, processor, options.topic_prefix)
+    runtime = WorkerRuntime(processor, publisher, options)
+    return app, runtime

@@ -1,0 +1,293 @@
+"""The worker's logic, free of faust: decode an event, check it, queue it on its model's batcher,
+run batches off the event loop, and write results before acknowledging the events.
+
+Agents (``agents.py``) only hand raw events to :meth:`RequestProcessor.handle`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from models.base import Model
+from models.errors import ModelError, ModelNotFound
+from models.friendly import validate_tensors
+from models.repository import ModelRepository
+from schemas.codec import AvroCodec
+from schemas.errors import SchemaError
+from schemas.records import (
+    AuditEvent, AuditType, DeadLetter, Error, InferenceRequest, InferenceResult, Status, Tensor,
+    Timings, input_digest, now_ms,
+)
+from schemas.topics import parse_request_topic
+
+from . import metrics
+from .batcher import InferenceBatcher
+from .merging import merge_inputs, split_outputs
+from .publisher import ResultPublisher
+from .requests import PendingRequest, SourceEvent
+
+logger = logging.getLogger(__name__)
+
+Ack = Callable[[], Awaitable[object]]
+
+
+class RequestProcessor:
+    """One per worker process; serves ``tasks`` from ``repository``."""
+
+    def __init__(
+        self, *, repository: ModelRepository, publisher: ResultPublisher, codec: AvroCodec,
+        prefix: str, worker_id: str, tasks: Sequence[str], max_queued: int = 1024,
+        max_attempts: int = 3, retry_backoff_s: float = 0.05,
+    ) -> None:
+        self._repository = repository
+        self._publisher = publisher
+        self._codec = codec
+        self._prefix = prefix
+        self.worker_id = worker_id
+        self.tasks = list(tasks)
+        self._max_queued = max_queued
+        self._max_attempts = max_attempts
+        self._backoff_s = retry_backoff_s
+        self._batchers: dict[tuple[str, str], InferenceBatcher[PendingRequest]] = {}
+        self._models: dict[tuple[str, str], Model] = {}
+        self._closed = True
+
+    async def start(self) -> None:
+        threads = sum(max(1, self._repository.get_config(t).instances) for t in self.tasks)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="inference")
+        self._lock = asyncio.Lock()
+        self._closed = False
+        for task in self.tasks:  # load and warm the default versions before taking traffic
+            await self._batcher_for(task, None)
+
+    async def stop(self) -> None:
+        """Finish the batches running and those queued, then stop."""
+        if self._closed:
+            return
+        self._closed = True
+        for batcher in self._batchers.values():
+            await batcher.drain()
+        for batcher in self._batchers.values():
+            left = await batcher.stop()
+            if left:
+                logger.warning("%d requests left unacknowledged in %s; they will be redelivered",
+                               len(left), batcher.name)
+        self._pool.shutdown(wait=True)
+
+    async def _batcher_for(self, task: str, version: str | None) -> InferenceBatcher[PendingRequest]:
+        config = self._repository.get_config(task)
+        version = version or config.default_version
+        key = (task, version)
+        if key in self._batchers:
+            return self._batchers[key]
+        async with self._lock:
+            if key not in self._batchers:
+                loop = asyncio.get_running_loop()
+                model = await loop.run_in_executor(self._pool, self._repository.load, task, version)
+                self._models[key] = model
+                batcher = InferenceBatcher(
+                    f"{model.name}:{model.version}", lambda batch, m=model: self._run_batch(m, batch),
+                    max_batch_size=config.max_batch_size, max_batch_delay_ms=config.max_batch_delay_ms,
+                    instances=config.instances, max_queued=self._max_queued,
+                )
+                await batcher.start()
+                self._batchers[key] = batcher
+                logger.info("serving task %s with %s version %s", task, model.name, model.version)
+        return self._batchers[key]
+
+    # --- intake ---
+    async def handle(self, source: SourceEvent, ack: Ack) -> None:
+        """Take one raw event from a request topic. Returns once it is queued or answered."""
+        try:
+            request = self._codec.decode(source.value, InferenceRequest)
+        except SchemaError as exc:
+            logger.warning("undecodable event at %s[%d]@%d: %s", source.topic, source.partition,
+                           source.offset, exc)
+            await self._dead_letter(source, None, exc.code, str(exc), type(exc).__name__)
+            await ack()
+            return
+        topic_task = parse_request_topic(self._prefix, source.topic)
+        if request.task not in self._repository.configs or (topic_task and topic_task[0] != request.task):
+            message = f"task {request.task!r} is not served here (topic {source.topic})"
+            await self._dead_letter(source, request, "TASK_NOT_FOUND", message, "ModelNotFound")
+            await ack()
+            return
+        try:
+            inputs = {t.name: t.to_numpy() for t in request.inputs}
+            validate_tensors(self._repository.get_config(request.task), inputs)
+            batcher = await self._batcher_for(request.task, request.model_version)
+        except (SchemaError, ModelError) as exc:
+            await self._reject(source, request, exc, ack)
+            return
+        first = next(iter(inputs.values()))
+        version = batcher.name.rsplit(":", 1)[1]
+        await batcher.put(PendingRequest(
+            request=request, inputs=inputs, size=int(first.shape[0]), priority=request.priority,
+            source=source, ack=ack, digest=input_digest(request.inputs), model_version=version,
+        ))
+
+    async def _reject(self, source: SourceEvent, request: InferenceRequest, exc: Exception, ack: Ack) -> None:
+        """Bad input: a FAILED result its client can read, plus a dead letter for operators."""
+        code = getattr(exc, "code", "INVALID_INPUT")
+        if isinstance(exc, ModelNotFound):
+            code = "TASK_NOT_FOUND"
+        result = self._result(request, Status.FAILED, error=Error(code, str(exc), False))
+        await self._finish([(request, result, input_digest(request.inputs))])
+        await self._dead_letter(source, request, code, str(exc), type(exc).__name__)
+        await ack()
+
+    async def _dead_letter(self, source: SourceEvent, request: InferenceRequest | None,
+                           code: str, message: str, error_type: str) -> None:
+        letter = DeadLetter(source_topic=source.topic, partition=source.partition, offset=source.offset,
+                            key=source.key, payload=source.value, error_code=code, error_message=message)
+        await self._publisher.dead_letter(letter, error_type)
+        request_id = request.request_id if request else (source.key or b"").decode("utf-8", "replace")
+        await self._publisher.audit([AuditEvent(
+            request_id=request_id, task=request.task if request else "", type=AuditType.DEAD_LETTERED,
+            actor=self.worker_id, details={"error_code": code, "topic": source.topic,
+                                           "partition": str(source.partition), "offset": str(source.offset)},
+        )])
+
+    # --- batches ---
+    async def _run_batch(self, model: Model, batch: list[PendingRequest]) -> None:
+        started = now_ms()
+        ids = [p.request.request_id for p in batch]
+        stored, cancelled = await asyncio.gather(self._publisher.lookup(ids), self._publisher.cancelled(ids))
+        runnable: list[PendingRequest] = []
+        finished: list[tuple[InferenceRequest, InferenceResult, str]] = []
+        duplicates: list[PendingRequest] = []
+        for item, prior, is_cancelled in zip(batch, stored, cancelled, strict=True):
+            req = item.request
+            if prior is not None:
+                duplicates.append(item)
+                if not prior.published:  # a crash came between storing and publishing
+                    await self._publisher.republish([(req.task, req.request_id, prior.avro)])
+            elif is_cancelled:
+                finished.append((req, self._result(req, Status.CANCELLED, model=model), item.digest))
+            elif req.deadline_at is not None and req.deadline_at < started:
+                error = Error("DEADLINE_EXCEEDED", f"deadline passed {started - req.deadline_at} ms before the run", False)
+                finished.append((req, self._result(req, Status.EXPIRED, model=model, error=error), item.digest))
+            else:
+                runnable.append(item)
+                metrics.QUEUE_SECONDS.labels(req.task, item.priority.topic_suffix).observe(
+                    max(0.0, (started - req.created_at) / 1000.0))
+        if duplicates:
+            metrics.DUPLICATES.inc(len(duplicates))
+            await self._publisher.audit(self._audit(p.request, AuditType.DUPLICATE, p.digest) for p in duplicates)
+        if runnable:
+            await self._publisher.mark_running([p.request.request_id for p in runnable], self.worker_id)
+            await self._publisher.audit(self._audit(p.request, AuditType.STARTED, p.digest,
+                                                    {"batch_items": str(sum(q.size for q in runnable))})
+                                        for p in runnable)
+            finished.extend(await self._infer(model, runnable, started))
+        await self._finish(finished)
+        for item in batch:
+            await item.ack()
+
+    async def _infer(self, model: Model, items: list[PendingRequest], started: int
+                     ) -> list[tuple[InferenceRequest, InferenceResult, str]]:
+        batch_items = sum(p.size for p in items)
+        metrics.BATCH_SIZE.labels(model.name).observe(batch_items)
+        t0 = time.perf_counter()
+        try:
+            outputs = await self._predict(model, merge_inputs([p.inputs for p in items]))
+            parts: list[dict | Exception] = split_outputs(outputs, [p.size for p in items])
+            attempts = [1] * len(items)
+        except ModelError as exc:
+            if len(items) == 1:
+                parts, attempts = [exc], [1]
+            else:  # isolate whoever broke the batch: the others must not fail with it
+                logger.warning("batch of %d on %s failed (%s); running its requests one by one",
+                               len(items), model.name, exc)
+                parts, attempts = [], []
+                for item in items:
+                    part, tries = await self._infer_alone(model, item)
+                    parts.append(part)
+                    attempts.append(tries + 1)
+        inference_ms = (time.perf_counter() - t0) * 1000.0
+        metrics.COMPUTE_SECONDS.labels(model.name, model.version).observe(inference_ms / 1000.0)
+        finished = []
+        for item, part, tries in zip(items, parts, attempts, strict=True):
+            if isinstance(part, Exception) and part.retriable and tries < self._max_attempts:
+                part, more = await self._infer_alone(model, item, retries_left=self._max_attempts - tries)
+                tries += more
+            if isinstance(part, Exception):
+                error = Error(getattr(part, "code", "INFERENCE_FAILED"), str(part), bool(part.retriable))
+                result = self._result(item.request, Status.FAILED, model=model, error=error,
+                                      batch_size=batch_items, attempts=tries, started=started,
+                                      inference_ms=inference_ms)
+                if part.retriable:  # out of retries: operators get the event back
+                    await self._dead_letter(item.source, item.request, error.code, error.message,
+                                            type(part).__name__)
+            else:
+                result = self._result(item.request, Status.SUCCEEDED, model=model, outputs=part,
+                                      batch_size=batch_items, attempts=tries, started=started,
+                                      inference_ms=inference_ms)
+            finished.append((item.request, result, item.digest))
+        return finished
+
+    async def _infer_alone(self, model: Model, item: PendingRequest, retries_left: int = 1
+                           ) -> tuple[dict | Exception, int]:
+        """Run one request alone, retrying retriable failures with backoff and jitter.
+        Returns the outputs (or the last error) and how many runs it took."""
+        error: Exception | None = None
+        for attempt in range(1, retries_left + 1):
+            try:
+                return await self._predict(model, item.inputs), attempt
+            except ModelError as exc:
+                error = exc
+                if not exc.retriable:
+                    return exc, attempt
+                await self._publisher.audit([self._audit(item.request, AuditType.RETRIED, item.digest,
+                                                         {"attempt": str(attempt), "error": str(exc)})])
+                await asyncio.sleep(self._backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random()))
+        return error, retries_left
+
+    async def _predict(self, model: Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, model.predict_batch, inputs)
+
+    # --- results ---
+    async def _finish(self, finished: list[tuple[InferenceRequest, InferenceResult, str]]) -> None:
+        if not finished:
+            return
+        is_new = await self._publisher.store_and_publish([r for _, r, _ in finished])
+        events = []
+        for (request, result, digest), new in zip(finished, is_new, strict=True):
+            if not new:
+                events.append(self._audit(request, AuditType.DUPLICATE, digest))
+                continue
+            if result.error is not None:
+                metrics.ERRORS.labels(request.task, result.error.code).inc()
+            details = {"status": result.status.value}
+            if result.error is not None:
+                details["error_code"] = result.error.code
+            events.append(self._audit(request, AuditType[result.status.value], digest, details))
+        await self._publisher.audit(events)
+
+    def _result(self, request: InferenceRequest, status: Status, *, model: Model | None = None,
+                outputs: dict[str, np.ndarray] | None = None, error: Error | None = None,
+                batch_size: int = 0, attempts: int = 1, started: int | None = None,
+                inference_ms: float = 0.0) -> InferenceResult:
+        completed = now_ms()
+        started = started if started is not None else completed
+        return InferenceResult(
+            request_id=request.request_id, task=request.task, status=status, worker_id=self.worker_id,
+            model_name=model.name if model else None, model_version=model.version if model else None,
+            outputs=[Tensor.from_numpy(name, np.ascontiguousarray(a)) for name, a in (outputs or {}).items()],
+            error=error, batch_size=batch_size, attempts=attempts, created_at=request.created_at,
+            completed_at=completed,
+            timings=Timings(queued_ms=float(max(0, started - request.created_at)), inference_ms=inference_ms,
+                            total_ms=float(max(0, completed - request.created_at))),
+        )
+
+    def _audit(self, request: InferenceRequest, kind: AuditType, digest: str,
+               details: dict[str, str] | None = None) -> AuditEvent:
+        return AuditEvent(request_id=request.request_id, task=request.task, type=kind,
+                          actor=self.worker_id, input_digest=digest, details=details or {})

@@ -1,0 +1,152 @@
+"""Writes what the worker decides to Kafka (results, audit, dead letters) and to Redis.
+
+Redis layout (keys from ``schemas.keys``): the result key is a hash with ``avro`` (the encoded
+InferenceResult) and ``published`` (set once it is on the results topic). The stored result
+is what makes a redelivered request a DUPLICATE; the flag tells whether a crash came between
+storing and publishing, in which case the stored result is published again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+
+from schemas import keys, topics
+from schemas.codec import AvroCodec
+from schemas.records import AuditEvent, DeadLetter, InferenceResult
+
+from . import metrics
+
+logger = logging.getLogger(__name__)
+
+FIELD_AVRO = "avro"
+FIELD_PUBLISHED = "published"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    avro: bytes
+    published: bool
+
+
+class ResultPublisher:
+    """Owns the worker's Kafka producer and Redis client."""
+
+    def __init__(
+        self, bootstrap_servers: str, redis_url: str, codec: AvroCodec, prefix: str,
+        result_ttl_s: int, linger_ms: int = 2, request_timeout_ms: int = 10_000,
+    ) -> None:
+        self._bootstrap = bootstrap_servers
+        self._redis_url = redis_url
+        self._codec = codec
+        self._prefix = prefix
+        self._ttl_s = result_ttl_s
+        self._linger_ms = linger_ms
+        self._request_timeout_ms = request_timeout_ms
+        self._closed = True
+
+    async def start(self) -> None:
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap, linger_ms=self._linger_ms, acks="all",
+            request_timeout_ms=self._request_timeout_ms, max_batch_size=1 << 20,
+        )
+        await self.producer.start()
+        self.redis = Redis.from_url(self._redis_url, decode_responses=False)
+        self._closed = False
+
+    async def stop(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.producer.stop()  # flushes what is pending
+        finally:
+            await self.redis.aclose()
+
+    async def __aenter__(self) -> ResultPublisher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    # --- reads ---
+    async def lookup(self, request_ids: Sequence[str]) -> list[StoredResult | None]:
+        """The stored result of each request, in one round trip; also reads cancellations."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in request_ids:
+                pipe.hmget(keys.result_key(self._prefix, rid), FIELD_AVRO, FIELD_PUBLISHED)
+            rows = await pipe.execute()
+        return [StoredResult(avro, published == b"1") if avro is not None else None for avro, published in rows]
+
+    async def cancelled(self, request_ids: Sequence[str]) -> list[bool]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in request_ids:
+                pipe.exists(keys.cancel_key(self._prefix, rid))
+            return [bool(n) for n in await pipe.execute()]
+
+    async def mark_running(self, request_ids: Sequence[str], worker_id: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in request_ids:
+                key = keys.status_key(self._prefix, rid)
+                pipe.hset(key, mapping={"status": "running", "worker_id": worker_id})
+                pipe.expire(key, self._ttl_s)
+            await pipe.execute()
+
+    # --- writes ---
+    async def store_and_publish(self, results: Sequence[InferenceResult]) -> list[bool]:
+        """Store each result in Redis unless one is there already, publish the new ones to their
+        results topic, then mark them published and notify waiters. Returns, per result, whether
+        it was new (False: a result for that request existed, nothing was written)."""
+        encoded = [self._codec.encode(r) for r in results]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for result, avro in zip(results, encoded, strict=True):
+                key = keys.result_key(self._prefix, result.request_id)
+                pipe.hsetnx(key, FIELD_AVRO, avro)
+                pipe.expire(key, self._ttl_s)
+            replies = await pipe.execute()
+        is_new = [bool(n) for n in replies[0::2]]
+        fresh = [(r, a) for r, a, new in zip(results, encoded, is_new, strict=True) if new]
+        await self.republish([(r.task, r.request_id, a) for r, a in fresh])
+        for result, new in zip(results, is_new, strict=True):
+            if new:
+                metrics.REQUESTS.labels(result.task, result.status.value.lower()).inc()
+        return is_new
+
+    async def republish(self, items: Iterable[tuple[str, str, bytes]]) -> None:
+        """Produce encoded results ``(task, request_id, avro)``, then flag them published and
+        wake the gateway's waiters."""
+        items = list(items)
+        if not items:
+            return
+        await self._send_all(
+            (topics.results_topic(self._prefix, task), rid.encode(), avro) for task, rid, avro in items
+        )
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _task, rid, _avro in items:
+                pipe.hset(keys.result_key(self._prefix, rid), FIELD_PUBLISHED, b"1")
+                pipe.hset(keys.status_key(self._prefix, rid), "status", "done")
+                pipe.expire(keys.status_key(self._prefix, rid), self._ttl_s)
+                pipe.publish(keys.result_channel(self._prefix, rid), b"1")
+            await pipe.execute()
+
+    async def audit(self, events: Iterable[AuditEvent]) -> None:
+        topic = topics.audit_topic(self._prefix)
+        await self._send_all((topic, e.request_id.encode(), self._codec.encode(e)) for e in events)
+
+    async def dead_letter(self, letter: DeadLetter, error_type: str) -> None:
+        metrics.DEAD_LETTERS.inc()
+        await self.producer.send_and_wait(
+            topics.dlq_topic(self._prefix), self._codec.encode(letter), key=letter.key,
+            headers=[(keys.HEADER_ERROR_TYPE, error_type.encode())],
+        )
+
+    async def _send_all(self, messages: Iterable[tuple[str, bytes, bytes]]) -> None:
+        futures = [await self.producer.send(topic, value, key=key) for topic, key, value in messages]
+        if futures:
+            await asyncio.gather(*futures)

@@ -1,0 +1,37 @@
+"""What the worker holds for one request between its event and its result."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schemas.records import InferenceRequest, Priority
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEvent:
+    """Where an event came from: enough to dead-letter it verbatim."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(slots=True)
+class PendingRequest:
+    request: InferenceRequest
+    inputs: dict[str, np.ndarray]
+    size: int
+    priority: Priority
+    source: SourceEvent
+    ack: Callable[[], Awaitable[object]]
+    """Acknowledge the event (its offset becomes committable): call only once its outcome is written."""
+    digest: str
+    model_version: str
+    enqueued_at: float = 0.0
+    attempts: int = 0
+    extra: dict = field(default_factory=dict)
