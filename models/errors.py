@@ -7,7 +7,8 @@ Hierarchy::
     ├── ModelVersionNotFound        the task exists, the version does not (MODEL_VERSION_NOT_FOUND)
     ├── InvalidInput                wrong shape/dtype, missing tensor, empty text, unknown feature
     ├── InferenceFailed             the backend raised while running a batch (retriable)
-    └── ModelConfigError            model.yaml or the artifact is unusable
+    ├── ModelConfigError            model.yaml or the artifact is unusable
+    └── ModelBuildFailed            a built-in model missed its quality bar while being built
 
 These know nothing about HTTP or Kafka: the gateway maps them to status codes and the worker
 reads ``retriable`` instead of parsing messages.
@@ -18,6 +19,7 @@ from __future__ import annotations
 __all__ = [
     "InferenceFailed",
     "InvalidInput",
+    "ModelBuildFailed",
     "ModelConfigError",
     "ModelError",
     "ModelNotFound",
@@ -61,3 +63,9 @@ class ModelConfigError(ModelError):
     """``model.yaml`` is malformed or disagrees with the model artifact."""
 
     code = "MODEL_CONFIG_ERROR"
+
+
+class ModelBuildFailed(ModelError):
+    """A built-in model could not be built or missed its accuracy/agreement threshold."""
+
+    code = "MODEL_BUILD_FAILED"

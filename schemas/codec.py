@@ -16,17 +16,23 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro import parse_schema, schemaless_reader
 from fastavro.repository.base import AbstractSchemaRepository, SchemaRepositoryError
 from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
 
+from schemas.binary import CompiledCodec, compile_schema
 from schemas.errors import DecodeError, EncodeError, SchemaError, UnknownSchema
 from schemas.records import (
+    NAMESPACE,
     AuditEvent,
+    AuditType,
+    DataType,
     DeadLetter,
     Error,
     InferenceRequest,
     InferenceResult,
+    Priority,
+    Status,
     Tensor,
     Timings,
 )
@@ -52,6 +58,12 @@ RECORD_TYPES: tuple[type, ...] = (
     AuditEvent,
     DeadLetter,
 )
+
+# Python types the compiled fast path builds directly, by Avro full name.
+PYTHON_TYPES: dict[str, type] = {
+    **{record_type.AVRO_NAME: record_type for record_type in RECORD_TYPES},
+    **{f"{NAMESPACE}.{enum.__name__}": enum for enum in (DataType, Priority, Status, AuditType)},
+}
 
 T = TypeVar("T")
 
@@ -123,6 +135,7 @@ class _Binding:
     schema: dict  # as loaded from the .avsc files (public)
     wire: dict  # logical types stripped; what encode/decode use
     header: bytes  # single-object header of the current schema
+    compiled: CompiledCodec  # fast path for the current schema
     writers: dict[bytes, dict] = field(default_factory=dict)  # fingerprint -> wire schema
     registry_id: int | None = None
 
@@ -156,9 +169,12 @@ class AvroCodec:
                 raise SchemaError(f"{self._schema_dir} has no {name}.avsc")
             schema = loaded[name]
             fp = schema_fingerprint(schema)
-            binding = _Binding(
-                record_type, name, schema, _wire_schema(schema), SINGLE_OBJECT_MAGIC + fp
-            )
+            wire = _wire_schema(schema)
+            try:
+                compiled = compile_schema(wire, PYTHON_TYPES)
+            except ValueError as exc:  # e.g. a schema file that no longer mirrors its class
+                raise SchemaError(f"cannot compile {name}: {exc}") from exc
+            binding = _Binding(record_type, name, schema, wire, SINGLE_OBJECT_MAGIC + fp, compiled)
             binding.writers[fp] = binding.wire
             self._bindings[record_type] = binding
             self._by_name[name] = binding
@@ -205,26 +221,22 @@ class AvroCodec:
 
     def encode(self, record: Any) -> bytes:
         """Avro bytes of `record`, framed for Kafka. Raises EncodeError."""
-        binding = self._binding(type(record))
+        binding = self._bindings.get(type(record)) or self._binding(type(record))
         header = binding.header if self._registry is None else self._confluent_header(binding)
-        out = BytesIO()
-        out.write(header)
         try:
-            schemaless_writer(out, binding.wire, record.to_avro())
+            return binding.compiled.encode(record, header)
         except SchemaError:
             raise
         except Exception as exc:
             raise EncodeError(f"cannot encode {binding.name}: {exc!r}") from exc
-        return out.getvalue()
 
     def _confluent_header(self, binding: _Binding) -> bytes:
-        if binding.registry_id is None:
-            assert self._registry is not None
+        if binding.registry_id is None and self._registry is not None:
             schema_id = self._registry.register(binding.name, plain_schema(binding.schema))
             binding.registry_id = schema_id
             # Our own events then decode without a registry round trip.
             self._registry_writers[schema_id] = (binding.name, binding.wire)
-        return CONFLUENT_MAGIC + binding.registry_id.to_bytes(4, "big")
+        return CONFLUENT_MAGIC + (binding.registry_id or 0).to_bytes(4, "big")
 
     # -- decode ----------------------------------------------------------------------
 
@@ -233,12 +245,21 @@ class AvroCodec:
 
         Raises DecodeError (UnknownSchema when the writer schema cannot be found).
         """
-        binding = self._binding(record_type)
-        if not data:
-            raise DecodeError(f"empty message where a {binding.name} was expected")
+        binding = self._bindings.get(record_type) or self._binding(record_type)
+        if type(data) is not bytes:
+            if not isinstance(data, bytearray | memoryview):
+                raise DecodeError(f"expected bytes, got {type(data).__name__}")
+            data = bytes(data)  # the compiled decoder slices and indexes real bytes
         try:
+            if data[:_SINGLE_HEADER_LEN] == binding.header:  # the common case, one compare
+                record, end = binding.compiled.decode(data, _SINGLE_HEADER_LEN)
+                if end != len(data):
+                    raise DecodeError(f"{len(data) - end} bytes left after the {binding.name}")
+                return record
+            if not data:
+                raise DecodeError(f"empty message where a {binding.name} was expected")
             if data[:2] == SINGLE_OBJECT_MAGIC:
-                writer = self._single_object_writer(binding, bytes(data[2:_SINGLE_HEADER_LEN]))
+                writer = self._single_object_writer(binding, data[2:_SINGLE_HEADER_LEN])
                 offset = _SINGLE_HEADER_LEN
             elif data[:1] == CONFLUENT_MAGIC:
                 if len(data) < _CONFLUENT_HEADER_LEN:
@@ -246,14 +267,19 @@ class AvroCodec:
                 writer = self._confluent_writer(binding, int.from_bytes(data[1:5], "big"))
                 offset = _CONFLUENT_HEADER_LEN
             else:
-                raise DecodeError(f"unknown framing (first bytes {bytes(data[:2]).hex()})")
-            buffer = BytesIO(data)
-            buffer.seek(offset)
-            reader = None if writer is binding.wire else binding.wire
-            value = schemaless_reader(buffer, writer, reader)
-            if buffer.tell() != len(data):
-                raise DecodeError(f"{len(data) - buffer.tell()} bytes left after the record")
-            return binding.record_type.from_avro(value)
+                raise DecodeError(f"unknown framing (first bytes {data[:2].hex()})")
+            if writer is binding.wire:
+                record, end = binding.compiled.decode(data, offset)
+            else:  # another schema version: let fastavro apply Avro's resolution rules
+                buffer = BytesIO(data)
+                buffer.seek(offset)
+                record = binding.record_type.from_avro(
+                    schemaless_reader(buffer, writer, binding.wire)
+                )
+                end = buffer.tell()
+            if end != len(data):
+                raise DecodeError(f"{len(data) - end} bytes left after the {binding.name}")
+            return record
         except SchemaError:
             raise
         except Exception as exc:

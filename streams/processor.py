@@ -202,30 +202,26 @@ class RequestProcessor:
             attempts = [1] * len(items)
         except ModelError as exc:
             if len(items) == 1:
-                parts, attempts = [exc], [1]
+                parts = [exc]
             else:  # isolate whoever broke the batch: the others must not fail with it
                 logger.warning("batch of %d on %s failed (%s); running its requests one by one",
                                len(items), model.name, exc)
-                parts, attempts = [], []
-                for item in items:
-                    part, tries = await self._infer_alone(model, item)
-                    parts.append(part)
-                    attempts.append(tries + 1)
+                parts = [await self._run_alone(model, item) for item in items]
+            attempts = [1] * len(items)
         inference_ms = (time.perf_counter() - t0) * 1000.0
         metrics.COMPUTE_SECONDS.labels(model.name, model.version).observe(inference_ms / 1000.0)
         finished = []
         for item, part, tries in zip(items, parts, attempts, strict=True):
-            if isinstance(part, Exception) and part.retriable and tries < self._max_attempts:
-                part, more = await self._infer_alone(model, item, retries_left=self._max_attempts - tries)
-                tries += more
+            if isinstance(part, Exception):
+                part, tries = await self._retry(model, item, part, tries)
             if isinstance(part, Exception):
                 error = Error(getattr(part, "code", "INFERENCE_FAILED"), str(part), bool(part.retriable))
                 result = self._result(item.request, Status.FAILED, model=model, error=error,
                                       batch_size=batch_items, attempts=tries, started=started,
                                       inference_ms=inference_ms)
-                if part.retriable:  # out of retries: operators get the event back
-                    await self._dead_letter(item.source, item.request, error.code, error.message,
-                                            type(part).__name__)
+                # operators get the event back, verbatim, with why it failed
+                await self._dead_letter(item.source, item.request, error.code, error.message,
+                                        type(part).__name__)
             else:
                 result = self._result(item.request, Status.SUCCEEDED, model=model, outputs=part,
                                       batch_size=batch_items, attempts=tries, started=started,
@@ -233,22 +229,26 @@ class RequestProcessor:
             finished.append((item.request, result, item.digest))
         return finished
 
-    async def _infer_alone(self, model: Model, item: PendingRequest, retries_left: int = 1
-                           ) -> tuple[dict | Exception, int]:
-        """Run one request alone, retrying retriable failures with backoff and jitter.
-        Returns the outputs (or the last error) and how many runs it took."""
-        error: Exception | None = None
-        for attempt in range(1, retries_left + 1):
-            try:
-                return await self._predict(model, item.inputs), attempt
-            except ModelError as exc:
-                error = exc
-                if not exc.retriable:
-                    return exc, attempt
-                await self._publisher.audit([self._audit(item.request, AuditType.RETRIED, item.digest,
-                                                         {"attempt": str(attempt), "error": str(exc)})])
-                await asyncio.sleep(self._backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random()))
-        return error, retries_left
+    async def _run_alone(self, model: Model, item: PendingRequest) -> dict | Exception:
+        try:
+            return await self._predict(model, item.inputs)
+        except ModelError as exc:
+            return exc
+
+    async def _retry(self, model: Model, item: PendingRequest, error: Exception, tries: int
+                     ) -> tuple[dict | Exception, int]:
+        """Retry a retriable failure alone, with exponential backoff and jitter, up to the
+        configured attempts. Returns the outputs (or the last error) and the attempts made."""
+        while getattr(error, "retriable", False) and tries < self._max_attempts:
+            await self._publisher.audit([self._audit(item.request, AuditType.RETRIED, item.digest,
+                                                     {"attempt": str(tries), "error": str(error)})])
+            await asyncio.sleep(self._backoff_s * (2 ** (tries - 1)) * (0.5 + random.random()))
+            tries += 1
+            part = await self._run_alone(model, item)
+            if not isinstance(part, Exception):
+                return part, tries
+            error = part
+        return error, tries
 
     async def _predict(self, model: Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return await asyncio.get_running_loop().run_in_executor(self._pool, model.predict_batch, inputs)

@@ -1,0 +1,133 @@
+"""Builders of the three built-in tasks and their committed ``model.yaml`` templates.
+
+``build_all`` writes ``<repo>/<task>/model.yaml`` and ``<repo>/<task>/1/<artifact>`` plus a
+``metrics.json``. Builders import torch, transformers and scikit-learn lazily, so importing this
+package (e.g. for ``default_repository``) stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from models.errors import ModelNotFound
+
+__all__ = [
+    "BUILTIN_TASKS",
+    "VERSION",
+    "build_all",
+    "build_task",
+    "default_repository",
+    "is_built",
+    "template_path",
+]
+
+logger = logging.getLogger(__name__)
+
+VERSION = "1"
+METRICS_FILE = "metrics.json"
+BUILTIN_TASKS: dict[str, str] = {
+    "text-embedding": "models.builtin.text_embedding",
+    "image-classify": "models.builtin.image_classify",
+    "tabular-classify": "models.builtin.tabular_classify",
+}
+_TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def default_repository() -> Path:
+    """``model_repository/`` at the project root (gitignored; built artifacts live there)."""
+    return Path(__file__).resolve().parents[2] / "model_repository"
+
+
+def template_path(task: str) -> Path:
+    """The committed ``model.yaml`` of a built-in task."""
+    return _TEMPLATES / f"{task}.yaml"
+
+
+def _builder(task: str):
+    if task not in BUILTIN_TASKS:
+        raise ModelNotFound(f"no built-in task {task!r}; built-ins are {sorted(BUILTIN_TASKS)}")
+    return importlib.import_module(BUILTIN_TASKS[task])
+
+
+def is_built(repo: Path, task: str) -> bool:
+    """Whether ``task`` has its model.yaml, artifact and metrics in ``repo``."""
+    version_dir = Path(repo) / task / VERSION
+    return (
+        (Path(repo) / task / "model.yaml").is_file()
+        and (version_dir / _builder(task).ARTIFACT).is_file()
+        and (version_dir / METRICS_FILE).is_file()
+    )
+
+
+def build_task(repo: Path, task: str, force: bool = False) -> dict:
+    """Build one built-in task into ``repo`` unless it is already built; returns its metrics.
+
+    The version directory is assembled under a temporary name and renamed into place, so a
+    crashed build never leaves a half-written version that a worker would try to serve.
+    """
+    repo = Path(repo)
+    builder = _builder(task)
+    model_dir = repo / task
+    version_dir = model_dir / VERSION
+    if not force and is_built(repo, task):
+        metrics = json.loads((version_dir / METRICS_FILE).read_text(encoding="utf-8"))
+        logger.info("%s is already built in %s; skipping (use force to rebuild)", task, model_dir)
+        return {**metrics, "skipped": True}
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{VERSION}.building-", dir=model_dir))
+    staging.chmod(0o755)  # mkdtemp makes it private; served models must be readable
+    started = time.perf_counter()
+    try:
+        metrics = builder.build(staging)
+        metrics["build_seconds"] = round(time.perf_counter() - started, 2)
+        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        if version_dir.exists():
+            shutil.rmtree(version_dir)
+        os.replace(staging, version_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _install_template(task, model_dir)
+    _smoke_test(model_dir)
+    return {**metrics, "skipped": False}
+
+
+def _install_template(task: str, model_dir: Path) -> None:
+    target = model_dir / "model.yaml"
+    partial = model_dir / ".model.yaml.partial"
+    shutil.copyfile(template_path(task), partial)
+    os.replace(partial, target)
+
+
+def _smoke_test(model_dir: Path) -> None:
+    """Load the installed model through its runtime, exactly as a worker would, and warm it up."""
+    from models.config import load_model_config
+    from models.repository import create_model
+
+    model = create_model(load_model_config(model_dir), VERSION, device="cpu")
+    model.load()
+    model.warmup()
+
+
+def build_all(repo: Path, force: bool = False, tasks: list[str] | None = None) -> dict[str, dict]:
+    """Build the built-in tasks (default: all) into ``repo``; returns metrics per task."""
+    repo = Path(repo)
+    selected = list(BUILTIN_TASKS) if tasks is None else list(tasks)
+    for task in selected:
+        _builder(task)  # fail on an unknown name before spending minutes on the others
+    repo.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    progress = tqdm(selected, desc="building models", unit="model")
+    for task in progress:
+        progress.set_postfix_str(task)
+        results[task] = build_task(repo, task, force=force)
+    return results

@@ -1,0 +1,64 @@
+"""Redis keys and Kafka header names shared by gateway and worker: the only place
+they are spelled. Every key starts with the deployment's prefix (the topic prefix)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "HEADER_ERROR_TYPE",
+    "HEADER_REQUEST_ID",
+    "HEADER_TRACEPARENT",
+    "cache_key",
+    "cancel_key",
+    "idempotency_key",
+    "result_channel",
+    "result_key",
+    "status_key",
+]
+
+HEADER_ERROR_TYPE = "streaminfer-error-type"
+HEADER_REQUEST_ID = "streaminfer-request-id"
+HEADER_TRACEPARENT = "traceparent"
+
+# Stands in for "the task's default version" so the key never contains "None".
+_DEFAULT_VERSION = "default"
+
+
+def result_key(prefix: str, request_id: str) -> str:
+    """String: the stored InferenceResult (Avro bytes)."""
+    return f"{prefix}:result:{request_id}"
+
+
+def result_channel(prefix: str, request_id: str) -> str:
+    """Pub/sub channel published to once the result is stored."""
+    return f"{prefix}:result-ready:{request_id}"
+
+
+def status_key(prefix: str, request_id: str) -> str:
+    """Hash: state (queued, running, ...) and owner metadata of a request."""
+    return f"{prefix}:status:{request_id}"
+
+
+def cancel_key(prefix: str, request_id: str) -> str:
+    """Flag set when a client cancels a request that has not run yet."""
+    return f"{prefix}:cancel:{request_id}"
+
+
+def cache_key(prefix: str, task: str, model_version: str | int | None, digest: str) -> str:
+    """Content cache entry for identical inputs (`input_digest`) to one model version."""
+    version = _DEFAULT_VERSION if model_version is None else model_version
+    return f"{prefix}:cache:{task}:{version}:{digest}"
+
+
+def idempotency_key(prefix: str, client_id: str | None, key: str) -> str:
+    """Maps a client's Idempotency-Key to its request.
+
+    The client's key is hashed: it is arbitrary client text, and a fixed-length hex tail
+    keeps `client:key` pairs from colliding when either contains a colon.
+    """
+    hashed = hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return f"{prefix}:idempotency:{client_id or 'anonymous'}:{hashed}"

@@ -1,0 +1,55 @@
+"""`streaminfer up` starts everything, serves a request and leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_up_serves_and_stops_cleanly(model_repository, tmp_path):
+    env = dict(os.environ, STREAMINFER_MODEL_REPOSITORY=str(model_repository),
+               STREAMINFER_TOPIC_PREFIX="uptest", STREAMINFER_WORKER_THREADS="2")
+    log = open(tmp_path / "up.log", "w+")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "streaminfer", "up", "--kafka-port", "0", "--redis-port", "0",
+                             "--tasks", "text-embedding"], env=env, stdout=subprocess.PIPE, stderr=log, text=True,
+                            start_new_session=True)
+    descendants: list[psutil.Process] = []
+    try:
+        url = None
+        deadline = time.monotonic() + 180
+        lines = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if match := re.match(r"gateway:\s+(http://\S+)", line):
+                url = match.group(1)
+            if line.startswith("Ctrl-C"):
+                break
+        assert url, f"no gateway line in {lines!r}"
+        assert any(line.startswith("kafka:") for line in lines) and any(line.startswith("redis:") for line in lines)
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+        assert len(descendants) >= 4  # broker, redis, worker, gateway
+        response = httpx.post(f"{url}/v1/infer/text-embedding", params={"wait": 30},
+                              json={"inputs": {"text": "hello from up"}}, timeout=60)
+        assert response.status_code == 200 and response.json()["status"] == "succeeded"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    _, alive = psutil.wait_procs(descendants, timeout=10)
+    for child in alive:
+        child.kill()
+    assert not alive, f"left behind: {[p.pid for p in alive]}"

@@ -1,0 +1,611 @@
+"""The .avsc contract, the codec's framings, schema evolution and the error tree."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
+
+from schemas.bench import codec_roundtrips_per_second, typical_request
+from schemas.codec import (
+    CONFLUENT_MAGIC,
+    SCHEMA_DIR,
+    SINGLE_OBJECT_MAGIC,
+    AvroCodec,
+    load_schemas,
+)
+from schemas.errors import (
+    DecodeError,
+    EncodeError,
+    RegistryUnavailable,
+    SchemaError,
+    UnknownSchema,
+)
+from schemas.records import (
+    AuditEvent,
+    AuditType,
+    DataType,
+    DeadLetter,
+    Error,
+    InferenceRequest,
+    InferenceResult,
+    Priority,
+    Status,
+    Tensor,
+    Timings,
+)
+
+NS = "io.streaminfer.v1"
+TS = {"type": "long", "logicalType": "timestamp-millis"}
+
+
+@pytest.fixture(scope="module")
+def codec() -> AvroCodec:
+    return AvroCodec()
+
+
+def _raw(name: str) -> dict:
+    return json.loads((SCHEMA_DIR / f"{NS}.{name}.avsc").read_text())
+
+
+def _request() -> InferenceRequest:
+    return InferenceRequest(
+        "0b7d3c52-5a5e-4d1b-9c53-8b8d0e3f6a11",
+        "text-embedding",
+        [Tensor("text", DataType.BYTES, [2], [b"hello", "wörld".encode()])],
+        model_version="1",
+        priority=Priority.HIGH,
+        parameters={"cache": "false"},
+        created_at=1_714_564_800_123,
+        deadline_at=1_714_564_830_123,
+        idempotency_key="idem-1",
+        client_id="alice",
+        trace={"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+    )
+
+
+def _records() -> list[Any]:
+    return [
+        _request(),
+        InferenceRequest("r2", "t", []),
+        InferenceResult(
+            "r1",
+            "image-classify",
+            Status.SUCCEEDED,
+            "worker-1",
+            model_name="digits",
+            model_version="1",
+            outputs=[
+                Tensor("label", DataType.INT64, [1], (7).to_bytes(8, "little")),
+                Tensor("probabilities", DataType.FP32, [1, 10], b"\x00" * 40),
+            ],
+            timings=Timings(1.5, 2.25, 4.0),
+            batch_size=8,
+        ),
+        InferenceResult(
+            "r1", "t", Status.FAILED, "w", error=Error("MODEL_ERROR", "boom", True), attempts=3
+        ),
+        AuditEvent("r1", "t", AuditType.CACHE_HIT, "worker-1", input_digest="ab" * 32),
+        DeadLetter("si.requests.t.high", 3, 2**40, b"\xc3\x01junk", "UNDECODABLE", "bad", key=b"k"),
+        DeadLetter("si.requests.t.high", 0, 0, b"", "UNKNOWN_SCHEMA", "?"),
+        Tensor("x", DataType.FP16, [2], b"\x00\x3c\x00\x40"),
+        Error("E", "m"),
+        Timings(),
+    ]
+
+
+# -- the .avsc files are SPEC section 4 ------------------------------------------------------
+
+
+def _fields(name: str) -> dict[str, dict]:
+    return {f["name"]: f for f in _raw(name)["fields"]}
+
+
+def test_every_file_is_one_named_record_after_its_full_name() -> None:
+    files = sorted(p.name for p in SCHEMA_DIR.glob("*.avsc"))
+    assert files == sorted(
+        f"{NS}.{n}.avsc"
+        for n in (
+            "Tensor",
+            "InferenceRequest",
+            "InferenceResult",
+            "AuditEvent",
+            "DeadLetter",
+            "Error",
+            "Timings",
+        )
+    )
+    for path in SCHEMA_DIR.glob("*.avsc"):
+        raw = json.loads(path.read_text())
+        assert raw["type"] == "record"
+        assert f"{raw['namespace']}.{raw['name']}.avsc" == path.name
+        assert raw["namespace"] == NS
+        assert raw["doc"].strip()
+
+
+def test_tensor_matches_spec() -> None:
+    f = _fields("Tensor")
+    assert list(f) == ["name", "datatype", "shape", "data"]
+    assert f["name"]["type"] == "string"
+    assert f["datatype"]["type"]["name"] == "DataType"
+    assert f["datatype"]["type"]["symbols"] == [
+        "BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES",
+    ]  # fmt: skip
+    assert f["shape"]["type"] == {"type": "array", "items": "long"}
+    assert f["data"]["type"] == ["bytes", {"type": "array", "items": "bytes"}]
+
+
+def test_inference_request_matches_spec() -> None:
+    f = _fields("InferenceRequest")
+    assert list(f) == [
+        "request_id", "task", "model_version", "priority", "inputs", "parameters",
+        "created_at", "deadline_at", "idempotency_key", "client_id", "trace",
+    ]  # fmt: skip
+    assert f["request_id"]["type"] == f["task"]["type"] == "string"
+    assert f["model_version"]["type"] == ["null", "string"]
+    assert f["priority"]["type"]["name"] == "Priority"
+    assert f["priority"]["type"]["symbols"] == ["LOW", "NORMAL", "HIGH"]
+    assert f["priority"]["default"] == "NORMAL"
+    assert f["inputs"]["type"] == {"type": "array", "items": f"{NS}.Tensor"}
+    assert f["parameters"]["type"] == {"type": "map", "values": "string"}
+    assert f["parameters"]["default"] == {}
+    assert f["created_at"]["type"] == TS
+    assert f["deadline_at"]["type"] == ["null", TS]
+    assert f["idempotency_key"]["type"] == f["client_id"]["type"] == ["null", "string"]
+    assert f["trace"]["type"] == {"type": "map", "values": "string"}
+    assert f["trace"]["default"] == {}
+
+
+def test_inference_result_matches_spec() -> None:
+    f = _fields("InferenceResult")
+    assert list(f) == [
+        "request_id", "task", "status", "model_name", "model_version", "outputs", "error",
+        "timings", "batch_size", "attempts", "worker_id", "created_at", "completed_at",
+    ]  # fmt: skip
+    assert f["status"]["type"]["symbols"] == [
+        "SUCCEEDED",
+        "FAILED",
+        "EXPIRED",
+        "CANCELLED",
+        "REJECTED",
+    ]
+    assert f["model_name"]["type"] == f["model_version"]["type"] == ["null", "string"]
+    assert f["outputs"]["type"] == {"type": "array", "items": f"{NS}.Tensor"}
+    assert f["error"]["type"] == ["null", f"{NS}.Error"]
+    assert f["timings"]["type"] == f"{NS}.Timings"
+    assert f["batch_size"]["type"] == f["attempts"]["type"] == "int"
+    assert f["worker_id"]["type"] == "string"
+    assert f["created_at"]["type"] == f["completed_at"]["type"] == TS
+    error = _fields("Error")
+    assert {k: v["type"] for k, v in error.items()} == {
+        "code": "string", "message": "string", "retriable": "boolean",
+    }  # fmt: skip
+    timings = _fields("Timings")
+    assert {k: v["type"] for k, v in timings.items()} == {
+        "queued_ms": "double", "inference_ms": "double", "total_ms": "double",
+    }  # fmt: skip
+
+
+def test_audit_event_matches_spec() -> None:
+    f = _fields("AuditEvent")
+    assert list(f) == [
+        "event_id", "request_id", "task", "type", "at", "actor", "input_digest", "details",
+    ]  # fmt: skip
+    assert f["type"]["type"]["name"] == "AuditType"
+    assert f["type"]["type"]["symbols"] == [
+        "ACCEPTED", "DUPLICATE", "CACHE_HIT", "STARTED", "SUCCEEDED", "FAILED", "RETRIED",
+        "EXPIRED", "CANCELLED", "REJECTED", "DEAD_LETTERED",
+    ]  # fmt: skip
+    assert f["at"]["type"] == TS
+    assert f["actor"]["type"] == "string"
+    assert f["input_digest"]["type"] == ["null", "string"]
+    assert f["details"]["type"] == {"type": "map", "values": "string"}
+
+
+def test_dead_letter_matches_spec() -> None:
+    f = _fields("DeadLetter")
+    assert {k: v["type"] for k, v in f.items()} == {
+        "source_topic": "string",
+        "partition": "int",
+        "offset": "long",
+        "key": ["null", "bytes"],
+        "payload": "bytes",
+        "error_code": "string",
+        "error_message": "string",
+        "at": TS,
+    }
+
+
+def test_nullable_fields_default_to_null_and_no_other_surprise_defaults() -> None:
+    for path in SCHEMA_DIR.glob("*.avsc"):
+        for f in json.loads(path.read_text())["fields"]:
+            if isinstance(f["type"], list) and f["type"][0] == "null":
+                assert f["default"] is None, (path.name, f["name"])
+            elif f["name"] in ("priority", "parameters", "trace"):
+                assert "default" in f
+            else:
+                assert "default" not in f, (path.name, f["name"])
+
+
+def test_python_enums_mirror_avro_enums() -> None:
+    assert [e.value for e in DataType] == _fields("Tensor")["datatype"]["type"]["symbols"]
+    assert [e.value for e in Priority] == _fields("InferenceRequest")["priority"]["type"]["symbols"]
+    assert [e.value for e in Status] == _fields("InferenceResult")["status"]["type"]["symbols"]
+    assert [e.value for e in AuditType] == _fields("AuditEvent")["type"]["type"]["symbols"]
+
+
+def test_load_schemas() -> None:
+    schemas = load_schemas()
+    assert set(schemas) == {
+        f"{NS}.{n}"
+        for n in (
+            "Tensor",
+            "InferenceRequest",
+            "InferenceResult",
+            "AuditEvent",
+            "DeadLetter",
+            "Error",
+            "Timings",
+        )
+    }
+    assert schemas[f"{NS}.InferenceResult"]["fields"][5]["type"]["items"]["name"] == f"{NS}.Tensor"
+
+
+# -- round trips and framing --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("record", _records(), ids=lambda r: type(r).__name__)
+def test_round_trip(codec: AvroCodec, record: Any) -> None:
+    data = codec.encode(record)
+    assert data[:2] == SINGLE_OBJECT_MAGIC
+    assert codec.decode(data, type(record)) == record
+    assert codec.decode(bytearray(data), type(record)) == record
+    assert codec.decode(memoryview(data), type(record)) == record
+
+
+def test_single_object_header_is_crc64_of_canonical_form(codec: AvroCodec) -> None:
+    schema = load_schema(str(SCHEMA_DIR / f"{NS}.InferenceRequest.avsc"))
+    fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+    assert codec.encode(_request())[:10] == SINGLE_OBJECT_MAGIC + fp
+    assert codec.fingerprint(InferenceRequest) == fp
+
+
+@pytest.mark.parametrize("record", _records(), ids=lambda r: type(r).__name__)
+def test_body_is_byte_identical_to_fastavro(codec: AvroCodec, record: Any) -> None:
+    out = BytesIO()
+    schemaless_writer(out, codec.schema(type(record)), record.to_avro())
+    assert codec.encode(record)[10:] == out.getvalue()
+
+
+def test_upstream_producer_with_only_fastavro_and_the_avsc_files(codec: AvroCodec) -> None:
+    """What a producer in any language does: load the .avsc, frame, write; we decode."""
+    schema = load_schema(str(SCHEMA_DIR / f"{NS}.InferenceRequest.avsc"))
+    fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+    out = BytesIO()
+    out.write(b"\xc3\x01" + fp)
+    schemaless_writer(
+        out,
+        schema,
+        {
+            "request_id": "up-1",
+            "task": "tabular-classify",
+            "model_version": None,
+            "inputs": [
+                {"name": "features", "datatype": "FP32", "shape": [1, 30], "data": b"\x00" * 120}
+            ],
+            "created_at": 1_714_564_800_000,
+            "deadline_at": None,
+            "idempotency_key": None,
+            "client_id": "producer-7",
+            # priority, parameters and trace left to their schema defaults
+        },
+    )
+    request = codec.decode(out.getvalue(), InferenceRequest)
+    assert request.request_id == "up-1" and request.client_id == "producer-7"
+    assert request.priority is Priority.NORMAL and request.parameters == {} and request.trace == {}
+    assert request.inputs[0].to_numpy().shape == (1, 30)
+
+
+def test_downstream_consumer_with_only_fastavro(codec: AvroCodec) -> None:
+    result = _records()[2]
+    data = codec.encode(result)
+    writer = load_schema(str(SCHEMA_DIR / f"{NS}.InferenceResult.avsc"))
+    d = schemaless_reader(BytesIO(data[10:]), writer, None)
+    assert d["status"] == "SUCCEEDED"
+    assert InferenceResult.from_avro(d) == result  # fastavro gives datetimes; we give ms
+
+
+def test_confluent_framing_without_registry_assumes_our_schema(codec: AvroCodec) -> None:
+    body = codec.encode(_request())[10:]
+    framed = CONFLUENT_MAGIC + (42).to_bytes(4, "big") + body
+    assert codec.decode(framed, InferenceRequest) == _request()
+
+
+# -- schema evolution ------------------------------------------------------------------------------
+
+
+def _with_tenant() -> dict:
+    newer = _raw("InferenceRequest")
+    newer["fields"].append({"name": "tenant", "type": "string", "default": ""})
+    return newer
+
+
+def _producer_schema(raw: dict, directory: Path) -> tuple[dict, bytes]:
+    """Parse `raw` the way a producer holding our .avsc files would: references to our
+    other types are inlined at first use, which the fingerprint covers."""
+    for path in SCHEMA_DIR.glob("*.avsc"):
+        (directory / path.name).write_text(path.read_text())
+    (directory / f"{NS}.{raw['name']}.avsc").write_text(json.dumps(raw))
+    parsed = load_schema(str(directory / f"{NS}.{raw['name']}.avsc"))
+    return parsed, bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+
+
+def test_newer_reader_reads_current_writer(codec: AvroCodec) -> None:
+    data = codec.encode(_request())
+    named: dict = {}
+    parse_schema(_raw("Tensor"), named)
+    reader = parse_schema(_with_tenant(), named)
+    d = schemaless_reader(BytesIO(data[10:]), codec.schema(InferenceRequest), reader)
+    assert d["tenant"] == "" and d["request_id"] == _request().request_id
+
+
+def test_current_reader_reads_older_writer_once_registered(tmp_path: Path) -> None:
+    codec = AvroCodec()
+    older = _raw("InferenceRequest")
+    older["fields"] = [f for f in older["fields"] if f["name"] != "trace"]
+    older_parsed, fp = _producer_schema(copy.deepcopy(older), tmp_path)
+    d = _request().to_avro()
+    del d["trace"]
+    out = BytesIO()
+    schemaless_writer(out, older_parsed, d)
+    data = SINGLE_OBJECT_MAGIC + fp + out.getvalue()
+
+    with pytest.raises(UnknownSchema) as info:
+        codec.decode(data, InferenceRequest)
+    assert info.value.code == "UNKNOWN_SCHEMA"
+
+    codec.register_writer_schema(older)  # names io.streaminfer.v1.Tensor by reference
+    request = codec.decode(data, InferenceRequest)
+    assert request.trace == {}
+    assert request.inputs == _request().inputs and request.client_id == "alice"
+
+
+def test_current_reader_reads_newer_writer_once_registered(tmp_path: Path) -> None:
+    codec = AvroCodec()
+    newer = _with_tenant()
+    codec.register_writer_schema(newer)
+    parsed, fp = _producer_schema(newer, tmp_path)
+    out = BytesIO()
+    schemaless_writer(out, parsed, {**_request().to_avro(), "tenant": "acme"})
+    assert codec.decode(SINGLE_OBJECT_MAGIC + fp + out.getvalue(), InferenceRequest) == _request()
+
+
+def test_register_writer_schema_refuses_strangers(codec: AvroCodec) -> None:
+    with pytest.raises(SchemaError):
+        codec.register_writer_schema({"type": "record", "name": "x.Other", "fields": []})
+    with pytest.raises(SchemaError):
+        codec.register_writer_schema({"type": "record", "name": "x.Bad", "fields": [{"name": "a"}]})
+
+
+def test_schema_dir_that_does_not_mirror_the_classes_is_refused(tmp_path: Path) -> None:
+    for path in SCHEMA_DIR.glob("*.avsc"):
+        (tmp_path / path.name).write_text(path.read_text())
+    (tmp_path / f"{NS}.InferenceRequest.avsc").write_text(json.dumps(_with_tenant()))
+    with pytest.raises(SchemaError):
+        AvroCodec(schema_dir=tmp_path)
+
+
+# -- decode errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xc3",
+        b"\xc3\x01\x00\x01",
+        b"\x00\x00\x00",
+        b'{"request_id": 1}',
+        b"\x01\x02\x03\x04\x05\x06",
+    ],
+)
+def test_garbage_is_undecodable(codec: AvroCodec, data: bytes) -> None:
+    with pytest.raises(DecodeError) as info:
+        codec.decode(data, InferenceRequest)
+    assert info.value.code in ("UNDECODABLE", "UNKNOWN_SCHEMA")
+
+
+def test_wrong_input_types_are_undecodable(codec: AvroCodec) -> None:
+    with pytest.raises(DecodeError):
+        codec.decode(None, InferenceRequest)  # type: ignore[arg-type]
+    with pytest.raises(DecodeError):
+        codec.decode("text", InferenceRequest)  # type: ignore[arg-type]
+
+
+def test_truncated_and_padded_encodings_are_undecodable(codec: AvroCodec) -> None:
+    data = codec.encode(_request())
+    for cut in range(len(data)):
+        with pytest.raises(DecodeError):
+            codec.decode(data[:cut], InferenceRequest)
+    with pytest.raises(DecodeError, match="left after"):
+        codec.decode(data + b"\x00", InferenceRequest)
+
+
+def test_unknown_fingerprint(codec: AvroCodec) -> None:
+    data = codec.encode(_request())
+    with pytest.raises(UnknownSchema):
+        codec.decode(data[:2] + b"\xff" * 8 + data[10:], InferenceRequest)
+
+
+def test_event_of_another_type_is_undecodable_not_unknown(codec: AvroCodec) -> None:
+    data = codec.encode(AuditEvent("r", "t", AuditType.ACCEPTED, "g"))
+    with pytest.raises(DecodeError) as info:
+        codec.decode(data, InferenceRequest)
+    assert not isinstance(info.value, UnknownSchema)
+
+
+def test_decode_wraps_the_underlying_exception(codec: AvroCodec) -> None:
+    data = codec.encode(_request())
+    with pytest.raises(DecodeError) as info:
+        codec.decode(data[:20], InferenceRequest)
+    assert info.value.__cause__ is not None
+
+
+# -- encode errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        InferenceRequest(None, "t", []),  # type: ignore[arg-type]
+        InferenceRequest("r", "t", [], priority="urgent"),  # type: ignore[arg-type]
+        InferenceRequest("r", "t", [Tensor("x", DataType.FP32, [1], "text")]),  # type: ignore[arg-type]
+        InferenceRequest("r", "t", [], parameters={"a": 1}),  # type: ignore[dict-item]
+        InferenceResult("r", "t", Status.SUCCEEDED, "w", batch_size=2**31),
+        DeadLetter("t", 0, 2**63, b"", "E", "m"),
+        AuditEvent("r", "t", AuditType.ACCEPTED, "g", at=1.5),  # type: ignore[arg-type]
+    ],
+)
+def test_unencodable_records(codec: AvroCodec, record: Any) -> None:
+    with pytest.raises(EncodeError) as info:
+        codec.encode(record)
+    assert info.value.code == "UNENCODABLE" and info.value.__cause__ is not None
+
+
+def test_encode_refuses_foreign_objects(codec: AvroCodec) -> None:
+    with pytest.raises(TypeError):
+        codec.encode({"request_id": "r"})
+
+
+# -- Confluent framing with a registry ------------------------------------------------------------
+
+
+class _FakeRegistry(BaseHTTPRequestHandler):
+    """Just enough of the Confluent Schema Registry REST API."""
+
+    schemas: dict[int, str]
+    subjects: dict[str, int]
+    calls: list[str]
+
+    def log_message(self, *args: object) -> None:  # keep test output quiet
+        pass
+
+    def _reply(self, status: int, body: dict) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.calls.append(f"POST {self.path}")
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        subject = self.path.split("/")[2]
+        schema = body["schema"]
+        for schema_id, known in self.schemas.items():
+            if known == schema:
+                return self._reply(200, {"id": schema_id})
+        schema_id = len(self.schemas) + 100
+        self.schemas[schema_id] = schema
+        self.subjects[subject] = schema_id
+        self._reply(200, {"id": schema_id})
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.calls.append(f"GET {self.path}")
+        schema_id = int(self.path.rsplit("/", 1)[1])
+        if schema_id not in self.schemas:
+            return self._reply(404, {"error_code": 40403, "message": "Schema not found"})
+        self._reply(200, {"schema": self.schemas[schema_id]})
+
+
+@pytest.fixture
+def registry() -> Iterator[tuple[str, type[_FakeRegistry]]]:
+    handler = type("Handler", (_FakeRegistry,), {"schemas": {}, "subjects": {}, "calls": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_confluent_framing_with_registry(registry: tuple[str, type[_FakeRegistry]]) -> None:
+    url, handler = registry
+    with AvroCodec(registry_url=url) as producer, AvroCodec(registry_url=url) as consumer:
+        first = producer.encode(_request())
+        second = producer.encode(_request())
+        assert first == second and first[:1] == CONFLUENT_MAGIC
+        schema_id = int.from_bytes(first[1:5], "big")
+        assert handler.subjects == {f"{NS}.InferenceRequest": schema_id}  # RecordNameStrategy
+        registered = json.loads(handler.schemas[schema_id])
+        assert (
+            registered["name"] == f"{NS}.InferenceRequest" and "__fastavro_parsed" not in registered
+        )
+        assert handler.calls == [f"POST /subjects/{NS}.InferenceRequest/versions"]  # cached
+
+        assert consumer.decode(first, InferenceRequest) == _request()
+        assert consumer.decode(second, InferenceRequest) == _request()
+        assert handler.calls[1:] == [f"GET /schemas/ids/{schema_id}"]  # fetched once
+        assert producer.decode(first, InferenceRequest) == _request()  # its own id: no fetch
+        assert len(handler.calls) == 2
+
+        # Decoders accept both framings whatever they write.
+        assert consumer.decode(AvroCodec().encode(_request()), InferenceRequest) == _request()
+
+        with pytest.raises(UnknownSchema):
+            consumer.decode(
+                CONFLUENT_MAGIC + (9999).to_bytes(4, "big") + first[5:], InferenceRequest
+            )
+        audit = producer.encode(AuditEvent("r", "t", AuditType.ACCEPTED, "g"))
+        with pytest.raises(DecodeError):
+            consumer.decode(audit[:5] + first[5:], InferenceRequest)
+
+
+def test_unreachable_registry_is_retriable() -> None:
+    with AvroCodec(registry_url="http://127.0.0.1:9", registry_timeout_s=0.5) as codec:
+        with pytest.raises(RegistryUnavailable) as info:
+            codec.encode(_request())
+        assert info.value.retriable is True
+        assert not isinstance(info.value, DecodeError)  # a worker must not dead-letter for it
+        with pytest.raises(RegistryUnavailable):
+            codec.decode(CONFLUENT_MAGIC + b"\x00\x00\x00\x07" + b"\x00", InferenceRequest)
+
+
+# -- errors and performance ---------------------------------------------------------------------------
+
+
+def test_error_tree() -> None:
+    assert issubclass(UnknownSchema, DecodeError) and issubclass(DecodeError, SchemaError)
+    assert issubclass(EncodeError, SchemaError) and issubclass(RegistryUnavailable, SchemaError)
+    assert (DecodeError.code, UnknownSchema.code, EncodeError.code) == (
+        "UNDECODABLE",
+        "UNKNOWN_SCHEMA",
+        "UNENCODABLE",
+    )
+    assert not any(e.retriable for e in (SchemaError, DecodeError, UnknownSchema, EncodeError))
+
+
+def test_schema_lookup(codec: AvroCodec) -> None:
+    assert codec.schema(InferenceRequest)["name"] == f"{NS}.InferenceRequest"
+    assert codec.schema(f"{NS}.DeadLetter") is codec.schema(DeadLetter)
+    with pytest.raises(TypeError):
+        codec.schema(dict)
+
+
+def test_codec_is_fast_enough_to_not_be_the_bottleneck(codec: AvroCodec) -> None:
+    # A loose floor (the target is well over 50,000/s) so a loaded CI box does not flake.
+    assert codec_roundtrips_per_second(n=3000, codec=codec) > 5_000
+    assert codec.decode(codec.encode(typical_request()), InferenceRequest).task == "text-embedding"

@@ -1,0 +1,203 @@
+"""The worker's logic with a fake model, repository and publisher (no broker, no Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.config import ModelConfig, TensorSpec
+from models.errors import InferenceFailed
+from schemas.codec import AvroCodec
+from schemas.records import AuditType, InferenceRequest, Status, Tensor, now_ms
+from streams.processor import RequestProcessor
+from streams.publisher import StoredResult
+from streams.requests import SourceEvent
+
+PREFIX = "unit"
+TASK = "echo"
+
+
+def config(max_batch_size: int = 8) -> ModelConfig:
+    return ModelConfig(
+        name="echo-model", task=TASK, backend="onnxruntime",
+        inputs=(TensorSpec("x", "FP32", (2,)),), outputs=(TensorSpec("y", "FP32", (2,)),),
+        max_batch_size=max_batch_size, max_batch_delay_ms=20, instances=1, device="cpu", warmup=False,
+        path=Path("/nonexistent"), versions=("1",), default_version="1",
+    )
+
+
+class FakeModel:
+    name, version, device = "echo-model", "1", "cpu"
+
+    def __init__(self, transient_failures: int = 0) -> None:
+        self.calls: list[int] = []
+        self.transient_failures = transient_failures
+
+    def predict_batch(self, inputs):
+        x = inputs["x"]
+        self.calls.append(len(x))
+        if self.transient_failures:
+            self.transient_failures -= 1
+            raise InferenceFailed("GPU hiccup")
+        if (x < 0).any():
+            raise InferenceFailed("negative input breaks the model")
+        return {"y": x * 2}
+
+
+class FakeRepository:
+    def __init__(self, model: FakeModel) -> None:
+        self.model = model
+        self.configs = {TASK: config()}
+
+    def get_config(self, task):
+        return self.configs[task]
+
+    def load(self, task, version=None):
+        return self.model
+
+
+class FakePublisher:
+    def __init__(self, stored: dict[str, StoredResult] | None = None) -> None:
+        self.stored = stored or {}
+        self.results = []
+        self.audits = []
+        self.letters = []
+        self.cancelled_ids: set[str] = set()
+
+    async def lookup(self, ids):
+        return [self.stored.get(i) for i in ids]
+
+    async def cancelled(self, ids):
+        return [i in self.cancelled_ids for i in ids]
+
+    async def mark_running(self, ids, worker_id):
+        pass
+
+    async def store_and_publish(self, results):
+        new = [r.request_id not in self.stored for r in results]
+        for result, is_new in zip(results, new, strict=True):
+            if is_new:
+                self.stored[result.request_id] = StoredResult(b"", True)
+                self.results.append(result)
+        return new
+
+    async def republish(self, items):
+        pass
+
+    async def audit(self, events):
+        self.audits.extend(events)
+
+    async def dead_letter(self, letter, error_type):
+        self.letters.append((letter, error_type))
+
+
+def event(codec: AvroCodec, x, offset: int = 0, **fields) -> tuple[SourceEvent, InferenceRequest]:
+    request = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK,
+                               inputs=[Tensor.from_numpy("x", np.asarray(x, dtype=np.float32))], **fields)
+    return SourceEvent(f"{PREFIX}.requests.{TASK}.normal", 0, offset, request.request_id.encode(),
+                       codec.encode(request)), request
+
+
+@pytest.fixture
+def codec():
+    return AvroCodec()
+
+
+async def run(processor: RequestProcessor, events) -> list[int]:
+    acked: list[int] = []
+    await processor.start()
+    try:
+        for source in events:
+            async def ack(offset=source.offset):
+                acked.append(offset)
+            await processor.handle(source, ack)
+        for _ in range(200):
+            if len(acked) == len(events):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await processor.stop()
+    return acked
+
+
+def make(model: FakeModel, publisher: FakePublisher, codec) -> RequestProcessor:
+    return RequestProcessor(repository=FakeRepository(model), publisher=publisher, codec=codec, prefix=PREFIX,
+                            worker_id="w1", tasks=[TASK], retry_backoff_s=0.001)
+
+
+async def test_batch_with_a_breaking_request_fails_only_that_one(codec):
+    model, publisher = FakeModel(), FakePublisher()
+    events = [event(codec, [[1, 2]], 0), event(codec, [[-1, 0]], 1), event(codec, [[3, 4], [5, 6]], 2)]
+    acked = await run(make(model, publisher, codec), [e for e, _ in events])
+    assert sorted(acked) == [0, 1, 2]
+    by_id = {r.request_id: r for r in publisher.results}
+    good, bad, pair = (by_id[r.request_id] for _, r in events)
+    assert good.status is Status.SUCCEEDED and pair.status is Status.SUCCEEDED
+    assert np.array_equal(pair.outputs[0].to_numpy(), [[6, 8], [10, 12]])
+    assert bad.status is Status.FAILED and "negative" in bad.error.message
+    assert model.calls[0] == 4, "the three requests (4 items) ran as one batch first"
+    assert publisher.letters, "a request out of retries is dead-lettered"
+
+
+async def test_transient_failure_is_retried(codec):
+    model, publisher = FakeModel(transient_failures=1), FakePublisher()
+    source, request = event(codec, [[1, 1]])
+    await run(make(model, publisher, codec), [source])
+    result = publisher.results[0]
+    assert result.status is Status.SUCCEEDED and result.attempts == 2
+    assert any(a.type is AuditType.RETRIED for a in publisher.audits)
+
+
+async def test_redelivered_request_with_a_result_is_not_run_again(codec):
+    source, request = event(codec, [[1, 1]])
+    model, publisher = FakeModel(), FakePublisher({request.request_id: StoredResult(b"x", True)})
+    acked = await run(make(model, publisher, codec), [source])
+    assert acked == [0] and model.calls == [] and publisher.results == []
+    assert [a.type for a in publisher.audits] == [AuditType.DUPLICATE]
+
+
+async def test_expired_and_cancelled_requests_do_not_run(codec):
+    expired, expired_req = event(codec, [[1, 1]], 0, deadline_at=now_ms() - 1000)
+    cancelled, cancelled_req = event(codec, [[1, 1]], 1)
+    model, publisher = FakeModel(), FakePublisher()
+    publisher.cancelled_ids.add(cancelled_req.request_id)
+    acked = await run(make(model, publisher, codec), [expired, cancelled])
+    assert sorted(acked) == [0, 1] and model.calls == []
+    statuses = {r.request_id: r.status for r in publisher.results}
+    assert statuses == {expired_req.request_id: Status.EXPIRED, cancelled_req.request_id: Status.CANCELLED}
+    types = {a.type for a in publisher.audits}
+    assert {AuditType.EXPIRED, AuditType.CANCELLED} <= types
+
+
+@pytest.mark.parametrize("payload", [b"", b"\xc3\x01garbage", b"\x00\x00\x00\x00\x01", bytes(range(256))])
+async def test_undecodable_event_is_dead_lettered_and_acked(codec, payload):
+    model, publisher = FakeModel(), FakePublisher()
+    source = SourceEvent(f"{PREFIX}.requests.{TASK}.normal", 3, 42, b"k", payload)
+    acked = await run(make(model, publisher, codec), [source])
+    assert acked == [42]
+    letter, error_type = publisher.letters[0]
+    assert letter.payload == payload and letter.offset == 42 and letter.partition == 3
+    assert [a.type for a in publisher.audits] == [AuditType.DEAD_LETTERED]
+
+
+async def test_wrong_shape_fails_with_a_clear_error_and_is_dead_lettered(codec):
+    model, publisher = FakeModel(), FakePublisher()
+    source, request = event(codec, [[1, 2, 3]])
+    await run(make(model, publisher, codec), [source])
+    assert model.calls == []
+    result = publisher.results[0]
+    assert result.status is Status.FAILED and "shape" in result.error.message.lower()
+    assert publisher.letters and publisher.letters[0][0].payload == source.value
+
+
+async def test_unknown_task_is_dead_lettered(codec):
+    model, publisher = FakeModel(), FakePublisher()
+    request = InferenceRequest(request_id=str(uuid.uuid4()), task="nope",
+                               inputs=[Tensor.from_numpy("x", np.zeros((1, 2), np.float32))])
+    source = SourceEvent(f"{PREFIX}.requests.{TASK}.normal", 0, 7, None, codec.encode(request))
+    acked = await run(make(model, publisher, codec), [source])
+    assert acked == [7] and publisher.letters[0][0].error_code == "TASK_NOT_FOUND"
