@@ -48,7 +48,8 @@ def create_app(settings: Any) -> FastAPI:
             await store.start()
             try:
                 app.state.service = InferenceService(producer, store, settings.model_repository,
-                                                     settings.topic_prefix, settings.max_wait_s)
+                                                     settings.topic_prefix, settings.max_wait_s,
+                                                     settings.task_list)
                 logger.info("gateway serving tasks %s", ",".join(sorted(app.state.service.configs)))
                 yield
             finally:

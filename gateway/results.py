@@ -4,6 +4,7 @@ pattern subscription per gateway process wakes every waiter whose result was sto
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import defaultdict
 
@@ -18,7 +19,7 @@ from .errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
-FIELD_AVRO = b"avro"  # the worker's publisher writes the result hash; see streams/publisher.py
+FIELD_AVRO = keys.RESULT_FIELD_AVRO  # the worker's publisher writes the result hash
 
 
 class ResultStore:
@@ -60,6 +61,18 @@ class ResultStore:
         except (RedisError, OSError) as exc:
             raise ServiceUnavailable("the result store is not reachable; retry later",
                                      headers={"Retry-After": "1"}) from exc
+
+    async def live_workers(self) -> dict[str, list[str]]:
+        """worker_id -> tasks, from the workers' heartbeats."""
+        pattern = keys.worker_key(self._prefix, "*")
+        found = [key async for key in self.redis.scan_iter(match=pattern, count=500)]
+        values = await self.redis.mget(found) if found else []
+        workers = {}
+        for value in values:
+            if value:
+                beat = json.loads(value)
+                workers[beat["worker_id"]] = beat["tasks"]
+        return workers
 
     async def mark_queued(self, request_id: str, task: str, client_id: str | None) -> None:
         key = keys.status_key(self._prefix, request_id)

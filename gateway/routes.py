@@ -103,9 +103,14 @@ async def health() -> dict:
 
 @router.get("/ready", tags=["operations"])
 async def ready(request: Request, response: Response) -> dict:
-    """Readiness: Kafka and Redis reachable."""
+    """Readiness: Kafka and Redis reachable, and a live worker for every task."""
     svc = service(request)
-    checks = {"kafka": svc.producer.is_connected, "redis": await svc.store.ping()}
+    checks: dict[str, bool] = {"kafka": svc.producer.is_connected, "redis": await svc.store.ping()}
+    served: set[str] = set()
+    if checks["redis"]:
+        for tasks in (await svc.store.live_workers()).values():
+            served.update(tasks)
+    checks.update({f"worker:{task}": task in served for task in svc.configs})
     ok = all(checks.values())
     response.status_code = 200 if ok else 503
     return {"status": "ready" if ok else "not ready", "checks": checks}

@@ -36,17 +36,19 @@ class Submission:
 
 class InferenceService:
     def __init__(self, producer: RequestProducer, store: ResultStore, repository_path, prefix: str,
-                 max_wait_s: float) -> None:
+                 max_wait_s: float, tasks: list[str] | None = None) -> None:
         self.producer = producer
         self.store = store
         self.prefix = prefix
         self.max_wait_s = max_wait_s
         self._repository_path = repository_path
+        self._only = set(tasks) if tasks else None
         self.refresh_tasks()
 
     def refresh_tasks(self) -> None:
         configs = load_repository_configs(self._repository_path)
-        self.configs: dict[str, ModelConfig] = {t: c for t, c in configs.items() if c.versions}
+        self.configs: dict[str, ModelConfig] = {
+            t: c for t, c in configs.items() if c.versions and (self._only is None or t in self._only)}
 
     def config(self, task: str) -> ModelConfig:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -34,7 +35,11 @@ class TorchModel(Model):
             # NOTE: process-wide in torch; only set when the caller asks for it.
             torch.set_num_threads(self.intra_op_num_threads)
         try:
-            module = torch.jit.load(str(self.artifact_path), map_location=self.device)
+            with warnings.catch_warnings():
+                # NOTE: torch marks TorchScript deprecated, but it is the contract's artifact
+                # format (SPEC section 2); the warning would fire on every model load.
+                warnings.filterwarnings("ignore", r".*torch\.jit", DeprecationWarning)
+                module = torch.jit.load(str(self.artifact_path), map_location=self.device)
         except Exception as exc:  # torch raises RuntimeError/ValueError for unreadable archives
             raise ModelConfigError(f"{self!r}: cannot load {self.artifact_path}: {exc}") from exc
         module.eval()

@@ -141,7 +141,7 @@ class _Binding:
 
 
 class AvroCodec:
-    """Encodes records to Kafka values and decodes them back; thread-safe for use.
+    """Encodes records to Kafka values and decodes them back; safe to share between threads.
 
     Without `registry_url`, writes single-object encoding. With it, writes Confluent
     framing, registering each record's schema under its full name (RecordNameStrategy).
@@ -203,7 +203,7 @@ class AvroCodec:
         binding = self._by_name.get(parsed.get("name")) if isinstance(parsed, dict) else None
         if binding is None:
             raise SchemaError(f"writer schema {parsed.get('name')!r} is not one of our records")
-        binding.writers[fp] = wire
+        binding.writers.setdefault(fp, wire)  # the current schema keeps its fast path
         self._fingerprint_owner[fp] = binding.name
         logger.info("registered writer schema %s fingerprint %s", binding.name, fp.hex())
 

@@ -12,24 +12,32 @@ __all__ = [
     "HEADER_ERROR_TYPE",
     "HEADER_REQUEST_ID",
     "HEADER_TRACEPARENT",
+    "RESULT_FIELD_AVRO",
+    "RESULT_FIELD_PUBLISHED",
     "cache_key",
     "cancel_key",
     "idempotency_key",
     "result_channel",
     "result_key",
     "status_key",
+    "worker_key",
 ]
 
 HEADER_ERROR_TYPE = "streaminfer-error-type"
 HEADER_REQUEST_ID = "streaminfer-request-id"
 HEADER_TRACEPARENT = "traceparent"
 
+# Fields of the result hash (result_key).
+RESULT_FIELD_AVRO = "avro"
+RESULT_FIELD_PUBLISHED = "published"
+
 # Stands in for "the task's default version" so the key never contains "None".
 _DEFAULT_VERSION = "default"
 
 
 def result_key(prefix: str, request_id: str) -> str:
-    """String: the stored InferenceResult (Avro bytes)."""
+    """Hash: ``avro`` (the stored InferenceResult) and ``published`` (set once it is on the
+    results topic)."""
     return f"{prefix}:result:{request_id}"
 
 
@@ -52,6 +60,11 @@ def cache_key(prefix: str, task: str, model_version: str | int | None, digest: s
     """Content cache entry for identical inputs (`input_digest`) to one model version."""
     version = _DEFAULT_VERSION if model_version is None else model_version
     return f"{prefix}:cache:{task}:{version}:{digest}"
+
+
+def worker_key(prefix: str, worker_id: str) -> str:
+    """A live worker's heartbeat (JSON of its tasks), expiring unless renewed."""
+    return f"{prefix}:worker:{worker_id}"
 
 
 def idempotency_key(prefix: str, client_id: str | None, key: str) -> str:

@@ -4,26 +4,21 @@ Each record's `to_avro()` returns a dict fastavro can write (timestamps as int e
 milliseconds); `from_avro()` accepts such a dict, with timestamps as int milliseconds or
 as the `datetime` fastavro produces for `timestamp-millis`, and always stores int ms.
 Records are plain (mutable) dataclasses with slots: treat them as values and derive
-changed copies with `dataclasses.replace`.
+changed copies with `dataclasses.replace`. `Tensor`, `DataType` and `input_digest` live in
+`schemas.tensors` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
-import struct
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar
 
-import numpy as np
-
-from schemas.errors import DecodeError, EncodeError
+from schemas.tensors import DataType, Tensor, input_digest
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +123,7 @@ class AuditType(StrEnum):
 
 
 # Plain dict lookups: Enum.__call__ is several times slower on the decode hot path.
-# Plain dict lookups: Enum.__call__ is several times slower on the decode hot path.
+_PRIORITIES = Priority._value2member_map_
 _STATUSES = Status._value2member_map_
 _AUDIT_TYPES = AuditType._value2member_map_
 

@@ -32,7 +32,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     except AuthNotConfigured as exc:
         print(f"streaminfer gateway: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_ensure_topics(settings, None))
+    asyncio.run(_ensure_topics(settings, settings.task_list))
     uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port,
                 log_config=logging_config(args.log_level), access_log=False)
     return 0
@@ -60,7 +60,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    tasks = loop.run_until_complete(_ensure_topics(settings, _tasks_arg(args.tasks)))
+    tasks = loop.run_until_complete(_ensure_topics(settings, _tasks_arg(args.tasks) or settings.task_list))
     if not tasks:
         print("streaminfer worker: no built models in the repository; run `streaminfer models build`",
               file=sys.stderr)
@@ -143,6 +143,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def cmd_topics(args: argparse.Namespace) -> int:
+    settings = Settings()
+    tasks = asyncio.run(_ensure_topics(settings, _tasks_arg(args.tasks)))
+    print(f"topics of {', '.join(tasks)} exist under prefix {settings.topic_prefix!r} "
+          f"({settings.topic_partitions} partitions each when created)")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(json.dumps(Settings().summary(), indent=2, default=str))
     return 0
@@ -199,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=None)
     bench.add_argument("--output", default="bench-results")
     bench.set_defaults(func=cmd_bench)
+
+    topics_cmd = sub.add_parser("topics", help="create the request, result, audit and DLQ topics")
+    topics_cmd.add_argument("action", choices=["create"])
+    topics_cmd.add_argument("--tasks", default=None)
+    topics_cmd.set_defaults(func=cmd_topics)
 
     config = sub.add_parser("config", help="show the effective settings")
     config.add_argument("action", choices=["show"])

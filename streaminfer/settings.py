@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     # --- models ---
     model_repository: Path = BUILTIN_REPOSITORY
     """Model repository: ``<repo>/<model>/model.yaml`` and ``<repo>/<model>/<version>/``."""
+    tasks: str | None = None
+    """Comma-separated tasks to serve (gateway and worker); unset = every built task."""
     device: str = "auto"
     """Where models run: ``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
 
@@ -89,6 +91,10 @@ class Settings(BaseSettings):
         if not modes or modes - allowed or ("disabled" in modes and len(modes) > 1):
             raise ValueError(f"STREAMINFER_AUTH must be jwt, apikey, jwt,apikey or disabled, not {value!r}")
         return ",".join(sorted(modes))
+
+    @property
+    def task_list(self) -> list[str] | None:
+        return [t.strip() for t in self.tasks.split(",") if t.strip()] if self.tasks else None
 
     @property
     def group_id(self) -> str:

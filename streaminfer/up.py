@@ -90,6 +90,8 @@ def run_up(args: argparse.Namespace) -> int:
             "STREAMINFER_GATEWAY_PORT": str(gateway_port),
             "STREAMINFER_AUTH": env.get("STREAMINFER_AUTH", "disabled"),
         })
+        if args.tasks:
+            env["STREAMINFER_TASKS"] = args.tasks
         settings = Settings(kafka_bootstrap_servers=env["STREAMINFER_KAFKA_BOOTSTRAP_SERVERS"])
         tasks = args.tasks.split(",") if args.tasks else sorted(
             t for t, c in load_repository_configs(repo).items() if c.versions)
@@ -97,7 +99,7 @@ def run_up(args: argparse.Namespace) -> int:
         for n in range(args.workers):
             worker_env = dict(env, STREAMINFER_WORKER_METRICS_PORT=str(
                 embedded.free_port(base.worker_metrics_port + n)))
-            children.append(_spawn(["worker", "--tasks", ",".join(tasks)], worker_env))
+            children.append(_spawn(["worker"], worker_env))
         children.append(_spawn(["gateway"], env))
         url = f"http://{embedded.LOOPBACK}:{gateway_port}"
         _wait_ready(url, children, timeout_s=120)

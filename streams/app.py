@@ -22,6 +22,9 @@ from .transport import WorkerApp
 
 logger = logging.getLogger(__name__)
 
+HEARTBEAT_INTERVAL_S = 2.0
+HEARTBEAT_TTL_S = 6.0
+
 
 @dataclass(frozen=True)
 class WorkerOptions:
@@ -68,10 +71,22 @@ class WorkerRuntime(mode.Service):
             self._metrics_server = server
             self.metrics_port = server.server_address[1]
             logger.info("worker metrics on http://%s:%d/metrics", self.options.metrics_host, self.metrics_port)
+        await self.publisher.heartbeat(self.options.worker_id, self.processor.tasks, HEARTBEAT_TTL_S)
         logger.info("worker %s ready for tasks %s", self.options.worker_id, ",".join(self.processor.tasks))
+
+    @mode.Service.timer(HEARTBEAT_INTERVAL_S)
+    async def _heartbeat(self) -> None:
+        try:
+            await self.publisher.heartbeat(self.options.worker_id, self.processor.tasks, HEARTBEAT_TTL_S)
+        except Exception as exc:  # Redis away: the gateway reports not ready; keep serving what we can
+            logger.warning("heartbeat failed: %s", exc)
 
     async def on_stop(self) -> None:
         await self.processor.stop()
+        try:
+            await self.publisher.forget_worker(self.options.worker_id)
+        except Exception as exc:
+            logger.warning("could not remove heartbeat: %s", exc)
         await self.publisher.stop()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

@@ -9,6 +9,7 @@ storing and publishing, in which case the stored result is published again.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,8 +25,8 @@ from . import metrics
 
 logger = logging.getLogger(__name__)
 
-FIELD_AVRO = "avro"
-FIELD_PUBLISHED = "published"
+FIELD_AVRO = keys.RESULT_FIELD_AVRO
+FIELD_PUBLISHED = keys.RESULT_FIELD_PUBLISHED
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,14 @@ class ResultPublisher:
                 pipe.hset(key, mapping={"status": "running", "worker_id": worker_id})
                 pipe.expire(key, self._ttl_s)
             await pipe.execute()
+
+    async def heartbeat(self, worker_id: str, tasks: Sequence[str], ttl_s: float) -> None:
+        """Tell gateways this worker is alive and which tasks it serves."""
+        payload = json.dumps({"worker_id": worker_id, "tasks": list(tasks)})
+        await self.redis.set(keys.worker_key(self._prefix, worker_id), payload, px=int(ttl_s * 1000))
+
+    async def forget_worker(self, worker_id: str) -> None:
+        await self.redis.delete(keys.worker_key(self._prefix, worker_id))
 
     # --- writes ---
     async def store_and_publish(self, results: Sequence[InferenceResult]) -> list[bool]:

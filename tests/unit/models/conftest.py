@@ -8,6 +8,7 @@ makes tokenisation, per-batch padding and truncation observable.
 from __future__ import annotations
 
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -176,9 +177,11 @@ def tiny_torchscript(tmp_path_factory) -> Callable[[str], Path]:
     root = tmp_path_factory.mktemp("torchscript")
     modules = {"tuple": TinyTuple, "dict": TinyDict, "scores": TinyScoresOnly}
     paths = {}
-    for kind, module in modules.items():
-        paths[kind] = root / f"{kind}.pt"
-        torch.jit.script(module()).save(str(paths[kind]))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*torch\.jit", DeprecationWarning)
+        for kind, module in modules.items():
+            paths[kind] = root / f"{kind}.pt"
+            torch.jit.script(module()).save(str(paths[kind]))
     return paths.__getitem__
 
 

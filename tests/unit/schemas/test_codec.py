@@ -609,3 +609,21 @@ def test_codec_is_fast_enough_to_not_be_the_bottleneck(codec: AvroCodec) -> None
     # A loose floor (the target is well over 50,000/s) so a loaded CI box does not flake.
     assert codec_roundtrips_per_second(n=3000, codec=codec) > 5_000
     assert codec.decode(codec.encode(typical_request()), InferenceRequest).task == "text-embedding"
+
+
+def test_schemas_imports_nothing_from_the_rest_of_the_project() -> None:
+    import ast
+
+    for path in SCHEMA_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            for name in names:
+                assert name.split(".")[0] not in {"models", "streams", "gateway", "streaminfer"}, (
+                    path
+                )

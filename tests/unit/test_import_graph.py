@@ -1,0 +1,50 @@
+"""Dependencies between packages run one way: shell -> gateway -> schemas; shell -> streams ->
+schemas, models. schemas and models import nothing of ours; the gateway takes only the numpy-only
+parts of models (so torch and onnxruntime stay out of its process)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OURS = {"schemas", "models", "streams", "gateway", "streaminfer"}
+ALLOWED = {
+    "schemas": set(),
+    "models": set(),
+    "streams": {"schemas", "models"},
+    "gateway": {"schemas", "models.config", "models.friendly", "models.errors"},
+    "streaminfer": OURS,
+}
+
+
+def imports_of(package: str) -> set[str]:
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module)
+    return {name for name in found if name.split(".")[0] in OURS and name.split(".")[0] != package}
+
+
+def allowed(package: str, module: str) -> bool:
+    rules = ALLOWED[package]
+    return any(module == rule or module.startswith(rule + ".") or rule == module.split(".")[0] and "." not in rule
+               for rule in rules)
+
+
+def test_dependencies_run_one_way():
+    violations = {pkg: sorted(m for m in imports_of(pkg) if not allowed(pkg, m)) for pkg in ALLOWED}
+    assert {pkg: v for pkg, v in violations.items() if v} == {}
+
+
+def test_gateway_modules_do_not_pull_in_torch_or_onnxruntime():
+    import subprocess
+    import sys
+
+    code = ("import sys, gateway.app, gateway.routes; "
+            "print([m for m in ('torch', 'onnxruntime') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
