@@ -8,7 +8,7 @@ import json
 import logging
 from collections import defaultdict
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from schemas import keys
@@ -31,8 +31,11 @@ class ResultStore:
         self._closed = True
 
     async def start(self) -> None:
-        self.redis = Redis.from_url(self._redis_url, decode_responses=False,
-                                    socket_connect_timeout=2, socket_timeout=5)
+        # NOTE: a blocking pool queues callers past max_connections; the default pool raises
+        # MaxConnectionsError at 100 concurrent calls, which a burst of waiters reaches.
+        pool = BlockingConnectionPool.from_url(self._redis_url, max_connections=256, timeout=5,
+                                               socket_connect_timeout=2, socket_timeout=5)
+        self.redis = Redis(connection_pool=pool)
         self._waiters: dict[str, set[asyncio.Future]] = defaultdict(set)
         self._closed = False
         self._listener = asyncio.create_task(self._listen(), name="result-listener")
@@ -59,6 +62,7 @@ class ResultStore:
         try:
             return await coro
         except (RedisError, OSError) as exc:
+            logger.warning("redis call failed: %r", exc)
             raise ServiceUnavailable("the result store is not reachable; retry later",
                                      headers={"Retry-After": "1"}) from exc
 

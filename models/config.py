@@ -84,8 +84,8 @@ class ModelConfig:
     path: Path
     versions: tuple[str, ...]
     default_version: str | None
-    preprocess: dict = field(default_factory=dict)
-    friendly: dict = field(default_factory=dict)
+    preprocess: dict = field(default_factory=dict, hash=False)
+    friendly: dict = field(default_factory=dict, hash=False)
     description: str = ""
     # Additions beyond the first sketch of the interface, defaulted so callers need not care.
     artifact: str = ""

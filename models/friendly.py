@@ -156,15 +156,15 @@ def _check_text(where: str, index: int, item: Any) -> None:
 # --- friendly -> tensor converters ---------------------------------------------------------------
 
 
-def _as_items(key: str, value: Any, is_item) -> list:
-    """One item or a non-empty list of items."""
+def _as_items(key: str, value: Any, is_item) -> list | None:
+    """One item or a non-empty list of items; None when ``value`` is neither."""
     if is_item(value):
         return [value]
     if isinstance(value, list) and value and all(is_item(item) for item in value):
         return value
     if isinstance(value, list) and not value:
         raise InvalidInput(f"input {key!r}: the list is empty")
-    return None  # type: ignore[return-value]  # caller reports its own kind-specific message
+    return None  # the caller reports a message specific to its kind
 
 
 def _text(key: str, value: Any, source: dict, spec: TensorSpec) -> np.ndarray:

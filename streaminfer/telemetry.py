@@ -30,6 +30,7 @@ class JsonFormatter(logging.Formatter):
 
 def logging_config(level: str = "INFO", json_logs: bool = True) -> dict:
     """A ``logging.config.dictConfig`` dict (faust's worker takes one too)."""
+    chatty = "INFO" if level.upper() == "DEBUG" else "WARNING"
     formatter = {"()": JsonFormatter} if json_logs else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
     return {
         "version": 1,
@@ -39,9 +40,9 @@ def logging_config(level: str = "INFO", json_logs: bool = True) -> dict:
         "root": {"level": level.upper(), "handlers": ["stderr"]},
         "loggers": {
             # chatty at INFO; their warnings still come through
-            "aiokafka": {"level": "WARNING"},
-            "faust": {"level": "WARNING"},
-            "mode": {"level": "WARNING"},
+            "aiokafka": {"level": chatty},
+            "faust": {"level": chatty},
+            "mode": {"level": chatty},
             "uvicorn.access": {"level": "WARNING"},
         },
     }

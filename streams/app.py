@@ -41,6 +41,8 @@ class WorkerOptions:
     fetch_max_wait_ms: int = 10
     linger_ms: int = 2
     commit_interval_s: float = 0.5
+    session_timeout_s: float = 10.0
+    rebalance_timeout_s: float = 6.0
     result_ttl_s: int = 86400
     max_queued: int = 1024
     metrics_host: str = "127.0.0.1"
@@ -113,6 +115,11 @@ def create_worker(options: WorkerOptions) -> tuple[WorkerApp, WorkerRuntime]:
         topic_partitions=options.topic_partitions,
         broker_commit_interval=options.commit_interval_s,
         stream_wait_empty=True,
+        # NOTE: faust's 60 s defaults hold a joining group (and the partitions of a crashed worker)
+        # that long; Kafka's own consumer default session timeout is 10 s (45 s since 3.0).
+        broker_session_timeout=options.session_timeout_s,
+        broker_rebalance_timeout=options.rebalance_timeout_s,
+        broker_heartbeat_interval=min(3.0, options.session_timeout_s / 3),
     )
     app.fetch_max_wait_ms = options.fetch_max_wait_ms
     register_agents(app, processor, options.topic_prefix)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from schemas import keys, topics
 from schemas.codec import AvroCodec
@@ -57,7 +57,9 @@ class ResultPublisher:
             request_timeout_ms=self._request_timeout_ms, max_batch_size=1 << 20,
         )
         await self.producer.start()
-        self.redis = Redis.from_url(self._redis_url, decode_responses=False)
+        pool = BlockingConnectionPool.from_url(self._redis_url, max_connections=64, timeout=10,
+                                               socket_connect_timeout=2, socket_timeout=10)
+        self.redis = Redis(connection_pool=pool)
         self._closed = False
 
     async def stop(self) -> None:

@@ -25,7 +25,7 @@ def model_repository() -> Path:
     """The built-in repository, built when missing (cached between runs)."""
     from models.builtin import build_all, default_repository
 
-    repo = default_repository()
+    repo = Path(os.environ.get("STREAMINFER_TEST_MODEL_REPOSITORY") or default_repository())
     build_all(repo)
     return repo
 

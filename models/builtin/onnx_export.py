@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,15 +36,20 @@ def export_onnx(
     # called "embedding" would collide with aten.embedding's result. Export under placeholder
     # names and rename afterwards.
     placeholders = [f"__output_{index}" for index in range(len(output_names))]
-    program = torch.onnx.export(
-        module.eval(),
-        example_inputs,
-        input_names=list(input_names),
-        output_names=placeholders,
-        dynamic_shapes={name: dynamic_shapes.get(name, {}) for name in input_names},
-        dynamo=True,
-        external_data=False,
-    )
+    with warnings.catch_warnings():
+        # Sharing one Dim across inputs is deliberate; the exporter warns about it, and about
+        # its own use of deprecated pytree APIs.
+        warnings.filterwarnings("ignore", r".*axis name", UserWarning)
+        warnings.filterwarnings("ignore", r".*LeafSpec", FutureWarning)
+        program = torch.onnx.export(
+            module.eval(),
+            example_inputs,
+            input_names=list(input_names),
+            output_names=placeholders,
+            dynamic_shapes={name: dynamic_shapes.get(name, {}) for name in input_names},
+            dynamo=True,
+            external_data=False,
+        )
     model = program.model_proto
     _rename_values(model, dict(zip(placeholders, output_names, strict=True)))
     onnx.checker.check_model(model)

@@ -51,7 +51,7 @@ async def test_missing_inputs_is_422(client):
     ("text-embedding", {"text": ["fine", ""]}, "empty"),
     ("image-classify", {"pixels": [[0.0] * 8] * 7}, "shape"),
     ("image-classify", [{"name": "pixels", "datatype": "FP32", "shape": [1, 8, 7], "data": [0.0] * 56}], "shape"),
-    ("image-classify", [{"name": "pixels", "datatype": "INT64", "shape": [1, 8, 8], "data": [0] * 64}], "dtype"),
+    ("image-classify", [{"name": "pixels", "datatype": "INT64", "shape": [1, 8, 8], "data": [0] * 64}], "datatype"),
     ("tabular-classify", {"features": {"not a feature": 1.0}}, "not a feature"),
     ("image-classify", [{"name": "pixels", "datatype": "FP32", "shape": [1, 8, 8], "data": [0.0] * 10}], "pixels"),
 ])

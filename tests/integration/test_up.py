@@ -48,6 +48,7 @@ def test_up_serves_and_stops_cleanly(model_repository, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        proc.stdout.close()
         log.close()
     _, alive = psutil.wait_procs(descendants, timeout=10)
     for child in alive:

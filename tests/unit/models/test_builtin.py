@@ -184,6 +184,27 @@ def test_digits_accuracy_through_the_repository(built_repository):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_a_png_of_a_digit_is_classified_through_the_friendly_path(built_repository):
+    """The gateway's path: base64 PNG, dark ink on white, far larger than 8x8."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    model = built_repository.load("image-classify")
+    split = digits_split()
+    correct = 0
+    for image, label in zip(split.x_test[:20], split.y_test[:20], strict=True):
+        ink = np.kron(image / 16.0, np.ones((16, 16)))  # 128x128, each pixel a 16x16 block
+        buffer = io.BytesIO()
+        Image.fromarray(((1.0 - ink) * 255).round().astype(np.uint8)).save(buffer, "PNG")
+        encoded = base64.b64encode(buffer.getvalue()).decode()
+        tensors = friendly_to_tensors(model.config, {"image": encoded})
+        friendly = tensors_to_friendly(model.config, model.predict_batch(tensors))
+        correct += friendly["label"] == label
+    assert correct >= 19
+
+
 def test_breast_cancer_accuracy_through_the_repository(built_repository):
     model = built_repository.load("tabular-classify")
     split = breast_cancer_split()

@@ -35,6 +35,7 @@ def test_loads_every_field(make_model_dir, classifier_yaml):
     assert config.path == model_dir.resolve()
     assert config.artifact == "model.onnx"
     assert config.preprocess == {"kind": "none"}
+    assert hash(config) == hash(load_model_config(model_dir))  # usable as a dict key
 
 
 def test_defaults_name_and_task_from_directory(make_model_dir, classifier_yaml):
