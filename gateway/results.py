@@ -35,7 +35,7 @@ class ResultStore:
         # MaxConnectionsError at 100 concurrent calls, which a burst of waiters reaches.
         pool = BlockingConnectionPool.from_url(self._redis_url, max_connections=256, timeout=5,
                                                socket_connect_timeout=2, socket_timeout=5)
-        self.redis = Redis(connection_pool=pool)
+        self.redis = Redis.from_pool(pool)  # owns the pool: aclose() disconnects it
         self._waiters: dict[str, set[asyncio.Future]] = defaultdict(set)
         self._closed = False
         self._listener = asyncio.create_task(self._listen(), name="result-listener")

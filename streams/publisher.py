@@ -59,7 +59,7 @@ class ResultPublisher:
         await self.producer.start()
         pool = BlockingConnectionPool.from_url(self._redis_url, max_connections=64, timeout=10,
                                                socket_connect_timeout=2, socket_timeout=10)
-        self.redis = Redis(connection_pool=pool)
+        self.redis = Redis.from_pool(pool)  # owns the pool: aclose() disconnects it
         self._closed = False
 
     async def stop(self) -> None:
