@@ -1,0 +1,87 @@
+"""A gateway app wired to an in-memory producer and result store (no broker, no Redis), over a
+repository holding one tiny task described by a model.yaml."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.service import InferenceService
+from schemas.records import InferenceResult
+from streaminfer.settings import Settings
+
+TASK_YAML = {
+    "task": "tiny", "name": "tiny-model", "backend": "onnxruntime", "max_batch_size": 4,
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [3]}],
+    "outputs": [{"name": "y", "datatype": "FP32", "shape": [3]}],
+}
+
+
+class MemoryProducer:
+    is_connected = True
+
+    def __init__(self) -> None:
+        self.sent = []
+
+    async def submit(self, request, accepted):
+        self.sent.append((request, accepted))
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.results: dict[str, InferenceResult] = {}
+        self.statuses: dict[str, dict] = {}
+        self.cancelled: set[str] = set()
+
+    async def ping(self):
+        return True
+
+    async def live_workers(self):
+        return {"w1": ["tiny"]}
+
+    async def mark_queued(self, request_id, task, client_id):
+        self.statuses[request_id] = {"status": "queued", "task": task}
+
+    async def status(self, request_id):
+        return self.statuses.get(request_id, {})
+
+    async def result(self, request_id):
+        return self.results.get(request_id)
+
+    async def wait(self, request_id, timeout_s):
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while request_id not in self.results and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        return self.results.get(request_id)
+
+    async def cancel(self, request_id):
+        self.cancelled.add(request_id)
+
+    async def delete(self, request_id):
+        self.results.pop(request_id, None)
+        return 1
+
+
+@pytest.fixture
+def repository(tmp_path) -> Path:
+    task_dir = tmp_path / "tiny"
+    (task_dir / "1").mkdir(parents=True)
+    (task_dir / "1" / "model.onnx").write_bytes(b"not needed by the gateway")
+    (task_dir / "model.yaml").write_text(yaml.safe_dump(TASK_YAML))
+    return tmp_path
+
+
+@pytest.fixture
+def gateway(repository):
+    settings = Settings(auth="disabled", model_repository=repository, max_body_bytes=4096)
+    app = create_app(settings)
+    producer, store = MemoryProducer(), MemoryStore()
+    app.state.service = InferenceService(producer, store, repository, "unit", max_wait_s=2)
+    client = TestClient(app, raise_server_exceptions=False)  # no lifespan: nothing to connect to
+    client.producer, client.store = producer, store
+    return client
