@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.config import ModelConfig, load_repository_configs
-from schemas.records import AuditEvent, AuditType, InferenceRequest, InferenceResult, Priority, Tensor, input_digest, now_ms
+from schemas.records import (
+    AuditEvent,
+    AuditType,
+    InferenceRequest,
+    InferenceResult,
+    Priority,
+    Tensor,
+    input_digest,
+    now_ms,
+)
 from schemas.topics import request_topics, results_topic
 
 from .errors import InvalidRequest, NotFound

@@ -12,8 +12,6 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-
 # NOTE: not models.builtin.default_repository: importing that pulls in the model builders,
 # and the gateway process must stay free of torch.
 BUILTIN_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"

@@ -12,8 +12,11 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
 from models.base import Model
 from models.errors import ModelError, ModelNotFound
@@ -22,8 +25,17 @@ from models.repository import ModelRepository
 from schemas.codec import AvroCodec
 from schemas.errors import SchemaError
 from schemas.records import (
-    AuditEvent, AuditType, DeadLetter, Error, InferenceRequest, InferenceResult, Status, Tensor,
-    Timings, input_digest, now_ms,
+    AuditEvent,
+    AuditType,
+    DeadLetter,
+    Error,
+    InferenceRequest,
+    InferenceResult,
+    Status,
+    Tensor,
+    Timings,
+    input_digest,
+    now_ms,
 )
 from schemas.topics import parse_request_topic
 
@@ -34,6 +46,9 @@ from .publisher import ResultPublisher
 from .requests import PendingRequest, SourceEvent
 
 logger = logging.getLogger(__name__)
+
+# Failures of Redis or Kafka that pass: the batch waits and runs again.
+DEPENDENCY_ERRORS = (RedisError, KafkaError, OSError, TimeoutError)
 
 Ack = Callable[[], Awaitable[object]]
 
@@ -110,21 +125,21 @@ class RequestProcessor:
         except SchemaError as exc:
             logger.warning("undecodable event at %s[%d]@%d: %s", source.topic, source.partition,
                            source.offset, exc)
-            await self._dead_letter(source, None, exc.code, str(exc), type(exc).__name__)
-            await ack()
+            await self._until_written("a dead letter", partial(
+                self._dead_letter_and_ack, source, None, exc.code, str(exc), type(exc).__name__, ack))
             return
         topic_task = parse_request_topic(self._prefix, source.topic)
         if request.task not in self._repository.configs or (topic_task and topic_task[0] != request.task):
             message = f"task {request.task!r} is not served here (topic {source.topic})"
-            await self._dead_letter(source, request, "TASK_NOT_FOUND", message, "ModelNotFound")
-            await ack()
+            await self._until_written("a dead letter", partial(
+                self._dead_letter_and_ack, source, request, "TASK_NOT_FOUND", message, "ModelNotFound", ack))
             return
         try:
             inputs = {t.name: t.to_numpy() for t in request.inputs}
             validate_tensors(self._repository.get_config(request.task), inputs)
             batcher = await self._batcher_for(request.task, request.model_version)
         except (SchemaError, ModelError) as exc:
-            await self._reject(source, request, exc, ack)
+            await self._until_written("a rejection", partial(self._reject, source, request, exc, ack))
             return
         first = next(iter(inputs.values()))
         version = batcher.name.rsplit(":", 1)[1]
@@ -143,6 +158,11 @@ class RequestProcessor:
         await self._dead_letter(source, request, code, str(exc), type(exc).__name__)
         await ack()
 
+    async def _dead_letter_and_ack(self, source: SourceEvent, request: InferenceRequest | None,
+                                   code: str, message: str, error_type: str, ack: Ack) -> None:
+        await self._dead_letter(source, request, code, message, error_type)
+        await ack()
+
     async def _dead_letter(self, source: SourceEvent, request: InferenceRequest | None,
                            code: str, message: str, error_type: str) -> None:
         letter = DeadLetter(source_topic=source.topic, partition=source.partition, offset=source.offset,
@@ -157,23 +177,54 @@ class RequestProcessor:
 
     # --- batches ---
     async def _run_batch(self, model: Model, batch: list[PendingRequest]) -> None:
+        await self._until_written(f"batch of {len(batch)}", partial(self._run_batch_once, model, batch))
+
+    async def _until_written(self, what: str, write: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``write`` to the end. If Redis or Kafka fail on the way, wait and run it again:
+        no event is acknowledged before its outcome is written, and writing twice is harmless
+        (results are stored only if absent). On shutdown it gives up (returns False) and the
+        events are redelivered to whoever consumes next."""
+        delay_s = 0.1
+        while True:
+            try:
+                await write()
+                return True
+            except DEPENDENCY_ERRORS as exc:
+                if self._closed:
+                    logger.warning("stopping with %s unwritten (%r); it will be redelivered", what, exc)
+                    return False
+                logger.warning("%s waits for Redis or Kafka (%r); retrying in %.1fs", what, exc, delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+
+    async def _run_batch_once(self, model: Model, batch: list[PendingRequest]) -> None:
         started = now_ms()
         ids = [p.request.request_id for p in batch]
-        stored, cancelled = await asyncio.gather(self._publisher.lookup(ids), self._publisher.cancelled(ids))
+        for p in batch:
+            opted_out = p.request.parameters.get("cache", "true").lower() == "false"
+            p.cache_key = None if opted_out else self._publisher.cache_key(p.request.task, model.version, p.digest)
+        priors = await self._publisher.lookup(ids, [p.cache_key for p in batch])
         runnable: list[PendingRequest] = []
         finished: list[tuple[InferenceRequest, InferenceResult, str]] = []
         duplicates: list[PendingRequest] = []
-        for item, prior, is_cancelled in zip(batch, stored, cancelled, strict=True):
+        hits: list[PendingRequest] = []
+        for item, prior in zip(batch, priors, strict=True):
             req = item.request
-            if prior is not None:
+            if prior.stored is not None:
                 duplicates.append(item)
-                if not prior.published:  # a crash came between storing and publishing
-                    await self._publisher.republish([(req.task, req.request_id, prior.avro)])
-            elif is_cancelled:
+                if not prior.stored.published:  # a crash came between storing and publishing
+                    await self._publisher.republish([(req.task, req.request_id, prior.stored.avro)])
+            elif prior.cancelled:
                 finished.append((req, self._result(req, Status.CANCELLED, model=model), item.digest))
             elif req.deadline_at is not None and req.deadline_at < started:
                 error = Error("DEADLINE_EXCEEDED", f"deadline passed {started - req.deadline_at} ms before the run", False)
                 finished.append((req, self._result(req, Status.EXPIRED, model=model, error=error), item.digest))
+            elif prior.cached is not None:
+                cached = self._codec.decode(prior.cached, InferenceResult)
+                hit = self._result(req, Status.SUCCEEDED, model=model, started=started)
+                hit.outputs = cached.outputs
+                finished.append((req, hit, item.digest))
+                hits.append(item)
             else:
                 runnable.append(item)
                 metrics.QUEUE_SECONDS.labels(req.task, item.priority.topic_suffix).observe(
@@ -181,12 +232,20 @@ class RequestProcessor:
         if duplicates:
             metrics.DUPLICATES.inc(len(duplicates))
             await self._publisher.audit(self._audit(p.request, AuditType.DUPLICATE, p.digest) for p in duplicates)
+        if hits:
+            metrics.CACHE_HITS.inc(len(hits))
+            await self._publisher.audit(self._audit(p.request, AuditType.CACHE_HIT, p.digest) for p in hits)
         if runnable:
             await self._publisher.mark_running([p.request.request_id for p in runnable], self.worker_id)
             await self._publisher.audit(self._audit(p.request, AuditType.STARTED, p.digest,
                                                     {"batch_items": str(sum(q.size for q in runnable))})
                                         for p in runnable)
-            finished.extend(await self._infer(model, runnable, started))
+            ran = await self._infer(model, runnable, started)
+            finished.extend(ran)
+            await self._publisher.store_cache([
+                (item.cache_key, self._codec.encode(result))
+                for item, (_, result, _) in zip(runnable, ran, strict=True)
+                if item.cache_key is not None and result.status is Status.SUCCEEDED])
         await self._finish(finished)
         for item in batch:
             await item.ack()

@@ -35,6 +35,14 @@ class StoredResult:
     published: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Prior:
+    stored: StoredResult | None
+    cancelled: bool
+    cached: bytes | None
+    """An encoded InferenceResult of identical inputs on the same model version."""
+
+
 class ResultPublisher:
     """Owns the worker's Kafka producer and Redis client."""
 
@@ -79,19 +87,32 @@ class ResultPublisher:
         await self.stop()
 
     # --- reads ---
-    async def lookup(self, request_ids: Sequence[str]) -> list[StoredResult | None]:
-        """The stored result of each request, in one round trip; also reads cancellations."""
+    async def lookup(self, request_ids: Sequence[str], cache_keys: Sequence[str | None]) -> list[Prior]:
+        """What Redis knows of each request before its batch runs, in one round trip: a stored
+        result (a redelivery), a cancellation, and a content-cache entry for its inputs."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for rid in request_ids:
+            for rid, cache in zip(request_ids, cache_keys, strict=True):
                 pipe.hmget(keys.result_key(self._prefix, rid), FIELD_AVRO, FIELD_PUBLISHED)
-            rows = await pipe.execute()
-        return [StoredResult(avro, published == b"1") if avro is not None else None for avro, published in rows]
-
-    async def cancelled(self, request_ids: Sequence[str]) -> list[bool]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for rid in request_ids:
                 pipe.exists(keys.cancel_key(self._prefix, rid))
-            return [bool(n) for n in await pipe.execute()]
+                pipe.get(cache) if cache else pipe.echo(b"")
+            rows = await pipe.execute()
+        priors = []
+        for (avro, published), cancelled, cached in zip(rows[0::3], rows[1::3], rows[2::3], strict=True):
+            stored = StoredResult(avro, published == b"1") if avro is not None else None
+            priors.append(Prior(stored, bool(cancelled), cached or None))
+        return priors
+
+    def cache_key(self, task: str, version: str, digest: str) -> str:
+        return keys.cache_key(self._prefix, task, version, digest)
+
+    async def store_cache(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        """Content-cache entries ``(key, encoded result)``, kept as long as results."""
+        if not entries:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, avro in entries:
+                pipe.set(key, avro, ex=self._ttl_s)
+            await pipe.execute()
 
     async def mark_running(self, request_ids: Sequence[str], worker_id: str) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,5 +33,5 @@ class PendingRequest:
     digest: str
     model_version: str
     enqueued_at: float = 0.0
-    attempts: int = 0
-    extra: dict = field(default_factory=dict)
+    cache_key: str | None = None
+    """Content-cache entry for these inputs on this model version; None = opted out."""

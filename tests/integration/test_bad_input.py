@@ -9,7 +9,6 @@ import uuid
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
-
 from helpers.kafka import collect
 
 pytestmark = pytest.mark.integration
@@ -77,10 +76,10 @@ async def test_unknown_request_is_404(client):
 
 
 async def test_undecodable_events_go_to_dlq_and_worker_keeps_serving(stack, client):
+    import numpy as np
+
     from schemas.codec import AvroCodec
     from schemas.records import InferenceRequest, Tensor
-
-    import numpy as np
 
     valid = AvroCodec().encode(InferenceRequest(
         request_id=str(uuid.uuid4()), task="text-embedding",

@@ -7,7 +7,6 @@ from collections import Counter
 
 import httpx
 import pytest
-
 from helpers.kafka import collect
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,6 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
-
 from helpers.kafka import collect
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from models.errors import InferenceFailed
 from schemas.codec import AvroCodec
 from schemas.records import AuditType, InferenceRequest, Status, Tensor, now_ms
 from streams.processor import RequestProcessor
-from streams.publisher import StoredResult
+from streams.publisher import Prior, StoredResult
 from streams.requests import SourceEvent
 
 PREFIX = "unit"
@@ -67,12 +67,17 @@ class FakePublisher:
         self.audits = []
         self.letters = []
         self.cancelled_ids: set[str] = set()
+        self.cache: dict[str, bytes] = {}
 
-    async def lookup(self, ids):
-        return [self.stored.get(i) for i in ids]
+    async def lookup(self, ids, cache_keys):
+        return [Prior(self.stored.get(i), i in self.cancelled_ids, self.cache.get(k) if k else None)
+                for i, k in zip(ids, cache_keys, strict=True)]
 
-    async def cancelled(self, ids):
-        return [i in self.cancelled_ids for i in ids]
+    def cache_key(self, task, version, digest):
+        return f"{task}:{version}:{digest}"
+
+    async def store_cache(self, entries):
+        self.cache.update(entries)
 
     async def mark_running(self, ids, worker_id):
         pass
@@ -201,3 +206,38 @@ async def test_unknown_task_is_dead_lettered(codec):
     source = SourceEvent(f"{PREFIX}.requests.{TASK}.normal", 0, 7, None, codec.encode(request))
     acked = await run(make(model, publisher, codec), [source])
     assert acked == [7] and publisher.letters[0][0].error_code == "TASK_NOT_FOUND"
+
+
+async def test_identical_inputs_are_served_from_the_content_cache(codec):
+    model, publisher = FakeModel(), FakePublisher()
+    first, _ = event(codec, [[1, 2]], 0)
+    await run(make(model, publisher, codec), [first])
+    again, again_req = event(codec, [[1, 2]], 1)
+    opted_out, opted_req = event(codec, [[1, 2]], 2, parameters={"cache": "false"})
+    acked = await run(make(model, publisher, codec), [again, opted_out])
+    assert sorted(acked) == [1, 2]
+    assert model.calls == [1, 1], "the cached request did not run; the opted-out one did"
+    by_id = {r.request_id: r for r in publisher.results}
+    assert np.array_equal(by_id[again_req.request_id].outputs[0].to_numpy(), [[2, 4]])
+    assert by_id[again_req.request_id].status is Status.SUCCEEDED
+    hits = [a for a in publisher.audits if a.type is AuditType.CACHE_HIT]
+    assert [a.request_id for a in hits] == [again_req.request_id]
+
+
+async def test_a_redis_outage_delays_the_batch_and_nothing_is_acked_before_it_is_written(codec):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    class FlakyPublisher(FakePublisher):
+        failures = 2
+
+        async def store_and_publish(self, results):
+            if self.failures:
+                self.failures -= 1
+                raise RedisConnectionError("redis is down")
+            return await super().store_and_publish(results)
+
+    model, publisher = FakeModel(), FlakyPublisher()
+    source, request = event(codec, [[1, 1]])
+    acked = await run(make(model, publisher, codec), [source])
+    assert acked == [0] and publisher.failures == 0
+    assert [r.request_id for r in publisher.results] == [request.request_id]
