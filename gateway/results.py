@@ -78,6 +78,23 @@ class ResultStore:
                 workers[beat["worker_id"]] = beat["tasks"]
         return workers
 
+    async def claim_idempotency(self, client_id: str | None, key: str, request_id: str,
+                                body_digest: str) -> tuple[str, bool]:
+        """Bind ``key`` to ``request_id`` unless it is bound already. Returns the bound request_id
+        and whether the bound body is this one (False: same key, other body)."""
+        redis_key = keys.idempotency_key(self._prefix, client_id, key)
+        claim = json.dumps({"request_id": request_id, "body": body_digest})
+        if await self._call(self.redis.set(redis_key, claim, nx=True, ex=self._ttl_s)):
+            return request_id, True
+        bound = await self._call(self.redis.get(redis_key))
+        if bound is None:  # expired between the two calls: claim again
+            return await self.claim_idempotency(client_id, key, request_id, body_digest)
+        bound = json.loads(bound)
+        return bound["request_id"], bound["body"] == body_digest
+
+    async def release_idempotency(self, client_id: str | None, key: str) -> None:
+        await self._call(self.redis.delete(keys.idempotency_key(self._prefix, client_id, key)))
+
     async def mark_queued(self, request_id: str, task: str, client_id: str | None) -> None:
         key = keys.status_key(self._prefix, request_id)
         async with self.redis.pipeline(transaction=False) as pipe:

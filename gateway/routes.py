@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from .errors import NotFound
-from .service import InferenceService, Submission
+from .service import InferenceService, Submission, body_digest
 from .views import links, pending_body, result_body
 
 router = APIRouter()
@@ -38,24 +38,26 @@ WaitQuery = Annotated[float | None, Query(ge=0, description="seconds to wait for
              responses={200: {"description": "finished within ?wait"}, 202: {"description": "queued"}})
 async def infer(task: str, body: InferBody, request: Request, wait: WaitQuery = None,
                 prefer: Annotated[str | None, Header()] = None,
-                traceparent: Annotated[str | None, Header()] = None) -> JSONResponse:
+                traceparent: Annotated[str | None, Header()] = None,
+                idempotency_key: Annotated[str | None, Header(max_length=256)] = None) -> JSONResponse:
     """Publish an inference request; with ``?wait=S`` or ``Prefer: wait=S`` answer with the result
-    when it is done within S seconds."""
+    when it is done within S seconds. With ``Idempotency-Key``, the same key and body give the same
+    request_id (no second event); the same key with another body is 409."""
     svc = service(request)
     wait_s = svc.wait_seconds(wait, prefer)
     inference = svc.build_request(Submission(
         task=task, inputs=body.inputs, priority=body.priority, model_version=body.model_version,
         deadline_ms=body.deadline_ms, parameters={k: str(v) for k, v in body.parameters.items()},
-        trace={"traceparent": traceparent} if traceparent else {},
+        trace={"traceparent": traceparent} if traceparent else {}, idempotency_key=idempotency_key,
     ))
-    request.state.request_id = inference.request_id
-    await svc.submit(inference)
+    request_id = await svc.submit_once(inference, idempotency_key, body_digest(task, body.model_dump()))
+    request.state.request_id = request_id
     if wait_s > 0:
-        result = await svc.wait(inference.request_id, wait_s)
+        result = await svc.wait(request_id, wait_s)
         if result is not None:
             return JSONResponse(result_body(result, svc.configs.get(task)), status_code=200)
-    return JSONResponse({"request_id": inference.request_id, "task": task, "status": "queued",
-                         "priority": inference.priority.topic_suffix, "links": links(inference.request_id)},
+    return JSONResponse({"request_id": request_id, "task": task, "status": "queued",
+                         "priority": inference.priority.topic_suffix, "links": links(request_id)},
                         status_code=202)
 
 

@@ -3,6 +3,8 @@ result. Kept apart from FastAPI so routes stay thin adapters."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from schemas.records import (
 )
 from schemas.topics import request_topics, results_topic
 
-from .errors import InvalidRequest, NotFound
+from .errors import IdempotencyConflict, InvalidRequest, NotFound
 from .inputs import tensors_from_body
 from .producer import RequestProducer
 from .results import ResultStore
@@ -41,6 +43,7 @@ class Submission:
     parameters: dict[str, str] = field(default_factory=dict)
     client_id: str | None = None
     trace: dict[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
 
 
 class InferenceService:
@@ -83,7 +86,7 @@ class InferenceService:
                 raise InvalidRequest("deadline_ms must be positive")
             deadline = created + int(sub.deadline_ms)
         return InferenceRequest(
-            request_id=str(uuid.uuid4()), task=sub.task, model_version=sub.model_version,
+            request_id=str(uuid.uuid4()), idempotency_key=sub.idempotency_key, task=sub.task, model_version=sub.model_version,
             priority=priority, inputs=[Tensor.from_numpy(name, a) for name, a in arrays.items()],
             parameters={str(k): str(v) for k, v in sub.parameters.items()}, created_at=created,
             deadline_at=deadline, client_id=sub.client_id, trace=sub.trace,
@@ -97,6 +100,27 @@ class InferenceService:
         await self.producer.submit(request, accepted)
         logger.info("accepted request", extra={"request_id": request.request_id, "task": request.task,
                                                "priority": request.priority.value})
+
+    async def submit_once(self, request: InferenceRequest, idempotency_key: str | None,
+                          body_digest: str) -> str:
+        """Submit unless the client's ``Idempotency-Key`` already names a request with the same
+        body; returns the request_id that answers. Same key with another body: 409."""
+        if not idempotency_key:
+            await self.submit(request)
+            return request.request_id
+        bound, same = await self.store.claim_idempotency(request.client_id, idempotency_key,
+                                                         request.request_id, body_digest)
+        if not same:
+            raise IdempotencyConflict("this Idempotency-Key was used with a different request body",
+                                      details={"request_id": bound})
+        if bound != request.request_id:
+            return bound
+        try:
+            await self.submit(request)
+        except Exception:
+            await self.store.release_idempotency(request.client_id, idempotency_key)
+            raise
+        return request.request_id
 
     def wait_seconds(self, query_wait: float | None, prefer: str | None) -> float:
         wait = query_wait
@@ -123,3 +147,9 @@ class InferenceService:
              "topics": {"requests": request_topics(self.prefix, task), "results": results_topic(self.prefix, task)}}
             for task, config in sorted(self.configs.items())
         ]
+
+
+def body_digest(task: str, body: dict) -> str:
+    """Digest of a submission's meaning: the task and the JSON body with keys sorted."""
+    canonical = json.dumps({"task": task, "body": body}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -37,12 +37,20 @@ class MemoryStore:
         self.results: dict[str, InferenceResult] = {}
         self.statuses: dict[str, dict] = {}
         self.cancelled: set[str] = set()
+        self.claims: dict = {}
 
     async def ping(self):
         return True
 
     async def live_workers(self):
         return {"w1": ["tiny"]}
+
+    async def claim_idempotency(self, client_id, key, request_id, digest):
+        bound = self.claims.setdefault((client_id, key), (request_id, digest))
+        return bound[0], bound[1] == digest
+
+    async def release_idempotency(self, client_id, key):
+        self.claims.pop((client_id, key), None)
 
     async def mark_queued(self, request_id, task, client_id):
         self.statuses[request_id] = {"status": "queued", "task": task}

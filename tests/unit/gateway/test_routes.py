@@ -118,3 +118,17 @@ def test_tasks_ready_health_info_docs(gateway):
 def test_refuses_to_start_without_auth(repository):
     with pytest.raises(AuthNotConfigured, match="STREAMINFER_AUTH"):
         create_app(Settings(model_repository=repository))
+
+
+def test_idempotency_key_same_body_same_request_other_body_conflict(gateway):
+    body = {"inputs": {"x": [1, 2, 3]}}
+    first = gateway.post("/v1/infer/tiny", json=body, headers={"Idempotency-Key": "k1"})
+    again = gateway.post("/v1/infer/tiny", json=body, headers={"Idempotency-Key": "k1"})
+    assert first.status_code == again.status_code == 202
+    assert first.json()["request_id"] == again.json()["request_id"]
+    assert len(gateway.producer.sent) == 1, "no second event"
+    conflict = error(gateway.post("/v1/infer/tiny", json={"inputs": {"x": [3, 2, 1]}},
+                                  headers={"Idempotency-Key": "k1"}), 409, "IDEMPOTENCY_CONFLICT")
+    assert conflict["details"]["request_id"] == first.json()["request_id"]
+    other = gateway.post("/v1/infer/tiny", json=body, headers={"Idempotency-Key": "k2"})
+    assert other.json()["request_id"] != first.json()["request_id"]
