@@ -4,7 +4,7 @@ routes through ``app.state``."""
 from __future__ import annotations
 
 import logging
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from schemas.codec import AvroCodec
 
 from .errors import install_error_handlers
+from .lag import LagMonitor
 from .limits import BodySizeLimit
 from .producer import RequestProducer
 from .results import ResultStore
@@ -43,19 +44,19 @@ def create_app(settings: Any) -> FastAPI:
                                    linger_ms=settings.kafka_linger_ms,
                                    request_timeout_ms=settings.kafka_request_timeout_ms)
         store = ResultStore(settings.redis_dsn, codec, settings.topic_prefix, settings.result_ttl_s)
-        await producer.start()
-        try:
-            await store.start()
-            try:
-                app.state.service = InferenceService(producer, store, settings.model_repository,
-                                                     settings.topic_prefix, settings.max_wait_s,
-                                                     settings.task_list)
-                logger.info("gateway serving tasks %s", ",".join(sorted(app.state.service.configs)))
-                yield
-            finally:
-                await store.stop()
-        finally:
-            await producer.stop()
+        service = InferenceService(producer, store, settings.model_repository, settings.topic_prefix,
+                                   settings.max_wait_s, settings.task_list,
+                                   max_lag_per_task=settings.max_lag_per_task)
+        lag = LagMonitor(settings.kafka_bootstrap_servers, settings.group_id, settings.topic_prefix,
+                         sorted(service.configs))
+        async with AsyncExitStack() as stack:
+            for component in (producer, store, lag):
+                await component.start()
+                stack.push_async_callback(component.stop)
+            service.lag = lag
+            app.state.service = service
+            logger.info("gateway serving tasks %s", ",".join(sorted(service.configs)))
+            yield
 
     app = FastAPI(
         title="streaminfer gateway", version=VERSION, lifespan=lifespan,

@@ -23,8 +23,9 @@ from schemas.records import (
 )
 from schemas.topics import request_topics, results_topic
 
-from .errors import IdempotencyConflict, InvalidRequest, NotFound
+from .errors import IdempotencyConflict, InvalidRequest, NotFound, TooManyRequests
 from .inputs import tensors_from_body
+from .lag import LagMonitor
 from .producer import RequestProducer
 from .results import ResultStore
 
@@ -48,13 +49,16 @@ class Submission:
 
 class InferenceService:
     def __init__(self, producer: RequestProducer, store: ResultStore, repository_path, prefix: str,
-                 max_wait_s: float, tasks: list[str] | None = None) -> None:
+                 max_wait_s: float, tasks: list[str] | None = None, lag: LagMonitor | None = None,
+                 max_lag_per_task: int = 0) -> None:
         self.producer = producer
         self.store = store
         self.prefix = prefix
         self.max_wait_s = max_wait_s
         self._repository_path = repository_path
         self._only = set(tasks) if tasks else None
+        self.lag = lag
+        self.max_lag_per_task = max_lag_per_task
         self.refresh_tasks()
 
     def refresh_tasks(self) -> None:
@@ -101,10 +105,20 @@ class InferenceService:
         logger.info("accepted request", extra={"request_id": request.request_id, "task": request.task,
                                                "priority": request.priority.value})
 
+    def check_capacity(self, task: str) -> None:
+        """429 OVERLOADED while the workers are this far behind on the task."""
+        if self.lag is None or not self.max_lag_per_task:
+            return
+        lag = self.lag.task_lag(task)
+        if lag > self.max_lag_per_task:
+            raise TooManyRequests(f"task {task!r} has {lag} requests waiting; retry later", code="OVERLOADED",
+                                  headers={"Retry-After": "1"}, details={"lag": lag, "bound": self.max_lag_per_task})
+
     async def submit_once(self, request: InferenceRequest, idempotency_key: str | None,
                           body_digest: str) -> str:
         """Submit unless the client's ``Idempotency-Key`` already names a request with the same
         body; returns the request_id that answers. Same key with another body: 409."""
+        self.check_capacity(request.task)
         if not idempotency_key:
             await self.submit(request)
             return request.request_id

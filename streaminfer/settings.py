@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = Field(100.0, gt=0)
     rate_limit_burst: int = Field(200, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_lag_per_task: int = Field(10_000, ge=0)
+    """Consumer lag (requests not yet done) past which the gateway answers 429 OVERLOADED; 0 = no bound."""
     max_wait_s: float = Field(60.0, gt=0)
     """Upper bound on ``?wait=S`` and ``Prefer: wait=S``."""
 

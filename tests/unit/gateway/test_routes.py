@@ -132,3 +132,17 @@ def test_idempotency_key_same_body_same_request_other_body_conflict(gateway):
     assert conflict["details"]["request_id"] == first.json()["request_id"]
     other = gateway.post("/v1/infer/tiny", json=body, headers={"Idempotency-Key": "k2"})
     assert other.json()["request_id"] != first.json()["request_id"]
+
+
+def test_overloaded_task_answers_429_with_retry_after(gateway):
+    class Lag:
+        def task_lag(self, task):
+            return 50
+
+    service = gateway.app.state.service
+    service.lag, service.max_lag_per_task = Lag(), 10
+    body = error(gateway.post("/v1/infer/tiny", json={"inputs": {"x": [1, 2, 3]}}), 429, "OVERLOADED")
+    assert body["details"] == {"lag": 50, "bound": 10}
+    assert gateway.producer.sent == []
+    service.max_lag_per_task = 100
+    assert gateway.post("/v1/infer/tiny", json={"inputs": {"x": [1, 2, 3]}}).status_code == 202

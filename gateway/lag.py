@@ -1,0 +1,72 @@
+"""Consumer lag of the workers' group on each task's request topics, refreshed in the background,
+so the gateway can answer 429 OVERLOADED instead of queueing without limit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from schemas.records import Priority
+from schemas.topics import PRIORITIES, request_topic
+
+logger = logging.getLogger(__name__)
+
+
+class LagMonitor:
+    def __init__(self, bootstrap_servers: str, group_id: str, prefix: str, tasks: list[str],
+                 interval_s: float = 1.0) -> None:
+        self._bootstrap = bootstrap_servers
+        self._group_id = group_id
+        self._prefix = prefix
+        self._tasks = list(tasks)
+        self._interval_s = interval_s
+        self._closed = True
+        self.lag: dict[tuple[str, Priority], int] = {}
+        """(task, priority) -> messages not yet committed by the workers' group."""
+
+    async def start(self) -> None:
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=5000)
+        self._offsets = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False,
+                                         request_timeout_ms=5000)
+        await self._admin.start()
+        await self._offsets.start()
+        self._closed = False
+        self._task = asyncio.create_task(self._loop(), name="lag-monitor")
+
+    async def stop(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._task.cancel()
+        await asyncio.wait([self._task])
+        await self._offsets.stop()
+        await self._admin.close()
+
+    def task_lag(self, task: str) -> int:
+        return sum(lag for (t, _), lag in self.lag.items() if t == task)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                self.lag = await self.measure()
+            except Exception as exc:  # lag is advisory: keep the last figures and try again
+                logger.warning("could not measure consumer lag: %r", exc)
+            await asyncio.sleep(self._interval_s)
+
+    async def measure(self) -> dict[tuple[str, Priority], int]:
+        topics = {request_topic(self._prefix, t, p): (t, p) for t in self._tasks for p in PRIORITIES}
+        if not all(self._offsets.partitions_for_topic(topic) for topic in topics):
+            await self._offsets.topics()  # loads metadata of every topic (the ones here exist)
+        partitions = [TopicPartition(topic, p) for topic in topics
+                      for p in (self._offsets.partitions_for_topic(topic) or ())]
+        ends = await self._offsets.end_offsets(partitions)
+        committed = await self._admin.list_consumer_group_offsets(self._group_id, partitions=partitions)
+        lag: dict[tuple[str, Priority], int] = {key: 0 for key in topics.values()}
+        for tp, end in ends.items():
+            meta = committed.get(tp)
+            done = meta.offset if meta is not None and meta.offset >= 0 else 0
+            lag[topics[tp.topic]] += max(0, end - done)
+        return lag
