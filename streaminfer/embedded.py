@@ -76,6 +76,18 @@ class EmbeddedServer:
         return self.proc.pid if self.proc else None
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        if self.proc is None:
+            return
+        self._terminate(timeout_s)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def restart(self, timeout_s: float = 15.0) -> EmbeddedServer:
+        """Stop and start again on the same port (state in memory is lost; files are kept)."""
+        self._terminate(5.0)
+        return self.start(timeout_s)
+
+    def _terminate(self, timeout_s: float) -> None:
         proc, self.proc = self.proc, None
         if proc is None:
             return
@@ -87,8 +99,6 @@ class EmbeddedServer:
                 proc.kill()
                 proc.wait()
         self._log.close()
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()

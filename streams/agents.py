@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 def register_agents(app: faust.App, processor: RequestProcessor, prefix: str) -> list[faust.types.AgentT]:
+    app.on_draining = processor.shed_queued
     agents = []
     for task in processor.tasks:
         for topic_name in request_topics(prefix, task):
@@ -37,6 +38,14 @@ def _make_agent(processor: RequestProcessor):
         async for event in stream.events():
             message = event.message
             source = SourceEvent(message.topic, message.partition, message.offset, message.key, message.value)
-            await processor.handle(source, functools.partial(stream.ack, event))
+            await processor.handle(source, functools.partial(stream.ack, event),
+                                   functools.partial(_release, stream, event))
 
     return consume
+
+
+def _release(stream: faust.StreamT, event: faust.types.EventT) -> None:
+    # NOTE: faust has no public "give up" for an event: it waits on shutdown until every message
+    # it delivered is acked. Dropping it from the consumer's unacked set, without acking, lets the
+    # shutdown finish while its offset stays uncommitted, so the event is redelivered.
+    stream.app.consumer._unacked_messages.discard(event.message)

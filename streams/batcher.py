@@ -86,6 +86,7 @@ class InferenceBatcher(Generic[T]):
         self._changed = asyncio.Event()
         self._slots = asyncio.Semaphore(self._instances)
         self._closed = False
+        self._shedding = False
         self._loop_task = asyncio.create_task(self._loop(), name=f"batcher:{self.name}")
 
     @property
@@ -101,9 +102,9 @@ class InferenceBatcher(Generic[T]):
         if self._closed:
             raise BatcherClosed(f"batcher {self.name} is stopped")
         await self._room[item.priority].acquire()
-        if self._closed:
+        if self._closed or self._shedding:
             self._room[item.priority].release()
-            raise BatcherClosed(f"batcher {self.name} is stopped")
+            raise BatcherClosed(f"batcher {self.name} is stopping")
         item.enqueued_at = time.monotonic()
         self._queues[item.priority].append(item)
         self._changed.set()
@@ -152,6 +153,16 @@ class InferenceBatcher(Generic[T]):
         finally:
             self._slots.release()
             self._changed.set()
+
+    def shed(self) -> list[T]:
+        """Stop taking requests and hand back those queued but not started (running batches go on)."""
+        self._shedding = True
+        left = [item for q in self._queues.values() for item in q]
+        for q in self._queues.values():
+            q.clear()
+        for item in left:
+            self._room[item.priority].release()
+        return left
 
     async def drain(self, timeout_s: float = 10.0) -> None:
         """Wait until nothing is queued or running (used on shutdown)."""

@@ -41,6 +41,7 @@ from schemas.topics import parse_request_topic
 
 from . import metrics
 from .batcher import InferenceBatcher
+from .errors import BatcherClosed
 from .merging import merge_inputs, split_outputs
 from .publisher import ResultPublisher
 from .requests import PendingRequest, SourceEvent
@@ -118,8 +119,9 @@ class RequestProcessor:
         return self._batchers[key]
 
     # --- intake ---
-    async def handle(self, source: SourceEvent, ack: Ack) -> None:
-        """Take one raw event from a request topic. Returns once it is queued or answered."""
+    async def handle(self, source: SourceEvent, ack: Ack, release: Callable[[], None] = lambda: None) -> None:
+        """Take one raw event from a request topic. Returns once it is queued or answered, or given
+        up unacknowledged (``release``) because the worker is stopping."""
         try:
             request = self._codec.decode(source.value, InferenceRequest)
         except SchemaError as exc:
@@ -143,10 +145,25 @@ class RequestProcessor:
             return
         first = next(iter(inputs.values()))
         version = batcher.name.rsplit(":", 1)[1]
-        await batcher.put(PendingRequest(
-            request=request, inputs=inputs, size=int(first.shape[0]), priority=request.priority,
-            source=source, ack=ack, digest=input_digest(request.inputs), model_version=version,
-        ))
+        try:
+            await batcher.put(PendingRequest(
+                request=request, inputs=inputs, size=int(first.shape[0]), priority=request.priority,
+                source=source, ack=ack, release=release, digest=input_digest(request.inputs),
+                model_version=version,
+            ))
+        except BatcherClosed:
+            release()
+
+    async def shed_queued(self) -> int:
+        """On shutdown: give up requests queued but not started, unacknowledged, so the consumer
+        commits only what is done and exits once the running batches finish; another worker
+        gets the rest."""
+        shed = [item for batcher in self._batchers.values() for item in batcher.shed()]
+        for item in shed:
+            item.release()
+        if shed:
+            logger.info("shutdown: %d queued requests left for redelivery", len(shed))
+        return len(shed)
 
     async def _reject(self, source: SourceEvent, request: InferenceRequest, exc: Exception, ack: Ack) -> None:
         """Bad input: a FAILED result its client can read, plus a dead letter for operators."""

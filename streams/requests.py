@@ -30,6 +30,8 @@ class PendingRequest:
     source: SourceEvent
     ack: Callable[[], Awaitable[object]]
     """Acknowledge the event (its offset becomes committable): call only once its outcome is written."""
+    release: Callable[[], None]
+    """Give the event up unacknowledged (shutdown): its offset is not committed, so it is redelivered."""
     digest: str
     model_version: str
     enqueued_at: float = 0.0

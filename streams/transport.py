@@ -7,6 +7,8 @@ full time, which turns that constant into 1.5 s of added latency; so it becomes 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -34,6 +36,13 @@ class WorkerApp(faust.App):
     """A faust app whose consumer uses :class:`LowLatencyTransport`."""
 
     fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS_DEFAULT
+    on_draining: Callable[[], Awaitable[object]] | None = None
+    """Called on shutdown after fetching stops, before faust waits for delivered events to be acked."""
 
     def _new_transport(self):
         return LowLatencyTransport(self.conf.broker_consumer, self)
+
+    async def _consumer_wait_empty(self, consumer, logger) -> None:
+        if self.on_draining is not None:
+            await self.on_draining()
+        await super()._consumer_wait_empty(consumer, logger)

@@ -11,7 +11,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -50,20 +49,6 @@ def _log_dir() -> Path:
     path = ROOT / "var" / "test-logs"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-@dataclass
-class Stack:
-    """A running worker and gateway on the session's broker and Redis."""
-
-    bootstrap: str
-    redis_url: str
-    prefix: str
-    gateway_url: str
-    env: dict[str, str]
-    repository: Path
-    worker: subprocess.Popen
-    gateway: subprocess.Popen
 
 
 def spawn(argv: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen:
@@ -105,13 +90,15 @@ def stack_env(bootstrap: str, redis_url: str, prefix: str, repository: Path, **e
     return env
 
 
-def wait_http_ready(url: str, procs: list[subprocess.Popen], timeout_s: float = 120.0) -> None:
+def wait_http_ready(url: str, procs: list[subprocess.Popen], timeout_s: float = 120.0,
+                    check_ready: bool = True) -> None:
+    """Until /ready answers 200 (or, without ``check_ready``, until /health answers)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for proc in procs:
             assert proc.poll() is None, f"{proc.args} exited with {proc.returncode} during start-up"
         try:
-            if httpx.get(f"{url}/ready", timeout=1.0).status_code == 200:
+            if httpx.get(f"{url}/{'ready' if check_ready else 'health'}", timeout=1.0).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -133,19 +120,95 @@ def wait_worker_ready(metrics_port: str, proc: subprocess.Popen, timeout_s: floa
     raise TimeoutError(f"worker not ready in {timeout_s}s")
 
 
+
+class Stack:
+    """Workers and a gateway (processes) on a broker and a Redis, under their own topic prefix."""
+
+    def __init__(self, bootstrap: str, redis_url: str, repository: Path, **env: str) -> None:
+        self.bootstrap = bootstrap
+        self.redis_url = redis_url
+        self.repository = repository
+        self.prefix = f"t{uuid.uuid4().hex[:8]}"
+        self.env = stack_env(bootstrap, redis_url, self.prefix, repository, **env)
+        self.workers: list[subprocess.Popen] = []
+        self.gateways: list[subprocess.Popen] = []
+        self.gateway_url = ""
+
+    def add_worker(self, wait: bool = True, **env: str) -> subprocess.Popen:
+        from streaminfer.embedded import free_port
+
+        worker_env = dict(self.env, STREAMINFER_WORKER_METRICS_PORT=str(free_port()), **env)
+        worker = spawn(["worker"], worker_env, f"worker-{self.prefix}-{len(self.workers)}.log")
+        self.workers.append(worker)
+        if wait:
+            wait_worker_ready(worker_env["STREAMINFER_WORKER_METRICS_PORT"], worker)
+        return worker
+
+    def add_gateway(self, wait: bool = True, **env: str) -> str:
+        from streaminfer.embedded import free_port
+
+        gateway_env = dict(self.env, STREAMINFER_GATEWAY_PORT=str(free_port()), **env)
+        gateway = spawn(["gateway"], gateway_env, f"gateway-{self.prefix}-{len(self.gateways)}.log")
+        self.gateways.append(gateway)
+        url = f"http://127.0.0.1:{gateway_env['STREAMINFER_GATEWAY_PORT']}"
+        if wait:
+            wait_http_ready(url, [gateway], check_ready=bool(self.workers))
+        self.gateway_url = self.gateway_url or url
+        return url
+
+    def close(self) -> None:
+        for proc in self.gateways + self.workers:
+            stop(proc)
+
+
 @pytest.fixture(scope="session")
 def stack(kafka_server: str, redis_server: str, model_repository: Path) -> Iterator[Stack]:
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    env = stack_env(kafka_server, redis_server, prefix, model_repository)
-    worker = spawn(["worker"], env, f"worker-{prefix}.log")
-    gateway = None
+    """The shared stack: one worker (every built-in task) and one gateway."""
+    shared = Stack(kafka_server, redis_server, model_repository)
     try:
-        wait_worker_ready(env["STREAMINFER_WORKER_METRICS_PORT"], worker)
-        gateway = spawn(["gateway"], env, f"gateway-{prefix}.log")
-        url = f"http://127.0.0.1:{env['STREAMINFER_GATEWAY_PORT']}"
-        wait_http_ready(url, [worker, gateway])
-        yield Stack(kafka_server, redis_server, prefix, url, env, model_repository, worker, gateway)
+        shared.add_worker()
+        shared.add_gateway()
+        yield shared
     finally:
-        if gateway is not None:
-            stop(gateway)
-        stop(worker)
+        shared.close()
+
+
+@pytest.fixture
+def make_stack(kafka_server: str, model_repository: Path):
+    """Builds dedicated stacks (for tests that kill, stop or starve their parts); closes them after."""
+    made: list[Stack] = []
+
+    def make(bootstrap: str | None = None, redis_url: str | None = None, **env: str) -> Stack:
+        built = Stack(bootstrap or kafka_server, redis_url or "", model_repository, **env)
+        made.append(built)
+        return built
+
+    yield make
+    for built in made:
+        built.close()
+
+
+@pytest.fixture
+def own_redis() -> Iterator:
+    """A Redis of the test's own (it may stop and restart it)."""
+    from streaminfer import embedded
+
+    server = embedded.redis(log_dir=_log_dir()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_kafka() -> Iterator:
+    """A broker of the test's own (it may pause it)."""
+    from streaminfer import embedded
+
+    server = embedded.tansu(log_dir=_log_dir()).start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()

@@ -134,3 +134,29 @@ async def test_put_after_stop_raises():
     await batcher.stop()  # safe twice
     with pytest.raises(BatcherClosed):
         await batcher.put(Item("late"))
+
+
+async def test_shed_hands_back_queued_requests_and_refuses_new_ones():
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    async def run(batch):
+        started.extend(i.name for i in batch)
+        await gate.wait()
+
+    batcher = InferenceBatcher("test", run, max_batch_size=1, max_batch_delay_ms=0)
+    await batcher.start()
+    try:
+        for name in ("running", "cut", "queued1", "queued2"):
+            await batcher.put(Item(name))
+        await asyncio.sleep(0.05)
+        shed = batcher.shed()
+        assert [i.name for i in shed] == ["queued1", "queued2"]
+        with pytest.raises(BatcherClosed):
+            await batcher.put(Item("late"))
+        gate.set()
+        await batcher.drain(2)
+        assert started == ["running", "cut"], "what was shed never runs"
+    finally:
+        gate.set()
+        await batcher.stop()
