@@ -185,5 +185,4 @@ async def test_every_accepted_request_has_a_complete_audit_trail(stack, client):
     assert lifecycle_gaps(grouped) == []
     for events in grouped.values():
         assert all(e.input_digest is None or len(e.input_digest) == 64 for e in events)
-    print(f"
-audit: {accepted} accepted requests, every lifecycle complete")
+    print(f"\naudit: {accepted} accepted requests, every lifecycle complete")
