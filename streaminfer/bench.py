@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -144,8 +146,10 @@ async def drive_kafka(bootstrap: str, prefix: str, texts: list[str], concurrency
     return latencies, elapsed, batch_sizes
 
 
-def bench_kafka(kafka: str, redis_url: str, repository: Path, texts: list[str], max_batch_size: int,
-                concurrency: int, threads: int | None, log_dir: Path) -> Figures:
+@contextmanager
+def bench_worker(kafka: str, redis_url: str, repository: Path, max_batch_size: int, threads: int | None,
+                 log_dir: Path) -> Iterator[str]:
+    """A worker process serving text-embedding with ``max_batch_size``; yields its topic prefix."""
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory() as tmp:
         repo = bench_repository(repository, Path(tmp) / "repo", max_batch_size)
@@ -162,9 +166,7 @@ def bench_kafka(kafka: str, redis_url: str, repository: Path, texts: list[str], 
                                       env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 _wait_metrics(metrics_port, worker)
-                asyncio.run(drive_kafka(kafka, prefix, texts[:50], concurrency, "warm-up"))
-                latencies, seconds, sizes = asyncio.run(
-                    drive_kafka(kafka, prefix, texts, concurrency, f"kafka max_batch_size={max_batch_size}"))
+                yield prefix
             finally:
                 worker.terminate()
                 try:
@@ -172,8 +174,58 @@ def bench_kafka(kafka: str, redis_url: str, repository: Path, texts: list[str], 
                 except subprocess.TimeoutExpired:
                     worker.kill()
                     worker.wait()
+
+
+def bench_kafka(kafka: str, redis_url: str, repository: Path, texts: list[str], max_batch_size: int,
+                concurrency: int, threads: int | None, log_dir: Path) -> Figures:
+    with bench_worker(kafka, redis_url, repository, max_batch_size, threads, log_dir) as prefix:
+        asyncio.run(drive_kafka(kafka, prefix, texts[:50], concurrency, "warm-up"))
+        latencies, seconds, sizes = asyncio.run(
+            drive_kafka(kafka, prefix, texts, concurrency, f"kafka max_batch_size={max_batch_size}"))
     name = f"kafka, batching {'on' if max_batch_size > 1 else 'off'} (max {max_batch_size})"
     return figures(name, max_batch_size, latencies, seconds, len(texts), float(np.mean(sizes)))
+
+
+async def drive_priority_burst(bootstrap: str, prefix: str, texts: list[str], mix: tuple[float, float, float],
+                               seed: int = 1) -> dict[str, list[float]]:
+    """Write every request at once (a backlog: saturation), priorities drawn by ``mix``
+    (high, normal, low); return each priority's queueing times (created -> batch start), ms."""
+    codec = AvroCodec()
+    rng = np.random.default_rng(seed)
+    levels = [Priority.HIGH, Priority.NORMAL, Priority.LOW]
+    drawn = rng.choice(3, size=len(texts), p=list(mix))
+    priority_of: dict[str, str] = {}
+    consumer = AIOKafkaConsumer(topics.results_topic(prefix, TASK), bootstrap_servers=bootstrap,
+                                group_id=f"bench-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest",
+                                fetch_max_wait_ms=10, enable_auto_commit=False)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    queued: dict[str, list[float]] = {p.topic_suffix: [] for p in levels}
+    try:
+        futures = []
+        for text, level in zip(texts, drawn, strict=True):
+            priority = levels[level]
+            request = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK, priority=priority,
+                                       inputs=[Tensor.from_numpy("text", np.array([text], dtype=object))])
+            priority_of[request.request_id] = priority.topic_suffix
+            futures.append(await producer.send(topics.request_topic(prefix, TASK, priority), codec.encode(request),
+                                               key=request.request_id.encode()))
+        await asyncio.gather(*futures)
+        with tqdm(total=len(texts), desc="priority burst", unit="req", leave=False) as progress:
+            seen = 0
+            while seen < len(texts):
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    for message in records:
+                        level = priority_of.pop(message.key.decode(), None)
+                        if level is not None:
+                            queued[level].append(codec.decode(message.value, InferenceResult).timings.queued_ms)
+                            seen += 1
+                            progress.update()
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return queued
 
 
 def _wait_metrics(port: int, proc: subprocess.Popen, timeout_s: float = 120) -> None:
@@ -198,6 +250,17 @@ def table(rows: list[Figures]) -> str:
     return "\n".join(lines)
 
 
+def bench_priority(kafka: str, redis_url: str, repository: Path, texts: list[str], max_batch_size: int,
+                   threads: int | None, log_dir: Path) -> dict:
+    with bench_worker(kafka, redis_url, repository, max_batch_size, threads, log_dir) as prefix:
+        asyncio.run(drive_kafka(kafka, prefix, texts[:50], 64, "warm-up"))
+        queued = asyncio.run(drive_priority_burst(kafka, prefix, texts, (0.1, 0.8, 0.1)))
+    summary = {level: {"n": len(ms), **{f"p{q}_ms": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)}}
+               for level, ms in queued.items() if ms}
+    summary["high_p95_over_low_p95"] = round(summary["high"]["p95_ms"] / max(summary["low"]["p95_ms"], 1e-9), 3)
+    return summary
+
+
 def run_bench(args: argparse.Namespace) -> int:
     settings = Settings()
     repository = Path(settings.model_repository)
@@ -209,19 +272,35 @@ def run_bench(args: argparse.Namespace) -> int:
     threads = settings.worker_threads or os.cpu_count()
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [bench_raw(repository, texts, max_batch, threads), bench_raw(repository, texts, 1, threads)]
+    report: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                "python": platform.python_version()},
+                    "requests": args.requests, "concurrency": args.concurrency}
+    rows: list[Figures] = []
+    if args.scenario in ("batching", "all"):
+        rows = [bench_raw(repository, texts, max_batch, threads), bench_raw(repository, texts, 1, threads)]
     with embedded.tansu(log_dir=out_dir) as kafka, embedded.redis(log_dir=out_dir) as redis:
-        for batch in (max_batch, 1):
-            rows.append(bench_kafka(embedded.bootstrap_address(kafka), embedded.redis_address(redis), repository,
-                                    texts, batch, args.concurrency, threads, out_dir))
-    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-              "requests": args.requests, "concurrency": args.concurrency, "rows": [asdict(r) for r in rows]}
+        bootstrap, redis_url = embedded.bootstrap_address(kafka), embedded.redis_address(redis)
+        if args.scenario in ("batching", "all"):
+            for batch in (max_batch, 1):
+                rows.append(bench_kafka(bootstrap, redis_url, repository, texts, batch, args.concurrency,
+                                        threads, out_dir))
+        if args.scenario in ("priority", "all"):
+            report["priority"] = bench_priority(bootstrap, redis_url, repository, texts, max_batch, threads, out_dir)
+    report["rows"] = [asdict(r) for r in rows]
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
-    print(table(rows))
-    raw, kafka_on = rows[0], rows[2]
-    print(f"\nkafka batching on / raw onnxruntime at batch {max_batch}: "
-          f"{kafka_on.throughput / raw.throughput:.0%} of raw throughput; "
-          f"batching on vs off: {kafka_on.throughput / rows[3].throughput:.1f}x")
+    if rows:
+        print(table(rows))
+        raw, kafka_on = rows[0], rows[2]
+        print(f"\nkafka batching on / raw onnxruntime at batch {max_batch}: "
+              f"{kafka_on.throughput / raw.throughput:.0%} of raw throughput; "
+              f"batching on vs off: {kafka_on.throughput / rows[3].throughput:.1f}x")
+    if "priority" in report:
+        print("\nqueueing at saturation, 10/80/10 high/normal/low (ms):")
+        for level in ("high", "normal", "low"):
+            figures_ = report["priority"][level]
+            print(f"  {level:<7} n={figures_['n']:<5} p50 {figures_['p50_ms']:>8.1f}  p95 {figures_['p95_ms']:>8.1f}"
+                  f"  p99 {figures_['p99_ms']:>8.1f}")
+        print(f"  high p95 / low p95 = {report['priority']['high_p95_over_low_p95']}")
     print(f"JSON: {out_dir / 'bench.json'}")
     shutil.rmtree(out_dir / "tmp", ignore_errors=True)
     return 0

@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=256)
     bench.add_argument("--batch-size", type=int, default=None)
     bench.add_argument("--output", default="bench-results")
+    bench.add_argument("--scenario", choices=["batching", "priority", "all"], default="all")
     bench.set_defaults(func=cmd_bench)
 
     topics_cmd = sub.add_parser("topics", help="create the request, result, audit and DLQ topics")

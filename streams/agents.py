@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 def register_agents(app: faust.App, processor: RequestProcessor, prefix: str) -> list[faust.types.AgentT]:
     app.on_draining = processor.shed_queued
+    app.on_drained = processor.resume
     agents = []
     for task in processor.tasks:
         for topic_name in request_topics(prefix, task):

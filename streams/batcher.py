@@ -164,6 +164,10 @@ class InferenceBatcher(Generic[T]):
             self._room[item.priority].release()
         return left
 
+    def resume(self) -> None:
+        """Take requests again after :meth:`shed`."""
+        self._shedding = False
+
     async def drain(self, timeout_s: float = 10.0) -> None:
         """Wait until nothing is queued or running (used on shutdown)."""
         deadline = time.monotonic() + timeout_s

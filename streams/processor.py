@@ -154,15 +154,20 @@ class RequestProcessor:
         except BatcherClosed:
             release()
 
+    async def resume(self) -> None:
+        """Take requests again after a rebalance shed the queues."""
+        for batcher in self._batchers.values():
+            batcher.resume()
+
     async def shed_queued(self) -> int:
-        """On shutdown: give up requests queued but not started, unacknowledged, so the consumer
-        commits only what is done and exits once the running batches finish; another worker
-        gets the rest."""
+        """On shutdown or a rebalance: give up requests queued but not started, unacknowledged, so
+        the consumer commits only what is done and moves on once the running batches finish; the
+        rest is fetched again from the committed offsets by whoever owns the partitions next."""
         shed = [item for batcher in self._batchers.values() for item in batcher.shed()]
         for item in shed:
             item.release()
         if shed:
-            logger.info("shutdown: %d queued requests left for redelivery", len(shed))
+            logger.info("%d queued requests left for redelivery", len(shed))
         return len(shed)
 
     async def _reject(self, source: SourceEvent, request: InferenceRequest, exc: Exception, ack: Ack) -> None:

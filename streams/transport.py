@@ -37,7 +37,10 @@ class WorkerApp(faust.App):
 
     fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS_DEFAULT
     on_draining: Callable[[], Awaitable[object]] | None = None
-    """Called on shutdown after fetching stops, before faust waits for delivered events to be acked."""
+    """Called after fetching stops (shutdown, or partitions revoked in a rebalance), before faust
+    waits for every delivered event to be acked."""
+    on_drained: Callable[[], Awaitable[object]] | None = None
+    """Called after that wait when the app goes on (a rebalance), to take requests again."""
 
     def _new_transport(self):
         return LowLatencyTransport(self.conf.broker_consumer, self)
@@ -45,4 +48,10 @@ class WorkerApp(faust.App):
     async def _consumer_wait_empty(self, consumer, logger) -> None:
         if self.on_draining is not None:
             await self.on_draining()
-        await super()._consumer_wait_empty(consumer, logger)
+        try:
+            await super()._consumer_wait_empty(consumer, logger)
+        finally:
+            # NOTE: after a rebalance faust seeks to the committed offsets, so what was shed
+            # (never acked) is fetched again by whoever owns its partition now.
+            if not self.should_stop and self.on_drained is not None:
+                await self.on_drained()

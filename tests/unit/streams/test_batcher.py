@@ -157,6 +157,10 @@ async def test_shed_hands_back_queued_requests_and_refuses_new_ones():
         gate.set()
         await batcher.drain(2)
         assert started == ["running", "cut"], "what was shed never runs"
+        batcher.resume()  # a rebalance ends: requests are taken again
+        await batcher.put(Item("after"))
+        await batcher.drain(2)
+        assert started[-1] == "after"
     finally:
         gate.set()
         await batcher.stop()
