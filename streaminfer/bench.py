@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -165,15 +164,10 @@ def bench_worker(kafka: str, redis_url: str, repository: Path, max_batch_size: i
             worker = subprocess.Popen([sys.executable, "-m", "streaminfer", "--log-level", "WARNING", "worker"],
                                       env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                _wait_metrics(metrics_port, worker)
+                embedded.wait_for_http(f"http://127.0.0.1:{metrics_port}/metrics", [worker])
                 yield prefix
             finally:
-                worker.terminate()
-                try:
-                    worker.wait(30)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-                    worker.wait()
+                embedded.terminate(worker, 30)
 
 
 def bench_kafka(kafka: str, redis_url: str, repository: Path, texts: list[str], max_batch_size: int,
@@ -226,19 +220,6 @@ async def drive_priority_burst(bootstrap: str, prefix: str, texts: list[str], mi
         await producer.stop()
         await consumer.stop()
     return queued
-
-
-def _wait_metrics(port: int, proc: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bench worker exited with {proc.returncode}")
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise TimeoutError("bench worker did not start")
 
 
 def table(rows: list[Figures]) -> str:

@@ -11,8 +11,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,34 @@ def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s}s")
+
+
+def wait_for_http(url: str, procs: Sequence[subprocess.Popen] = (), timeout_s: float = 120.0) -> None:
+    """Until ``url`` answers 200; fails at once when one of ``procs`` exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{' '.join(map(str, proc.args))} exited with {proc.returncode} during start-up")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s}s")
+
+
+def terminate(proc: subprocess.Popen, timeout_s: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 @dataclass
@@ -91,13 +122,7 @@ class EmbeddedServer:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout_s)
         self._log.close()
 
     def __enter__(self) -> EmbeddedServer:

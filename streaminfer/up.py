@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 from . import embedded
 from .kafka_admin import ensure_contract_topics
 from .settings import Settings
@@ -27,31 +25,11 @@ def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
 
 
 def _stop(procs: list[subprocess.Popen], timeout_s: float = 15.0) -> None:
-    for proc in procs:
+    for proc in procs:  # all at once: they stop in parallel
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
     for proc in procs:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_ready(url: str, procs: list[subprocess.Popen], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for proc in procs:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args[3]} exited with {proc.returncode} during start-up")
-        try:
-            if httpx.get(f"{url}/ready", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"gateway at {url} not ready after {timeout_s}s")
+        embedded.terminate(proc, timeout_s)
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -102,7 +80,7 @@ def run_up(args: argparse.Namespace) -> int:
             children.append(_spawn(["worker"], worker_env))
         children.append(_spawn(["gateway"], env))
         url = f"http://{embedded.LOOPBACK}:{gateway_port}"
-        _wait_ready(url, children, timeout_s=120)
+        embedded.wait_for_http(f"{url}/ready", children, timeout_s=120)
         print(f"gateway:  {url}  (docs: {url}/docs)", flush=True)
         print(f"kafka:    {embedded.bootstrap_address(kafka)}", flush=True)
         print(f"redis:    {embedded.redis_address(redis)}", flush=True)

@@ -8,12 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,15 +58,11 @@ def spawn(argv: list[str], env: dict[str, str], log_name: str) -> subprocess.Pop
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = 15.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    from streaminfer.embedded import terminate
+
+    code = terminate(proc, timeout_s)
     proc._log.close()  # type: ignore[attr-defined]
-    return proc.returncode
+    return code
 
 
 def stack_env(bootstrap: str, redis_url: str, prefix: str, repository: Path, **extra: str) -> dict[str, str]:
@@ -90,35 +84,18 @@ def stack_env(bootstrap: str, redis_url: str, prefix: str, repository: Path, **e
     return env
 
 
-def wait_http_ready(url: str, procs: list[subprocess.Popen], timeout_s: float = 120.0,
-                    check_ready: bool = True) -> None:
+def wait_http_ready(url: str, procs: list[subprocess.Popen], check_ready: bool = True) -> None:
     """Until /ready answers 200 (or, without ``check_ready``, until /health answers)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for proc in procs:
-            assert proc.poll() is None, f"{proc.args} exited with {proc.returncode} during start-up"
-        try:
-            if httpx.get(f"{url}/{'ready' if check_ready else 'health'}", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready in {timeout_s}s")
+    from streaminfer.embedded import wait_for_http
+
+    wait_for_http(f"{url}/{'ready' if check_ready else 'health'}", procs)
 
 
-def wait_worker_ready(metrics_port: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+def wait_worker_ready(metrics_port: str, proc: subprocess.Popen) -> None:
     """The worker serves /metrics once its models are loaded."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"worker exited with {proc.returncode} during start-up"
-        try:
-            if httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"worker not ready in {timeout_s}s")
+    from streaminfer.embedded import wait_for_http
 
+    wait_for_http(f"http://127.0.0.1:{metrics_port}/metrics", [proc])
 
 
 class Stack:
