@@ -38,6 +38,7 @@ from .kafka_admin import ensure_contract_topics
 from .settings import Settings
 
 TASK = "text-embedding"
+NO_CACHE = {"cache": "false"}  # measure the model path, not the content cache
 WORDS = ("stream", "kafka", "model", "batch", "latency", "gateway", "worker", "vector", "search",
          "result", "cluster", "partition", "offset", "schema", "tensor", "inference")
 
@@ -131,7 +132,8 @@ async def drive_kafka(bootstrap: str, prefix: str, texts: list[str], concurrency
         for text in texts:
             await window.acquire()
             request = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK, priority=Priority.NORMAL,
-                                       inputs=[Tensor.from_numpy("text", np.array([text], dtype=object))])
+                                       inputs=[Tensor.from_numpy("text", np.array([text], dtype=object))],
+                                       parameters=NO_CACHE)
             sent[request.request_id] = time.perf_counter()
             await producer.send(topics.request_topic(prefix, TASK, Priority.NORMAL), codec.encode(request),
                                 key=request.request_id.encode())
@@ -201,7 +203,8 @@ async def drive_priority_burst(bootstrap: str, prefix: str, texts: list[str], mi
         for text, level in zip(texts, drawn, strict=True):
             priority = levels[level]
             request = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK, priority=priority,
-                                       inputs=[Tensor.from_numpy("text", np.array([text], dtype=object))])
+                                       inputs=[Tensor.from_numpy("text", np.array([text], dtype=object))],
+                                       parameters=NO_CACHE)
             priority_of[request.request_id] = priority.topic_suffix
             futures.append(await producer.send(topics.request_topic(prefix, TASK, priority), codec.encode(request),
                                                key=request.request_id.encode()))
