@@ -3,6 +3,7 @@ routes through ``app.state``."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -26,6 +27,21 @@ VERSION = "0.1.0"
 
 class AuthNotConfigured(RuntimeError):
     pass
+
+
+async def _refresh_tasks(service: InferenceService, interval_s: float) -> None:
+    """New model versions (and tasks) dropped into the repository become addressable."""
+    while interval_s:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(service.refresh_tasks)
+        except Exception as exc:  # keep serving with what was read before
+            logger.warning("re-reading the model repository failed: %s", exc)
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.wait([task])
 
 
 def create_app(settings: Any) -> FastAPI:
@@ -56,6 +72,8 @@ def create_app(settings: Any) -> FastAPI:
             service.lag = lag
             app.state.service = service
             logger.info("gateway serving tasks %s", ",".join(sorted(service.configs)))
+            refresher = asyncio.create_task(_refresh_tasks(service, settings.worker_model_poll_s))
+            stack.push_async_callback(_cancel, refresher)
             yield
 
     app = FastAPI(

@@ -60,8 +60,16 @@ class ModelRepository:
 
     def refresh(self) -> None:
         """Re-read every ``model.yaml`` and version directory; loaded models stay cached."""
+        before = self._versions()
         self._configs = load_repository_configs(self.path)
-        logger.info("model repository %s has tasks %s", self.path, sorted(self._configs))
+        # polled by workers for hot reload: only a change is worth an INFO line
+        log = logger.info if self._versions() != before else logger.debug
+        log("model repository %s has %s", self.path, self._versions())
+
+    def _versions(self) -> dict[str, tuple[str, ...]] | None:
+        if self._configs is None:
+            return None
+        return {task: config.versions for task, config in sorted(self._configs.items())}
 
     def get_config(self, task: str) -> ModelConfig:
         configs = self.configs

@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     """How often acknowledged offsets are committed."""
     worker_queue_items: int = Field(1024, ge=1)
     """Per priority, how many requests a model's batcher holds before agents wait."""
+    worker_model_poll_s: float = Field(2.0, ge=0)
+    """How often workers and gateways look for new model versions (hot reload); 0 = never."""
     worker_threads: int | None = None
     """Intra-op threads per model; default: the core count."""
 

@@ -49,6 +49,8 @@ class WorkerOptions:
     metrics_port: int | None = 9100
     device: str = "auto"
     threads: int | None = None
+    model_poll_s: float = 2.0
+    """How often the repository is re-read for new model versions (hot reload); 0 = never."""
     schema_registry_url: str | None = None
 
 
@@ -82,6 +84,17 @@ class WorkerRuntime(mode.Service):
             await self.publisher.heartbeat(self.options.worker_id, self.processor.tasks, HEARTBEAT_TTL_S)
         except Exception as exc:  # Redis away: the gateway reports not ready; keep serving what we can
             logger.warning("heartbeat failed: %s", exc)
+
+    @mode.Service.task
+    async def _watch_models(self) -> None:
+        if not self.options.model_poll_s:
+            return
+        while not self.should_stop:
+            await self.sleep(self.options.model_poll_s)
+            try:
+                await self.processor.reload_models()
+            except Exception:  # a broken model.yaml must not stop the worker serving the rest
+                logger.exception("reloading the model repository failed")
 
     async def on_stop(self) -> None:
         await self.processor.stop()

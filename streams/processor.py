@@ -73,6 +73,8 @@ class RequestProcessor:
         self._backoff_s = retry_backoff_s
         self._batchers: dict[tuple[str, str], InferenceBatcher[PendingRequest]] = {}
         self._models: dict[tuple[str, str], Model] = {}
+        self._active: dict[str, str] = {}
+        """task -> the version serving requests that name none (switched by hot reload)."""
         self._closed = True
 
     async def start(self) -> None:
@@ -81,7 +83,8 @@ class RequestProcessor:
         self._lock = asyncio.Lock()
         self._closed = False
         for task in self.tasks:  # load and warm the default versions before taking traffic
-            await self._batcher_for(task, None)
+            batcher = await self._batcher_for(task, None)
+            self._active[task] = batcher.name.rsplit(":", 1)[1]
 
     async def stop(self) -> None:
         """Finish the batches running and those queued, then stop."""
@@ -97,9 +100,34 @@ class RequestProcessor:
                                len(left), batcher.name)
         self._pool.shutdown(wait=True)
 
+    async def reload_models(self) -> list[tuple[str, str]]:
+        """Hot reload: re-read the repository; where a task's default version changed (a new
+        version directory, or a new pin), load and warm it, then route new requests to it.
+        Requests already queued finish on the version they were queued for."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self._repository.refresh)
+        switched = []
+        for task in self.tasks:
+            try:
+                wanted = self._repository.get_config(task).default_version
+            except ModelError:
+                continue
+            current = self._active.get(task)
+            if wanted is None or wanted == current:
+                continue
+            try:
+                await self._batcher_for(task, wanted)
+            except ModelError as exc:  # e.g. a version directory still being copied: next poll
+                logger.warning("task %s: version %s is not loadable yet: %s", task, wanted, exc)
+                continue
+            self._active[task] = wanted
+            switched.append((task, wanted))
+            logger.info("task %s now served by version %s (was %s)", task, wanted, current)
+        return switched
+
     async def _batcher_for(self, task: str, version: str | None) -> InferenceBatcher[PendingRequest]:
         config = self._repository.get_config(task)
-        version = version or config.default_version
+        version = version or self._active.get(task) or config.default_version
         key = (task, version)
         if key in self._batchers:
             return self._batchers[key]
