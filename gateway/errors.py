@@ -27,6 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.errors import ModelError, ModelNotFound, ModelVersionNotFound
 
+from . import metrics
+
 logger = logging.getLogger(__name__)
 
 
@@ -93,6 +95,10 @@ def request_id_of(request: Request) -> str | None:
 
 
 def error_response(request: Request, error: GatewayError) -> JSONResponse:
+    task = request.path_params.get("task", "") if request.scope.get("type") == "http" else ""
+    if task and task not in getattr(getattr(request.app.state, "service", None), "task_names", ()):
+        task = "unknown"  # keep label values bounded
+    metrics.ERRORS.labels(task, error.code).inc()
     body = {
         "error_code": error.code,
         "message": error.message,

@@ -12,6 +12,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from schemas.records import Priority
 from schemas.topics import PRIORITIES, request_topic
 
+from . import metrics
+
 logger = logging.getLogger(__name__)
 
 
@@ -52,6 +54,8 @@ class LagMonitor:
         while True:
             try:
                 self.lag = await self.measure()
+                for (task, priority), lag in self.lag.items():
+                    metrics.CONSUMER_LAG.labels(task, priority.topic_suffix).set(lag)
             except Exception as exc:  # lag is advisory: keep the last figures and try again
                 logger.warning("could not measure consumer lag: %r", exc)
             await asyncio.sleep(self._interval_s)

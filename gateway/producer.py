@@ -9,7 +9,7 @@ import logging
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from schemas import topics
+from schemas import keys, topics
 from schemas.codec import AvroCodec
 from schemas.records import AuditEvent, InferenceRequest
 
@@ -52,7 +52,9 @@ class RequestProducer:
         key = request.request_id.encode()
         try:
             async with asyncio.timeout(self._timeout_s):
-                sent = await self._producer.send(topic, self._codec.encode(request), key=key)
+                trace = request.trace.get("traceparent")
+                headers = [(keys.HEADER_TRACEPARENT, trace.encode())] if trace else None
+                sent = await self._producer.send(topic, self._codec.encode(request), key=key, headers=headers)
                 audited = await self._producer.send(topics.audit_topic(self._prefix),
                                                     self._codec.encode(accepted), key=key)
                 await asyncio.gather(sent, audited)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
+from . import metrics
 from .errors import NotFound
 from .service import InferenceService, Submission, body_digest
 from .views import links, pending_body, result_body
@@ -52,13 +54,14 @@ async def infer(task: str, body: InferBody, request: Request, wait: WaitQuery = 
     ))
     request_id = await svc.submit_once(inference, idempotency_key, body_digest(task, body.model_dump()))
     request.state.request_id = request_id
+    headers = {"traceparent": traceparent} if traceparent else {}
     if wait_s > 0:
         result = await svc.wait(request_id, wait_s)
         if result is not None:
-            return JSONResponse(result_body(result, svc.configs.get(task)), status_code=200)
+            return JSONResponse(result_body(result, svc.configs.get(task)), status_code=200, headers=headers)
     return JSONResponse({"request_id": request_id, "task": task, "status": "queued",
                          "priority": inference.priority.topic_suffix, "links": links(request_id)},
-                        status_code=202)
+                        status_code=202, headers=headers)
 
 
 @router.get("/v1/results/{request_id}", tags=["inference"])
@@ -116,6 +119,12 @@ async def ready(request: Request, response: Response) -> dict:
     ok = all(checks.values())
     response.status_code = 200 if ok else 503
     return {"status": "ready" if ok else "not ready", "checks": checks}
+
+
+@router.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+async def prometheus_metrics() -> PlainTextResponse:
+    """Prometheus metrics of this gateway process."""
+    return PlainTextResponse(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/info", tags=["operations"])

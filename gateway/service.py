@@ -23,6 +23,7 @@ from schemas.records import (
 )
 from schemas.topics import request_topics, results_topic
 
+from . import metrics
 from .errors import IdempotencyConflict, InvalidRequest, NotFound, TooManyRequests
 from .inputs import tensors_from_body
 from .lag import LagMonitor
@@ -65,6 +66,7 @@ class InferenceService:
         configs = load_repository_configs(self._repository_path)
         self.configs: dict[str, ModelConfig] = {
             t: c for t, c in configs.items() if c.versions and (self._only is None or t in self._only)}
+        self.task_names = frozenset(self.configs)
 
     def config(self, task: str) -> ModelConfig:
         try:
@@ -102,6 +104,7 @@ class InferenceService:
                               details={"priority": request.priority.value})
         await self.store.mark_queued(request.request_id, request.task, request.client_id)
         await self.producer.submit(request, accepted)
+        metrics.REQUESTS.labels(request.task, "accepted").inc()
         logger.info("accepted request", extra={"request_id": request.request_id, "task": request.task,
                                                "priority": request.priority.value})
 
@@ -153,7 +156,10 @@ class InferenceService:
         return min(wait, self.max_wait_s)
 
     async def wait(self, request_id: str, timeout_s: float) -> InferenceResult | None:
-        return await self.store.wait(request_id, timeout_s)
+        result = await self.store.wait(request_id, timeout_s)
+        if result is not None and result.task in self.configs:
+            metrics.REQUEST_SECONDS.labels(result.task).observe(max(0, result.completed_at - result.created_at) / 1000)
+        return result
 
     def describe_tasks(self) -> list[dict]:
         return [

@@ -15,6 +15,7 @@ from prometheus_client import start_http_server
 from models.repository import ModelRepository
 from schemas.codec import AvroCodec
 
+from . import metrics
 from .agents import register_agents
 from .processor import RequestProcessor
 from .publisher import ResultPublisher
@@ -71,7 +72,8 @@ class WorkerRuntime(mode.Service):
         await self.processor.start()
         # NOTE: /metrics answers only once the models are warm: launchers use it as a ready signal.
         if self.options.metrics_port is not None:
-            server, _thread = start_http_server(self.options.metrics_port, self.options.metrics_host)
+            server, _thread = start_http_server(self.options.metrics_port, self.options.metrics_host,
+                                                registry=metrics.REGISTRY)
             self._metrics_server = server
             self.metrics_port = server.server_address[1]
             logger.info("worker metrics on http://%s:%d/metrics", self.options.metrics_host, self.metrics_port)

@@ -142,6 +142,7 @@ class RequestProcessor:
                     instances=config.instances, max_queued=self._max_queued,
                 )
                 await batcher.start()
+                metrics.QUEUED.labels(batcher.name).set_function(lambda b=batcher: b.queued)
                 self._batchers[key] = batcher
                 logger.info("serving task %s with %s version %s", task, model.name, model.version)
         return self._batchers[key]
@@ -366,12 +367,20 @@ class RequestProcessor:
     async def _finish(self, finished: list[tuple[InferenceRequest, InferenceResult, str]]) -> None:
         if not finished:
             return
-        is_new = await self._publisher.store_and_publish([r for _, r, _ in finished])
+        traceparents = {req.request_id: req.trace["traceparent"] for req, _, _ in finished
+                        if req.trace.get("traceparent")}
+        is_new = await self._publisher.store_and_publish([r for _, r, _ in finished], traceparents)
         events = []
         for (request, result, digest), new in zip(finished, is_new, strict=True):
             if not new:
                 events.append(self._audit(request, AuditType.DUPLICATE, digest))
                 continue
+            # traced requests opted into being followed: one INFO line each; the rest at DEBUG
+            log = logger.info if request.request_id in traceparents else logger.debug
+            log("request finished", extra={
+                "request_id": request.request_id, "task": request.task, "status": result.status.value,
+                "model": result.model_name, "version": result.model_version, "batch_size": result.batch_size,
+                "traceparent": traceparents.get(request.request_id)})
             if result.error is not None:
                 metrics.ERRORS.labels(request.task, result.error.code).inc()
             details = {"status": result.status.value}

@@ -131,7 +131,8 @@ class ResultPublisher:
         await self.redis.delete(keys.worker_key(self._prefix, worker_id))
 
     # --- writes ---
-    async def store_and_publish(self, results: Sequence[InferenceResult]) -> list[bool]:
+    async def store_and_publish(self, results: Sequence[InferenceResult],
+                                traceparents: dict[str, str] | None = None) -> list[bool]:
         """Store each result in Redis unless one is there already, publish the new ones to their
         results topic, then mark them published and notify waiters. Returns, per result, whether
         it was new (False: a result for that request existed, nothing was written)."""
@@ -144,20 +145,26 @@ class ResultPublisher:
             replies = await pipe.execute()
         is_new = [bool(n) for n in replies[0::2]]
         fresh = [(r, a) for r, a, new in zip(results, encoded, is_new, strict=True) if new]
-        await self.republish([(r.task, r.request_id, a) for r, a in fresh])
-        for result, new in zip(results, is_new, strict=True):
-            if new:
-                metrics.REQUESTS.labels(result.task, result.status.value.lower()).inc()
+        await self.republish([(r.task, r.request_id, a) for r, a in fresh], traceparents)
+        for result, _ in fresh:
+            metrics.REQUESTS.labels(result.task, result.status.value.lower()).inc()
+            metrics.REQUEST_SECONDS.labels(result.task).observe(
+                max(0, result.completed_at - result.created_at) / 1000.0)
         return is_new
 
-    async def republish(self, items: Iterable[tuple[str, str, bytes]]) -> None:
-        """Produce encoded results ``(task, request_id, avro)``, then flag them published and
-        wake the gateway's waiters."""
+    async def republish(self, items: Iterable[tuple[str, str, bytes]],
+                        traceparents: dict[str, str] | None = None) -> None:
+        """Produce encoded results ``(task, request_id, avro)`` (with the request's W3C
+        ``traceparent`` as a header when it had one), then flag them published and wake the
+        gateway's waiters."""
         items = list(items)
         if not items:
             return
+        traceparents = traceparents or {}
         await self._send_all(
-            (topics.results_topic(self._prefix, task), rid.encode(), avro) for task, rid, avro in items
+            (topics.results_topic(self._prefix, task), rid.encode(), avro,
+             [(keys.HEADER_TRACEPARENT, traceparents[rid].encode())] if rid in traceparents else None)
+            for task, rid, avro in items
         )
         async with self.redis.pipeline(transaction=False) as pipe:
             for _task, rid, _avro in items:
@@ -169,7 +176,7 @@ class ResultPublisher:
 
     async def audit(self, events: Iterable[AuditEvent]) -> None:
         topic = topics.audit_topic(self._prefix)
-        await self._send_all((topic, e.request_id.encode(), self._codec.encode(e)) for e in events)
+        await self._send_all((topic, e.request_id.encode(), self._codec.encode(e), None) for e in events)
 
     async def dead_letter(self, letter: DeadLetter, error_type: str) -> None:
         metrics.DEAD_LETTERS.inc()
@@ -178,7 +185,8 @@ class ResultPublisher:
             headers=[(keys.HEADER_ERROR_TYPE, error_type.encode())],
         )
 
-    async def _send_all(self, messages: Iterable[tuple[str, bytes, bytes]]) -> None:
-        futures = [await self.producer.send(topic, value, key=key) for topic, key, value in messages]
+    async def _send_all(self, messages: Iterable[tuple[str, bytes, bytes, list | None]]) -> None:
+        futures = [await self.producer.send(topic, value, key=key, headers=headers)
+                   for topic, key, value, headers in messages]
         if futures:
             await asyncio.gather(*futures)

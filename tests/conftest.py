@@ -108,6 +108,8 @@ class Stack:
         self.prefix = f"t{uuid.uuid4().hex[:8]}"
         self.env = stack_env(bootstrap, redis_url, self.prefix, repository, **env)
         self.workers: list[subprocess.Popen] = []
+        self.metrics_ports: list[int] = []
+        self.worker_logs: list[Path] = []
         self.gateways: list[subprocess.Popen] = []
         self.gateway_url = ""
 
@@ -115,8 +117,11 @@ class Stack:
         from streaminfer.embedded import free_port
 
         worker_env = dict(self.env, STREAMINFER_WORKER_METRICS_PORT=str(free_port()), **env)
-        worker = spawn(["worker"], worker_env, f"worker-{self.prefix}-{len(self.workers)}.log")
+        log_name = f"worker-{self.prefix}-{len(self.workers)}.log"
+        worker = spawn(["worker"], worker_env, log_name)
+        self.worker_logs.append(_log_dir() / log_name)
         self.workers.append(worker)
+        self.metrics_ports.append(int(worker_env["STREAMINFER_WORKER_METRICS_PORT"]))
         if wait:
             wait_worker_ready(worker_env["STREAMINFER_WORKER_METRICS_PORT"], worker)
         return worker
