@@ -73,7 +73,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         topic_partitions=settings.topic_partitions, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         linger_ms=settings.kafka_linger_ms, commit_interval_s=settings.worker_commit_interval_s,
         result_ttl_s=settings.result_ttl_s, max_queued=settings.worker_queue_items,
-        metrics_port=settings.worker_metrics_port, device=settings.device, threads=settings.worker_threads,
+        metrics_host=settings.worker_metrics_host, metrics_port=settings.worker_metrics_port, device=settings.device, threads=settings.worker_threads,
         model_poll_s=settings.worker_model_poll_s,
         schema_registry_url=settings.schema_registry_url,
     ))

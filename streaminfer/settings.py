@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     """Upper bound on ``?wait=S`` and ``Prefer: wait=S``."""
 
     # --- worker ---
+    worker_metrics_host: str = "127.0.0.1"
+    """Bind address of the worker's /metrics (0.0.0.0 in containers, so Prometheus can scrape it)."""
     worker_metrics_port: int = Field(9100, ge=0, le=65535)
     worker_group_id: str | None = None
     """Consumer group of the workers; default ``<topic_prefix>-workers``."""
