@@ -12,9 +12,12 @@ from fastapi import FastAPI, Request
 
 from schemas.codec import AvroCodec
 
+from .apikeys import ApiKeyStore
+from .auth import Authenticator, RateLimiter, load_public_keys
 from .errors import install_error_handlers
 from .lag import LagMonitor
 from .limits import BodySizeLimit
+from .oip import router as oip_router
 from .producer import RequestProducer
 from .results import ResultStore
 from .routes import router
@@ -50,8 +53,12 @@ def create_app(settings: Any) -> FastAPI:
         raise AuthNotConfigured(
             "refusing to start without authentication: set STREAMINFER_AUTH to jwt, apikey or "
             "jwt,apikey, or to 'disabled' to run without it on purpose")
-    if settings.auth != "disabled":
-        raise AuthNotConfigured(f"STREAMINFER_AUTH={settings.auth} is not implemented yet; use 'disabled'")
+    try:
+        public_keys = load_public_keys(settings.jwt_public_keys) if "jwt" in settings.auth else []
+        authenticator = Authenticator(settings.auth, None, public_keys, settings.jwt_algorithms,
+                                      settings.jwt_issuer, settings.jwt_audience)
+    except (ValueError, OSError) as exc:
+        raise AuthNotConfigured(str(exc)) from exc
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -71,6 +78,9 @@ def create_app(settings: Any) -> FastAPI:
                 stack.push_async_callback(component.stop)
             service.lag = lag
             app.state.service = service
+            authenticator._api_keys = ApiKeyStore(store.redis, settings.topic_prefix)
+            app.state.rate_limiter = None if authenticator.disabled else RateLimiter(
+                store.redis, settings.topic_prefix, settings.rate_limit_per_s, settings.rate_limit_burst)
             logger.info("gateway serving tasks %s", ",".join(sorted(service.configs)))
             refresher = asyncio.create_task(_refresh_tasks(service, settings.worker_model_poll_s))
             stack.push_async_callback(_cancel, refresher)
@@ -81,10 +91,12 @@ def create_app(settings: Any) -> FastAPI:
         description="Publishes inference requests as Avro events to Kafka and serves their results "
                     "from Redis. Errors: `{error_code, message, request_id, timestamp, details}`.",
     )
+    app.state.auth = authenticator
     app.state.info = {"name": "streaminfer", "version": VERSION, "component": "gateway",
                       "config": settings.summary()}
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(oip_router)
 
     @app.middleware("http")
     async def request_id_header(request: Request, call_next):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from . import metrics
+from .apikeys import Principal
+from .auth import ANONYMOUS, require
 from .errors import NotFound
 from .service import InferenceService, Submission, body_digest
 from .views import links, pending_body, result_body
@@ -33,24 +35,39 @@ def service(request: Request) -> InferenceService:
     return request.app.state.service
 
 
+async def caller(request: Request) -> Principal:
+    """The authenticated principal of this request, within its rate limit."""
+    principal = await request.app.state.auth.authenticate(request)
+    limiter = getattr(request.app.state, "rate_limiter", None)
+    if limiter is not None:
+        await limiter.check(principal)
+    request.state.principal = principal
+    return principal
+
+
+Caller = Annotated[Principal, Depends(caller)]
+
+
 WaitQuery = Annotated[float | None, Query(ge=0, description="seconds to wait for the result")]
 
 
 @router.post("/v1/infer/{task}", status_code=202, tags=["inference"],
              responses={200: {"description": "finished within ?wait"}, 202: {"description": "queued"}})
-async def infer(task: str, body: InferBody, request: Request, wait: WaitQuery = None,
+async def infer(task: str, body: InferBody, request: Request, principal: Caller, wait: WaitQuery = None,
                 prefer: Annotated[str | None, Header()] = None,
                 traceparent: Annotated[str | None, Header()] = None,
                 idempotency_key: Annotated[str | None, Header(max_length=256)] = None) -> JSONResponse:
     """Publish an inference request; with ``?wait=S`` or ``Prefer: wait=S`` answer with the result
     when it is done within S seconds. With ``Idempotency-Key``, the same key and body give the same
     request_id (no second event); the same key with another body is 409."""
+    require(principal, "inference:submit")
     svc = service(request)
     wait_s = svc.wait_seconds(wait, prefer)
     inference = svc.build_request(Submission(
         task=task, inputs=body.inputs, priority=body.priority, model_version=body.model_version,
         deadline_ms=body.deadline_ms, parameters={k: str(v) for k, v in body.parameters.items()},
         trace={"traceparent": traceparent} if traceparent else {}, idempotency_key=idempotency_key,
+        client_id=None if principal is ANONYMOUS else principal.client_id,
     ))
     request_id = await svc.submit_once(inference, idempotency_key, body_digest(task, body.model_dump()))
     request.state.request_id = request_id
@@ -65,26 +82,30 @@ async def infer(task: str, body: InferBody, request: Request, wait: WaitQuery = 
 
 
 @router.get("/v1/results/{request_id}", tags=["inference"])
-async def get_result(request_id: str, request: Request, wait: WaitQuery = None,
+async def get_result(request_id: str, request: Request, principal: Caller, wait: WaitQuery = None,
                      prefer: Annotated[str | None, Header()] = None) -> dict:
-    """The request's status and, when done, its outputs; ``?wait=S`` long-polls."""
+    """The request's status and, when done, its outputs; ``?wait=S`` long-polls. A client sees
+    only its own requests (admins see all)."""
+    require(principal, "inference:read")
     svc = service(request)
     request.state.request_id = request_id
+    status = await svc.owned_status(request_id, principal)
     wait_s = svc.wait_seconds(wait, prefer)
     result = await svc.wait(request_id, wait_s) if wait_s > 0 else await svc.store.result(request_id)
     if result is not None:
         return result_body(result, svc.configs.get(result.task))
-    status = await svc.store.status(request_id)
     if not status:
         raise NotFound(f"no request {request_id!r}")
     return pending_body(request_id, status)
 
 
 @router.delete("/v1/requests/{request_id}", tags=["inference"])
-async def cancel(request_id: str, request: Request) -> dict:
-    """Cancel a request not yet run, or delete a stored result."""
+async def cancel(request_id: str, request: Request, principal: Caller) -> dict:
+    """Cancel a request not yet run, or delete a stored result (one's own; admins: any)."""
+    require(principal, "inference:submit")
     svc = service(request)
     request.state.request_id = request_id
+    await svc.owned_status(request_id, principal)
     if await svc.store.result(request_id) is not None:
         await svc.store.delete(request_id)
         return {"request_id": request_id, "status": "deleted"}
@@ -95,7 +116,7 @@ async def cancel(request_id: str, request: Request) -> dict:
 
 
 @router.get("/v1/tasks", tags=["inference"])
-async def tasks(request: Request) -> dict:
+async def tasks(request: Request, principal: Caller) -> dict:
     """Tasks, their models and versions, input signatures, batching settings and topics."""
     return {"tasks": service(request).describe_tasks()}
 

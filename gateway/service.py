@@ -24,6 +24,7 @@ from schemas.records import (
 from schemas.topics import request_topics, results_topic
 
 from . import metrics
+from .apikeys import Principal
 from .errors import IdempotencyConflict, InvalidRequest, NotFound, TooManyRequests
 from .inputs import tensors_from_body
 from .lag import LagMonitor
@@ -107,6 +108,16 @@ class InferenceService:
         metrics.REQUESTS.labels(request.task, "accepted").inc()
         logger.info("accepted request", extra={"request_id": request.request_id, "task": request.task,
                                                "priority": request.priority.value})
+
+    async def owned_status(self, request_id: str, principal: Principal) -> dict[str, str]:
+        """The request's status if ``principal`` may see it; another client's request is
+        REQUEST_NOT_FOUND, exactly like one that does not exist (no existence leak)."""
+        status = await self.store.status(request_id)
+        if principal.is_admin:
+            return status
+        if not status or status.get("client_id") != principal.client_id:
+            raise NotFound(f"no request {request_id!r}")
+        return status
 
     def check_capacity(self, task: str) -> None:
         """429 OVERLOADED while the workers are this far behind on the task."""

@@ -14,7 +14,10 @@ __all__ = [
     "HEADER_TRACEPARENT",
     "RESULT_FIELD_AVRO",
     "RESULT_FIELD_PUBLISHED",
+    "api_client_key",
+    "api_key_key",
     "cache_key",
+    "rate_limit_key",
     "cancel_key",
     "idempotency_key",
     "result_channel",
@@ -65,6 +68,21 @@ def cache_key(prefix: str, task: str, model_version: str | int | None, digest: s
 def worker_key(prefix: str, worker_id: str) -> str:
     """A live worker's heartbeat (JSON of its tasks), expiring unless renewed."""
     return f"{prefix}:worker:{worker_id}"
+
+
+def api_key_key(prefix: str, key_digest: str) -> str:
+    """Hash: an API key's client, scopes and admin flag, under the SHA-256 of the key (never the key)."""
+    return f"{prefix}:apikey:{key_digest}"
+
+
+def api_client_key(prefix: str, client: str) -> str:
+    """Set: the digests of a client's API keys (to list and revoke them)."""
+    return f"{prefix}:apiclient:{client}"
+
+
+def rate_limit_key(prefix: str, client: str) -> str:
+    """Hash: a client's token bucket (tokens, last refill)."""
+    return f"{prefix}:ratelimit:{client}"
 
 
 def idempotency_key(prefix: str, client_id: str | None, key: str) -> str:

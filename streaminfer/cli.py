@@ -152,6 +152,45 @@ def cmd_topics(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _with_key_store(settings: Settings, action):
+    from redis.asyncio import Redis
+
+    from gateway.apikeys import ApiKeyStore
+
+    redis = Redis.from_url(settings.redis_dsn)
+    try:
+        return await action(ApiKeyStore(redis, settings.topic_prefix))
+    finally:
+        await redis.aclose()
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    settings = Settings()
+    if args.action == "create":
+        if not args.client:
+            print("streaminfer keys create: --client is required", file=sys.stderr)
+            return 2
+        scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+        try:
+            key = asyncio.run(_with_key_store(settings, lambda store: store.create(args.client, scopes, args.admin)))
+        except ValueError as exc:
+            print(f"streaminfer keys create: {exc}", file=sys.stderr)
+            return 2
+        print(f"API key for {args.client} (shown once; stored only hashed):")
+        print(key)
+    elif args.action == "list":
+        for row in asyncio.run(_with_key_store(settings, lambda store: store.list())):
+            print(f"{row['client']:<24} scopes={row['scopes']:<34} admin={'yes' if row['admin'] else 'no':<4} "
+                  f"keys={row['keys']}")
+    else:
+        if not args.client:
+            print("streaminfer keys revoke: --client is required", file=sys.stderr)
+            return 2
+        revoked = asyncio.run(_with_key_store(settings, lambda store: store.revoke(args.client)))
+        print(f"revoked {revoked} key(s) of {args.client}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(json.dumps(Settings().summary(), indent=2, default=str))
     return 0
@@ -214,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     topics_cmd.add_argument("action", choices=["create"])
     topics_cmd.add_argument("--tasks", default=None)
     topics_cmd.set_defaults(func=cmd_topics)
+
+    keys_cmd = sub.add_parser("keys", help="create, list or revoke API keys (stored hashed in Redis)")
+    keys_cmd.add_argument("action", choices=["create", "list", "revoke"])
+    keys_cmd.add_argument("--client")
+    keys_cmd.add_argument("--scopes", default="inference:submit,inference:read")
+    keys_cmd.add_argument("--admin", action="store_true")
+    keys_cmd.set_defaults(func=cmd_keys)
 
     config = sub.add_parser("config", help="show the effective settings")
     config.add_argument("action", choices=["show"])

@@ -32,6 +32,19 @@ def _stop(procs: list[subprocess.Popen], timeout_s: float = 15.0) -> None:
         embedded.terminate(proc, timeout_s)
 
 
+async def _dev_key(env: dict[str, str]) -> str:
+    from redis.asyncio import Redis
+
+    from gateway.apikeys import ApiKeyStore
+
+    redis = Redis.from_url(env["STREAMINFER_REDIS_URL"])
+    try:
+        store = ApiKeyStore(redis, env.get("STREAMINFER_TOPIC_PREFIX", "streaminfer"))
+        return await store.create("dev", ["inference:submit", "inference:read"], admin=True)
+    finally:
+        await redis.aclose()
+
+
 def run_up(args: argparse.Namespace) -> int:
     stop_requested = False
 
@@ -66,7 +79,7 @@ def run_up(args: argparse.Namespace) -> int:
             "STREAMINFER_REDIS_URL": embedded.redis_address(redis),
             "STREAMINFER_GATEWAY_HOST": embedded.LOOPBACK,
             "STREAMINFER_GATEWAY_PORT": str(gateway_port),
-            "STREAMINFER_AUTH": env.get("STREAMINFER_AUTH", "disabled"),
+            "STREAMINFER_AUTH": env.get("STREAMINFER_AUTH", "apikey"),
         })
         if args.tasks:
             env["STREAMINFER_TASKS"] = args.tasks
@@ -81,11 +94,17 @@ def run_up(args: argparse.Namespace) -> int:
         children.append(_spawn(["gateway"], env))
         url = f"http://{embedded.LOOPBACK}:{gateway_port}"
         embedded.wait_for_http(f"{url}/ready", children, timeout_s=120)
+        dev_key = asyncio.run(_dev_key(env)) if "apikey" in env["STREAMINFER_AUTH"] else None
         print(f"gateway:  {url}  (docs: {url}/docs)", flush=True)
         print(f"kafka:    {embedded.bootstrap_address(kafka)}", flush=True)
         print(f"redis:    {embedded.redis_address(redis)}", flush=True)
+        auth_header = ""
+        if dev_key:
+            print(f"api key:  {dev_key}  (client 'dev', admin; shown once)", flush=True)
+            auth_header = f"-H 'X-API-Key: {dev_key}' "
         print("try:", flush=True)
-        print(f"  curl -s -X POST '{url}/v1/infer/text-embedding?wait=5' -H 'Content-Type: application/json' "
+        print(f"  curl -s -X POST '{url}/v1/infer/text-embedding?wait=5' {auth_header}"
+              "-H 'Content-Type: application/json' "
               "-d '{\"inputs\": {\"text\": \"Kafka is a distributed log\"}}'", flush=True)
         print("Ctrl-C stops everything.", flush=True)
         while not stop_requested:

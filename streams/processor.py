@@ -287,7 +287,8 @@ class RequestProcessor:
             metrics.CACHE_HITS.inc(len(hits))
             await self._publisher.audit(self._audit(p.request, AuditType.CACHE_HIT, p.digest) for p in hits)
         if runnable:
-            await self._publisher.mark_running([p.request.request_id for p in runnable], self.worker_id)
+            await self._publisher.mark_running([(p.request.request_id, p.request.client_id) for p in runnable],
+                                               self.worker_id)
             await self._publisher.audit(self._audit(p.request, AuditType.STARTED, p.digest,
                                                     {"batch_items": str(sum(q.size for q in runnable))})
                                         for p in runnable)

@@ -114,11 +114,15 @@ class ResultPublisher:
                 pipe.set(key, avro, ex=self._ttl_s)
             await pipe.execute()
 
-    async def mark_running(self, request_ids: Sequence[str], worker_id: str) -> None:
+    async def mark_running(self, requests: Sequence[tuple[str, str | None]], worker_id: str) -> None:
+        """``(request_id, client_id)`` pairs: running, and whose (Kafka-direct requests included)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for rid in request_ids:
+            for rid, client_id in requests:
                 key = keys.status_key(self._prefix, rid)
-                pipe.hset(key, mapping={"status": "running", "worker_id": worker_id})
+                fields = {"status": "running", "worker_id": worker_id}
+                if client_id:
+                    fields["client_id"] = client_id
+                pipe.hset(key, mapping=fields)
                 pipe.expire(key, self._ttl_s)
             await pipe.execute()
 

@@ -25,7 +25,7 @@ def test_up_serves_and_stops_cleanly(model_repository, tmp_path):
                             start_new_session=True)
     descendants: list[psutil.Process] = []
     try:
-        url = None
+        url = key = None
         deadline = time.monotonic() + 180
         lines = []
         while time.monotonic() < deadline and proc.poll() is None:
@@ -33,13 +33,18 @@ def test_up_serves_and_stops_cleanly(model_repository, tmp_path):
             lines.append(line)
             if match := re.match(r"gateway:\s+(http://\S+)", line):
                 url = match.group(1)
+            if match := re.match(r"api key:\s+(\S+)", line):
+                key = match.group(1)
             if line.startswith("Ctrl-C"):
                 break
         assert url, f"no gateway line in {lines!r}"
         assert any(line.startswith("kafka:") for line in lines) and any(line.startswith("redis:") for line in lines)
         descendants = psutil.Process(proc.pid).children(recursive=True)
         assert len(descendants) >= 4  # broker, redis, worker, gateway
-        response = httpx.post(f"{url}/v1/infer/text-embedding", params={"wait": 30},
+        assert key, "up prints a dev API key"
+        refused = httpx.post(f"{url}/v1/infer/text-embedding", json={"inputs": {"text": "no key"}}, timeout=30)
+        assert refused.status_code == 401
+        response = httpx.post(f"{url}/v1/infer/text-embedding", params={"wait": 30}, headers={"X-API-Key": key},
                               json={"inputs": {"text": "hello from up"}}, timeout=60)
         assert response.status_code == 200 and response.json()["status"] == "succeeded"
         proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,137 @@
+"""Who is calling: bearer JWTs (ES256/RS256, public keys from settings) and API keys (X-API-Key, or
+as a bearer token), per ``STREAMINFER_AUTH``; plus the per-client token bucket kept in Redis so
+the limit holds across gateway instances."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from fastapi import Request
+from redis.asyncio import Redis
+
+from schemas import keys
+
+from .apikeys import SCOPES, ApiKeyStore, Principal
+from .errors import Forbidden, TooManyRequests, Unauthorized
+
+logger = logging.getLogger(__name__)
+
+ANONYMOUS = Principal("anonymous", frozenset(SCOPES), is_admin=True)  # auth disabled on purpose
+ASYMMETRIC = {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+_PEM_BLOCK = re.compile(r"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
+
+
+def load_public_keys(value: str | None) -> list:
+    """PEM text, or paths (comma-separated) of PEM files; each may hold several keys."""
+    if not value:
+        return []
+    texts = [value] if "-----BEGIN" in value else [Path(p.strip()).read_text() for p in value.split(",") if p.strip()]
+    blocks = [block for text in texts for block in _PEM_BLOCK.findall(text)]
+    if not blocks:
+        raise ValueError("STREAMINFER_JWT_PUBLIC_KEYS holds no PEM public key")
+    return [load_pem_public_key(block.encode()) for block in blocks]
+
+
+class Authenticator:
+    def __init__(self, modes: str, api_keys: ApiKeyStore | None, public_keys: list, algorithms: str,
+                 issuer: str | None = None, audience: str | None = None) -> None:
+        self.modes = set(modes.split(","))
+        self._api_keys = api_keys
+        self._public_keys = public_keys
+        # NOTE: symmetric algorithms are never accepted: with a public key as the HMAC secret,
+        # anyone holding the public key could sign (the classic HS256 confusion attack).
+        self._algorithms = [a.strip() for a in algorithms.split(",") if a.strip() in ASYMMETRIC]
+        self._issuer = issuer
+        self._audience = audience
+        if "jwt" in self.modes and not self._public_keys:
+            raise ValueError("STREAMINFER_AUTH includes jwt but STREAMINFER_JWT_PUBLIC_KEYS is empty")
+
+    @property
+    def disabled(self) -> bool:
+        return self.modes == {"disabled"}
+
+    async def authenticate(self, request: Request) -> Principal:
+        if self.disabled:
+            return ANONYMOUS
+        api_key = request.headers.get("x-api-key")
+        authorization = request.headers.get("authorization", "")
+        scheme, _, token = authorization.partition(" ")
+        if api_key is None and scheme.lower() == "bearer" and token and token.count(".") != 2:
+            api_key = token  # an API key sent as a bearer token
+        if api_key is not None and "apikey" in self.modes:
+            principal = await self._api_keys.lookup(api_key.strip())
+            if principal is None:
+                raise Unauthorized("unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+            return principal
+        if scheme.lower() == "bearer" and token and "jwt" in self.modes:
+            return self._verify_jwt(token.strip())
+        raise Unauthorized("credentials required: Authorization: Bearer <token> or X-API-Key",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    def _verify_jwt(self, token: str) -> Principal:
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"malformed token: {exc}") from exc
+        if algorithm not in self._algorithms:
+            raise Unauthorized(f"token algorithm {algorithm!r} is not accepted")
+        options = {"require": ["exp", "sub"], "verify_aud": self._audience is not None}
+        key_type = EllipticCurvePublicKey if algorithm.startswith("ES") else RSAPublicKey
+        last: Exception | None = None
+        for key in (k for k in self._public_keys if isinstance(k, key_type)):
+            try:
+                claims = jwt.decode(token, key, algorithms=self._algorithms, options=options,
+                                    issuer=self._issuer, audience=self._audience, leeway=5)
+            except jwt.InvalidSignatureError as exc:  # maybe another of the configured keys
+                last = exc
+                continue
+            except (jwt.PyJWTError, ValueError, TypeError) as exc:
+                raise Unauthorized(f"invalid token: {exc}") from exc
+            permissions = claims.get("permissions") or []
+            if isinstance(permissions, str):
+                permissions = permissions.split()
+            return Principal(str(claims["sub"]), frozenset(map(str, permissions)), bool(claims.get("is_admin")))
+        raise Unauthorized(f"invalid token: {last or 'no configured key fits ' + algorithm}")
+
+
+def require(principal: Principal, scope: str) -> None:
+    if not principal.can(scope):
+        raise Forbidden(f"client {principal.client_id!r} lacks the {scope} permission")
+
+
+# Token bucket, atomically in Redis: refill by elapsed time, take one token or say how long to wait.
+_BUCKET = """
+local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local allowed, wait = 0, (1 - tokens) / rate
+if tokens >= 1 then tokens = tokens - 1; allowed = 1; wait = 0 end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
+return {allowed, tostring(wait)}
+"""
+
+
+class RateLimiter:
+    def __init__(self, redis: Redis, prefix: str, per_s: float, burst: int) -> None:
+        self._script = redis.register_script(_BUCKET)
+        self._prefix = prefix
+        self._per_s = per_s
+        self._burst = burst
+
+    async def check(self, principal: Principal) -> None:
+        allowed, wait = await self._script(keys=[keys.rate_limit_key(self._prefix, principal.client_id)],
+                                           args=[self._per_s, self._burst, time.time()])
+        if not int(allowed):
+            retry = max(1, int(float(wait) + 0.999))
+            raise TooManyRequests(f"rate limit of {self._per_s:g}/s (burst {self._burst}) exceeded",
+                                  headers={"Retry-After": str(retry)},
+                                  details={"limit_per_s": self._per_s, "burst": self._burst})

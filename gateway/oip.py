@@ -1,0 +1,269 @@
+"""Open Inference Protocol (KServe V2) REST routes over the same Kafka path as ``/v1/infer``:
+publish the request, wait for its result in Redis and answer synchronously in V2 JSON."""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from models.config import ModelConfig
+from schemas.records import InferenceResult, Status, Tensor
+
+from .auth import ANONYMOUS, require
+from .errors import GatewayError, InferenceTimeout, InvalidRequest, NotFound, ServiceUnavailable
+from .routes import Caller, service
+from .service import InferenceService, Submission
+from .views import links
+
+router = APIRouter(tags=["open inference protocol"])
+
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torch": "pytorch_torchscript"}
+# Request parameters the gateway reads itself; other scalar parameters reach the worker as strings.
+CONSUMED = {"priority", "deadline_ms", "timeout", "binary_data_output"}
+Scalar = str | int | float | bool
+
+
+class InputTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str = Field(..., examples=["FP32"])
+    data: Any = Field(..., description="flat or nested row-major values; BYTES items are strings")
+    parameters: dict[str, Any] | None = None
+
+
+class RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    """A V2 inference request. ``parameters.priority`` takes high|normal|low or 0-10 (>=7 high);
+    ``parameters.deadline_ms`` (or Triton's ``timeout`` in µs) expires the request unless run in time."""
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[InputTensor] = Field(..., min_length=1)
+    outputs: list[RequestedOutput] | None = None
+
+
+class OutputTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str
+    parameters: dict[str, Any] = Field(default_factory=dict, description="request_id and batch_size")
+    outputs: list[OutputTensor]
+
+
+class MetadataTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int] = Field(..., description="-1 marks the batch dimension")
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+ERRORS = {code: {"description": text} for code, text in (
+    (404, "TASK_NOT_FOUND or MODEL_VERSION_NOT_FOUND"), (422, "INVALID_REQUEST"),
+    (500, "INTERNAL_ERROR: the worker failed"), (503, "SERVICE_UNAVAILABLE"), (504, "INFERENCE_TIMEOUT"))}
+
+
+def _version_of(config: ModelConfig, version: str | None) -> None:
+    if version is not None and version not in config.versions:
+        raise NotFound(f"task {config.task!r} has no model version {version!r}",
+                       code="MODEL_VERSION_NOT_FOUND", details={"versions": list(config.versions)})
+
+
+def _submission(task: str, body: InferRequest, version: str | None) -> Submission:
+    params = body.parameters or {}
+    deadline_ms = params.get("deadline_ms")
+    if deadline_ms is None and params.get("timeout") is not None:
+        deadline_ms = params["timeout"] / 1000 if isinstance(params["timeout"], int | float) else params["timeout"]
+    if deadline_ms is not None:
+        if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, int | float):
+            raise InvalidRequest("parameters.deadline_ms (or timeout in µs) must be a number")
+        deadline_ms = math.ceil(deadline_ms)
+    return Submission(
+        task=task, inputs=[t.model_dump(exclude_none=True) for t in body.inputs], model_version=version,
+        priority=params.get("priority"), deadline_ms=deadline_ms,
+        parameters={k: str(v) for k, v in params.items() if k not in CONSUMED and isinstance(v, Scalar)})
+
+
+def _output(tensor: Tensor) -> dict:
+    flat = tensor.to_numpy().ravel().tolist()
+    body: dict = {"name": tensor.name, "datatype": str(tensor.datatype), "shape": list(tensor.shape), "data": flat}
+    if any(isinstance(item, bytes) for item in flat):  # NOTE: not UTF-8, so JSON needs base64 (MLServer's codec)
+        body["data"] = [base64.b64encode(i).decode() if isinstance(i, bytes) else i for i in flat]
+        body["parameters"] = {"content_type": "base64"}
+    return body
+
+
+def _failure(result: InferenceResult) -> GatewayError:
+    """The error response for a request that did not succeed."""
+    code = result.error.code if result.error else result.status.value
+    message = result.error.message if result.error else f"the request was {result.status.value.lower()}"
+    details = {"status": result.status.value.lower(), "error_code": code}
+    if result.status is Status.EXPIRED:
+        return InferenceTimeout(message, details=details)
+    if code == "INVALID_INPUT":
+        return InvalidRequest(message, details=details)
+    if code in ("TASK_NOT_FOUND", "MODEL_VERSION_NOT_FOUND"):
+        return NotFound(message, code=code, details=details)
+    if result.error is not None and result.error.retriable:
+        return ServiceUnavailable(message, details=details, headers={"Retry-After": "1"})
+    return GatewayError(message, details=details)
+
+
+WaitQuery = Annotated[float | None, Query(ge=0, description="seconds to wait; default the gateway's maximum")]
+PreferHeader = Annotated[str | None, Header(description="wait=S bounds the wait like ?wait=S")]
+INFER = {"response_model": None, "responses": {200: {"model": InferResponse}, **ERRORS}}
+METADATA = {"response_model": ModelMetadata, "responses": {404: ERRORS[404]}}
+READY = {"response_model": ModelReady, "responses": {404: ERRORS[404], 503: ERRORS[503]}}
+
+
+@router.post("/v2/models/{task}/infer", **INFER)
+async def infer(task: str, body: InferRequest, request: Request, principal: Caller, wait: WaitQuery = None,
+                prefer: PreferHeader = None) -> JSONResponse:
+    """Run an inference synchronously: publish the request to Kafka and answer with its outputs
+    once a worker has produced them (within ``?wait=S``/``Prefer: wait=S``, by default the
+    gateway's maximum wait; past it 504 INFERENCE_TIMEOUT, and the result stays readable at
+    ``/v1/results/{request_id}``). ``outputs`` selects output tensors by name. Tensor data is JSON
+    only (the binary tensor extension is not supported)."""
+    return await _infer(request, principal, task, None, body, wait, prefer)
+
+
+@router.post("/v2/models/{task}/versions/{version}/infer", **INFER)
+async def infer_version(task: str, version: str, body: InferRequest, request: Request, principal: Caller,
+                        wait: WaitQuery = None, prefer: PreferHeader = None) -> JSONResponse:
+    """Like ``POST /v2/models/{task}/infer``, run by the given model version."""
+    return await _infer(request, principal, task, version, body, wait, prefer)
+
+
+async def _infer(request: Request, principal, task: str, version: str | None, body: InferRequest,
+                 wait: float | None, prefer: str | None) -> JSONResponse:
+    require(principal, "inference:submit")
+    svc: InferenceService = service(request)
+    config = svc.config(task)
+    _version_of(config, version)
+    wait_s = svc.wait_seconds(wait, prefer) or svc.max_wait_s  # synchronous: no wait means the most
+    wanted = [o.name for o in body.outputs or ()]
+    unknown = sorted(set(wanted) - {spec.name for spec in config.outputs})
+    if unknown:
+        raise InvalidRequest(f"task {task!r} has no output tensors {unknown}",
+                             details={"outputs": [spec.name for spec in config.outputs]})
+    submission = _submission(task, body, version)
+    submission.client_id = None if principal is ANONYMOUS else principal.client_id
+    inference = svc.build_request(submission)
+    request_id = await svc.submit_once(inference, None, "")
+    request.state.request_id = request_id
+    result = await svc.wait(request_id, wait_s)
+    if result is None:
+        raise InferenceTimeout(f"no result within {wait_s:g} s; the request is still queued or running",
+                               details={"links": links(request_id)})
+    if result.status is not Status.SUCCEEDED:
+        raise _failure(result)
+    return JSONResponse({
+        "model_name": result.model_name or config.name, "model_version": result.model_version,
+        "id": body.id or request_id, "parameters": {"request_id": request_id, "batch_size": result.batch_size},
+        "outputs": [_output(t) for t in result.outputs if not wanted or t.name in wanted]})
+
+
+@router.get("/v2/models/{task}", **METADATA)
+async def model_metadata(task: str, request: Request, principal: Caller) -> dict:
+    """The task's model: its versions, platform and tensor signature (``-1`` is the batch dim)."""
+    return _metadata(service(request).config(task), None)
+
+
+@router.get("/v2/models/{task}/versions/{version}", **METADATA)
+async def model_version_metadata(task: str, version: str, request: Request, principal: Caller) -> dict:
+    """Like ``GET /v2/models/{task}``, for a version that must exist."""
+    return _metadata(service(request).config(task), version)
+
+
+def _metadata(config: ModelConfig, version: str | None) -> dict:
+    _version_of(config, version)
+    return {"name": config.task, "versions": list(config.versions),
+            "platform": PLATFORMS.get(config.backend, config.backend),
+            "inputs": [{**spec.to_dict(), "shape": [-1, *spec.shape]} for spec in config.inputs],
+            "outputs": [{**spec.to_dict(), "shape": [-1, *spec.shape]} for spec in config.outputs]}
+
+
+async def _served_tasks(svc: InferenceService) -> set[str] | None:
+    """Tasks with a live worker, or None when Redis does not answer."""
+    if not await svc.store.ping():
+        return None
+    return {task for tasks in (await svc.store.live_workers()).values() for task in tasks}
+
+
+@router.get("/v2/models/{task}/ready", **READY)
+async def model_ready(task: str, request: Request) -> dict:
+    """200 when Redis answers and a live worker serves the task; 503 SERVICE_UNAVAILABLE if not."""
+    return await _model_ready(service(request), task, None)
+
+
+@router.get("/v2/models/{task}/versions/{version}/ready", **READY)
+async def model_version_ready(task: str, version: str, request: Request) -> dict:
+    """Like ``GET /v2/models/{task}/ready``, for a version that must exist."""
+    return await _model_ready(service(request), task, version)
+
+
+async def _model_ready(svc: InferenceService, task: str, version: str | None) -> dict:
+    _version_of(svc.config(task), version)
+    served = await _served_tasks(svc)
+    if served is None:
+        raise ServiceUnavailable("the result store is not reachable", details={"task": task})
+    if task not in served:
+        raise ServiceUnavailable(f"no live worker serves task {task!r}", details={"task": task})
+    return {"name": task, "ready": True}
+
+
+@router.get("/v2/health/live")
+async def live() -> dict:
+    """Liveness: the gateway process answers."""
+    return {"live": True}
+
+
+@router.get("/v2/health/ready", responses={200: {"description": '{"ready": true}'},
+                                           503: {"description": '{"ready": false}'}})
+async def ready(request: Request, response: Response) -> dict:
+    """Readiness: Kafka connected, Redis answering and a live worker for every task."""
+    svc = service(request)
+    served = await _served_tasks(svc) if svc.producer.is_connected else None
+    ok = served is not None and set(svc.configs) <= served
+    response.status_code = 200 if ok else 503
+    return {"ready": ok}
+
+
+@router.get("/v2", response_model=ServerMetadata)
+async def server_metadata(request: Request) -> dict:
+    """Server metadata: name and version; no protocol extensions."""
+    return {"name": "streaminfer", "version": request.app.version, "extensions": []}
