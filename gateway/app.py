@@ -15,6 +15,7 @@ from schemas.codec import AvroCodec
 from .apikeys import ApiKeyStore
 from .auth import Authenticator, RateLimiter, load_public_keys
 from .errors import install_error_handlers
+from .inputs import InputLimits
 from .lag import LagMonitor
 from .limits import BodySizeLimit
 from .oip import router as oip_router
@@ -69,7 +70,9 @@ def create_app(settings: Any) -> FastAPI:
         store = ResultStore(settings.redis_dsn, codec, settings.topic_prefix, settings.result_ttl_s)
         service = InferenceService(producer, store, settings.model_repository, settings.topic_prefix,
                                    settings.max_wait_s, settings.task_list,
-                                   max_lag_per_task=settings.max_lag_per_task)
+                                   max_lag_per_task=settings.max_lag_per_task,
+                                   limits=InputLimits(settings.max_text_chars, settings.max_image_bytes,
+                                                      settings.max_parameters))
         lag = LagMonitor(settings.kafka_bootstrap_servers, settings.group_id, settings.topic_prefix,
                          sorted(service.configs))
         async with AsyncExitStack() as stack:

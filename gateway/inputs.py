@@ -4,6 +4,7 @@ tensors ``{"name", "shape", "datatype", "data"}``."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from models.config import NUMPY_DTYPES, ModelConfig
 from models.errors import InvalidInput
 from models.friendly import friendly_to_tensors, validate_tensors
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, PayloadTooLarge
 
 
 def is_oip_tensor_list(inputs: Any) -> bool:
@@ -59,3 +60,41 @@ def tensors_from_body(config: ModelConfig, inputs: Any) -> dict[str, np.ndarray]
     except InvalidInput as exc:
         raise InvalidRequest(str(exc)) from exc
     return arrays
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Size limits checked on the JSON before anything is converted or published."""
+
+    max_text_chars: int = 20_000
+    max_image_bytes: int = 512 * 1024
+    max_parameters: int = 32
+
+
+def check_limits(config: ModelConfig, inputs: Any, parameters: dict, limits: InputLimits) -> None:
+    """413 for a text or image over its size, 422 for too many parameters."""
+    if len(parameters) > limits.max_parameters:
+        raise InvalidRequest(f"{len(parameters)} parameters; at most {limits.max_parameters}")
+    image_keys = {key for key, source in config.friendly.get("inputs", {}).items() if source["kind"] == "image"}
+    tops = inputs.items() if isinstance(inputs, dict) else [(None, inputs)]
+    for key, value in tops:
+        for text in _strings(value):
+            if key in image_keys:
+                size = len(text) * 3 // 4  # base64
+                if size > limits.max_image_bytes:
+                    raise PayloadTooLarge(f"image {key!r} of about {size} bytes; at most {limits.max_image_bytes}",
+                                          details={"max_image_bytes": limits.max_image_bytes})
+            elif len(text) > limits.max_text_chars:
+                raise PayloadTooLarge(f"a text of {len(text)} characters; at most {limits.max_text_chars}",
+                                      details={"max_text_chars": limits.max_text_chars})
+
+
+def _strings(value: Any):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)

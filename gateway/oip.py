@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from models.config import ModelConfig
 from schemas.records import InferenceResult, Status, Tensor
 
+from .apikeys import Principal
 from .auth import ANONYMOUS, require
 from .errors import GatewayError, InferenceTimeout, InvalidRequest, NotFound, ServiceUnavailable
 from .routes import Caller, service
@@ -25,7 +26,6 @@ router = APIRouter(tags=["open inference protocol"])
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torch": "pytorch_torchscript"}
 # Request parameters the gateway reads itself; other scalar parameters reach the worker as strings.
 CONSUMED = {"priority", "deadline_ms", "timeout", "binary_data_output"}
-Scalar = str | int | float | bool
 
 
 class InputTensor(BaseModel):
@@ -103,19 +103,21 @@ def _version_of(config: ModelConfig, version: str | None) -> None:
                        code="MODEL_VERSION_NOT_FOUND", details={"versions": list(config.versions)})
 
 
-def _submission(task: str, body: InferRequest, version: str | None) -> Submission:
+def _submission(task: str, body: InferRequest, version: str | None, principal: Principal) -> Submission:
     params = body.parameters or {}
-    deadline_ms = params.get("deadline_ms")
-    if deadline_ms is None and params.get("timeout") is not None:
-        deadline_ms = params["timeout"] / 1000 if isinstance(params["timeout"], int | float) else params["timeout"]
-    if deadline_ms is not None:
-        if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, int | float):
-            raise InvalidRequest("parameters.deadline_ms (or timeout in µs) must be a number")
-        deadline_ms = math.ceil(deadline_ms)
+    timeout_us = params.get("timeout")
+    deadline_ms = params.get("deadline_ms", timeout_us / 1000 if _number(timeout_us) else timeout_us)
+    if deadline_ms is not None and not _number(deadline_ms):
+        raise InvalidRequest("parameters.deadline_ms (or Triton's timeout in µs) must be a number")
     return Submission(
         task=task, inputs=[t.model_dump(exclude_none=True) for t in body.inputs], model_version=version,
-        priority=params.get("priority"), deadline_ms=deadline_ms,
-        parameters={k: str(v) for k, v in params.items() if k not in CONSUMED and isinstance(v, Scalar)})
+        client_id=None if principal is ANONYMOUS else principal.client_id,
+        priority=params.get("priority"), deadline_ms=None if deadline_ms is None else math.ceil(deadline_ms),
+        parameters={k: str(v) for k, v in params.items() if k not in CONSUMED and isinstance(v, str | int | float)})
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _output(tensor: Tensor) -> dict:
@@ -168,21 +170,18 @@ async def infer_version(task: str, version: str, body: InferRequest, request: Re
     return await _infer(request, principal, task, version, body, wait, prefer)
 
 
-async def _infer(request: Request, principal, task: str, version: str | None, body: InferRequest,
+async def _infer(request: Request, principal: Principal, task: str, version: str | None, body: InferRequest,
                  wait: float | None, prefer: str | None) -> JSONResponse:
     require(principal, "inference:submit")
     svc: InferenceService = service(request)
+    inference = svc.build_request(_submission(task, body, version, principal))  # 404/422 before publishing
     config = svc.config(task)
-    _version_of(config, version)
     wait_s = svc.wait_seconds(wait, prefer) or svc.max_wait_s  # synchronous: no wait means the most
     wanted = [o.name for o in body.outputs or ()]
     unknown = sorted(set(wanted) - {spec.name for spec in config.outputs})
     if unknown:
         raise InvalidRequest(f"task {task!r} has no output tensors {unknown}",
                              details={"outputs": [spec.name for spec in config.outputs]})
-    submission = _submission(task, body, version)
-    submission.client_id = None if principal is ANONYMOUS else principal.client_id
-    inference = svc.build_request(submission)
     request_id = await svc.submit_once(inference, None, "")
     request.state.request_id = request_id
     result = await svc.wait(request_id, wait_s)

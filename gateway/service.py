@@ -26,7 +26,7 @@ from schemas.topics import request_topics, results_topic
 from . import metrics
 from .apikeys import Principal
 from .errors import IdempotencyConflict, InvalidRequest, NotFound, TooManyRequests
-from .inputs import tensors_from_body
+from .inputs import InputLimits, check_limits, tensors_from_body
 from .lag import LagMonitor
 from .producer import RequestProducer
 from .results import ResultStore
@@ -52,7 +52,7 @@ class Submission:
 class InferenceService:
     def __init__(self, producer: RequestProducer, store: ResultStore, repository_path, prefix: str,
                  max_wait_s: float, tasks: list[str] | None = None, lag: LagMonitor | None = None,
-                 max_lag_per_task: int = 0) -> None:
+                 max_lag_per_task: int = 0, limits: InputLimits | None = None) -> None:
         self.producer = producer
         self.store = store
         self.prefix = prefix
@@ -61,6 +61,7 @@ class InferenceService:
         self._only = set(tasks) if tasks else None
         self.lag = lag
         self.max_lag_per_task = max_lag_per_task
+        self.limits = limits or InputLimits()
         self.refresh_tasks()
 
     def refresh_tasks(self) -> None:
@@ -85,6 +86,7 @@ class InferenceService:
             priority = Priority.parse(sub.priority if sub.priority is not None else "normal")
         except ValueError as exc:
             raise InvalidRequest(f"priority must be high, normal, low or 0-10: {exc}") from exc
+        check_limits(config, sub.inputs, sub.parameters, self.limits)
         arrays = tensors_from_body(config, sub.inputs)
         created = now_ms()
         deadline = None

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = Field(100.0, gt=0)
     rate_limit_burst: int = Field(200, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_text_chars: int = Field(20_000, ge=1)
+    """Longest text item accepted (413 beyond)."""
+    max_image_bytes: int = Field(512 * 1024, ge=1)
+    """Largest image accepted, decoded (413 beyond); its pixel count is bounded by the model too."""
+    max_parameters: int = Field(32, ge=0)
+    """Most entries in ``parameters`` (422 beyond)."""
     max_lag_per_task: int = Field(10_000, ge=0)
     """Consumer lag (requests not yet done) past which the gateway answers 429 OVERLOADED; 0 = no bound."""
     max_wait_s: float = Field(60.0, gt=0)

@@ -102,8 +102,9 @@ def test_bad_parameters_and_missing_inputs_are_422(gateway):
     error(gateway.post("/v2/models/tiny/infer", json={"inputs": []}), 422, "INVALID_REQUEST")
     error(gateway.post("/v2/models/tiny/infer", json={"inputs": [x], "parameters": {"priority": 99}}),
           422, "INVALID_REQUEST")
-    error(gateway.post("/v2/models/tiny/infer", json={"inputs": [x], "parameters": {"deadline_ms": "soon"}}),
-          422, "INVALID_REQUEST")
+    for deadline in ("soon", 0, True):
+        error(gateway.post("/v2/models/tiny/infer", json={"inputs": [x], "parameters": {"deadline_ms": deadline}}),
+              422, "INVALID_REQUEST")
     assert gateway.producer.sent == []
 
 

@@ -146,3 +146,15 @@ def test_overloaded_task_answers_429_with_retry_after(gateway):
     assert gateway.producer.sent == []
     service.max_lag_per_task = 100
     assert gateway.post("/v1/infer/tiny", json={"inputs": {"x": [1, 2, 3]}}).status_code == 202
+
+
+def test_size_limits_before_publishing(gateway):
+    service = gateway.app.state.service
+    from gateway.inputs import InputLimits
+
+    service.limits = InputLimits(max_text_chars=5, max_image_bytes=10, max_parameters=2)
+    error(gateway.post("/v1/infer/tiny", json={"inputs": {"x": [1, 2, 3]}, "parameters": {"a": 1, "b": 2, "c": 3}}),
+          422, "INVALID_REQUEST")
+    error(gateway.post("/v1/infer/tiny", json={"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1],
+                                                            "data": ["far too long"]}]}), 413, "PAYLOAD_TOO_LARGE")
+    assert gateway.producer.sent == []
