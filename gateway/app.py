@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 
 from schemas.codec import AvroCodec
 
+from .admin import router as admin_router
 from .apikeys import ApiKeyStore
 from .auth import Authenticator, RateLimiter, load_public_keys
 from .errors import install_error_handlers
@@ -99,6 +100,7 @@ def create_app(settings: Any) -> FastAPI:
                       "config": settings.summary()}
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(admin_router)
     app.include_router(oip_router)
 
     @app.middleware("http")

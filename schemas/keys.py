@@ -20,6 +20,7 @@ __all__ = [
     "rate_limit_key",
     "cancel_key",
     "idempotency_key",
+    "latency_key",
     "result_channel",
     "result_key",
     "status_key",
@@ -83,6 +84,12 @@ def api_client_key(prefix: str, client: str) -> str:
 def rate_limit_key(prefix: str, client: str) -> str:
     """Hash: a client's token bucket (tokens, last refill)."""
     return f"{prefix}:ratelimit:{client}"
+
+
+def latency_key(prefix: str, task: str, priority: str) -> str:
+    """Sorted set: recent results of a task and priority (score = completion time in ms,
+    member = ``request_id:total_ms``), kept for a few minutes for /admin/stats."""
+    return f"{prefix}:latency:{task}:{priority}"
 
 
 def idempotency_key(prefix: str, client_id: str | None, key: str) -> str:

@@ -370,7 +370,8 @@ class RequestProcessor:
             return
         traceparents = {req.request_id: req.trace["traceparent"] for req, _, _ in finished
                         if req.trace.get("traceparent")}
-        is_new = await self._publisher.store_and_publish([r for _, r, _ in finished], traceparents)
+        priorities = {req.request_id: req.priority.topic_suffix for req, _, _ in finished}
+        is_new = await self._publisher.store_and_publish([r for _, r, _ in finished], traceparents, priorities)
         events = []
         for (request, result, digest), new in zip(finished, is_new, strict=True):
             if not new:

@@ -25,6 +25,7 @@ from . import metrics
 
 logger = logging.getLogger(__name__)
 
+LATENCY_WINDOW_MS = 5 * 60_000
 FIELD_AVRO = keys.RESULT_FIELD_AVRO
 FIELD_PUBLISHED = keys.RESULT_FIELD_PUBLISHED
 
@@ -136,7 +137,8 @@ class ResultPublisher:
 
     # --- writes ---
     async def store_and_publish(self, results: Sequence[InferenceResult],
-                                traceparents: dict[str, str] | None = None) -> list[bool]:
+                                traceparents: dict[str, str] | None = None,
+                                priorities: dict[str, str] | None = None) -> list[bool]:
         """Store each result in Redis unless one is there already, publish the new ones to their
         results topic, then mark them published and notify waiters. Returns, per result, whether
         it was new (False: a result for that request existed, nothing was written)."""
@@ -150,6 +152,7 @@ class ResultPublisher:
         is_new = [bool(n) for n in replies[0::2]]
         fresh = [(r, a) for r, a, new in zip(results, encoded, is_new, strict=True) if new]
         await self.republish([(r.task, r.request_id, a) for r, a in fresh], traceparents)
+        await self._record_latencies([r for r, _ in fresh], priorities or {})
         for result, _ in fresh:
             metrics.REQUESTS.labels(result.task, result.status.value.lower()).inc()
             metrics.REQUEST_SECONDS.labels(result.task).observe(
@@ -176,6 +179,22 @@ class ResultPublisher:
                 pipe.hset(keys.status_key(self._prefix, rid), "status", "done")
                 pipe.expire(keys.status_key(self._prefix, rid), self._ttl_s)
                 pipe.publish(keys.result_channel(self._prefix, rid), b"1")
+            await pipe.execute()
+
+    async def _record_latencies(self, results: Sequence[InferenceResult], priorities: dict[str, str]) -> None:
+        """Recent completions per task and priority, for the gateway's /admin/stats."""
+        if not results:
+            return
+        now = results[-1].completed_at
+        async with self.redis.pipeline(transaction=False) as pipe:
+            touched = set()
+            for r in results:
+                key = keys.latency_key(self._prefix, r.task, priorities.get(r.request_id, "normal"))
+                pipe.zadd(key, {f"{r.request_id}:{r.timings.total_ms:.1f}": r.completed_at})
+                touched.add(key)
+            for key in touched:
+                pipe.zremrangebyscore(key, 0, now - LATENCY_WINDOW_MS)
+                pipe.pexpire(key, LATENCY_WINDOW_MS)
             await pipe.execute()
 
     async def audit(self, events: Iterable[AuditEvent]) -> None:

@@ -132,6 +132,8 @@ async def test_api_keys_ownership_and_the_principal_in_events(secured, signing_k
         missing = await client.get("/v1/results/00000000-0000-0000-0000-000000000000", headers={"X-API-Key": bob})
         assert missing.json() == {**missing.json(), "error_code": "REQUEST_NOT_FOUND"}, "same answer: no leak"
         assert (await client.get(f"/v1/results/{rid}", headers={"X-API-Key": admin})).status_code == 200
+        assert (await client.get("/admin/stats", headers={"X-API-Key": alice})).status_code == 403
+        assert (await client.get("/admin/stats", headers={"X-API-Key": admin})).status_code == 200
 
         # the event's client_id is the authenticated principal, never the body's
         events = await collect(secured.bootstrap, f"{secured.prefix}.requests.text-embedding.normal",

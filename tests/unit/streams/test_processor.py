@@ -82,7 +82,7 @@ class FakePublisher:
     async def mark_running(self, ids, worker_id):
         pass
 
-    async def store_and_publish(self, results, traceparents=None):
+    async def store_and_publish(self, results, traceparents=None, priorities=None):
         new = [r.request_id not in self.stored for r in results]
         for result, is_new in zip(results, new, strict=True):
             if is_new:
@@ -230,7 +230,7 @@ async def test_a_redis_outage_delays_the_batch_and_nothing_is_acked_before_it_is
     class FlakyPublisher(FakePublisher):
         failures = 2
 
-        async def store_and_publish(self, results, traceparents=None):
+        async def store_and_publish(self, results, traceparents=None, priorities=None):
             if self.failures:
                 self.failures -= 1
                 raise RedisConnectionError("redis is down")
