@@ -56,7 +56,8 @@ async def stats(request: Request, principal: Caller) -> dict:
 
 @router.post("/cleanup")
 async def cleanup(request: Request, principal: Caller,
-                  older_than_s: Annotated[float, Query(ge=0, description="purge results completed before")] = 3600,
+                  older_than_s: Annotated[float, Query(ge=0, le=10 * 365 * 86400,
+                                                       description="purge results completed before")] = 3600,
                   limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000) -> dict:
     """Purge stored results (and their status) completed more than ``older_than_s`` ago; at most
     ``limit`` per call. Results also expire by themselves after the result TTL."""

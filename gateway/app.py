@@ -15,7 +15,7 @@ from schemas.codec import AvroCodec
 from .admin import router as admin_router
 from .apikeys import ApiKeyStore
 from .auth import Authenticator, RateLimiter, load_public_keys
-from .errors import install_error_handlers
+from .errors import ERROR_RESPONSES, install_error_handlers
 from .inputs import InputLimits
 from .lag import LagMonitor
 from .limits import BodySizeLimit
@@ -91,7 +91,7 @@ def create_app(settings: Any) -> FastAPI:
             yield
 
     app = FastAPI(
-        title="streaminfer gateway", version=VERSION, lifespan=lifespan,
+        title="streaminfer gateway", version=VERSION, lifespan=lifespan, responses=ERROR_RESPONSES,
         description="Publishes inference requests as Avro events to Kafka and serves their results "
                     "from Redis. Errors: `{error_code, message, request_id, timestamp, details}`.",
     )

@@ -19,10 +19,12 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.errors import ModelError, ModelNotFound, ModelVersionNotFound
@@ -80,6 +82,28 @@ class ServiceUnavailable(GatewayError):
 
 class InferenceTimeout(GatewayError):
     status, code = 504, "INFERENCE_TIMEOUT"
+
+
+class ErrorBody(BaseModel):
+    """Every error response (SPEC §5)."""
+
+    error_code: str
+    message: str
+    request_id: str | None
+    timestamp: str
+    details: dict[str, Any]
+
+
+_DESCRIPTIONS = {
+    400: "malformed request (INVALID_REQUEST)", 401: "UNAUTHORIZED", 403: "FORBIDDEN",
+    404: "TASK_NOT_FOUND, REQUEST_NOT_FOUND or MODEL_VERSION_NOT_FOUND", 405: "method not allowed",
+    409: "IDEMPOTENCY_CONFLICT", 413: "PAYLOAD_TOO_LARGE", 422: "INVALID_REQUEST",
+    429: "RATE_LIMIT_EXCEEDED or OVERLOADED (see Retry-After)", 500: "INTERNAL_ERROR",
+    503: "SERVICE_UNAVAILABLE (see Retry-After)", 504: "INFERENCE_TIMEOUT",
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text} for status, text in _DESCRIPTIONS.items()}
+"""Declared on every route, so the OpenAPI schema documents the error body clients get."""
 
 
 def from_model_error(exc: ModelError) -> GatewayError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
@@ -48,7 +48,8 @@ async def caller(request: Request) -> Principal:
 Caller = Annotated[Principal, Depends(caller)]
 
 
-WaitQuery = Annotated[float | None, Query(ge=0, description="seconds to wait for the result")]
+WaitQuery = Annotated[float | None, Query(ge=0, le=3600, description="seconds to wait for the result")]
+RequestId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,200}$", description="the request's id (a UUID)")]
 
 
 @router.post("/v1/infer/{task}", status_code=202, tags=["inference"],
@@ -82,7 +83,7 @@ async def infer(task: str, body: InferBody, request: Request, principal: Caller,
 
 
 @router.get("/v1/results/{request_id}", tags=["inference"])
-async def get_result(request_id: str, request: Request, principal: Caller, wait: WaitQuery = None,
+async def get_result(request_id: RequestId, request: Request, principal: Caller, wait: WaitQuery = None,
                      prefer: Annotated[str | None, Header()] = None) -> dict:
     """The request's status and, when done, its outputs; ``?wait=S`` long-polls. A client sees
     only its own requests (admins see all)."""
@@ -100,7 +101,7 @@ async def get_result(request_id: str, request: Request, principal: Caller, wait:
 
 
 @router.delete("/v1/requests/{request_id}", tags=["inference"])
-async def cancel(request_id: str, request: Request, principal: Caller) -> dict:
+async def cancel(request_id: RequestId, request: Request, principal: Caller) -> dict:
     """Cancel a request not yet run, or delete a stored result (one's own; admins: any)."""
     require(principal, "inference:submit")
     svc = service(request)
