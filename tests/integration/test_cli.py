@@ -50,3 +50,18 @@ def test_models_list_and_config_show(stack):
     shown = json.loads(cli(stack, "config", "show").stdout)
     assert shown["topic_prefix"] == stack.prefix and shown["kafka_bootstrap_servers"] == stack.bootstrap
     assert "redis_url" in shown and "jwt_public_keys" not in shown
+
+
+def test_keys_create_list_revoke(stack):
+    created = cli(stack, "keys", "create", "--client", "cli-client", "--scopes", "inference:read")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("si_") and len(key) > 30
+    listed = cli(stack, "keys", "list")
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("cli-client"))
+    assert "scopes=inference:read" in row and "keys=1" in row and key not in listed.stdout
+    bad = cli(stack, "keys", "create", "--client", "x", "--scopes", "root")
+    assert bad.returncode == 2 and "unknown scopes" in bad.stderr
+    revoked = cli(stack, "keys", "revoke", "--client", "cli-client")
+    assert "revoked 1" in revoked.stdout
+    assert "cli-client" not in cli(stack, "keys", "list").stdout
