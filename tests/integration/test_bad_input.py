@@ -9,18 +9,12 @@ import uuid
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from helpers.http import assert_error
 from helpers.kafka import collect
 
 pytestmark = pytest.mark.integration
 
 
-def assert_error(response: httpx.Response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error_code"] == code
-    assert set(body) == {"error_code", "message", "request_id", "timestamp", "details"}
-    assert body["message"]
-    return body
 
 
 @pytest.fixture

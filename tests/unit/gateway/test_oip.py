@@ -5,18 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.http import assert_error as error
 
 from gateway.oip import _output
 from schemas.records import Error, InferenceResult, Priority, Status, Tensor
-
-ERROR_KEYS = {"error_code", "message", "request_id", "timestamp", "details"}
-
-
-def error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == ERROR_KEYS and body["error_code"] == code
-    return body
 
 
 def answer_with(gateway, status=Status.SUCCEEDED, error=None, extra=()):

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.http import assert_error as error
 
 from gateway.app import AuthNotConfigured, create_app
 from schemas.records import InferenceResult, Priority, Status, Tensor
 from streaminfer.settings import Settings
-
-ERROR_KEYS = {"error_code", "message", "request_id", "timestamp", "details"}
-
-
-def error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == ERROR_KEYS and body["error_code"] == code
-    return body
 
 
 def test_submit_publishes_a_request_and_answers_202(gateway):
