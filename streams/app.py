@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import mode
@@ -59,7 +59,8 @@ class WorkerRuntime(mode.Service):
     """Starts the publisher and loads the models before faust consumes; drains after it stops."""
 
     def __init__(self, processor: RequestProcessor, publisher: ResultPublisher,
-                 options: WorkerOptions, **kwargs) -> None:
+                 options: WorkerOptions, is_consuming: Callable[[], bool] = lambda: True, **kwargs) -> None:
+        self.is_consuming = is_consuming
         self.processor = processor
         self.publisher = publisher
         self.options = options
@@ -77,11 +78,14 @@ class WorkerRuntime(mode.Service):
             self._metrics_server = server
             self.metrics_port = server.server_address[1]
             logger.info("worker metrics on http://%s:%d/metrics", self.options.metrics_host, self.metrics_port)
-        await self.publisher.heartbeat(self.options.worker_id, self.processor.tasks, HEARTBEAT_TTL_S)
         logger.info("worker %s ready for tasks %s", self.options.worker_id, ",".join(self.processor.tasks))
 
     @mode.Service.timer(HEARTBEAT_INTERVAL_S)
     async def _heartbeat(self) -> None:
+        # NOTE: only once the consumer holds partitions: gateways read the heartbeat as "a worker
+        # is consuming this task" (/ready), and joining the group takes a few seconds after start.
+        if not self.is_consuming():
+            return
         try:
             await self.publisher.heartbeat(self.options.worker_id, self.processor.tasks, HEARTBEAT_TTL_S)
         except Exception as exc:  # Redis away: the gateway reports not ready; keep serving what we can
@@ -108,6 +112,13 @@ class WorkerRuntime(mode.Service):
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
+
+
+def _has_partitions(app: WorkerApp) -> bool:
+    try:
+        return bool(app.consumer.assignment())
+    except Exception:  # not started yet
+        return False
 
 
 def create_worker(options: WorkerOptions) -> tuple[WorkerApp, WorkerRuntime]:
@@ -138,5 +149,5 @@ def create_worker(options: WorkerOptions) -> tuple[WorkerApp, WorkerRuntime]:
     )
     app.fetch_max_wait_ms = options.fetch_max_wait_ms
     register_agents(app, processor, options.topic_prefix)
-    runtime = WorkerRuntime(processor, publisher, options)
+    runtime = WorkerRuntime(processor, publisher, options, is_consuming=lambda: _has_partitions(app))
     return app, runtime
