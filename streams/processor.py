@@ -48,6 +48,9 @@ from .requests import PendingRequest, SourceEvent
 
 logger = logging.getLogger(__name__)
 
+# Batches whose results may be on their way to Redis and Kafka at once, per worker.
+MAX_BATCHES_WRITING = 4
+
 # Failures of Redis or Kafka that pass: the batch waits and runs again.
 DEPENDENCY_ERRORS = (RedisError, KafkaError, OSError, TimeoutError)
 
@@ -81,6 +84,8 @@ class RequestProcessor:
         threads = sum(max(1, self._repository.get_config(t).instances) for t in self.tasks)
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="inference")
         self._lock = asyncio.Lock()
+        self._writes = asyncio.Semaphore(MAX_BATCHES_WRITING)
+        self._writing: set[asyncio.Task] = set()
         self._closed = False
         for task in self.tasks:  # load and warm the default versions before taking traffic
             batcher = await self._batcher_for(task, None)
@@ -93,6 +98,8 @@ class RequestProcessor:
         self._closed = True
         for batcher in self._batchers.values():
             await batcher.drain()
+        if self._writing:  # results still on their way: they must land before the acks
+            await asyncio.wait(list(self._writing))
         for batcher in self._batchers.values():
             left = await batcher.stop()
             if left:
@@ -280,24 +287,49 @@ class RequestProcessor:
                 runnable.append(item)
                 metrics.QUEUE_SECONDS.labels(req.task, item.priority.topic_suffix).observe(
                     max(0.0, (started - req.created_at) / 1000.0))
+        started_writes = None
+        ran: list[tuple[InferenceRequest, InferenceResult, str]] = []
+        if runnable:
+            # written while the model runs; awaited before any result is written
+            started_writes = asyncio.create_task(self._mark_started(runnable))
+            ran = await self._infer(model, runnable, started)
+        # NOTE: the model is free from here: the writes go on in the background (bounded), so the
+        # next batch computes while this one's results travel to Redis and Kafka.
+        await self._writes.acquire()
+        task = asyncio.create_task(self._until_written(f"results of a batch of {len(batch)}", partial(
+            self._write_batch, batch, finished + ran, duplicates, hits, list(zip(runnable, ran, strict=True)),
+            started_writes)))
+        self._writing.add(task)
+        task.add_done_callback(self._wrote)
+
+    def _wrote(self, task: asyncio.Task) -> None:
+        self._writing.discard(task)
+        self._writes.release()
+
+    async def _mark_started(self, runnable: list[PendingRequest]) -> None:
+        await self._publisher.mark_running([(p.request.request_id, p.request.client_id) for p in runnable],
+                                           self.worker_id)
+        await self._publisher.audit(self._audit(p.request, AuditType.STARTED, p.digest,
+                                                {"batch_items": str(sum(q.size for q in runnable))})
+                                    for p in runnable)
+
+    async def _write_batch(self, batch: list[PendingRequest], finished: list, duplicates: list[PendingRequest],
+                           hits: list[PendingRequest], ran: list, started_writes: asyncio.Task | None) -> None:
+        """Everything a batch leaves behind, then the acks (only now may offsets be committed)."""
+        if started_writes is not None:
+            try:
+                await started_writes
+            except DEPENDENCY_ERRORS:  # write them again (this call is retried as a whole)
+                await self._mark_started([item for item, _ in ran])
         if duplicates:
             metrics.DUPLICATES.inc(len(duplicates))
             await self._publisher.audit(self._audit(p.request, AuditType.DUPLICATE, p.digest) for p in duplicates)
         if hits:
             metrics.CACHE_HITS.inc(len(hits))
             await self._publisher.audit(self._audit(p.request, AuditType.CACHE_HIT, p.digest) for p in hits)
-        if runnable:
-            await self._publisher.mark_running([(p.request.request_id, p.request.client_id) for p in runnable],
-                                               self.worker_id)
-            await self._publisher.audit(self._audit(p.request, AuditType.STARTED, p.digest,
-                                                    {"batch_items": str(sum(q.size for q in runnable))})
-                                        for p in runnable)
-            ran = await self._infer(model, runnable, started)
-            finished.extend(ran)
-            await self._publisher.store_cache([
-                (item.cache_key, self._codec.encode(result))
-                for item, (_, result, _) in zip(runnable, ran, strict=True)
-                if item.cache_key is not None and result.status is Status.SUCCEEDED])
+        await self._publisher.store_cache([
+            (item.cache_key, self._codec.encode(result)) for item, (_, result, _) in ran
+            if item.cache_key is not None and result.status is Status.SUCCEEDED])
         await self._finish(finished)
         for item in batch:
             await item.ack()
