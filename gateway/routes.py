@@ -90,13 +90,18 @@ async def get_result(request_id: RequestId, request: Request, principal: Caller,
     require(principal, "inference:read")
     svc = service(request)
     request.state.request_id = request_id
-    status = await svc.owned_status(request_id, principal)
     wait_s = svc.wait_seconds(wait, prefer)
+    status = await svc.store.status(request_id)
+    if status:
+        svc.check_owner(request_id, status, principal)
+    # NOTE: with no status yet (a Kafka-direct request not picked up so far) the owner is unknown:
+    # wait first, then check whose it is before answering.
     result = await svc.wait(request_id, wait_s) if wait_s > 0 else await svc.store.result(request_id)
+    if not status:
+        status = await svc.store.status(request_id)
+        svc.check_owner(request_id, status, principal)
     if result is not None:
         return result_body(result, svc.configs.get(result.task))
-    if not status:
-        raise NotFound(f"no request {request_id!r}")
     return pending_body(request_id, status)
 
 
@@ -106,7 +111,7 @@ async def cancel(request_id: RequestId, request: Request, principal: Caller) -> 
     require(principal, "inference:submit")
     svc = service(request)
     request.state.request_id = request_id
-    await svc.owned_status(request_id, principal)
+    svc.check_owner(request_id, await svc.store.status(request_id), principal)
     if await svc.store.result(request_id) is not None:
         await svc.store.delete(request_id)
         return {"request_id": request_id, "status": "deleted"}

@@ -111,15 +111,12 @@ class InferenceService:
         logger.info("accepted request", extra={"request_id": request.request_id, "task": request.task,
                                                "priority": request.priority.value})
 
-    async def owned_status(self, request_id: str, principal: Principal) -> dict[str, str]:
-        """The request's status if ``principal`` may see it; another client's request is
-        REQUEST_NOT_FOUND, exactly like one that does not exist (no existence leak)."""
-        status = await self.store.status(request_id)
-        if principal.is_admin:
-            return status
-        if not status or status.get("client_id") != principal.client_id:
+    @staticmethod
+    def check_owner(request_id: str, status: dict[str, str], principal: Principal) -> None:
+        """Unless ``principal`` may see the request of this status, REQUEST_NOT_FOUND, exactly as
+        for one that does not exist (no existence leak). Admins see every existing request."""
+        if not status or not (principal.is_admin or status.get("client_id") == principal.client_id):
             raise NotFound(f"no request {request_id!r}")
-        return status
 
     def check_capacity(self, task: str) -> None:
         """429 OVERLOADED while the workers are this far behind on the task."""
