@@ -51,6 +51,11 @@ async def test_a_new_version_directory_takes_traffic_without_a_restart(make_stac
         assert served["outputs"] == before["outputs"], "same weights, same answer"
         pinned = await infer(model_version="1")
         assert pinned["model"]["version"] == "1", "a pinned older version still serves"
-        tasks = (await client.get("/v1/tasks")).json()["tasks"]
+        deadline = time.monotonic() + 10  # the gateway re-reads the repository on its own poll
+        while True:
+            tasks = (await client.get("/v1/tasks")).json()["tasks"]
+            if tasks[0]["versions"] == ["1", "2"] or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
         assert tasks[0]["versions"] == ["1", "2"] and tasks[0]["default_version"] == "2"
     assert worker.poll() is None, "no restart"
