@@ -20,6 +20,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,17 +72,27 @@ def figures(scenario: str, batch: int, latencies_s: list[float], seconds: float,
 
 
 def bench_raw(repository: Path, texts: list[str], batch: int, threads: int | None) -> Figures:
-    """The model alone: consecutive batches of ``batch`` texts; latency = one batch's compute."""
+    """The model alone, configured as a worker runs it: consecutive batches of ``batch`` texts,
+    ``instances`` of them computing at once (model.yaml); latency = one batch's compute."""
     from models.repository import ModelRepository
 
-    model = ModelRepository(repository, device="cpu", intra_op_num_threads=threads).load(TASK)
-    latencies = []
-    start = time.perf_counter()
-    for i in tqdm(range(0, len(texts), batch), desc=f"raw onnxruntime batch={batch}", unit="batch", leave=False):
+    repo = ModelRepository(repository, device="cpu", intra_op_num_threads=threads)
+    instances = repo.get_config(TASK).instances
+    model = repo.load(TASK)
+    progress = tqdm(total=len(texts), desc=f"raw onnxruntime batch={batch}", unit="item", leave=False)
+
+    def one(i: int) -> float:
         t0 = time.perf_counter()
         model.predict_batch({"text": np.array(texts[i:i + batch], dtype=object)})
-        latencies.append(time.perf_counter() - t0)
-    return figures(f"raw onnxruntime (batch {batch})", batch, latencies, time.perf_counter() - start, len(texts))
+        progress.update(len(texts[i:i + batch]))
+        return time.perf_counter() - t0
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(instances) as pool:
+        latencies = list(pool.map(one, range(0, len(texts), batch)))
+    seconds = time.perf_counter() - start
+    progress.close()
+    return figures(f"raw onnxruntime (batch {batch})", batch, latencies, seconds, len(texts))
 
 
 def bench_repository(source: Path, target: Path, max_batch_size: int) -> Path:
@@ -102,7 +113,7 @@ async def drive_kafka(bootstrap: str, prefix: str, texts: list[str], concurrency
     codec = AvroCodec()
     results_topic = topics.results_topic(prefix, TASK)
     consumer = AIOKafkaConsumer(results_topic, bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4().hex[:6]}",
-                                auto_offset_reset="earliest", fetch_max_wait_ms=10, enable_auto_commit=False)
+                                auto_offset_reset="earliest", fetch_max_wait_ms=Settings().kafka_fetch_max_wait_ms, enable_auto_commit=False)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
     await consumer.start()
     await producer.start()
@@ -193,7 +204,7 @@ async def drive_priority_burst(bootstrap: str, prefix: str, texts: list[str], mi
     priority_of: dict[str, str] = {}
     consumer = AIOKafkaConsumer(topics.results_topic(prefix, TASK), bootstrap_servers=bootstrap,
                                 group_id=f"bench-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest",
-                                fetch_max_wait_ms=10, enable_auto_commit=False)
+                                fetch_max_wait_ms=Settings().kafka_fetch_max_wait_ms, enable_auto_commit=False)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await consumer.start()
     await producer.start()
@@ -253,7 +264,7 @@ def run_bench(args: argparse.Namespace) -> int:
     build_all(repository, tasks=[TASK])
     max_batch = args.batch_size or yaml.safe_load((repository / TASK / "model.yaml").read_text())["max_batch_size"]
     texts = corpus(args.requests)
-    threads = settings.worker_threads or os.cpu_count()
+    threads = settings.worker_threads
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),

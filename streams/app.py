@@ -39,7 +39,7 @@ class WorkerOptions:
     tasks: Sequence[str]
     worker_id: str
     topic_partitions: int = 6
-    fetch_max_wait_ms: int = 10
+    fetch_max_wait_ms: int = 20
     linger_ms: int = 2
     commit_interval_s: float = 0.5
     session_timeout_s: float = 10.0

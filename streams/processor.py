@@ -76,6 +76,8 @@ class RequestProcessor:
         self._backoff_s = retry_backoff_s
         self._batchers: dict[tuple[str, str], InferenceBatcher[PendingRequest]] = {}
         self._models: dict[tuple[str, str], Model] = {}
+        self._compute: dict[Model, asyncio.Semaphore] = {}
+        """model -> its free instances (batches computing at once)."""
         self._active: dict[str, str] = {}
         """task -> the version serving requests that name none (switched by hot reload)."""
         self._closed = True
@@ -143,10 +145,14 @@ class RequestProcessor:
                 loop = asyncio.get_running_loop()
                 model = await loop.run_in_executor(self._pool, self._repository.load, task, version)
                 self._models[key] = model
+                self._compute[model] = asyncio.Semaphore(config.instances)
+                # NOTE: one batch more than the model has instances: that batch's Redis lookups
+                # (duplicates, cancellations, cache) go on while the others compute, so an instance
+                # finishing a batch finds the next one ready instead of idling for a round trip.
                 batcher = InferenceBatcher(
                     f"{model.name}:{model.version}", lambda batch, m=model: self._run_batch(m, batch),
                     max_batch_size=config.max_batch_size, max_batch_delay_ms=config.max_batch_delay_ms,
-                    instances=config.instances, max_queued=self._max_queued,
+                    instances=config.instances + 1, max_queued=self._max_queued,
                 )
                 await batcher.start()
                 metrics.QUEUED.labels(batcher.name).set_function(lambda b=batcher: b.queued)
@@ -285,14 +291,17 @@ class RequestProcessor:
                 hits.append(item)
             else:
                 runnable.append(item)
-                metrics.QUEUE_SECONDS.labels(req.task, item.priority.topic_suffix).observe(
-                    max(0.0, (started - req.created_at) / 1000.0))
         started_writes = None
         ran: list[tuple[InferenceRequest, InferenceResult, str]] = []
         if runnable:
-            # written while the model runs; awaited before any result is written
-            started_writes = asyncio.create_task(self._mark_started(runnable))
-            ran = await self._infer(model, runnable, started)
+            async with self._compute[model]:
+                started = now_ms()  # queueing ends when an instance takes the batch
+                for item in runnable:
+                    metrics.QUEUE_SECONDS.labels(item.request.task, item.priority.topic_suffix).observe(
+                        max(0.0, (started - item.request.created_at) / 1000.0))
+                # written while the model runs; awaited before any result is written
+                started_writes = asyncio.create_task(self._mark_started(runnable))
+                ran = await self._infer(model, runnable, started)
         # NOTE: the model is free from here: the writes go on in the background (bounded), so the
         # next batch computes while this one's results travel to Redis and Kafka.
         await self._writes.acquire()

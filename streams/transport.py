@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-FETCH_MAX_WAIT_MS_DEFAULT = 10
+FETCH_MAX_WAIT_MS_DEFAULT = 20
 
 
 class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
