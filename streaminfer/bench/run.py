@@ -1,0 +1,88 @@
+"""The scenarios of ``streaminfer bench`` and its report (table, JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .. import embedded
+from ..settings import Settings
+from .figures import TASK, Figures, corpus, figures, table
+from .kafka_load import drive_kafka, drive_priority_burst
+from .raw import bench_raw
+from .stack import bench_worker
+
+
+def bench_kafka(kafka: str, redis_url: str, repository: Path, texts: list[str], max_batch_size: int,
+                concurrency: int, threads: int | None, log_dir: Path) -> Figures:
+    with bench_worker(kafka, redis_url, repository, max_batch_size, threads, log_dir) as prefix:
+        asyncio.run(drive_kafka(kafka, prefix, texts[:50], concurrency, "warm-up"))
+        latencies, seconds, sizes = asyncio.run(
+            drive_kafka(kafka, prefix, texts, concurrency, f"kafka max_batch_size={max_batch_size}"))
+    name = f"kafka, batching {'on' if max_batch_size > 1 else 'off'} (max {max_batch_size})"
+    return figures(name, max_batch_size, latencies, seconds, len(texts), float(np.mean(sizes)))
+
+
+def bench_priority(kafka: str, redis_url: str, repository: Path, texts: list[str], max_batch_size: int,
+                   threads: int | None, log_dir: Path) -> dict:
+    with bench_worker(kafka, redis_url, repository, max_batch_size, threads, log_dir) as prefix:
+        asyncio.run(drive_kafka(kafka, prefix, texts[:50], 64, "warm-up"))
+        queued = asyncio.run(drive_priority_burst(kafka, prefix, texts, (0.1, 0.8, 0.1)))
+    summary = {level: {"n": len(ms), **{f"p{q}_ms": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)}}
+               for level, ms in queued.items() if ms}
+    summary["high_p95_over_low_p95"] = round(summary["high"]["p95_ms"] / max(summary["low"]["p95_ms"], 1e-9), 3)
+    return summary
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    settings = Settings()
+    repository = Path(settings.model_repository)
+    from models.builtin import build_all
+
+    build_all(repository, tasks=[TASK])
+    max_batch = args.batch_size or yaml.safe_load((repository / TASK / "model.yaml").read_text())["max_batch_size"]
+    texts = corpus(args.requests)
+    threads = settings.worker_threads
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                "python": platform.python_version()},
+                    "requests": args.requests, "concurrency": args.concurrency}
+    rows: list[Figures] = []
+    if args.scenario in ("batching", "all"):
+        rows = [bench_raw(repository, texts, max_batch, threads), bench_raw(repository, texts, 1, threads)]
+    with embedded.tansu(log_dir=out_dir) as kafka, embedded.redis(log_dir=out_dir) as redis:
+        bootstrap, redis_url = embedded.bootstrap_address(kafka), embedded.redis_address(redis)
+        if args.scenario in ("batching", "all"):
+            for batch in (max_batch, 1):
+                rows.append(bench_kafka(bootstrap, redis_url, repository, texts, batch, args.concurrency,
+                                        threads, out_dir))
+        if args.scenario in ("priority", "all"):
+            report["priority"] = bench_priority(bootstrap, redis_url, repository, texts, max_batch, threads, out_dir)
+    report["rows"] = [asdict(r) for r in rows]
+    (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
+    if rows:
+        print(table(rows))
+        raw, kafka_on = rows[0], rows[2]
+        print(f"\nkafka batching on / raw onnxruntime at batch {max_batch}: "
+              f"{kafka_on.throughput / raw.throughput:.0%} of raw throughput; "
+              f"batching on vs off: {kafka_on.throughput / rows[3].throughput:.1f}x")
+    if "priority" in report:
+        print("\nqueueing at saturation, 10/80/10 high/normal/low (ms):")
+        for level in ("high", "normal", "low"):
+            figures_ = report["priority"][level]
+            print(f"  {level:<7} n={figures_['n']:<5} p50 {figures_['p50_ms']:>8.1f}  p95 {figures_['p95_ms']:>8.1f}"
+                  f"  p99 {figures_['p99_ms']:>8.1f}")
+        print(f"  high p95 / low p95 = {report['priority']['high_p95_over_low_p95']}")
+    print(f"JSON: {out_dir / 'bench.json'}")
+    shutil.rmtree(out_dir / "tmp", ignore_errors=True)
+    return 0
