@@ -18,6 +18,13 @@ def _tasks_arg(value: str | None) -> list[str] | None:
     return [t.strip() for t in value.split(",") if t.strip()] if value else None
 
 
+def _fractions_arg(value: str) -> tuple[float, ...]:
+    fractions = tuple(float(v) for v in value.split(",") if v.strip())
+    if not fractions or not all(0 < f <= 1.5 for f in fractions):
+        raise argparse.ArgumentTypeError(f"expected fractions of saturation such as 0.25,0.5, not {value!r}")
+    return fractions
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -71,6 +78,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         topic_prefix=settings.topic_prefix, group_id=settings.group_id,
         model_repository=str(settings.model_repository), tasks=tasks, worker_id=worker_id,
         topic_partitions=settings.topic_partitions, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        fetch_max_wait_busy_ms=settings.kafka_fetch_max_wait_busy_ms,
         linger_ms=settings.kafka_linger_ms, commit_interval_s=settings.worker_commit_interval_s,
         result_ttl_s=settings.result_ttl_s, max_queued=settings.worker_queue_items,
         metrics_host=settings.worker_metrics_host, metrics_port=settings.worker_metrics_port, device=settings.device, threads=settings.worker_threads,
@@ -246,7 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=256)
     bench.add_argument("--batch-size", type=int, default=None)
     bench.add_argument("--output", default="bench-results")
-    bench.add_argument("--scenario", choices=["batching", "priority", "all"], default="all")
+    bench.add_argument("--scenario", choices=["batching", "priority", "http", "gateway", "all", "load", "scaleout"],
+                       default="all", help="load and scaleout run only when named (all leaves them out)")
+    bench.add_argument("--rates", type=_fractions_arg, default=(0.25, 0.5, 0.75, 0.9),
+                       help="load: comma-separated fractions of the saturation throughput to offer")
+    bench.add_argument("--duration", type=float, default=None,
+                       help="load: seconds of each open-loop run (default: --requests requests each)")
+    bench.add_argument("--submit-seconds", type=float, default=10.0, help="length of the gateway submit run")
+    bench.add_argument("--submit-connections", type=int, default=64,
+                       help="keep-alive connections of the gateway submit run")
     bench.set_defaults(func=cmd_bench)
 
     topics_cmd = sub.add_parser("topics", help="create the request, result, audit and DLQ topics")

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     arrives; Tansu holds the fetch, so there the wait is added latency, while a short wait is a busy
     poll (measured idle, one worker: 10 ms costs 21 % + 12 % of a core in broker + worker, 20 ms
     14 % + 8 %, 100 ms 5 % + 2 %)."""
+    kafka_fetch_max_wait_busy_ms: int = Field(100, ge=0)
+    """The workers' fetch wait while a model has a full round of batches queued: requests
+    fetched a little later wait no longer then, and fewer, fuller fetches leave the model more CPU."""
     kafka_linger_ms: int = Field(2, ge=0)
     """Producer linger: how long a send may wait to share a request with others."""
     kafka_request_timeout_ms: int = Field(10_000, ge=100)

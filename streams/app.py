@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_TTL_S = 6.0
+FETCH_WAIT_CHECK_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class WorkerOptions:
     worker_id: str
     topic_partitions: int = 6
     fetch_max_wait_ms: int = 20
+    fetch_max_wait_busy_ms: int = 100
+    """The fetch wait while a model has a full round of batches queued (see the batcher)."""
     linger_ms: int = 2
     commit_interval_s: float = 0.5
     session_timeout_s: float = 10.0
@@ -59,8 +62,11 @@ class WorkerRuntime(mode.Service):
     """Starts the publisher and loads the models before faust consumes; drains after it stops."""
 
     def __init__(self, processor: RequestProcessor, publisher: ResultPublisher,
-                 options: WorkerOptions, is_consuming: Callable[[], bool] = lambda: True, **kwargs) -> None:
+                 options: WorkerOptions, is_consuming: Callable[[], bool] = lambda: True,
+                 set_fetch_wait: Callable[[int], None] = lambda ms: None, **kwargs) -> None:
         self.is_consuming = is_consuming
+        self.set_fetch_wait = set_fetch_wait
+        self._fetch_wait_ms = options.fetch_max_wait_ms
         self.processor = processor
         self.publisher = publisher
         self.options = options
@@ -90,6 +96,20 @@ class WorkerRuntime(mode.Service):
             await self.publisher.heartbeat(self.options.worker_id, self.processor.tasks, HEARTBEAT_TTL_S)
         except Exception as exc:  # Redis away: the gateway reports not ready; keep serving what we can
             logger.warning("heartbeat failed: %s", exc)
+
+    @mode.Service.timer(FETCH_WAIT_CHECK_S)
+    async def _fetch_wait_timer(self) -> None:
+        self.adapt_fetch_wait()
+
+    def adapt_fetch_wait(self) -> None:
+        # NOTE: a short fetch wait keeps an idle worker's latency low, but on brokers that hold
+        # every fetch for the full wait (Tansu) it is a busy poll that takes CPU from the model.
+        # With a full round of batches queued, requests fetched a little later wait no longer.
+        wanted = (self.options.fetch_max_wait_busy_ms if self.processor.backlogged()
+                  else self.options.fetch_max_wait_ms)
+        if wanted != self._fetch_wait_ms:
+            self._fetch_wait_ms = wanted
+            self.set_fetch_wait(wanted)
 
     @mode.Service.task
     async def _watch_models(self) -> None:
@@ -149,5 +169,6 @@ def create_worker(options: WorkerOptions) -> tuple[WorkerApp, WorkerRuntime]:
     )
     app.fetch_max_wait_ms = options.fetch_max_wait_ms
     register_agents(app, processor, options.topic_prefix)
-    runtime = WorkerRuntime(processor, publisher, options, is_consuming=lambda: _has_partitions(app))
+    runtime = WorkerRuntime(processor, publisher, options, is_consuming=lambda: _has_partitions(app),
+                            set_fetch_wait=app.set_fetch_max_wait)
     return app, runtime

@@ -94,6 +94,12 @@ class InferenceBatcher(Generic[T]):
         return sum(len(q) for q in self._queues.values())
 
     @property
+    def backlogged(self) -> bool:
+        """Whether enough is queued to fill a batch for every slot: the model has work in hand
+        for at least one more full round, so new requests arriving a little later cost nothing."""
+        return sum(i.size for q in self._queues.values() for i in q) >= self._max_items * self._instances
+
+    @property
     def in_flight(self) -> int:
         return len(self._running)
 

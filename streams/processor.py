@@ -201,6 +201,10 @@ class RequestProcessor:
         for batcher in self._batchers.values():
             batcher.resume()
 
+    def backlogged(self) -> bool:
+        """Whether any model has a full round of batches queued (see the batcher's ``backlogged``)."""
+        return any(b.backlogged for b in self._batchers.values())
+
     async def shed_queued(self) -> int:
         """On shutdown or a rebalance: give up requests queued but not started, unacknowledged, so
         the consumer commits only what is done and moves on once the running batches finish; the

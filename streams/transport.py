@@ -2,7 +2,9 @@
 
 faust hard-codes ``fetch_max_wait_ms=1500`` for worker consumers. Apache Kafka answers a fetch
 as soon as data arrives, but some Kafka-compatible brokers (Tansu among them) always wait the
-full time, which turns that constant into 1.5 s of added latency; so it becomes a setting.
+full time, which turns that constant into 1.5 s of added latency; so it becomes a setting, and
+one the worker may change while it runs (a longer wait while it has a backlog: fewer, fuller
+fetches for the broker and the consumer thread to handle).
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # NOTE: aiokafka reads this attribute when start() builds its fetcher, which comes later.
         consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", FETCH_MAX_WAIT_MS_DEFAULT)
         return consumer
+
+    def set_fetch_max_wait(self, ms: int) -> None:
+        # aiokafka's fetcher reads this attribute each time it builds a fetch request
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        if fetcher is not None:
+            fetcher._fetch_max_wait_ms = ms
 
 
 class LowLatencyConsumer(faust_aiokafka.Consumer):
@@ -41,6 +49,12 @@ class WorkerApp(faust.App):
     waits for every delivered event to be acked."""
     on_drained: Callable[[], Awaitable[object]] | None = None
     """Called after that wait when the app goes on (a rebalance), to take requests again."""
+
+    def set_fetch_max_wait(self, ms: int) -> None:
+        """Change the fetch wait of the running consumer (takes effect from its next fetch)."""
+        thread = getattr(self.consumer, "_thread", None)
+        if isinstance(thread, LowLatencyConsumerThread):
+            thread.set_fetch_max_wait(ms)
 
     def _new_transport(self):
         return LowLatencyTransport(self.conf.broker_consumer, self)

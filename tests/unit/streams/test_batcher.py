@@ -164,3 +164,24 @@ async def test_shed_hands_back_queued_requests_and_refuses_new_ones():
     finally:
         gate.set()
         await batcher.stop()
+
+
+async def test_backlogged_once_a_full_batch_waits_for_every_slot():
+    release = asyncio.Event()
+
+    async def run(batch):
+        await release.wait()
+
+    async with InferenceBatcher("test", run, max_batch_size=2, max_batch_delay_ms=1, instances=2) as batcher:
+        for i in range(4):  # two batches of 2 cut and running (both slots held)
+            await batcher.put(Item(f"running{i}"))
+        await asyncio.sleep(0.05)
+        assert batcher.queued == 0 and not batcher.backlogged
+        await batcher.put(Item("q0", size=2))
+        assert not batcher.backlogged  # 2 items queued: one slot's batch, not both
+        await batcher.put(Item("q1", size=1))
+        await batcher.put(Item("q2", size=1))
+        assert batcher.backlogged  # 4 items = max_batch_size x instances
+        release.set()
+        await batcher.drain(5)
+        assert not batcher.backlogged
