@@ -33,12 +33,10 @@ def test_fetch_wait_follows_the_backlog():
 
 
 def test_fetch_wait_reaches_the_running_fetcher():
-    app = WorkerApp("g", broker="kafka://127.0.0.1:1", web_enabled=False)  # never started: no connection
-    thread = app.consumer._thread
-    assert isinstance(thread, LowLatencyConsumerThread)
-    thread._consumer = SimpleNamespace(_fetcher=SimpleNamespace(_fetch_max_wait_ms=20))  # as once started
-    app.set_fetch_max_wait(100)
+    thread = LowLatencyConsumerThread.__new__(LowLatencyConsumerThread)  # as faust's, once started
+    thread._consumer = SimpleNamespace(_fetcher=SimpleNamespace(_fetch_max_wait_ms=20))
+    app = SimpleNamespace(consumer=SimpleNamespace(_thread=thread))
+    WorkerApp.set_fetch_max_wait(app, 100)
     assert thread._consumer._fetcher._fetch_max_wait_ms == 100
     thread._consumer = None  # not started yet: nothing to change, no error
-    app.set_fetch_max_wait(20)
-    app.loop.close()  # faust made one for the app
+    WorkerApp.set_fetch_max_wait(app, 20)
