@@ -19,21 +19,17 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from models.base import Model
-from models.errors import ModelError, ModelNotFound
+from models.errors import ModelError
 from models.friendly import validate_tensors
 from models.repository import ModelRepository
 from schemas.codec import AvroCodec
 from schemas.errors import SchemaError
 from schemas.records import (
-    AuditEvent,
     AuditType,
-    DeadLetter,
     Error,
     InferenceRequest,
     InferenceResult,
     Status,
-    Tensor,
-    Timings,
     input_digest,
     now_ms,
 )
@@ -43,6 +39,7 @@ from . import metrics
 from .batcher import InferenceBatcher
 from .errors import BatcherClosed
 from .merging import merge_inputs, split_outputs
+from .outcomes import Ack, OutcomeWriter
 from .publisher import ResultPublisher
 from .requests import PendingRequest, SourceEvent
 
@@ -53,8 +50,6 @@ MAX_BATCHES_WRITING = 4
 
 # Failures of Redis or Kafka that pass: the batch waits and runs again.
 DEPENDENCY_ERRORS = (RedisError, KafkaError, OSError, TimeoutError)
-
-Ack = Callable[[], Awaitable[object]]
 
 
 class RequestProcessor:
@@ -74,6 +69,7 @@ class RequestProcessor:
         self._max_queued = max_queued
         self._max_attempts = max_attempts
         self._backoff_s = retry_backoff_s
+        self._outcomes = OutcomeWriter(publisher, codec, worker_id)
         self._batchers: dict[tuple[str, str], InferenceBatcher[PendingRequest]] = {}
         self._models: dict[tuple[str, str], Model] = {}
         self._compute: dict[Model, asyncio.Semaphore] = {}
@@ -170,20 +166,20 @@ class RequestProcessor:
             logger.warning("undecodable event at %s[%d]@%d: %s", source.topic, source.partition,
                            source.offset, exc)
             await self._until_written("a dead letter", partial(
-                self._dead_letter_and_ack, source, None, exc.code, str(exc), type(exc).__name__, ack))
+                self._outcomes.dead_letter_and_ack, source, None, exc.code, str(exc), type(exc).__name__, ack))
             return
         topic_task = parse_request_topic(self._prefix, source.topic)
         if request.task not in self._repository.configs or (topic_task and topic_task[0] != request.task):
             message = f"task {request.task!r} is not served here (topic {source.topic})"
             await self._until_written("a dead letter", partial(
-                self._dead_letter_and_ack, source, request, "TASK_NOT_FOUND", message, "ModelNotFound", ack))
+                self._outcomes.dead_letter_and_ack, source, request, "TASK_NOT_FOUND", message, "ModelNotFound", ack))
             return
         try:
             inputs = {t.name: t.to_numpy() for t in request.inputs}
             validate_tensors(self._repository.get_config(request.task), inputs)
             batcher = await self._batcher_for(request.task, request.model_version)
         except (SchemaError, ModelError) as exc:
-            await self._until_written("a rejection", partial(self._reject, source, request, exc, ack))
+            await self._until_written("a rejection", partial(self._outcomes.reject, source, request, exc, ack))
             return
         first = next(iter(inputs.values()))
         version = batcher.name.rsplit(":", 1)[1]
@@ -215,33 +211,6 @@ class RequestProcessor:
         if shed:
             logger.info("%d queued requests left for redelivery", len(shed))
         return len(shed)
-
-    async def _reject(self, source: SourceEvent, request: InferenceRequest, exc: Exception, ack: Ack) -> None:
-        """Bad input: a FAILED result its client can read, plus a dead letter for operators."""
-        code = getattr(exc, "code", "INVALID_INPUT")
-        if isinstance(exc, ModelNotFound):
-            code = "TASK_NOT_FOUND"
-        result = self._result(request, Status.FAILED, error=Error(code, str(exc), False))
-        await self._finish([(request, result, input_digest(request.inputs))])
-        await self._dead_letter(source, request, code, str(exc), type(exc).__name__)
-        await ack()
-
-    async def _dead_letter_and_ack(self, source: SourceEvent, request: InferenceRequest | None,
-                                   code: str, message: str, error_type: str, ack: Ack) -> None:
-        await self._dead_letter(source, request, code, message, error_type)
-        await ack()
-
-    async def _dead_letter(self, source: SourceEvent, request: InferenceRequest | None,
-                           code: str, message: str, error_type: str) -> None:
-        letter = DeadLetter(source_topic=source.topic, partition=source.partition, offset=source.offset,
-                            key=source.key, payload=source.value, error_code=code, error_message=message)
-        await self._publisher.dead_letter(letter, error_type)
-        request_id = request.request_id if request else (source.key or b"").decode("utf-8", "replace")
-        await self._publisher.audit([AuditEvent(
-            request_id=request_id, task=request.task if request else "", type=AuditType.DEAD_LETTERED,
-            actor=self.worker_id, details={"error_code": code, "topic": source.topic,
-                                           "partition": str(source.partition), "offset": str(source.offset)},
-        )])
 
     # --- batches ---
     async def _run_batch(self, model: Model, batch: list[PendingRequest]) -> None:
@@ -283,13 +252,13 @@ class RequestProcessor:
                 if not prior.stored.published:  # a crash came between storing and publishing
                     await self._publisher.republish([(req.task, req.request_id, prior.stored.avro)])
             elif prior.cancelled:
-                finished.append((req, self._result(req, Status.CANCELLED, model=model), item.digest))
+                finished.append((req, self._outcomes.result(req, Status.CANCELLED, model=model), item.digest))
             elif req.deadline_at is not None and req.deadline_at < started:
                 error = Error("DEADLINE_EXCEEDED", f"deadline passed {started - req.deadline_at} ms before the run", False)
-                finished.append((req, self._result(req, Status.EXPIRED, model=model, error=error), item.digest))
+                finished.append((req, self._outcomes.result(req, Status.EXPIRED, model=model, error=error), item.digest))
             elif prior.cached is not None:
                 cached = self._codec.decode(prior.cached, InferenceResult)
-                hit = self._result(req, Status.SUCCEEDED, model=model, started=started)
+                hit = self._outcomes.result(req, Status.SUCCEEDED, model=model, started=started)
                 hit.outputs = cached.outputs
                 finished.append((req, hit, item.digest))
                 hits.append(item)
@@ -304,7 +273,7 @@ class RequestProcessor:
                     metrics.QUEUE_SECONDS.labels(item.request.task, item.priority.topic_suffix).observe(
                         max(0.0, (started - item.request.created_at) / 1000.0))
                 # written while the model runs; awaited before any result is written
-                started_writes = asyncio.create_task(self._mark_started(runnable))
+                started_writes = asyncio.create_task(self._outcomes.mark_started(runnable))
                 ran = await self._infer(model, runnable, started)
         # NOTE: the model is free from here: the writes go on in the background (bounded), so the
         # next batch computes while this one's results travel to Redis and Kafka.
@@ -319,13 +288,6 @@ class RequestProcessor:
         self._writing.discard(task)
         self._writes.release()
 
-    async def _mark_started(self, runnable: list[PendingRequest]) -> None:
-        await self._publisher.mark_running([(p.request.request_id, p.request.client_id) for p in runnable],
-                                           self.worker_id)
-        await self._publisher.audit(self._audit(p.request, AuditType.STARTED, p.digest,
-                                                {"batch_items": str(sum(q.size for q in runnable))})
-                                    for p in runnable)
-
     async def _write_batch(self, batch: list[PendingRequest], finished: list, duplicates: list[PendingRequest],
                            hits: list[PendingRequest], ran: list, started_writes: asyncio.Task | None) -> None:
         """Everything a batch leaves behind, then the acks (only now may offsets be committed)."""
@@ -333,17 +295,17 @@ class RequestProcessor:
             try:
                 await started_writes
             except DEPENDENCY_ERRORS:  # write them again (this call is retried as a whole)
-                await self._mark_started([item for item, _ in ran])
+                await self._outcomes.mark_started([item for item, _ in ran])
         if duplicates:
             metrics.DUPLICATES.inc(len(duplicates))
-            await self._publisher.audit(self._audit(p.request, AuditType.DUPLICATE, p.digest) for p in duplicates)
+            await self._outcomes.audit(duplicates, AuditType.DUPLICATE)
         if hits:
             metrics.CACHE_HITS.inc(len(hits))
-            await self._publisher.audit(self._audit(p.request, AuditType.CACHE_HIT, p.digest) for p in hits)
+            await self._outcomes.audit(hits, AuditType.CACHE_HIT)
         await self._publisher.store_cache([
             (item.cache_key, self._codec.encode(result)) for item, (_, result, _) in ran
             if item.cache_key is not None and result.status is Status.SUCCEEDED])
-        await self._finish(finished)
+        await self._outcomes.finish(finished)
         for item in batch:
             await item.ack()
 
@@ -372,14 +334,14 @@ class RequestProcessor:
                 part, tries = await self._retry(model, item, part, tries)
             if isinstance(part, Exception):
                 error = Error(getattr(part, "code", "INFERENCE_FAILED"), str(part), bool(part.retriable))
-                result = self._result(item.request, Status.FAILED, model=model, error=error,
+                result = self._outcomes.result(item.request, Status.FAILED, model=model, error=error,
                                       batch_size=batch_items, attempts=tries, started=started,
                                       inference_ms=inference_ms)
                 # operators get the event back, verbatim, with why it failed
-                await self._dead_letter(item.source, item.request, error.code, error.message,
+                await self._outcomes.dead_letter(item.source, item.request, error.code, error.message,
                                         type(part).__name__)
             else:
-                result = self._result(item.request, Status.SUCCEEDED, model=model, outputs=part,
+                result = self._outcomes.result(item.request, Status.SUCCEEDED, model=model, outputs=part,
                                       batch_size=batch_items, attempts=tries, started=started,
                                       inference_ms=inference_ms)
             finished.append((item.request, result, item.digest))
@@ -396,7 +358,7 @@ class RequestProcessor:
         """Retry a retriable failure alone, with exponential backoff and jitter, up to the
         configured attempts. Returns the outputs (or the last error) and the attempts made."""
         while getattr(error, "retriable", False) and tries < self._max_attempts:
-            await self._publisher.audit([self._audit(item.request, AuditType.RETRIED, item.digest,
+            await self._publisher.audit([self._outcomes.audit_event(item.request, AuditType.RETRIED, item.digest,
                                                      {"attempt": str(tries), "error": str(error)})])
             await asyncio.sleep(self._backoff_s * (2 ** (tries - 1)) * (0.5 + random.random()))
             tries += 1
@@ -409,50 +371,3 @@ class RequestProcessor:
     async def _predict(self, model: Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return await asyncio.get_running_loop().run_in_executor(self._pool, model.predict_batch, inputs)
 
-    # --- results ---
-    async def _finish(self, finished: list[tuple[InferenceRequest, InferenceResult, str]]) -> None:
-        if not finished:
-            return
-        traceparents = {req.request_id: req.trace["traceparent"] for req, _, _ in finished
-                        if req.trace.get("traceparent")}
-        priorities = {req.request_id: req.priority.topic_suffix for req, _, _ in finished}
-        is_new = await self._publisher.store_and_publish([r for _, r, _ in finished], traceparents, priorities)
-        events = []
-        for (request, result, digest), new in zip(finished, is_new, strict=True):
-            if not new:
-                events.append(self._audit(request, AuditType.DUPLICATE, digest))
-                continue
-            # traced requests opted into being followed: one INFO line each; the rest at DEBUG
-            log = logger.info if request.request_id in traceparents else logger.debug
-            log("request finished", extra={
-                "request_id": request.request_id, "task": request.task, "status": result.status.value,
-                "model": result.model_name, "version": result.model_version, "batch_size": result.batch_size,
-                "traceparent": traceparents.get(request.request_id)})
-            if result.error is not None:
-                metrics.ERRORS.labels(request.task, result.error.code).inc()
-            details = {"status": result.status.value}
-            if result.error is not None:
-                details["error_code"] = result.error.code
-            events.append(self._audit(request, AuditType[result.status.value], digest, details))
-        await self._publisher.audit(events)
-
-    def _result(self, request: InferenceRequest, status: Status, *, model: Model | None = None,
-                outputs: dict[str, np.ndarray] | None = None, error: Error | None = None,
-                batch_size: int = 0, attempts: int = 1, started: int | None = None,
-                inference_ms: float = 0.0) -> InferenceResult:
-        completed = now_ms()
-        started = started if started is not None else completed
-        return InferenceResult(
-            request_id=request.request_id, task=request.task, status=status, worker_id=self.worker_id,
-            model_name=model.name if model else None, model_version=model.version if model else None,
-            outputs=[Tensor.from_numpy(name, np.ascontiguousarray(a)) for name, a in (outputs or {}).items()],
-            error=error, batch_size=batch_size, attempts=attempts, created_at=request.created_at,
-            completed_at=completed,
-            timings=Timings(queued_ms=float(max(0, started - request.created_at)), inference_ms=inference_ms,
-                            total_ms=float(max(0, completed - request.created_at))),
-        )
-
-    def _audit(self, request: InferenceRequest, kind: AuditType, digest: str,
-               details: dict[str, str] | None = None) -> AuditEvent:
-        return AuditEvent(request_id=request.request_id, task=request.task, type=kind,
-                          actor=self.worker_id, input_digest=digest, details=details or {})
