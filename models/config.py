@@ -16,6 +16,12 @@ from typing import Any
 import numpy as np
 import yaml
 
+from models.config_sections import (
+    FRIENDLY_KINDS,
+    PREPROCESS_KINDS,
+    parse_friendly,
+    parse_preprocess,
+)
 from models.errors import ModelConfigError, ModelVersionNotFound
 
 __all__ = [
@@ -37,8 +43,6 @@ CONFIG_FILE = "model.yaml"
 TASK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 BACKENDS = ("onnxruntime", "torch")
 DEVICES = ("auto", "cpu", "cuda")
-FRIENDLY_KINDS = ("text", "array", "image", "named_features")
-PREPROCESS_KINDS = ("none", "tokenize")
 DEFAULT_ARTIFACTS = {"onnxruntime": "model.onnx", "torch": "model.pt"}
 
 NUMPY_DTYPES: dict[str, np.dtype] = {
@@ -246,8 +250,8 @@ def _parse(raw: Any, model_dir: Path) -> ModelConfig:
         path=model_dir.resolve(),
         versions=versions,
         default_version=default_version,
-        preprocess=_preprocess(raw.get("preprocess"), inputs),
-        friendly=_friendly(raw.get("friendly"), inputs, outputs),
+        preprocess=parse_preprocess(raw.get("preprocess"), inputs),
+        friendly=parse_friendly(raw.get("friendly"), inputs, outputs),
         description=str(raw.get("description", "")).strip(),
         artifact=artifact,
         version_policy=version_policy,
@@ -311,99 +315,3 @@ def _scan_versions(model_dir: Path) -> tuple[str, ...]:
     # Only all-digit names count, so a builder's temporary directory is never served.
     found = [p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
     return tuple(sorted(found, key=int))
-
-
-def _preprocess(raw: Any, inputs: tuple[TensorSpec, ...]) -> dict:
-    if raw is None:
-        return {"kind": "none"}
-    if not isinstance(raw, Mapping):
-        raise ModelConfigError("preprocess must be a mapping")
-    kind = raw.get("kind", "none")
-    if kind not in PREPROCESS_KINDS:
-        raise ModelConfigError(f"preprocess.kind must be one of {list(PREPROCESS_KINDS)}")
-    result = dict(raw, kind=kind)
-    if kind == "tokenize":
-        text_input = raw.get("input")
-        by_name = {spec.name: spec for spec in inputs}
-        if text_input not in by_name or by_name[text_input].datatype != "BYTES":
-            raise ModelConfigError("preprocess.input must name a BYTES input tensor")
-        max_length = raw.get("max_length", 256)
-        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
-            raise ModelConfigError(f"preprocess.max_length must be an int >= 2, got {max_length!r}")
-        result.update(input=text_input, tokenizer=str(raw.get("tokenizer", "tokenizer.json")),
-                      max_length=max_length)  # fmt: skip
-    return result
-
-
-def _friendly(raw: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> dict:
-    """Normalise the ``friendly:`` section; when absent, every tensor is its own friendly key."""
-    raw = {} if raw is None else raw
-    if not isinstance(raw, Mapping):
-        raise ModelConfigError("friendly must be a mapping with 'inputs' and 'outputs'")
-    by_name = {spec.name: spec for spec in inputs}
-
-    raw_inputs = raw.get("inputs") or {
-        spec.name: {"kind": "text" if spec.datatype == "BYTES" else "array", "tensor": spec.name}
-        for spec in inputs
-    }
-    if not isinstance(raw_inputs, Mapping):
-        raise ModelConfigError("friendly.inputs must map friendly keys to {kind, tensor, ...}")
-    sources: dict[str, dict] = {}
-    for key, source in raw_inputs.items():
-        where = f"friendly.inputs.{key}"
-        if not isinstance(source, Mapping):
-            raise ModelConfigError(f"{where} must be a mapping with 'kind' and 'tensor'")
-        source = dict(source)
-        source.setdefault("tensor", key)
-        kind, tensor = source.get("kind"), source["tensor"]
-        if kind not in FRIENDLY_KINDS:
-            raise ModelConfigError(f"{where}.kind must be one of {list(FRIENDLY_KINDS)}")
-        if tensor not in by_name:
-            raise ModelConfigError(f"{where}.tensor {tensor!r} is not an input tensor")
-        _check_source(where, source, by_name[tensor])
-        sources[str(key)] = source
-    unreachable = sorted(set(by_name) - {source["tensor"] for source in sources.values()})
-    if unreachable:
-        raise ModelConfigError(f"friendly.inputs gives no key for input tensors {unreachable}")
-
-    bare_key = raw.get("bare_key", next(iter(sources)))
-    if bare_key not in sources:
-        raise ModelConfigError(f"friendly.bare_key {bare_key!r} is not a friendly input key")
-
-    output_names = {spec.name for spec in outputs}
-    raw_outputs = raw.get("outputs") or {name: name for name in output_names}
-    if not isinstance(raw_outputs, Mapping) or not all(
-        tensor in output_names for tensor in raw_outputs.values()
-    ):
-        raise ModelConfigError(
-            f"friendly.outputs must map friendly keys to output tensors {sorted(output_names)}"
-        )
-    return {"inputs": sources, "outputs": dict(raw_outputs), "bare_key": bare_key}
-
-
-def _check_source(where: str, source: dict, spec: TensorSpec) -> None:
-    kind = source["kind"]
-    if kind == "text" and (spec.datatype != "BYTES" or spec.shape != ()):
-        raise ModelConfigError(f"{where}: kind text needs a BYTES tensor of shape []")
-    if kind != "text" and spec.datatype == "BYTES":
-        raise ModelConfigError(f"{where}: kind {kind} needs a numeric tensor")
-    if kind == "image":
-        if len(spec.shape) != 2 or -1 in spec.shape:
-            raise ModelConfigError(f"{where}: kind image needs a tensor of fixed shape [H, W]")
-        if source.setdefault("invert", "auto") not in ("auto", True, False):
-            raise ModelConfigError(f"{where}.invert must be auto, true or false")
-        max_value = source.setdefault("max_value", 255.0)
-        if isinstance(max_value, bool) or not isinstance(max_value, int | float) or max_value <= 0:
-            raise ModelConfigError(f"{where}.max_value must be a positive number")
-    if kind == "named_features":
-        names = source.get("names")
-        if (
-            not isinstance(names, list)
-            or not all(isinstance(n, str) for n in names)
-            or len(set(names)) != len(names)
-        ):
-            raise ModelConfigError(f"{where}.names must be a list of distinct strings")
-        if spec.shape != (len(names),):
-            raise ModelConfigError(
-                f"{where}: {len(names)} names but tensor {spec.name} has shape {list(spec.shape)}"
-            )
