@@ -8,7 +8,7 @@ import logging
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from schemas.codec import AvroCodec
 
@@ -21,6 +21,7 @@ from .lag import LagMonitor
 from .limits import BodySizeLimit
 from .oip import router as oip_router
 from .producer import RequestProducer
+from .request_ids import RequestIdHeader
 from .results import ResultStore
 from .routes import router
 from .service import InferenceService
@@ -103,15 +104,6 @@ def create_app(settings: Any) -> FastAPI:
     app.include_router(admin_router)
     app.include_router(oip_router)
 
-    @app.middleware("http")
-    async def request_id_header(request: Request, call_next):
-        incoming = request.headers.get("x-request-id")
-        request.state.request_id = incoming
-        response = await call_next(request)
-        echoed = incoming or getattr(request.state, "request_id", None)
-        if echoed:
-            response.headers["X-Request-ID"] = echoed
-        return response
-
+    app.add_middleware(RequestIdHeader)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     return app

@@ -70,7 +70,8 @@ async def infer(task: str, body: InferBody, request: Request, principal: Caller,
         trace={"traceparent": traceparent} if traceparent else {}, idempotency_key=idempotency_key,
         client_id=None if principal is ANONYMOUS else principal.client_id,
     ))
-    request_id = await svc.submit_once(inference, idempotency_key, body_digest(task, body.model_dump()))
+    digest = body_digest(task, body.model_dump()) if idempotency_key else ""
+    request_id = await svc.submit_once(inference, idempotency_key, digest)
     request.state.request_id = request_id
     headers = {"traceparent": traceparent} if traceparent else {}
     if wait_s > 0:
