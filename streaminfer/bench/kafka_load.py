@@ -1,11 +1,16 @@
 """Load through Kafka as an upstream producer and a downstream consumer see it: Avro requests
-written straight to the request topics, results read from the results topic."""
+written straight to the request topics, results read from the results topic. Closed loop
+(``drive_kafka``: a fixed number of requests in flight), open loop (``drive_open_loop``: a fixed
+offered rate) and a priority burst (``drive_priority_burst``)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -16,57 +21,144 @@ from schemas.codec import AvroCodec
 from schemas.records import InferenceRequest, InferenceResult, Priority, Tensor
 
 from ..settings import Settings
-from .figures import NO_CACHE, TASK
+from .figures import NO_CACHE, TASK, Figures, figures
 
 
-async def drive_kafka(bootstrap: str, prefix: str, texts: list[str], concurrency: int, desc: str
-                      ) -> tuple[list[float], float, list[int]]:
-    codec = AvroCodec()
-    results_topic = topics.results_topic(prefix, TASK)
-    consumer = AIOKafkaConsumer(results_topic, bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4().hex[:6]}",
-                                auto_offset_reset="earliest", fetch_max_wait_ms=Settings().kafka_fetch_max_wait_ms, enable_auto_commit=False)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
-    await consumer.start()
-    await producer.start()
-    sent: dict[str, float] = {}
-    latencies: list[float] = []
-    batch_sizes: list[int] = []
-    window = asyncio.Semaphore(concurrency)
-    done = asyncio.Event()
-    progress = tqdm(total=len(texts), desc=desc, unit="req", leave=False)
+@dataclass
+class LoadRun:
+    """What one drive saw: per result, its latency and the batch that computed it."""
 
-    async def receive():
-        while len(latencies) < len(texts):
-            for records in (await consumer.getmany(timeout_ms=100)).values():
+    latencies_s: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+    inference_ms: list[float] = field(default_factory=list)
+    """The compute time of each result's batch (every item of a batch carries the same)."""
+    workers: Counter[str] = field(default_factory=Counter)
+    """Results per worker id."""
+    seconds: float = 0.0
+    """From the first send to the last result."""
+
+    def record(self, latency_s: float, result: InferenceResult) -> None:
+        self.latencies_s.append(latency_s)
+        self.batch_sizes.append(result.batch_size)
+        self.inference_ms.append(result.timings.inference_ms)
+        self.workers[result.worker_id] += 1
+
+    def figures(self, scenario: str, max_batch_size: int) -> Figures:
+        return figures(scenario, max_batch_size, self.latencies_s, self.seconds, len(self.latencies_s),
+                       float(np.mean(self.batch_sizes)))
+
+
+def full_batch_ms(runs: Sequence[LoadRun], max_batch_size: int) -> float | None:
+    """Mean compute time of the full batches among ``runs``; None when none was full."""
+    ms = [t for run in runs for t, size in zip(run.inference_ms, run.batch_sizes, strict=True)
+          if size >= max_batch_size]
+    return float(np.mean(ms)) if ms else None
+
+
+class _Exchange:
+    """A producer writing text-embedding requests at NORMAL priority and a consumer matching the
+    results to them by request id, until ``total`` have come back."""
+
+    def __init__(self, bootstrap: str, prefix: str, total: int, desc: str,
+                 on_result: Callable[[], None] = lambda: None) -> None:
+        self._bootstrap = bootstrap
+        self._prefix = prefix
+        self._total = total
+        self._desc = desc
+        self._on_result = on_result
+        self._codec = AvroCodec()
+        self._sent: dict[str, float] = {}
+        self.run = LoadRun()
+        self.started = 0.0
+
+    async def __aenter__(self) -> _Exchange:
+        self._consumer = AIOKafkaConsumer(
+            topics.results_topic(self._prefix, TASK), bootstrap_servers=self._bootstrap,
+            group_id=f"bench-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest",
+            fetch_max_wait_ms=Settings().kafka_fetch_max_wait_ms, enable_auto_commit=False)
+        self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, linger_ms=2)
+        await self._consumer.start()
+        await self._producer.start()
+        self._progress = tqdm(total=self._total, desc=self._desc, unit="req", leave=False)
+        self._receiver = asyncio.create_task(self._receive())
+        self.started = time.perf_counter()
+        return self
+
+    async def send(self, text: str, sent_at: float) -> None:
+        """Write one request; its latency will count from ``sent_at`` (a ``perf_counter`` time)."""
+        request = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK, priority=Priority.NORMAL,
+                                   inputs=[Tensor.from_numpy("text", np.array([text], dtype=object))],
+                                   parameters=NO_CACHE)
+        self._sent[request.request_id] = sent_at
+        await self._producer.send(topics.request_topic(self._prefix, TASK, Priority.NORMAL),
+                                  self._codec.encode(request), key=request.request_id.encode())
+
+    async def results(self, timeout_s: float = 600.0) -> LoadRun:
+        """Every result, once all ``total`` are back (the receiver's error, if it failed)."""
+        await asyncio.wait_for(self._receiver, timeout_s)
+        return self.run
+
+    async def _receive(self) -> None:
+        while len(self.run.latencies_s) < self._total:
+            for records in (await self._consumer.getmany(timeout_ms=100)).values():
                 for message in records:
-                    rid = message.key.decode()
-                    if rid in sent:
-                        result = codec.decode(message.value, InferenceResult)
-                        latencies.append(time.perf_counter() - sent.pop(rid))
-                        batch_sizes.append(result.batch_size)
-                        window.release()
-                        progress.update()
-        done.set()
+                    sent_at = self._sent.pop(message.key.decode(), None)
+                    if sent_at is None:  # a result of an earlier drive on this prefix
+                        continue
+                    now = time.perf_counter()
+                    self.run.record(now - sent_at, self._codec.decode(message.value, InferenceResult))
+                    self.run.seconds = now - self.started
+                    self._on_result()
+                    self._progress.update()
 
-    receiver = asyncio.create_task(receive())
-    start = time.perf_counter()
-    try:
+    async def __aexit__(self, *exc) -> None:
+        self._receiver.cancel()
+        await asyncio.wait([self._receiver])
+        self._progress.close()
+        await self._producer.stop()
+        await self._consumer.stop()
+
+
+async def drive_kafka(bootstrap: str, prefix: str, texts: list[str], concurrency: int, desc: str) -> LoadRun:
+    """Closed loop: ``concurrency`` requests in flight, the next sent as soon as a result is back."""
+    window = asyncio.Semaphore(concurrency)
+    async with _Exchange(bootstrap, prefix, len(texts), desc, on_result=window.release) as exchange:
         for text in texts:
             await window.acquire()
-            request = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK, priority=Priority.NORMAL,
-                                       inputs=[Tensor.from_numpy("text", np.array([text], dtype=object))],
-                                       parameters=NO_CACHE)
-            sent[request.request_id] = time.perf_counter()
-            await producer.send(topics.request_topic(prefix, TASK, Priority.NORMAL), codec.encode(request),
-                                key=request.request_id.encode())
-        await asyncio.wait_for(done.wait(), timeout=600)
-        elapsed = time.perf_counter() - start
-    finally:
-        receiver.cancel()
-        progress.close()
-        await producer.stop()
-        await consumer.stop()
-    return latencies, elapsed, batch_sizes
+            await exchange.send(text, time.perf_counter())
+        return await exchange.results()
+
+
+def send_offsets(rate_per_s: float, count: int) -> list[float]:
+    """When each of ``count`` requests is due, in seconds after the start: evenly spaced at ``rate_per_s``."""
+    return [i / rate_per_s for i in range(count)]
+
+
+async def paced(offsets: Sequence[float], start: float, clock: Callable[[], float] = time.perf_counter,
+                sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> AsyncIterator[float]:
+    """Each due time (``start`` + offset), yielded no earlier than it falls due. The schedule runs
+    against the clock, not from the previous send: after a slow send the requests already due go
+    out at once, so slow sends do not lower the offered rate."""
+    for offset in offsets:
+        due = start + offset
+        delay = due - clock()
+        if delay > 0:
+            await sleep(delay)
+        yield due
+
+
+async def drive_open_loop(bootstrap: str, prefix: str, texts: list[str], rate_per_s: float, desc: str,
+                          duration_s: float | None = None) -> LoadRun:
+    """Open loop: requests offered at ``rate_per_s`` whatever the worker's pace, ``len(texts)`` of
+    them or as many as ``duration_s`` holds (texts reused). Latency counts from each request's
+    scheduled send time, so a send that goes out late still counts its wait."""
+    count = len(texts) if duration_s is None else max(1, round(rate_per_s * duration_s))
+    async with _Exchange(bootstrap, prefix, count, desc) as exchange:
+        i = 0
+        async for due in paced(send_offsets(rate_per_s, count), exchange.started):
+            await exchange.send(texts[i % len(texts)], due)
+            i += 1
+        return await exchange.results()
 
 
 async def drive_priority_burst(bootstrap: str, prefix: str, texts: list[str], mix: tuple[float, float, float],

@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shutil
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,10 +16,14 @@ import numpy as np
 import yaml
 
 from .. import embedded
+from ..kafka_admin import ensure_contract_topics
 from ..settings import Settings
 from .figures import TASK, Figures, corpus, figures, table
+from .http_load import bench_gateway, cpu_meter, measure_http, measure_submit, submit_summary
 from .kafka_load import drive_kafka, drive_priority_burst
+from .load import bench_load, load_summary
 from .raw import bench_raw
+from .scaleout import bench_scaleout, scaleout_summary
 from .stack import bench_worker
 
 
@@ -26,10 +31,9 @@ def bench_kafka(kafka: str, redis_url: str, repository: Path, texts: list[str], 
                 concurrency: int, threads: int | None, log_dir: Path) -> Figures:
     with bench_worker(kafka, redis_url, repository, max_batch_size, threads, log_dir) as prefix:
         asyncio.run(drive_kafka(kafka, prefix, texts[:50], concurrency, "warm-up"))
-        latencies, seconds, sizes = asyncio.run(
-            drive_kafka(kafka, prefix, texts, concurrency, f"kafka max_batch_size={max_batch_size}"))
-    name = f"kafka, batching {'on' if max_batch_size > 1 else 'off'} (max {max_batch_size})"
-    return figures(name, max_batch_size, latencies, seconds, len(texts), float(np.mean(sizes)))
+        run = asyncio.run(drive_kafka(kafka, prefix, texts, concurrency, f"kafka max_batch_size={max_batch_size}"))
+    return run.figures(f"kafka, batching {'on' if max_batch_size > 1 else 'off'} (max {max_batch_size})",
+                       max_batch_size)
 
 
 def bench_priority(kafka: str, redis_url: str, repository: Path, texts: list[str], max_batch_size: int,
@@ -41,6 +45,31 @@ def bench_priority(kafka: str, redis_url: str, repository: Path, texts: list[str
                for level, ms in queued.items() if ms}
     summary["high_p95_over_low_p95"] = round(summary["high"]["p95_ms"] / max(summary["low"]["p95_ms"], 1e-9), 3)
     return summary
+
+
+def bench_http(kafka: str, redis_url: str, repository: Path, texts: list[str], max_batch_size: int,
+               concurrency: int, threads: int | None, log_dir: Path) -> Figures:
+    """HTTP clients through one gateway process, each waiting for its result (``?wait=``)."""
+    with bench_worker(kafka, redis_url, repository, max_batch_size, threads, log_dir) as prefix, \
+            bench_gateway(kafka, redis_url, prefix, repository, log_dir) as gateway:
+        measure_http(gateway, texts[:50], concurrency, "warm-up")
+        latencies, failures, seconds = measure_http(gateway, texts, concurrency,
+                                                    f"http ?wait max_batch_size={max_batch_size}")
+    return figures(f"http gateway ?wait, one gateway (max {max_batch_size})", max_batch_size, latencies, seconds,
+                   len(texts), success_rate=1 - failures / len(texts))
+
+
+def bench_gateway_submit(kafka: str, redis_url: str, repository: Path, texts: list[str], connections: int,
+                         seconds: float, log_dir: Path, servers: dict[str, int]) -> dict:
+    """The async submit path (202, no wait) of one gateway process: requests/s, latency and the
+    CPU the gateway, the ``servers`` (name: pid) and the load generator use. No worker runs."""
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    asyncio.run(ensure_contract_topics(Settings(kafka_bootstrap_servers=kafka, topic_prefix=prefix), [TASK]))
+    with bench_gateway(kafka, redis_url, prefix, repository, log_dir) as gateway:
+        measure_submit(gateway, texts, connections, min(2.0, seconds), "warm-up")
+        with cpu_meter({"gateway": gateway.pid, **servers}) as cpu:
+            latencies, failures, elapsed = measure_submit(gateway, texts, connections, seconds, "gateway submit")
+    return submit_summary(latencies, failures, elapsed, connections, cpu)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -68,10 +97,24 @@ def run_bench(args: argparse.Namespace) -> int:
                                         threads, out_dir))
         if args.scenario in ("priority", "all"):
             report["priority"] = bench_priority(bootstrap, redis_url, repository, texts, max_batch, threads, out_dir)
+        if args.scenario in ("http", "all"):
+            rows.append(bench_http(bootstrap, redis_url, repository, texts, max_batch, args.concurrency, threads,
+                                   out_dir))
+        if args.scenario in ("gateway", "all"):
+            report["gateway_submit"] = bench_gateway_submit(
+                bootstrap, redis_url, repository, texts, args.submit_connections, args.submit_seconds, out_dir,
+                {"broker": kafka.pid, "redis": redis.pid})
+        if args.scenario == "load":
+            report["load"] = bench_load(bootstrap, redis_url, repository, texts, max_batch, args.concurrency,
+                                        threads, out_dir, tuple(args.rates), args.duration)
+        if args.scenario == "scaleout":
+            report["scaleout"] = bench_scaleout(bootstrap, redis_url, repository, texts, max_batch,
+                                                args.concurrency, threads, out_dir)
     report["rows"] = [asdict(r) for r in rows]
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
     if rows:
         print(table(rows))
+    if args.scenario in ("batching", "all"):
         raw, kafka_on = rows[0], rows[2]
         print(f"\nkafka batching on / raw onnxruntime at batch {max_batch}: "
               f"{kafka_on.throughput / raw.throughput:.0%} of raw throughput; "
@@ -83,6 +126,16 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"  {level:<7} n={figures_['n']:<5} p50 {figures_['p50_ms']:>8.1f}  p95 {figures_['p95_ms']:>8.1f}"
                   f"  p99 {figures_['p99_ms']:>8.1f}")
         print(f"  high p95 / low p95 = {report['priority']['high_p95_over_low_p95']}")
+    if "gateway_submit" in report:
+        submit = report["gateway_submit"]
+        print(f"\ngateway submit (202, one gateway process, {submit['connections']} connections): "
+              f"{submit['requests_per_s']:.0f} req/s, p50 {submit['p50_ms']:.1f} p95 {submit['p95_ms']:.1f} "
+              f"p99 {submit['p99_ms']:.1f} ms, non-202 {submit['non_202']}")
+        print("  CPU, % of a core: " + ", ".join(f"{name} {pct}" for name, pct in submit["cpu_percent_of_a_core"].items()))
+    if "load" in report:
+        print("\nlatency against offered load, open loop through Kafka:\n" + load_summary(report["load"]))
+    if "scaleout" in report:
+        print("\nscale-out, closed loop through Kafka:\n" + scaleout_summary(report["scaleout"]))
     print(f"JSON: {out_dir / 'bench.json'}")
     shutil.rmtree(out_dir / "tmp", ignore_errors=True)
     return 0

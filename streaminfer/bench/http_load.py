@@ -1,0 +1,163 @@
+"""Load through the HTTP gateway: one gateway process, and closed loops of keep-alive clients that
+either wait for each result (``http``) or only submit (``gateway submit``: the 202 path)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .. import embedded
+from .figures import NO_CACHE, TASK
+from .http_client import HttpConnection, Response, post_json
+
+WAIT_S = 30.0
+"""How long an ``http`` client asks the gateway to wait for its result."""
+
+
+@dataclass(frozen=True)
+class RunningGateway:
+    host: str
+    port: int
+    pid: int
+
+
+@contextmanager
+def bench_gateway(kafka: str, redis_url: str, prefix: str, repository: Path, log_dir: Path
+                  ) -> Iterator[RunningGateway]:
+    """One gateway process serving text-embedding under ``prefix``, without auth, lag bound or
+    rate limit (they would refuse the load under test); stopped by PID at exit."""
+    port = embedded.free_port()
+    env = dict(os.environ, STREAMINFER_KAFKA_BOOTSTRAP_SERVERS=kafka, STREAMINFER_REDIS_URL=redis_url,
+               STREAMINFER_TOPIC_PREFIX=prefix, STREAMINFER_MODEL_REPOSITORY=str(repository),
+               STREAMINFER_TASKS=TASK, STREAMINFER_GATEWAY_HOST=embedded.LOOPBACK,
+               STREAMINFER_GATEWAY_PORT=str(port), STREAMINFER_AUTH="disabled",
+               STREAMINFER_MAX_LAG_PER_TASK="0", STREAMINFER_LOG_LEVEL="WARNING",
+               # NOTE: no rate limiter runs without auth; these only make sure of it
+               STREAMINFER_RATE_LIMIT_PER_S="1e9", STREAMINFER_RATE_LIMIT_BURST=str(10**9))
+    with open(log_dir / f"gateway-{prefix}.log", "wb") as log:
+        gateway = subprocess.Popen([sys.executable, "-m", "streaminfer", "--log-level", "WARNING", "gateway"],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            embedded.wait_for_http(f"http://{embedded.LOOPBACK}:{port}/health", [gateway])
+            yield RunningGateway(embedded.LOOPBACK, port, gateway.pid)
+        finally:
+            embedded.terminate(gateway, 30)
+
+
+def result_succeeded(response: Response) -> bool:
+    """200 with a result whose status is succeeded (lower-case in the result JSON, SPEC §8)."""
+    if response.status != 200:
+        return False
+    try:
+        return str(json.loads(response.body).get("status", "")).lower() == "succeeded"
+    except (ValueError, AttributeError):
+        return False
+
+
+def accepted(response: Response) -> bool:
+    return response.status == 202
+
+
+async def closed_loop(gateway: RunningGateway, requests: Iterable[bytes], connections: int,
+                      is_success: Callable[[Response], bool], progress: tqdm, until: float | None = None
+                      ) -> tuple[list[float], int, float]:
+    """Send ``requests`` over ``connections`` keep-alive connections, one in flight on each, until
+    they run out or ``time.perf_counter()`` passes ``until``. Returns each request's latency
+    (response received - request sent), the count of failures, and the elapsed seconds."""
+    pending = iter(requests)  # shared: each request goes to whichever connection is free
+    latencies: list[float] = []
+    failures = 0
+
+    async def client() -> None:
+        nonlocal failures
+        connection = HttpConnection(gateway.host, gateway.port)
+        try:
+            for raw in pending:
+                if until is not None and time.perf_counter() >= until:
+                    break
+                sent = time.perf_counter()
+                try:
+                    ok = is_success(await connection.request(raw))
+                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    await connection.close()
+                    ok = False
+                latencies.append(time.perf_counter() - sent)
+                failures += not ok
+                progress.update()
+        finally:
+            await connection.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return latencies, failures, time.perf_counter() - start
+
+
+def _run(coroutine: Coroutine):
+    """``asyncio.run`` on uvloop when installed (uvicorn[standard] brings it): less client CPU."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+def measure_http(gateway: RunningGateway, texts: list[str], concurrency: int, desc: str
+                 ) -> tuple[list[float], int, float]:
+    """Closed loop of text-embedding submissions that wait for their result (``?wait=``)."""
+    host = f"{gateway.host}:{gateway.port}"
+    requests = [post_json(host, f"/v1/infer/{TASK}?wait={WAIT_S:g}", {"inputs": {"text": t}, "parameters": NO_CACHE})
+                for t in texts]
+    with tqdm(total=len(requests), desc=desc, unit="req", leave=False) as progress:
+        return _run(closed_loop(gateway, requests, concurrency, result_succeeded, progress))
+
+
+def measure_submit(gateway: RunningGateway, texts: list[str], connections: int, seconds: float, desc: str
+                   ) -> tuple[list[float], int, float]:
+    """Closed loop of submissions without waiting (202), for ``seconds``."""
+    host = f"{gateway.host}:{gateway.port}"
+    requests = [post_json(host, f"/v1/infer/{TASK}", {"inputs": {"text": t}, "parameters": NO_CACHE})
+                for t in texts]
+    with tqdm(desc=desc, unit="req", leave=False) as progress:
+        until = time.perf_counter() + seconds
+        return _run(closed_loop(gateway, itertools.cycle(requests), connections, accepted, progress, until))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": comm may hold spaces
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def cpu_meter(pids: dict[str, int]) -> Iterator[dict[str, float]]:
+    """CPU seconds each named process, and this one ("load generator"), uses inside the block."""
+    used: dict[str, float] = {}
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    own = time.process_time()
+    yield used
+    used.update({name: round(cpu_seconds(pid) - before[name], 2) for name, pid in pids.items()})
+    used["load generator"] = round(time.process_time() - own, 2)
+
+
+def submit_summary(latencies: list[float], failures: int, seconds: float, connections: int,
+                   cpu: dict[str, float]) -> dict:
+    ms = np.asarray(latencies) * 1000.0
+    return {"connections": connections, "seconds": round(seconds, 3), "requests": len(latencies),
+            "requests_per_s": round(len(latencies) / seconds, 1),
+            **{f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)},
+            "max_ms": round(float(ms.max()), 2), "non_202": failures, "cpu_seconds": cpu,
+            "cpu_percent_of_a_core": {name: round(100 * used / seconds, 1) for name, used in cpu.items()}}
