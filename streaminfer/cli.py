@@ -254,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=256)
     bench.add_argument("--batch-size", type=int, default=None)
     bench.add_argument("--output", default="bench-results")
-    bench.add_argument("--scenario", choices=["batching", "priority", "http", "gateway", "all", "load", "scaleout"],
-                       default="all", help="load and scaleout run only when named (all leaves them out)")
+    bench.add_argument("--scenario", choices=["codec", "batching", "priority", "http", "gateway", "load", "scaleout", "all"],
+                       default="all", help="all: every scenario in turn (about 10 minutes on 2 cores)")
     bench.add_argument("--rates", type=_fractions_arg, default=(0.25, 0.5, 0.75, 0.9),
                        help="load: comma-separated fractions of the saturation throughput to offer")
     bench.add_argument("--duration", type=float, default=None,

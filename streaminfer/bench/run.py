@@ -25,6 +25,7 @@ from .load import bench_load, load_summary
 from .raw import bench_raw
 from .scaleout import bench_scaleout, scaleout_summary
 from .stack import bench_worker
+from .targets import bench_codec, check_targets, targets_table
 
 
 def bench_kafka(kafka: str, redis_url: str, repository: Path, texts: list[str], max_batch_size: int,
@@ -87,34 +88,40 @@ def run_bench(args: argparse.Namespace) -> int:
                                 "python": platform.python_version()},
                     "requests": args.requests, "concurrency": args.concurrency}
     rows: list[Figures] = []
-    if args.scenario in ("batching", "all"):
+
+    def wanted(scenario: str) -> bool:
+        return args.scenario in (scenario, "all")
+
+    if wanted("codec"):
+        report["codec"] = bench_codec()
+    if wanted("batching"):
         rows = [bench_raw(repository, texts, max_batch, threads), bench_raw(repository, texts, 1, threads)]
     with embedded.tansu(log_dir=out_dir) as kafka, embedded.redis(log_dir=out_dir) as redis:
         bootstrap, redis_url = embedded.bootstrap_address(kafka), embedded.redis_address(redis)
-        if args.scenario in ("batching", "all"):
+        if wanted("batching"):
             for batch in (max_batch, 1):
                 rows.append(bench_kafka(bootstrap, redis_url, repository, texts, batch, args.concurrency,
                                         threads, out_dir))
-        if args.scenario in ("priority", "all"):
+        if wanted("priority"):
             report["priority"] = bench_priority(bootstrap, redis_url, repository, texts, max_batch, threads, out_dir)
-        if args.scenario in ("http", "all"):
+        if wanted("http"):
             rows.append(bench_http(bootstrap, redis_url, repository, texts, max_batch, args.concurrency, threads,
                                    out_dir))
-        if args.scenario in ("gateway", "all"):
+        if wanted("gateway"):
             report["gateway_submit"] = bench_gateway_submit(
                 bootstrap, redis_url, repository, texts, args.submit_connections, args.submit_seconds, out_dir,
                 {"broker": kafka.pid, "redis": redis.pid})
-        if args.scenario == "load":
+        if wanted("load"):
             report["load"] = bench_load(bootstrap, redis_url, repository, texts, max_batch, args.concurrency,
                                         threads, out_dir, tuple(args.rates), args.duration)
-        if args.scenario == "scaleout":
+        if wanted("scaleout"):
             report["scaleout"] = bench_scaleout(bootstrap, redis_url, repository, texts, max_batch,
                                                 args.concurrency, threads, out_dir)
     report["rows"] = [asdict(r) for r in rows]
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
     if rows:
         print(table(rows))
-    if args.scenario in ("batching", "all"):
+    if wanted("batching"):
         raw, kafka_on = rows[0], rows[2]
         print(f"\nkafka batching on / raw onnxruntime at batch {max_batch}: "
               f"{kafka_on.throughput / raw.throughput:.0%} of raw throughput; "
@@ -136,6 +143,12 @@ def run_bench(args: argparse.Namespace) -> int:
         print("\nlatency against offered load, open loop through Kafka:\n" + load_summary(report["load"]))
     if "scaleout" in report:
         print("\nscale-out, closed loop through Kafka:\n" + scaleout_summary(report["scaleout"]))
+    if "codec" in report:
+        print(f"\navro encode + decode of a typical request: {report['codec']['roundtrips_per_s']:,.0f}/s "
+              f"(fastavro alone: {report['codec']['fastavro_roundtrips_per_s']:,.0f}/s)")
+    report["targets"] = check_targets(report, rows)
+    print("\ntargets (issue 6):\n" + targets_table(report["targets"]))
+    (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
     print(f"JSON: {out_dir / 'bench.json'}")
     shutil.rmtree(out_dir / "tmp", ignore_errors=True)
     return 0

@@ -17,24 +17,26 @@ from .stack import bench_worker
 class Deployment:
     workers: int
     partitions: int
-    threads: int | None = None
-    """STREAMINFER_WORKER_THREADS of each worker; None = the run's setting (default: the cores
-    shared out among the model's instances)."""
+    instances: int | None = None
+    """Model instances (batches computing at once, one thread each on 2 cores) per worker;
+    None = model.yaml's."""
 
     @property
     def label(self) -> str:
         label = f"{self.workers} worker{'s' * (self.workers > 1)} x {self.partitions} partitions"
-        if self.threads is not None:
-            label += f", STREAMINFER_WORKER_THREADS={self.threads}"
+        if self.instances is not None:
+            label += f", {self.instances} model instance{'s' * (self.instances > 1)} each"
         return label
 
 
+# NOTE: on 2 cores, 2 workers with model.yaml's 2 instances each run 4 compute threads on 2 cores;
+# with 1 instance each, every worker has a core, as one worker per core (or GPU) would in production.
 DEPLOYMENTS = (
     Deployment(workers=1, partitions=6),
+    Deployment(workers=2, partitions=6, instances=1),
     Deployment(workers=2, partitions=6),
-    Deployment(workers=2, partitions=6, threads=1),
     Deployment(workers=1, partitions=2),
-    Deployment(workers=2, partitions=2),
+    Deployment(workers=2, partitions=2, instances=1),
 )
 
 
@@ -44,8 +46,9 @@ def bench_scaleout(kafka: str, redis_url: str, repository: Path, texts: list[str
     """One closed-loop run of ``texts`` per deployment, after a warm-up once all its workers consume."""
     rows = []
     for deployment in deployments:
-        with bench_worker(kafka, redis_url, repository, max_batch_size, deployment.threads or threads, out_dir,
-                          workers=deployment.workers, partitions=deployment.partitions) as prefix:
+        with bench_worker(kafka, redis_url, repository, max_batch_size, threads, out_dir,
+                          workers=deployment.workers, partitions=deployment.partitions,
+                          instances=deployment.instances) as prefix:
             asyncio.run(drive_kafka(kafka, prefix, texts[:50], concurrency, "warm-up"))
             run = asyncio.run(drive_kafka(kafka, prefix, texts, concurrency, deployment.label))
         rows.append({**asdict(deployment), **asdict(run.figures(deployment.label, max_batch_size)),

@@ -24,12 +24,15 @@ from ..settings import Settings
 from .figures import TASK
 
 
-def bench_repository(source: Path, target: Path, max_batch_size: int) -> Path:
-    """A repository holding only text-embedding, with ``max_batch_size`` overridden."""
+def bench_repository(source: Path, target: Path, max_batch_size: int, instances: int | None = None) -> Path:
+    """A repository holding only text-embedding, with ``max_batch_size`` (and ``instances``, the
+    batches computing at once) overridden."""
     task_dir = target / TASK
     task_dir.mkdir(parents=True)
     config = yaml.safe_load((source / TASK / "model.yaml").read_text())
     config["max_batch_size"] = max_batch_size
+    if instances:
+        config["instances"] = instances
     (task_dir / "model.yaml").write_text(yaml.safe_dump(config))
     for entry in (source / TASK).iterdir():
         if entry.is_dir():
@@ -39,7 +42,8 @@ def bench_repository(source: Path, target: Path, max_batch_size: int) -> Path:
 
 @contextmanager
 def bench_worker(kafka: str, redis_url: str, repository: Path, max_batch_size: int, threads: int | None,
-                 log_dir: Path, *, workers: int = 1, partitions: int | None = None) -> Iterator[str]:
+                 log_dir: Path, *, workers: int = 1, partitions: int | None = None,
+                 instances: int | None = None) -> Iterator[str]:
     """``workers`` worker processes in one consumer group, serving text-embedding with
     ``max_batch_size`` on a topic prefix of their own, created with ``partitions`` per topic
     (default: the setting); yields the prefix once every worker holds partitions."""
@@ -47,7 +51,7 @@ def bench_worker(kafka: str, redis_url: str, repository: Path, max_batch_size: i
     settings = Settings(kafka_bootstrap_servers=kafka, topic_prefix=prefix,
                         **({"topic_partitions": partitions} if partitions else {}))
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        repo = bench_repository(repository, Path(tmp) / "repo", max_batch_size)
+        repo = bench_repository(repository, Path(tmp) / "repo", max_batch_size, instances)
         env = dict(os.environ, STREAMINFER_KAFKA_BOOTSTRAP_SERVERS=kafka, STREAMINFER_REDIS_URL=redis_url,
                    STREAMINFER_TOPIC_PREFIX=prefix, STREAMINFER_MODEL_REPOSITORY=str(repo),
                    STREAMINFER_TOPIC_PARTITIONS=str(settings.topic_partitions), STREAMINFER_LOG_LEVEL="WARNING")

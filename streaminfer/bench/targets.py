@@ -1,0 +1,70 @@
+"""The targets of issue 6 against a run's figures, and the Avro codec figure they include."""
+
+from __future__ import annotations
+
+import time
+from io import BytesIO
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+
+from schemas.bench import codec_roundtrips_per_second, typical_request
+from schemas.codec import AvroCodec
+from schemas.records import InferenceRequest
+
+from .figures import Figures
+
+KAFKA_SHARE_OF_RAW = 0.85
+GATEWAY_SUBMITS_PER_S = 3000
+CODEC_ROUNDTRIPS_PER_S = 50_000
+
+
+def fastavro_roundtrips_per_second(n: int = 5000) -> float:
+    """The same round trip with fastavro's generic writer and reader (body only, no framing)."""
+    codec = AvroCodec()
+    schema = parse_schema(codec.schema(InferenceRequest))
+    record = typical_request().to_avro()
+    started = time.perf_counter()
+    for _ in range(n):
+        out = BytesIO()
+        schemaless_writer(out, schema, record)
+        out.seek(0)
+        schemaless_reader(out, schema)
+    return n / (time.perf_counter() - started)
+
+
+def bench_codec() -> dict:
+    return {"roundtrips_per_s": round(codec_roundtrips_per_second()),
+            "fastavro_roundtrips_per_s": round(fastavro_roundtrips_per_second())}
+
+
+def check_targets(report: dict, rows: list[Figures]) -> list[dict]:
+    """One row per target the run measured: what, the bound, the measured figure, pass/fail."""
+    targets = []
+    raw = next((r for r in rows if r.scenario.startswith("raw") and r.max_batch_size > 1), None)
+    kafka = next((r for r in rows if r.scenario.startswith("kafka, batching on")), None)
+    if raw and kafka:
+        share = kafka.throughput / raw.throughput
+        targets.append({"target": f"Kafka end to end >= {KAFKA_SHARE_OF_RAW:.0%} of raw ONNX Runtime",
+                        "measured": f"{share:.0%} ({kafka.throughput:.1f} / {raw.throughput:.1f} items/s)",
+                        "passed": share >= KAFKA_SHARE_OF_RAW})
+    load = report.get("load") or {}
+    if load.get("target"):
+        t = load["target"]
+        targets.append({"target": "p99 at 50% load <= 2 x full batch compute + 25 ms",
+                        "measured": f"p99 {t['p99_ms']:.0f} ms, bound {t['bound_ms']:.0f} ms",
+                        "passed": t["passed"]})
+    if "gateway_submit" in report:
+        rate = report["gateway_submit"]["requests_per_s"]
+        targets.append({"target": f"gateway async submit >= {GATEWAY_SUBMITS_PER_S:,} req/s, one process",
+                        "measured": f"{rate:,.0f} req/s", "passed": rate >= GATEWAY_SUBMITS_PER_S})
+    if "codec" in report:
+        rate = report["codec"]["roundtrips_per_s"]
+        targets.append({"target": f"Avro encode + decode >= {CODEC_ROUNDTRIPS_PER_S:,}/s",
+                        "measured": f"{rate:,}/s", "passed": rate >= CODEC_ROUNDTRIPS_PER_S})
+    return targets
+
+
+def targets_table(targets: list[dict]) -> str:
+    lines = ["| target | measured | |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['measured']} | {'PASS' if t['passed'] else 'FAIL'} |" for t in targets]
+    return "\n".join(lines)
