@@ -19,14 +19,15 @@ class RequestIdHeader:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id")
+        raw = dict(scope["headers"]).get(b"x-request-id")
+        incoming = raw.decode("latin-1") if raw is not None else None
         # Starlette keeps request.state in scope["state"]: the route's request_id lands here
         state = scope.setdefault("state", {})
-        state["request_id"] = incoming.decode("latin-1") if incoming is not None else None
+        state["request_id"] = incoming
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                echoed = state.get("request_id")
+                echoed = incoming or state.get("request_id")
                 if echoed:
                     MutableHeaders(scope=message)["X-Request-ID"] = echoed
             await send(message)

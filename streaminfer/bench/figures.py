@@ -26,6 +26,8 @@ class Figures:
     mean_batch: float | None = None
     success_rate: float | None = None
     """Share of requests answered with a succeeded result (HTTP scenarios)."""
+    cpu_ms_per_item: dict[str, float] | None = None
+    """CPU milliseconds each process spent per item (where the cores went)."""
 
 
 def corpus(n: int, seed: int = 0) -> list[str]:

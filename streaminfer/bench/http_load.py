@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .. import embedded
 from .figures import NO_CACHE, TASK
-from .http_client import HttpConnection, Response, post_json
+from .http_client import HttpConnection, Response, encode_request, post_json
 
 WAIT_S = 30.0
 """How long an ``http`` client asks the gateway to wait for its result."""
@@ -129,9 +129,21 @@ def measure_submit(gateway: RunningGateway, texts: list[str], connections: int, 
     host = f"{gateway.host}:{gateway.port}"
     requests = [post_json(host, f"/v1/infer/{TASK}", {"inputs": {"text": t}, "parameters": NO_CACHE})
                 for t in texts]
+    return _for_seconds(gateway, requests, connections, seconds, accepted, desc)
+
+
+def measure_floor(gateway: RunningGateway, connections: int, seconds: float) -> tuple[list[float], int, float]:
+    """The same closed loop on ``GET /health`` (no body, no Redis, no Kafka): what the HTTP stack
+    alone allows this process, the baseline the submit path is compared with."""
+    request = encode_request("GET", f"{gateway.host}:{gateway.port}", "/health")
+    return _for_seconds(gateway, [request], connections, seconds, lambda r: r.status == 200, "GET /health")
+
+
+def _for_seconds(gateway: RunningGateway, requests: list[bytes], connections: int, seconds: float,
+                 is_success: Callable[[Response], bool], desc: str) -> tuple[list[float], int, float]:
     with tqdm(desc=desc, unit="req", leave=False) as progress:
         until = time.perf_counter() + seconds
-        return _run(closed_loop(gateway, itertools.cycle(requests), connections, accepted, progress, until))
+        return _run(closed_loop(gateway, itertools.cycle(requests), connections, is_success, progress, until))
 
 
 def cpu_seconds(pid: int) -> float:

@@ -50,15 +50,15 @@ def bench_load(kafka: str, redis_url: str, repository: Path, texts: list[str], m
                duration_s: float | None = None) -> dict:
     """Saturation, then one open-loop point per fraction of it, on one worker; the full-batch compute
     time comes from every run's full batches. Writes ``latency-vs-load.png`` to ``out_dir``."""
-    with bench_worker(kafka, redis_url, repository, max_batch_size, threads, out_dir) as prefix:
-        asyncio.run(drive_kafka(kafka, prefix, texts[:50], concurrency, "warm-up"))
-        closed = asyncio.run(drive_kafka(kafka, prefix, texts, concurrency, "saturation (closed loop)"))
+    with bench_worker(kafka, redis_url, repository, max_batch_size, threads, out_dir) as workers:
+        asyncio.run(drive_kafka(kafka, workers.prefix, texts[:50], concurrency, "warm-up"))
+        closed = asyncio.run(drive_kafka(kafka, workers.prefix, texts, concurrency, "saturation (closed loop)"))
         saturation = closed.figures(f"closed loop, {concurrency} in flight", max_batch_size)
         runs: list[LoadRun] = [closed]
         points = []
         for fraction in fractions:
             rate = fraction * saturation.throughput
-            runs.append(asyncio.run(drive_open_loop(kafka, prefix, texts, rate, f"open loop {fraction:.0%}",
+            runs.append(asyncio.run(drive_open_loop(kafka, workers.prefix, texts, rate, f"open loop {fraction:.0%}",
                                                     duration_s)))
             points.append(LoadPoint(fraction, round(rate, 1), runs[-1].figures(
                 f"open loop {fraction:.0%} ({rate:.1f} req/s offered)", max_batch_size)))

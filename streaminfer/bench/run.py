@@ -19,7 +19,14 @@ from .. import embedded
 from ..kafka_admin import ensure_contract_topics
 from ..settings import Settings
 from .figures import TASK, Figures, corpus, figures, table
-from .http_load import bench_gateway, cpu_meter, measure_http, measure_submit, submit_summary
+from .http_load import (
+    bench_gateway,
+    cpu_meter,
+    measure_floor,
+    measure_http,
+    measure_submit,
+    submit_summary,
+)
 from .kafka_load import drive_kafka, drive_priority_burst
 from .load import bench_load, load_summary
 from .raw import bench_raw
@@ -29,19 +36,25 @@ from .targets import bench_codec, check_targets, targets_table
 
 
 def bench_kafka(kafka: str, redis_url: str, repository: Path, texts: list[str], max_batch_size: int,
-                concurrency: int, threads: int | None, log_dir: Path) -> Figures:
-    with bench_worker(kafka, redis_url, repository, max_batch_size, threads, log_dir) as prefix:
-        asyncio.run(drive_kafka(kafka, prefix, texts[:50], concurrency, "warm-up"))
-        run = asyncio.run(drive_kafka(kafka, prefix, texts, concurrency, f"kafka max_batch_size={max_batch_size}"))
-    return run.figures(f"kafka, batching {'on' if max_batch_size > 1 else 'off'} (max {max_batch_size})",
-                       max_batch_size)
+                concurrency: int, threads: int | None, log_dir: Path, servers: dict[str, int]) -> Figures:
+    """Closed loop through Kafka on one worker; also the CPU per item of the worker, the
+    ``servers`` (name: pid) and the load generator."""
+    with bench_worker(kafka, redis_url, repository, max_batch_size, threads, log_dir) as workers:
+        asyncio.run(drive_kafka(kafka, workers.prefix, texts[:50], concurrency, "warm-up"))
+        with cpu_meter({"worker": workers.pids[0], **servers}) as cpu:
+            run = asyncio.run(drive_kafka(kafka, workers.prefix, texts, concurrency,
+                                          f"kafka max_batch_size={max_batch_size}"))
+    found = run.figures(f"kafka, batching {'on' if max_batch_size > 1 else 'off'} (max {max_batch_size})",
+                        max_batch_size)
+    found.cpu_ms_per_item = {name: round(1000 * seconds / found.items, 2) for name, seconds in cpu.items()}
+    return found
 
 
 def bench_priority(kafka: str, redis_url: str, repository: Path, texts: list[str], max_batch_size: int,
                    threads: int | None, log_dir: Path) -> dict:
-    with bench_worker(kafka, redis_url, repository, max_batch_size, threads, log_dir) as prefix:
-        asyncio.run(drive_kafka(kafka, prefix, texts[:50], 64, "warm-up"))
-        queued = asyncio.run(drive_priority_burst(kafka, prefix, texts, (0.1, 0.8, 0.1)))
+    with bench_worker(kafka, redis_url, repository, max_batch_size, threads, log_dir) as workers:
+        asyncio.run(drive_kafka(kafka, workers.prefix, texts[:50], 64, "warm-up"))
+        queued = asyncio.run(drive_priority_burst(kafka, workers.prefix, texts, (0.1, 0.8, 0.1)))
     summary = {level: {"n": len(ms), **{f"p{q}_ms": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)}}
                for level, ms in queued.items() if ms}
     summary["high_p95_over_low_p95"] = round(summary["high"]["p95_ms"] / max(summary["low"]["p95_ms"], 1e-9), 3)
@@ -51,8 +64,8 @@ def bench_priority(kafka: str, redis_url: str, repository: Path, texts: list[str
 def bench_http(kafka: str, redis_url: str, repository: Path, texts: list[str], max_batch_size: int,
                concurrency: int, threads: int | None, log_dir: Path) -> Figures:
     """HTTP clients through one gateway process, each waiting for its result (``?wait=``)."""
-    with bench_worker(kafka, redis_url, repository, max_batch_size, threads, log_dir) as prefix, \
-            bench_gateway(kafka, redis_url, prefix, repository, log_dir) as gateway:
+    with bench_worker(kafka, redis_url, repository, max_batch_size, threads, log_dir) as workers, \
+            bench_gateway(kafka, redis_url, workers.prefix, repository, log_dir) as gateway:
         measure_http(gateway, texts[:50], concurrency, "warm-up")
         latencies, failures, seconds = measure_http(gateway, texts, concurrency,
                                                     f"http ?wait max_batch_size={max_batch_size}")
@@ -70,7 +83,9 @@ def bench_gateway_submit(kafka: str, redis_url: str, repository: Path, texts: li
         measure_submit(gateway, texts, connections, min(2.0, seconds), "warm-up")
         with cpu_meter({"gateway": gateway.pid, **servers}) as cpu:
             latencies, failures, elapsed = measure_submit(gateway, texts, connections, seconds, "gateway submit")
-    return submit_summary(latencies, failures, elapsed, connections, cpu)
+        floor, _, floor_s = measure_floor(gateway, connections, seconds)
+    return {**submit_summary(latencies, failures, elapsed, connections, cpu),
+            "health_requests_per_s": round(len(floor) / floor_s, 1)}
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -101,7 +116,7 @@ def run_bench(args: argparse.Namespace) -> int:
         if wanted("batching"):
             for batch in (max_batch, 1):
                 rows.append(bench_kafka(bootstrap, redis_url, repository, texts, batch, args.concurrency,
-                                        threads, out_dir))
+                                        threads, out_dir, {"broker": kafka.pid, "redis": redis.pid}))
         if wanted("priority"):
             report["priority"] = bench_priority(bootstrap, redis_url, repository, texts, max_batch, threads, out_dir)
         if wanted("http"):
@@ -126,6 +141,10 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"\nkafka batching on / raw onnxruntime at batch {max_batch}: "
               f"{kafka_on.throughput / raw.throughput:.0%} of raw throughput; "
               f"batching on vs off: {kafka_on.throughput / rows[3].throughput:.1f}x")
+        for row in rows:
+            if row.cpu_ms_per_item:
+                print(f"  CPU ms per item, {row.scenario}: "
+                      + ", ".join(f"{name} {ms}" for name, ms in row.cpu_ms_per_item.items()))
     if "priority" in report:
         print("\nqueueing at saturation, 10/80/10 high/normal/low (ms):")
         for level in ("high", "normal", "low"):
@@ -137,7 +156,8 @@ def run_bench(args: argparse.Namespace) -> int:
         submit = report["gateway_submit"]
         print(f"\ngateway submit (202, one gateway process, {submit['connections']} connections): "
               f"{submit['requests_per_s']:.0f} req/s, p50 {submit['p50_ms']:.1f} p95 {submit['p95_ms']:.1f} "
-              f"p99 {submit['p99_ms']:.1f} ms, non-202 {submit['non_202']}")
+              f"p99 {submit['p99_ms']:.1f} ms, non-202 {submit['non_202']}; "
+              f"GET /health on the same process (the HTTP stack alone): {submit['health_requests_per_s']:.0f} req/s")
         print("  CPU, % of a core: " + ", ".join(f"{name} {pct}" for name, pct in submit["cpu_percent_of_a_core"].items()))
     if "load" in report:
         print("\nlatency against offered load, open loop through Kafka:\n" + load_summary(report["load"]))

@@ -48,9 +48,9 @@ def bench_scaleout(kafka: str, redis_url: str, repository: Path, texts: list[str
     for deployment in deployments:
         with bench_worker(kafka, redis_url, repository, max_batch_size, threads, out_dir,
                           workers=deployment.workers, partitions=deployment.partitions,
-                          instances=deployment.instances) as prefix:
-            asyncio.run(drive_kafka(kafka, prefix, texts[:50], concurrency, "warm-up"))
-            run = asyncio.run(drive_kafka(kafka, prefix, texts, concurrency, deployment.label))
+                          instances=deployment.instances) as workers:
+            asyncio.run(drive_kafka(kafka, workers.prefix, texts[:50], concurrency, "warm-up"))
+            run = asyncio.run(drive_kafka(kafka, workers.prefix, texts, concurrency, deployment.label))
         rows.append({**asdict(deployment), **asdict(run.figures(deployment.label, max_batch_size)),
                      "results_per_worker": sorted(run.workers.values(), reverse=True)})
     return rows

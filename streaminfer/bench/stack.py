@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -40,13 +41,20 @@ def bench_repository(source: Path, target: Path, max_batch_size: int, instances:
     return target
 
 
+@dataclass(frozen=True)
+class Workers:
+    prefix: str
+    """The topic prefix they serve."""
+    pids: tuple[int, ...]
+
+
 @contextmanager
 def bench_worker(kafka: str, redis_url: str, repository: Path, max_batch_size: int, threads: int | None,
                  log_dir: Path, *, workers: int = 1, partitions: int | None = None,
-                 instances: int | None = None) -> Iterator[str]:
+                 instances: int | None = None) -> Iterator[Workers]:
     """``workers`` worker processes in one consumer group, serving text-embedding with
     ``max_batch_size`` on a topic prefix of their own, created with ``partitions`` per topic
-    (default: the setting); yields the prefix once every worker holds partitions."""
+    (default: the setting); yields them once every worker holds partitions."""
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     settings = Settings(kafka_bootstrap_servers=kafka, topic_prefix=prefix,
                         **({"topic_partitions": partitions} if partitions else {}))
@@ -72,7 +80,7 @@ def bench_worker(kafka: str, redis_url: str, repository: Path, max_batch_size: i
         for url in metrics_urls:
             embedded.wait_for_http(url, procs)
         wait_until_consuming(redis_url, prefix, workers, procs)
-        yield prefix
+        yield Workers(prefix, tuple(proc.pid for proc in procs))
 
 
 def wait_until_consuming(redis_url: str, prefix: str, workers: int, procs: list[subprocess.Popen],

@@ -24,6 +24,16 @@ def test_submit_publishes_a_request_and_answers_202(gateway):
     assert response.headers["x-request-id"] == request.request_id
 
 
+def test_a_client_request_id_is_echoed_over_the_assigned_one(gateway):
+    response = gateway.post("/v1/infer/tiny", json={"inputs": {"x": [1, 2, 3]}},
+                            headers={"X-Request-ID": "client-trace-7"})
+    assert response.status_code == 202
+    assert response.headers["x-request-id"] == "client-trace-7"
+    assert response.json()["request_id"] != "client-trace-7"  # the request still gets its own id
+    missing = gateway.get("/v1/results/nope", headers={"X-Request-ID": "client-trace-8"})
+    assert missing.headers["x-request-id"] == "client-trace-8"
+
+
 def test_oip_tensors_are_accepted(gateway):
     response = gateway.post("/v1/infer/tiny", json={"inputs": [
         {"name": "x", "datatype": "FP32", "shape": [2, 3], "data": [1, 2, 3, 4, 5, 6]}]})
