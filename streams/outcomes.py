@@ -76,9 +76,9 @@ class OutcomeWriter:
     async def mark_started(self, runnable: list[PendingRequest]) -> None:
         await self._publisher.mark_running([(p.request.request_id, p.request.client_id) for p in runnable],
                                            self.worker_id)
-        await self._publisher.audit(self.audit_event(p.request, AuditType.STARTED, p.digest,
-                                                {"batch_items": str(sum(q.size for q in runnable))})
-                                    for p in runnable)
+        items = str(sum(p.size for p in runnable))
+        await self._publisher.audit(
+            self.audit_event(p.request, AuditType.STARTED, p.digest, {"batch_items": items}) for p in runnable)
 
     async def finish(self, finished: list[tuple[InferenceRequest, InferenceResult, str]]) -> None:
         if not finished:
@@ -107,9 +107,9 @@ class OutcomeWriter:
         await self._publisher.audit(events)
 
     def result(self, request: InferenceRequest, status: Status, *, model: Model | None = None,
-                outputs: dict[str, np.ndarray] | None = None, error: Error | None = None,
-                batch_size: int = 0, attempts: int = 1, started: int | None = None,
-                inference_ms: float = 0.0) -> InferenceResult:
+               outputs: dict[str, np.ndarray] | None = None, error: Error | None = None,
+               batch_size: int = 0, attempts: int = 1, started: int | None = None,
+               inference_ms: float = 0.0) -> InferenceResult:
         completed = now_ms()
         started = started if started is not None else completed
         return InferenceResult(
@@ -123,6 +123,6 @@ class OutcomeWriter:
         )
 
     def audit_event(self, request: InferenceRequest, kind: AuditType, digest: str,
-               details: dict[str, str] | None = None) -> AuditEvent:
+                    details: dict[str, str] | None = None) -> AuditEvent:
         return AuditEvent(request_id=request.request_id, task=request.task, type=kind,
                           actor=self.worker_id, input_digest=digest, details=details or {})

@@ -253,9 +253,8 @@ class RequestProcessor:
                     await self._publisher.republish([(req.task, req.request_id, prior.stored.avro)])
             elif prior.cancelled:
                 finished.append((req, self._outcomes.result(req, Status.CANCELLED, model=model), item.digest))
-            elif req.deadline_at is not None and req.deadline_at < started:
-                error = Error("DEADLINE_EXCEEDED", f"deadline passed {started - req.deadline_at} ms before the run", False)
-                finished.append((req, self._outcomes.result(req, Status.EXPIRED, model=model, error=error), item.digest))
+            elif _past_deadline(item, started):
+                finished.append(self._expired(item, model, started))
             elif prior.cached is not None:
                 cached = self._codec.decode(prior.cached, InferenceResult)
                 hit = self._outcomes.result(req, Status.SUCCEEDED, model=model, started=started)
@@ -269,12 +268,17 @@ class RequestProcessor:
         if runnable:
             async with self._compute[model]:
                 started = now_ms()  # queueing ends when an instance takes the batch
+                # a deadline may also pass while the batch waits for an instance
+                late = [item for item in runnable if _past_deadline(item, started)]
+                finished += [self._expired(item, model, started) for item in late]
+                runnable = [item for item in runnable if not _past_deadline(item, started)]
                 for item in runnable:
                     metrics.QUEUE_SECONDS.labels(item.request.task, item.priority.topic_suffix).observe(
                         max(0.0, (started - item.request.created_at) / 1000.0))
-                # written while the model runs; awaited before any result is written
-                started_writes = asyncio.create_task(self._outcomes.mark_started(runnable))
-                ran = await self._infer(model, runnable, started)
+                if runnable:
+                    # written while the model runs; awaited before any result is written
+                    started_writes = asyncio.create_task(self._outcomes.mark_started(runnable))
+                    ran = await self._infer(model, runnable, started)
         # NOTE: the model is free from here: the writes go on in the background (bounded), so the
         # next batch computes while this one's results travel to Redis and Kafka.
         await self._writes.acquire()
@@ -283,6 +287,11 @@ class RequestProcessor:
             started_writes)))
         self._writing.add(task)
         task.add_done_callback(self._wrote)
+
+    def _expired(self, item: PendingRequest, model: Model, now: int) -> tuple[InferenceRequest, InferenceResult, str]:
+        req = item.request
+        error = Error("DEADLINE_EXCEEDED", f"deadline passed {now - req.deadline_at} ms before the run", False)
+        return req, self._outcomes.result(req, Status.EXPIRED, model=model, error=error), item.digest
 
     def _wrote(self, task: asyncio.Task) -> None:
         self._writing.discard(task)
@@ -371,3 +380,6 @@ class RequestProcessor:
     async def _predict(self, model: Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return await asyncio.get_running_loop().run_in_executor(self._pool, model.predict_batch, inputs)
 
+
+def _past_deadline(item: PendingRequest, now_ms_: int) -> bool:
+    return item.request.deadline_at is not None and item.request.deadline_at < now_ms_

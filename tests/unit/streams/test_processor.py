@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 
@@ -176,6 +177,41 @@ async def test_expired_and_cancelled_requests_do_not_run(codec):
     assert statuses == {expired_req.request_id: Status.EXPIRED, cancelled_req.request_id: Status.CANCELLED}
     types = {a.type for a in publisher.audits}
     assert {AuditType.EXPIRED, AuditType.CANCELLED} <= types
+
+
+class SlowModel(FakeModel):
+    def predict_batch(self, inputs):
+        time.sleep(0.3)  # runs in the inference thread, as a real model would
+        return super().predict_batch(inputs)
+
+
+async def test_a_deadline_passing_while_the_batch_waits_for_an_instance_expires_it(codec):
+    model, publisher = SlowModel(), FakePublisher()
+    processor = make(model, publisher, codec)
+    first, first_req = event(codec, [[1, 1]], 0)
+    late, late_req = event(codec, [[2, 2]], 1, deadline_at=now_ms() + 150)
+    acked: list[int] = []
+
+    def ack_of(offset):
+        async def ack():
+            acked.append(offset)
+        return ack
+
+    await processor.start()
+    try:
+        await processor.handle(first, ack_of(0))
+        await asyncio.sleep(0.08)  # the first batch computes; the one instance is busy for 0.3 s
+        await processor.handle(late, ack_of(1))
+        for _ in range(200):
+            if len(acked) == 2:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await processor.stop()
+    statuses = {r.request_id: r.status for r in publisher.results}
+    assert statuses == {first_req.request_id: Status.SUCCEEDED, late_req.request_id: Status.EXPIRED}
+    assert model.calls == [1], "the late request never reached the model"
+    assert sorted(acked) == [0, 1]
 
 
 @pytest.mark.parametrize("payload", [b"", b"\xc3\x01garbage", b"\x00\x00\x00\x00\x01", bytes(range(256))])
