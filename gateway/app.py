@@ -83,7 +83,7 @@ def create_app(settings: Any) -> FastAPI:
                 stack.push_async_callback(component.stop)
             service.lag = lag
             app.state.service = service
-            authenticator._api_keys = ApiKeyStore(store.redis, settings.topic_prefix)
+            authenticator.api_keys = ApiKeyStore(store.redis, settings.topic_prefix)
             app.state.rate_limiter = None if authenticator.disabled else RateLimiter(
                 store.redis, settings.topic_prefix, settings.rate_limit_per_s, settings.rate_limit_burst)
             logger.info("gateway serving tasks %s", ",".join(sorted(service.configs)))

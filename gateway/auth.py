@@ -43,7 +43,8 @@ class Authenticator:
     def __init__(self, modes: str, api_keys: ApiKeyStore | None, public_keys: list, algorithms: str,
                  issuer: str | None = None, audience: str | None = None) -> None:
         self.modes = set(modes.split(","))
-        self._api_keys = api_keys
+        self.api_keys = api_keys
+        """Set by the app once Redis is connected (its lifespan); None until then."""
         self._public_keys = public_keys
         # NOTE: symmetric algorithms are never accepted: with a public key as the HMAC secret,
         # anyone holding the public key could sign (the classic HS256 confusion attack).
@@ -66,7 +67,7 @@ class Authenticator:
         if api_key is None and scheme.lower() == "bearer" and token and token.count(".") != 2:
             api_key = token  # an API key sent as a bearer token
         if api_key is not None and "apikey" in self.modes:
-            principal = await self._api_keys.lookup(api_key.strip())
+            principal = await self.api_keys.lookup(api_key.strip())
             if principal is None:
                 raise Unauthorized("unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
             return principal

@@ -151,51 +151,57 @@ class ResultPublisher:
             replies = await pipe.execute()
         is_new = [bool(n) for n in replies[0::2]]
         fresh = [(r, a) for r, a, new in zip(results, encoded, is_new, strict=True) if new]
-        await self.republish([(r.task, r.request_id, a) for r, a in fresh], traceparents)
-        await self._record_latencies([r for r, _ in fresh], priorities or {})
+        if fresh:
+            await self._produce_results([(r.task, r.request_id, a) for r, a in fresh], traceparents or {})
+            # one round trip: the published flags, the waiters' wake-ups and /admin/stats' latencies
+            async with self.redis.pipeline(transaction=False) as pipe:
+                self._flag_published(pipe, [r.request_id for r, _ in fresh])
+                self._record_latencies(pipe, [r for r, _ in fresh], priorities or {})
+                await pipe.execute()
         for result, _ in fresh:
             metrics.REQUESTS.labels(result.task, result.status.value.lower()).inc()
             metrics.REQUEST_SECONDS.labels(result.task).observe(
                 max(0, result.completed_at - result.created_at) / 1000.0)
         return is_new
 
-    async def republish(self, items: Iterable[tuple[str, str, bytes]],
-                        traceparents: dict[str, str] | None = None) -> None:
-        """Produce encoded results ``(task, request_id, avro)`` (with the request's W3C
-        ``traceparent`` as a header when it had one), then flag them published and wake the
-        gateway's waiters."""
+    async def republish(self, items: Iterable[tuple[str, str, bytes]]) -> None:
+        """Produce stored results ``(task, request_id, avro)`` that a crash left unpublished, then
+        flag them published and wake the gateway's waiters."""
         items = list(items)
         if not items:
             return
-        traceparents = traceparents or {}
+        await self._produce_results(items, {})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self._flag_published(pipe, [rid for _task, rid, _avro in items])
+            await pipe.execute()
+
+    async def _produce_results(self, items: Sequence[tuple[str, str, bytes]], traceparents: dict[str, str]) -> None:
+        """Encoded results ``(task, request_id, avro)`` to their results topics, with the request's
+        W3C ``traceparent`` as a header when it had one."""
         await self._send_all(
             (topics.results_topic(self._prefix, task), rid.encode(), avro,
              [(keys.HEADER_TRACEPARENT, traceparents[rid].encode())] if rid in traceparents else None)
             for task, rid, avro in items
         )
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for _task, rid, _avro in items:
-                pipe.hset(keys.result_key(self._prefix, rid), FIELD_PUBLISHED, b"1")
-                pipe.hset(keys.status_key(self._prefix, rid), "status", "done")
-                pipe.expire(keys.status_key(self._prefix, rid), self._ttl_s)
-                pipe.publish(keys.result_channel(self._prefix, rid), b"1")
-            await pipe.execute()
 
-    async def _record_latencies(self, results: Sequence[InferenceResult], priorities: dict[str, str]) -> None:
+    def _flag_published(self, pipe, request_ids: Sequence[str]) -> None:
+        for rid in request_ids:
+            pipe.hset(keys.result_key(self._prefix, rid), FIELD_PUBLISHED, b"1")
+            pipe.hset(keys.status_key(self._prefix, rid), "status", "done")
+            pipe.expire(keys.status_key(self._prefix, rid), self._ttl_s)
+            pipe.publish(keys.result_channel(self._prefix, rid), b"1")
+
+    def _record_latencies(self, pipe, results: Sequence[InferenceResult], priorities: dict[str, str]) -> None:
         """Recent completions per task and priority, for the gateway's /admin/stats."""
-        if not results:
-            return
         now = results[-1].completed_at
-        async with self.redis.pipeline(transaction=False) as pipe:
-            touched = set()
-            for r in results:
-                key = keys.latency_key(self._prefix, r.task, priorities.get(r.request_id, "normal"))
-                pipe.zadd(key, {f"{r.request_id}:{r.timings.total_ms:.1f}": r.completed_at})
-                touched.add(key)
-            for key in touched:
-                pipe.zremrangebyscore(key, 0, now - LATENCY_WINDOW_MS)
-                pipe.pexpire(key, LATENCY_WINDOW_MS)
-            await pipe.execute()
+        touched = set()
+        for r in results:
+            key = keys.latency_key(self._prefix, r.task, priorities.get(r.request_id, "normal"))
+            pipe.zadd(key, {f"{r.request_id}:{r.timings.total_ms:.1f}": r.completed_at})
+            touched.add(key)
+        for key in touched:
+            pipe.zremrangebyscore(key, 0, now - LATENCY_WINDOW_MS)
+            pipe.pexpire(key, LATENCY_WINDOW_MS)
 
     async def audit(self, events: Iterable[AuditEvent]) -> None:
         topic = topics.audit_topic(self._prefix)
