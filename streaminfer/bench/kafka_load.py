@@ -55,6 +55,18 @@ def full_batch_ms(runs: Sequence[LoadRun], max_batch_size: int) -> float | None:
     return float(np.mean(ms)) if ms else None
 
 
+def results_consumer(bootstrap: str, prefix: str) -> AIOKafkaConsumer:
+    """A downstream consumer of text-embedding results, in a group of its own, from the start."""
+    return AIOKafkaConsumer(
+        topics.results_topic(prefix, TASK), bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest", fetch_max_wait_ms=Settings().kafka_fetch_max_wait_ms, enable_auto_commit=False)
+
+
+def text_request(text: str, priority: Priority = Priority.NORMAL) -> InferenceRequest:
+    return InferenceRequest(request_id=str(uuid.uuid4()), task=TASK, priority=priority,
+                            inputs=[Tensor.from_numpy("text", np.array([text], dtype=object))], parameters=NO_CACHE)
+
+
 class _Exchange:
     """A producer writing text-embedding requests at NORMAL priority and a consumer matching the
     results to them by request id, until ``total`` have come back."""
@@ -72,10 +84,7 @@ class _Exchange:
         self.started = 0.0
 
     async def __aenter__(self) -> _Exchange:
-        self._consumer = AIOKafkaConsumer(
-            topics.results_topic(self._prefix, TASK), bootstrap_servers=self._bootstrap,
-            group_id=f"bench-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest",
-            fetch_max_wait_ms=Settings().kafka_fetch_max_wait_ms, enable_auto_commit=False)
+        self._consumer = results_consumer(self._bootstrap, self._prefix)
         self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, linger_ms=2)
         await self._consumer.start()
         await self._producer.start()
@@ -86,9 +95,7 @@ class _Exchange:
 
     async def send(self, text: str, sent_at: float) -> None:
         """Write one request; its latency will count from ``sent_at`` (a ``perf_counter`` time)."""
-        request = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK, priority=Priority.NORMAL,
-                                   inputs=[Tensor.from_numpy("text", np.array([text], dtype=object))],
-                                   parameters=NO_CACHE)
+        request = text_request(text)
         self._sent[request.request_id] = sent_at
         await self._producer.send(topics.request_topic(self._prefix, TASK, Priority.NORMAL),
                                   self._codec.encode(request), key=request.request_id.encode())
@@ -170,9 +177,7 @@ async def drive_priority_burst(bootstrap: str, prefix: str, texts: list[str], mi
     levels = [Priority.HIGH, Priority.NORMAL, Priority.LOW]
     drawn = rng.choice(3, size=len(texts), p=list(mix))
     priority_of: dict[str, str] = {}
-    consumer = AIOKafkaConsumer(topics.results_topic(prefix, TASK), bootstrap_servers=bootstrap,
-                                group_id=f"bench-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest",
-                                fetch_max_wait_ms=Settings().kafka_fetch_max_wait_ms, enable_auto_commit=False)
+    consumer = results_consumer(bootstrap, prefix)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await consumer.start()
     await producer.start()
@@ -181,9 +186,7 @@ async def drive_priority_burst(bootstrap: str, prefix: str, texts: list[str], mi
         futures = []
         for text, level in zip(texts, drawn, strict=True):
             priority = levels[level]
-            request = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK, priority=priority,
-                                       inputs=[Tensor.from_numpy("text", np.array([text], dtype=object))],
-                                       parameters=NO_CACHE)
+            request = text_request(text, priority)
             priority_of[request.request_id] = priority.topic_suffix
             futures.append(await producer.send(topics.request_topic(prefix, TASK, priority), codec.encode(request),
                                                key=request.request_id.encode()))
