@@ -19,6 +19,7 @@ __all__ = [
     "cache_key",
     "rate_limit_key",
     "cancel_key",
+    "dead_letter_key",
     "idempotency_key",
     "latency_key",
     "result_channel",
@@ -58,6 +59,11 @@ def status_key(prefix: str, request_id: str) -> str:
 def cancel_key(prefix: str, request_id: str) -> str:
     """Flag set when a client cancels a request that has not run yet."""
     return f"{prefix}:cancel:{request_id}"
+
+
+def dead_letter_key(prefix: str, topic: str, partition: int, offset: int) -> str:
+    """Flag: the event at that topic, partition and offset is on the dead-letter topic."""
+    return f"{prefix}:dead-lettered:{topic}:{partition}:{offset}"
 
 
 def cache_key(prefix: str, task: str, model_version: str | int | None, digest: str) -> str:

@@ -4,6 +4,7 @@ batches are still acknowledged while faust waits for its streams to empty and co
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ from prometheus_client import start_http_server
 
 from models.repository import ModelRepository
 from schemas.codec import AvroCodec
+from schemas.errors import SchemaError
 
 from . import metrics
 from .agents import register_agents
@@ -63,7 +65,9 @@ class WorkerRuntime(mode.Service):
 
     def __init__(self, processor: RequestProcessor, publisher: ResultPublisher,
                  options: WorkerOptions, is_consuming: Callable[[], bool] = lambda: True,
-                 set_fetch_wait: Callable[[int], None] = lambda ms: None, **kwargs) -> None:
+                 set_fetch_wait: Callable[[int], None] = lambda ms: None,
+                 codec: AvroCodec | None = None, **kwargs) -> None:
+        self.codec = codec
         self.is_consuming = is_consuming
         self.set_fetch_wait = set_fetch_wait
         self._fetch_wait_ms = options.fetch_max_wait_ms
@@ -76,6 +80,8 @@ class WorkerRuntime(mode.Service):
 
     async def on_start(self) -> None:
         await self.publisher.start()
+        if self.codec is not None:
+            await self._register_schemas(self.codec)
         await self.processor.start()
         # NOTE: /metrics answers only once the models are warm: launchers use it as a ready signal.
         if self.options.metrics_port is not None:
@@ -85,6 +91,21 @@ class WorkerRuntime(mode.Service):
             self.metrics_port = server.server_address[1]
             logger.info("worker metrics on http://%s:%d/metrics", self.options.metrics_host, self.metrics_port)
         logger.info("worker %s ready for tasks %s", self.options.worker_id, ",".join(self.processor.tasks))
+
+    async def _register_schemas(self, codec: AvroCodec) -> None:
+        """With a registry, our schemas are registered before any result is encoded, so a
+        registry outage later never stands between a computed result and its topic."""
+        delay_s = 0.5
+        while True:
+            try:
+                await codec.prepare_async()
+                return
+            except SchemaError as exc:
+                if not exc.retriable:
+                    raise
+                logger.warning("schema registry unavailable (%s); retrying in %.1fs", exc, delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 10.0)
 
     @mode.Service.timer(HEARTBEAT_INTERVAL_S)
     async def _heartbeat(self) -> None:
@@ -170,5 +191,5 @@ def create_worker(options: WorkerOptions) -> tuple[WorkerApp, WorkerRuntime]:
     app.fetch_max_wait_ms = options.fetch_max_wait_ms
     register_agents(app, processor, options.topic_prefix)
     runtime = WorkerRuntime(processor, publisher, options, is_consuming=lambda: _has_partitions(app),
-                            set_fetch_wait=app.set_fetch_max_wait)
+                            set_fetch_wait=app.set_fetch_max_wait, codec=codec)
     return app, runtime

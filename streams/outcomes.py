@@ -1,16 +1,30 @@
-"""What a worker leaves behind for each request: results (Redis, then the results topic), audit
-events and dead letters, built and written through the :class:`ResultPublisher`."""
+"""The worker's one write boundary: what each event leaves behind (a result in Redis and on its
+results topic, a dead letter, audit events), written through the :class:`ResultPublisher`,
+then answered in the :class:`AckLedger` so its offset may be committed.
+
+A write that fails halfway is run again, skipping the steps that are done: a dead letter is
+produced once (a Redis marker per source offset), a result is stored once (``HSETNX``) and
+published until its ``published`` flag is set, whoever stored it; after a crash between a
+produce and its flag the same result, or the same letter, is produced again (consumers may see
+an identical copy; only Kafka transactions would close that window). Audit events are at
+least once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
 from models.base import Model
-from models.errors import ModelNotFound
 from schemas.codec import AvroCodec
+from schemas.errors import SchemaError
 from schemas.records import (
     AuditEvent,
     AuditType,
@@ -21,108 +35,265 @@ from schemas.records import (
     Status,
     Tensor,
     Timings,
-    input_digest,
     now_ms,
 )
 
 from . import metrics
-from .publisher import ResultPublisher
-from .requests import PendingRequest, SourceEvent
+from .ledger import AckLedger, Entry
+from .publisher import Latency, Publication, ResultPublisher, StoredResult
+from .requests import SourceEvent
 
 logger = logging.getLogger(__name__)
 
-Ack = Callable[[], Awaitable[object]]
+# The last millisecond of year 9999: timestamps past it are no dates any client can read.
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+
+# Failures of Redis, Kafka or the schema registry that pass: the write waits and runs again.
+DEPENDENCY_ERRORS = (RedisError, KafkaError, OSError, TimeoutError)
+
+# Writes (a batch's outcomes, or one rejection) on their way at once, per worker.
+MAX_WRITES = 8
+
+Before = tuple[asyncio.Task, Callable[[], Awaitable[object]]]
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, DEPENDENCY_ERRORS) or (isinstance(exc, SchemaError) and exc.retriable)
+
+
+@dataclass(frozen=True, slots=True)
+class Letter:
+    code: str
+    message: str
+    error_type: str
+
+
+@dataclass(eq=False, slots=True)
+class Outcome:
+    """Everything one event leaves behind; the flags record what is written already."""
+
+    source: SourceEvent
+    entry: Entry | None
+    """Answered in the ledger once everything below is written."""
+    request: InferenceRequest | None = None
+    result: InferenceResult | None = None
+    """The result to store; None with ``stored`` set: an earlier result is only (re)published."""
+    letter: Letter | None = None
+    digest: str = ""
+    audits: list[AuditEvent] = field(default_factory=list)
+    """Written before the terminal audit event (e.g. CACHE_HIT)."""
+    cache_key: str | None = None
+    """Where a SUCCEEDED result also goes into the content cache."""
+    lettered: bool = False
+    stored: StoredResult | None = None
+    published: bool = False
+    audited: bool = False
+
+    @property
+    def request_id(self) -> str:
+        if self.result is not None:
+            return self.result.request_id
+        if self.request is not None:
+            return self.request.request_id
+        return (self.source.key or b"").decode("utf-8", "replace")
 
 
 class OutcomeWriter:
-    """Builds and writes results, audit events and dead letters for one worker."""
+    """Builds results and audit events, writes outcomes and answers them in the ledger."""
 
-    def __init__(self, publisher: ResultPublisher, codec: AvroCodec, worker_id: str) -> None:
+    def __init__(self, publisher: ResultPublisher, codec: AvroCodec, worker_id: str,
+                 ledger: AckLedger | None = None, max_writes: int = MAX_WRITES) -> None:
         self._publisher = publisher
         self._codec = codec
         self.worker_id = worker_id
+        self.ledger = ledger or AckLedger()
+        self._max_writes = max_writes
+        self._writing: set[asyncio.Task] = set()
+        self.closed = False
+        """Once set, a failing write gives up (its events are redelivered) instead of waiting."""
 
-    async def reject(self, source: SourceEvent, request: InferenceRequest, exc: Exception, ack: Ack) -> None:
-        """Bad input: a FAILED result its client can read, plus a dead letter for operators."""
-        code = getattr(exc, "code", "INVALID_INPUT")
-        if isinstance(exc, ModelNotFound):
-            code = "TASK_NOT_FOUND"
-        result = self.result(request, Status.FAILED, error=Error(code, str(exc), False))
-        await self.finish([(request, result, input_digest(request.inputs))])
-        await self.dead_letter(source, request, code, str(exc), type(exc).__name__)
-        await ack()
+    # --- writing ---
+    async def submit(self, outcomes: Sequence[Outcome], before: Before | None = None) -> None:
+        """Write ``outcomes`` in the background; waits only while ``max_writes`` writes are on
+        their way already (backpressure). ``before``: a write already started that must land
+        first (the STARTED marks), and how to run it again if it failed."""
+        while len(self._writing) >= self._max_writes:
+            await asyncio.wait(list(self._writing), return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.create_task(self._write_all(list(outcomes), before))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
 
-    async def dead_letter_and_ack(self, source: SourceEvent, request: InferenceRequest | None,
-                                  code: str, message: str, error_type: str, ack: Ack) -> None:
-        await self.dead_letter(source, request, code, message, error_type)
-        await ack()
+    async def flush(self) -> None:
+        """Wait for every write on its way."""
+        while self._writing:
+            await asyncio.wait(list(self._writing))
 
-    async def dead_letter(self, source: SourceEvent, request: InferenceRequest | None,
-                          code: str, message: str, error_type: str) -> None:
-        letter = DeadLetter(source_topic=source.topic, partition=source.partition, offset=source.offset,
-                            key=source.key, payload=source.value, error_code=code, error_message=message)
-        await self._publisher.dead_letter(letter, error_type)
-        request_id = request.request_id if request else (source.key or b"").decode("utf-8", "replace")
-        await self._publisher.audit([AuditEvent(
-            request_id=request_id, task=request.task if request else "", type=AuditType.DEAD_LETTERED,
-            actor=self.worker_id, details={"error_code": code, "topic": source.topic,
-                                           "partition": str(source.partition), "offset": str(source.offset)},
-        )])
+    async def _write_all(self, outcomes: list[Outcome], before: Before | None) -> None:
+        ok = True
+        if before is not None:
+            running, again = before
+            try:
+                await running
+            except Exception as exc:
+                logger.warning("STARTED marks failed (%r); writing them again", exc)
+                ok = await self.until_written("the STARTED marks", again)
+        if ok and await self.until_written(f"{len(outcomes)} outcomes", lambda: self.write(outcomes)):
+            for outcome in outcomes:
+                if outcome.entry is not None:
+                    await self.ledger.answer(outcome.entry)
+        else:
+            for outcome in outcomes:
+                if outcome.entry is not None:
+                    self.ledger.give_up(outcome.entry)
 
-    async def audit(self, items: Iterable[PendingRequest], kind: AuditType) -> None:
-        """One audit event of ``kind`` per queued request."""
-        await self._publisher.audit(self.audit_event(p.request, kind, p.digest) for p in items)
+    async def until_written(self, what: str, write: Callable[[], Awaitable[object]]) -> bool:
+        """Run ``write`` to the end, waiting and running it again while Redis, Kafka or the
+        registry fail. On shutdown it gives up (returns False): the events are redelivered."""
+        delay_s = 0.1
+        while True:
+            try:
+                await write()
+                return True
+            except Exception as exc:
+                if not is_transient(exc):
+                    # NOTE: a bug, not an outage; retrying keeps the promise (nothing acked
+                    # unwritten) and the log says where. Each step builds its own input safely.
+                    logger.exception("writing %s failed unexpectedly; retrying in %.1fs", what, delay_s)
+                if self.closed:
+                    logger.warning("stopping with %s unwritten (%r); they will be redelivered", what, exc)
+                    return False
+                logger.warning("%s wait for Redis, Kafka or the registry (%r); retrying in %.1fs",
+                               what, exc, delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
 
-    async def mark_started(self, runnable: list[PendingRequest]) -> None:
-        await self._publisher.mark_running([(p.request.request_id, p.request.client_id) for p in runnable],
-                                           self.worker_id)
-        items = str(sum(p.size for p in runnable))
-        await self._publisher.audit(
-            self.audit_event(p.request, AuditType.STARTED, p.digest, {"batch_items": items}) for p in runnable)
+    async def write(self, outcomes: Sequence[Outcome]) -> None:
+        """One pass over ``outcomes``; safe to call again after it raised."""
+        await self._write_letters([o for o in outcomes if o.letter is not None and not o.lettered])
+        await self._store([o for o in outcomes if o.stored is None and o.result is not None])
+        await self._publish([o for o in outcomes if o.stored is not None and not o.stored.published
+                             and not o.published])
+        pending = [o for o in outcomes if not o.audited]
+        await self._publisher.audit(e for o in pending for e in self._audit_events(o))
+        for o in pending:
+            o.audited = True
 
-    async def finish(self, finished: list[tuple[InferenceRequest, InferenceResult, str]]) -> None:
-        if not finished:
+    async def _write_letters(self, outcomes: list[Outcome]) -> None:
+        if not outcomes:
             return
-        traceparents = {req.request_id: req.trace["traceparent"] for req, _, _ in finished
-                        if req.trace.get("traceparent")}
-        priorities = {req.request_id: req.priority.topic_suffix for req, _, _ in finished}
-        is_new = await self._publisher.store_and_publish([r for _, r, _ in finished], traceparents, priorities)
-        events = []
-        for (request, result, digest), new in zip(finished, is_new, strict=True):
-            if not new:
-                events.append(self.audit_event(request, AuditType.DUPLICATE, digest))
-                continue
-            # traced requests opted into being followed: one INFO line each; the rest at DEBUG
-            log = logger.info if request.request_id in traceparents else logger.debug
-            log("request finished", extra={
-                "request_id": request.request_id, "task": request.task, "status": result.status.value,
-                "model": result.model_name, "version": result.model_version, "batch_size": result.batch_size,
-                "traceparent": traceparents.get(request.request_id)})
-            if result.error is not None:
-                metrics.ERRORS.labels(request.task, result.error.code).inc()
-            details = {"status": result.status.value}
-            if result.error is not None:
-                details["error_code"] = result.error.code
-            events.append(self.audit_event(request, AuditType[result.status.value], digest, details))
-        await self._publisher.audit(events)
+        letters = [DeadLetter(source_topic=o.source.topic, partition=o.source.partition, offset=o.source.offset,
+                              key=o.source.key, payload=o.source.value, error_code=o.letter.code,
+                              error_message=o.letter.message) for o in outcomes]
+        claims = await self._publisher.claim_dead_letters(letters)
+        for outcome, letter, (at, done) in zip(outcomes, letters, claims, strict=True):
+            if not done:
+                src = outcome.source
+                await self._publisher.dead_letter(dataclasses.replace(letter, at=at), outcome.letter.error_type)
+                outcome.audits.append(self.audit_event(outcome, AuditType.DEAD_LETTERED, {
+                    "error_code": letter.error_code, "topic": src.topic, "partition": str(src.partition),
+                    "offset": str(src.offset)}))
+            outcome.lettered = True
 
+    async def _store(self, outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
+        encoded = [self._encode(o) for o in outcomes]
+        stored = await self._publisher.store_results([(o.result.request_id, a) for o, a in zip(
+            outcomes, encoded, strict=True)])
+        cache = []
+        for outcome, avro, held in zip(outcomes, encoded, stored, strict=True):
+            outcome.stored = held
+            if held.won and outcome.cache_key and outcome.result.status is Status.SUCCEEDED:
+                cache.append((outcome.cache_key, avro))
+        await self._publisher.store_cache(cache)
+
+    def _encode(self, outcome: Outcome) -> bytes:
+        """The result's Avro; a result that cannot be encoded fails its request alone."""
+        try:
+            return self._codec.encode(outcome.result)
+        except SchemaError as exc:
+            if exc.retriable:
+                raise
+            logger.error("result of %s cannot be encoded: %s", outcome.result.request_id, exc)
+            result = outcome.result
+            result.outputs = []
+            result.status = Status.FAILED
+            result.error = Error("RESULT_UNENCODABLE", _clip(str(exc)), False)
+            return self._codec.encode(result)
+
+    async def _publish(self, outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
+        items = []
+        for o in outcomes:
+            rid = o.request_id
+            won = o.stored.won
+            result = o.result if won else None
+            items.append(Publication(
+                task=o.request.task if o.request else result.task, request_id=rid, avro=o.stored.avro,
+                traceparent=(o.request.trace.get("traceparent") or None) if o.request else None,
+                latency=Latency(o.request.priority.topic_suffix, result.timings.total_ms, result.completed_at)
+                if result is not None and o.request is not None else None))
+        await self._publisher.publish_results(items)
+        for o in outcomes:
+            o.published = True
+
+    def _audit_events(self, outcome: Outcome) -> list[AuditEvent]:
+        events = list(outcome.audits)
+        if outcome.stored is None:  # a dead letter only
+            return events
+        request, result = outcome.request, outcome.result
+        if not outcome.stored.won or result is None:
+            metrics.DUPLICATES.inc()
+            return [*events, self.audit_event(outcome, AuditType.DUPLICATE)]
+        metrics.REQUESTS.labels(result.task, result.status.value.lower()).inc()
+        metrics.REQUEST_SECONDS.labels(result.task).observe(max(0, result.completed_at - result.created_at) / 1000.0)
+        details = {"status": result.status.value}
+        if result.error is not None:
+            details["error_code"] = result.error.code
+            metrics.ERRORS.labels(result.task, result.error.code).inc()
+        traceparent = request.trace.get("traceparent") if request else None
+        # traced requests opted into being followed: one INFO line each; the rest at DEBUG
+        (logger.info if traceparent else logger.debug)("request finished", extra={
+            "request_id": result.request_id, "task": result.task, "status": result.status.value,
+            "model": result.model_name, "version": result.model_version, "batch_size": result.batch_size,
+            "traceparent": traceparent})
+        return [*events, self.audit_event(outcome, AuditType[result.status.value], details)]
+
+    # --- building ---
     def result(self, request: InferenceRequest, status: Status, *, model: Model | None = None,
                outputs: dict[str, np.ndarray] | None = None, error: Error | None = None,
                batch_size: int = 0, attempts: int = 1, started: int | None = None,
                inference_ms: float = 0.0) -> InferenceResult:
         completed = now_ms()
         started = started if started is not None else completed
+        created = min(max(request.created_at, 0), MAX_TIMESTAMP_MS)  # hostile values encode too
         return InferenceResult(
             request_id=request.request_id, task=request.task, status=status, worker_id=self.worker_id,
             model_name=model.name if model else None, model_version=model.version if model else None,
             outputs=[Tensor.from_numpy(name, np.ascontiguousarray(a)) for name, a in (outputs or {}).items()],
-            error=error, batch_size=batch_size, attempts=attempts, created_at=request.created_at,
+            error=error, batch_size=batch_size, attempts=attempts, created_at=created,
             completed_at=completed,
-            timings=Timings(queued_ms=float(max(0, started - request.created_at)), inference_ms=inference_ms,
-                            total_ms=float(max(0, completed - request.created_at))),
+            timings=Timings(queued_ms=float(max(0, started - created)), inference_ms=inference_ms,
+                            total_ms=float(max(0, completed - created))),
         )
 
-    def audit_event(self, request: InferenceRequest, kind: AuditType, digest: str,
-                    details: dict[str, str] | None = None) -> AuditEvent:
-        return AuditEvent(request_id=request.request_id, task=request.task, type=kind,
-                          actor=self.worker_id, input_digest=digest, details=details or {})
+    def audit_event(self, outcome_or_request: Outcome | InferenceRequest, kind: AuditType,
+                    details: dict[str, str] | None = None, digest: str | None = None) -> AuditEvent:
+        if isinstance(outcome_or_request, Outcome):
+            request, digest = outcome_or_request.request, outcome_or_request.digest
+            request_id = outcome_or_request.request_id
+        else:
+            request, request_id = outcome_or_request, outcome_or_request.request_id
+        return AuditEvent(request_id=request_id, task=request.task if request else "", type=kind,
+                          actor=self.worker_id, input_digest=digest or None, details=details or {})
+
+    async def mark_started(self, items: Sequence[tuple[InferenceRequest, str]], batch_items: int) -> None:
+        """``(request, digest)`` pairs: running (Redis status) and audit STARTED."""
+        await self._publisher.mark_running([(r.request_id, r.client_id) for r, _ in items], self.worker_id)
+        await self._publisher.audit(self.audit_event(r, AuditType.STARTED, {"batch_items": str(batch_items)},
+                                                     digest) for r, digest in items)
+
+
+def _clip(text: str, limit: int = 2000) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"

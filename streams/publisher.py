@@ -2,8 +2,10 @@
 
 Redis layout (keys from ``schemas.keys``): the result key is a hash with ``avro`` (the encoded
 InferenceResult) and ``published`` (set once it is on the results topic). The stored result
-is what makes a redelivered request a DUPLICATE; the flag tells whether a crash came between
-storing and publishing, in which case the stored result is published again.
+is what makes a redelivered request a DUPLICATE; the flag tells whether a failure came between
+storing and publishing, in which case the stored result is published again. A dead-lettered
+event leaves a marker under its topic, partition and offset, so a redelivery is not
+dead-lettered twice.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from schemas import keys, topics
 from schemas.codec import AvroCodec
-from schemas.records import AuditEvent, DeadLetter, InferenceResult
+from schemas.records import AuditEvent, DeadLetter
 
 from . import metrics
+from .dead_letters import fit_dead_letter
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +34,35 @@ FIELD_AVRO = keys.RESULT_FIELD_AVRO
 FIELD_PUBLISHED = keys.RESULT_FIELD_PUBLISHED
 
 
+# aiokafka's default max_request_size: the largest record the producer sends.
+MAX_REQUEST_BYTES = 1 << 20
+
+
 @dataclass(frozen=True, slots=True)
 class StoredResult:
     avro: bytes
     published: bool
+    won: bool = False
+    """Stored by the call that returned it (False: a result was there before)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    priority: str
+    total_ms: float
+    completed_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A stored result on its way to its results topic."""
+
+    task: str
+    request_id: str
+    avro: bytes
+    traceparent: str | None = None
+    latency: Latency | None = None
+    """Recorded for /admin/stats when this worker produced the result."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +79,7 @@ class ResultPublisher:
     def __init__(
         self, bootstrap_servers: str, redis_url: str, codec: AvroCodec, prefix: str,
         result_ttl_s: int, linger_ms: int = 2, request_timeout_ms: int = 10_000,
+        max_request_size: int = MAX_REQUEST_BYTES,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._redis_url = redis_url
@@ -58,12 +88,14 @@ class ResultPublisher:
         self._ttl_s = result_ttl_s
         self._linger_ms = linger_ms
         self._request_timeout_ms = request_timeout_ms
+        self._max_request_size = max_request_size
         self._closed = True
 
     async def start(self) -> None:
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap, linger_ms=self._linger_ms, acks="all",
             request_timeout_ms=self._request_timeout_ms, max_batch_size=1 << 20,
+            max_request_size=self._max_request_size,
         )
         await self.producer.start()
         pool = BlockingConnectionPool.from_url(self._redis_url, max_connections=64, timeout=10,
@@ -136,53 +168,37 @@ class ResultPublisher:
         await self.redis.delete(keys.worker_key(self._prefix, worker_id))
 
     # --- writes ---
-    async def store_and_publish(self, results: Sequence[InferenceResult],
-                                traceparents: dict[str, str] | None = None,
-                                priorities: dict[str, str] | None = None) -> list[bool]:
-        """Store each result in Redis unless one is there already, publish the new ones to their
-        results topic, then mark them published and notify waiters. Returns, per result, whether
-        it was new (False: a result for that request existed, nothing was written)."""
-        encoded = [self._codec.encode(r) for r in results]
+    async def store_results(self, results: Sequence[tuple[str, bytes]]) -> list[StoredResult]:
+        """Store each ``(request_id, avro)`` unless a result for that request is there already.
+        Returns, per request, the result stored now (``won``: by this call) and whether it is
+        flagged published: that flag, not the hash's existence, says it is on its topic."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for result, avro in zip(results, encoded, strict=True):
-                key = keys.result_key(self._prefix, result.request_id)
+            for rid, avro in results:
+                key = keys.result_key(self._prefix, rid)
                 pipe.hsetnx(key, FIELD_AVRO, avro)
                 pipe.expire(key, self._ttl_s)
+                pipe.hmget(key, FIELD_AVRO, FIELD_PUBLISHED)
             replies = await pipe.execute()
-        is_new = [bool(n) for n in replies[0::2]]
-        fresh = [(r, a) for r, a, new in zip(results, encoded, is_new, strict=True) if new]
-        if fresh:
-            await self._produce_results([(r.task, r.request_id, a) for r, a in fresh], traceparents or {})
-            # one round trip: the published flags, the waiters' wake-ups and /admin/stats' latencies
-            async with self.redis.pipeline(transaction=False) as pipe:
-                self._flag_published(pipe, [r.request_id for r, _ in fresh])
-                self._record_latencies(pipe, [r for r, _ in fresh], priorities or {})
-                await pipe.execute()
-        for result, _ in fresh:
-            metrics.REQUESTS.labels(result.task, result.status.value.lower()).inc()
-            metrics.REQUEST_SECONDS.labels(result.task).observe(
-                max(0, result.completed_at - result.created_at) / 1000.0)
-        return is_new
+        stored = []
+        for (_rid, avro), won, (held, published) in zip(results, replies[0::3], replies[2::3], strict=True):
+            # held is None only if the key expired in between: ours is then the one to publish
+            stored.append(StoredResult(held if held is not None else avro, published == b"1", bool(won)))
+        return stored
 
-    async def republish(self, items: Iterable[tuple[str, str, bytes]]) -> None:
-        """Produce stored results ``(task, request_id, avro)`` that a crash left unpublished, then
-        flag them published and wake the gateway's waiters."""
-        items = list(items)
+    async def publish_results(self, items: Sequence[Publication]) -> None:
+        """Produce stored results to their results topics, then flag them published, wake the
+        gateway's waiters and record the latencies of those that carry one."""
         if not items:
             return
-        await self._produce_results(items, {})
-        async with self.redis.pipeline(transaction=False) as pipe:
-            self._flag_published(pipe, [rid for _task, rid, _avro in items])
-            await pipe.execute()
-
-    async def _produce_results(self, items: Sequence[tuple[str, str, bytes]], traceparents: dict[str, str]) -> None:
-        """Encoded results ``(task, request_id, avro)`` to their results topics, with the request's
-        W3C ``traceparent`` as a header when it had one."""
         await self._send_all(
-            (topics.results_topic(self._prefix, task), rid.encode(), avro,
-             [(keys.HEADER_TRACEPARENT, traceparents[rid].encode())] if rid in traceparents else None)
-            for task, rid, avro in items
-        )
+            (topics.results_topic(self._prefix, p.task), p.request_id.encode(), p.avro,
+             [(keys.HEADER_TRACEPARENT, p.traceparent.encode())] if p.traceparent else None)
+            for p in items)
+        # one round trip: the published flags, the waiters' wake-ups and /admin/stats' latencies
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self._flag_published(pipe, [p.request_id for p in items])
+            self._record_latencies(pipe, [p for p in items if p.latency is not None])
+            await pipe.execute()
 
     def _flag_published(self, pipe, request_ids: Sequence[str]) -> None:
         for rid in request_ids:
@@ -191,13 +207,15 @@ class ResultPublisher:
             pipe.expire(keys.status_key(self._prefix, rid), self._ttl_s)
             pipe.publish(keys.result_channel(self._prefix, rid), b"1")
 
-    def _record_latencies(self, pipe, results: Sequence[InferenceResult], priorities: dict[str, str]) -> None:
+    def _record_latencies(self, pipe, items: Sequence[Publication]) -> None:
         """Recent completions per task and priority, for the gateway's /admin/stats."""
-        now = results[-1].completed_at
+        if not items:
+            return
+        now = max(p.latency.completed_at for p in items)
         touched = set()
-        for r in results:
-            key = keys.latency_key(self._prefix, r.task, priorities.get(r.request_id, "normal"))
-            pipe.zadd(key, {f"{r.request_id}:{r.timings.total_ms:.1f}": r.completed_at})
+        for p in items:
+            key = keys.latency_key(self._prefix, p.task, p.latency.priority)
+            pipe.zadd(key, {f"{p.request_id}:{p.latency.total_ms:.1f}": p.latency.completed_at})
             touched.add(key)
         for key in touched:
             pipe.zremrangebyscore(key, 0, now - LATENCY_WINDOW_MS)
@@ -207,12 +225,42 @@ class ResultPublisher:
         topic = topics.audit_topic(self._prefix)
         await self._send_all((topic, e.request_id.encode(), self._codec.encode(e), None) for e in events)
 
-    async def dead_letter(self, letter: DeadLetter, error_type: str) -> None:
+    async def claim_dead_letters(self, letters: Sequence[DeadLetter]) -> list[tuple[int, bool]]:
+        """Per letter, the ``at`` its event's dead letter carries (the first claim's) and whether it
+        is on the DLQ already. A letter produced again after a crash is then the same letter."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for letter in letters:
+                key = keys.dead_letter_key(self._prefix, letter.source_topic, letter.partition, letter.offset)
+                pipe.hsetnx(key, "at", letter.at)
+                pipe.expire(key, self._ttl_s)
+                pipe.hmget(key, "at", "done")
+            replies = await pipe.execute()
+        return [(int(at) if at is not None else letter.at, done == b"1")
+                for letter, (at, done) in zip(letters, replies[2::3], strict=True)]
+
+    async def dead_letter(self, letter: DeadLetter, error_type: str) -> DeadLetter:
+        """Produce ``letter`` (its payload cut to fit the producer's limit, never blocking on
+        size), then mark its event dead-lettered (see :meth:`claim_dead_letters`). Returns the
+        letter as produced."""
+        topic = topics.dlq_topic(self._prefix)
+        headers = [(keys.HEADER_ERROR_TYPE, error_type.encode())]
+        limit = self._max_request_size
+        while True:
+            letter = fit_dead_letter(letter, self._codec, limit, headers)
+            try:
+                await self.producer.send_and_wait(topic, self._codec.encode(letter), key=letter.key,
+                                                  headers=headers)
+                break
+            except MessageSizeTooLargeError:  # the broker's limit is below ours: halve and retry
+                if not letter.payload:
+                    raise
+                limit = min(limit, len(letter.payload)) // 2
+                logger.warning("dead letter of %s[%d]@%d too large for the broker; cutting it to %d bytes",
+                               letter.source_topic, letter.partition, letter.offset, limit)
         metrics.DEAD_LETTERS.inc()
-        await self.producer.send_and_wait(
-            topics.dlq_topic(self._prefix), self._codec.encode(letter), key=letter.key,
-            headers=[(keys.HEADER_ERROR_TYPE, error_type.encode())],
-        )
+        await self.redis.hset(keys.dead_letter_key(self._prefix, letter.source_topic, letter.partition,
+                                                   letter.offset), "done", b"1")
+        return letter
 
     async def _send_all(self, messages: Iterable[tuple[str, bytes, bytes, list | None]]) -> None:
         futures = [await self.producer.send(topic, value, key=key, headers=headers)

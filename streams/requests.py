@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from schemas.records import InferenceRequest, Priority
+
+if TYPE_CHECKING:
+    from .ledger import Entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,10 +31,8 @@ class PendingRequest:
     size: int
     priority: Priority
     source: SourceEvent
-    ack: Callable[[], Awaitable[object]]
-    """Acknowledge the event (its offset becomes committable): call only once its outcome is written."""
-    release: Callable[[], None]
-    """Give the event up unacknowledged (shutdown): its offset is not committed, so it is redelivered."""
+    entry: Entry
+    """The event in the ack ledger: answered once its outcome is written, or given up."""
     digest: str
     model_version: str
     enqueued_at: float = 0.0

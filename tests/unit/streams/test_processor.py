@@ -5,134 +5,20 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.worker_fakes import PREFIX, TASK, FakeModel, FakePublisher, event, make, run
 
-from models.config import ModelConfig, TensorSpec
-from models.errors import InferenceFailed
 from schemas.codec import AvroCodec
 from schemas.records import AuditType, InferenceRequest, Status, Tensor, now_ms
-from streams.processor import RequestProcessor
-from streams.publisher import Prior, StoredResult
+from streams.publisher import StoredResult
 from streams.requests import SourceEvent
-
-PREFIX = "unit"
-TASK = "echo"
-
-
-def config(max_batch_size: int = 8) -> ModelConfig:
-    return ModelConfig(
-        name="echo-model", task=TASK, backend="onnxruntime",
-        inputs=(TensorSpec("x", "FP32", (2,)),), outputs=(TensorSpec("y", "FP32", (2,)),),
-        max_batch_size=max_batch_size, max_batch_delay_ms=20, instances=1, device="cpu", warmup=False,
-        path=Path("/nonexistent"), versions=("1",), default_version="1",
-    )
-
-
-class FakeModel:
-    name, version, device = "echo-model", "1", "cpu"
-
-    def __init__(self, transient_failures: int = 0) -> None:
-        self.calls: list[int] = []
-        self.transient_failures = transient_failures
-
-    def predict_batch(self, inputs):
-        x = inputs["x"]
-        self.calls.append(len(x))
-        if self.transient_failures:
-            self.transient_failures -= 1
-            raise InferenceFailed("GPU hiccup")
-        if (x < 0).any():
-            raise InferenceFailed("negative input breaks the model")
-        return {"y": x * 2}
-
-
-class FakeRepository:
-    def __init__(self, model: FakeModel) -> None:
-        self.model = model
-        self.configs = {TASK: config()}
-
-    def get_config(self, task):
-        return self.configs[task]
-
-    def load(self, task, version=None):
-        return self.model
-
-
-class FakePublisher:
-    def __init__(self, stored: dict[str, StoredResult] | None = None) -> None:
-        self.stored = stored or {}
-        self.results = []
-        self.audits = []
-        self.letters = []
-        self.cancelled_ids: set[str] = set()
-        self.cache: dict[str, bytes] = {}
-
-    async def lookup(self, ids, cache_keys):
-        return [Prior(self.stored.get(i), i in self.cancelled_ids, self.cache.get(k) if k else None)
-                for i, k in zip(ids, cache_keys, strict=True)]
-
-    def cache_key(self, task, version, digest):
-        return f"{task}:{version}:{digest}"
-
-    async def store_cache(self, entries):
-        self.cache.update(entries)
-
-    async def mark_running(self, ids, worker_id):
-        pass
-
-    async def store_and_publish(self, results, traceparents=None, priorities=None):
-        new = [r.request_id not in self.stored for r in results]
-        for result, is_new in zip(results, new, strict=True):
-            if is_new:
-                self.stored[result.request_id] = StoredResult(b"", True)
-                self.results.append(result)
-        return new
-
-    async def republish(self, items):
-        pass
-
-    async def audit(self, events):
-        self.audits.extend(events)
-
-    async def dead_letter(self, letter, error_type):
-        self.letters.append((letter, error_type))
-
-
-def event(codec: AvroCodec, x, offset: int = 0, **fields) -> tuple[SourceEvent, InferenceRequest]:
-    request = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK,
-                               inputs=[Tensor.from_numpy("x", np.asarray(x, dtype=np.float32))], **fields)
-    return SourceEvent(f"{PREFIX}.requests.{TASK}.normal", 0, offset, request.request_id.encode(),
-                       codec.encode(request)), request
 
 
 @pytest.fixture
 def codec():
     return AvroCodec()
-
-
-async def run(processor: RequestProcessor, events) -> list[int]:
-    acked: list[int] = []
-    await processor.start()
-    try:
-        for source in events:
-            async def ack(offset=source.offset):
-                acked.append(offset)
-            await processor.handle(source, ack)
-        for _ in range(200):
-            if len(acked) == len(events):
-                break
-            await asyncio.sleep(0.01)
-    finally:
-        await processor.stop()
-    return acked
-
-
-def make(model: FakeModel, publisher: FakePublisher, codec) -> RequestProcessor:
-    return RequestProcessor(repository=FakeRepository(model), publisher=publisher, codec=codec, prefix=PREFIX,
-                            worker_id="w1", tasks=[TASK], retry_backoff_s=0.001)
 
 
 async def test_batch_with_a_breaking_request_fails_only_that_one(codec):
@@ -266,11 +152,11 @@ async def test_a_redis_outage_delays_the_batch_and_nothing_is_acked_before_it_is
     class FlakyPublisher(FakePublisher):
         failures = 2
 
-        async def store_and_publish(self, results, traceparents=None, priorities=None):
+        async def store_results(self, results):
             if self.failures:
                 self.failures -= 1
                 raise RedisConnectionError("redis is down")
-            return await super().store_and_publish(results)
+            return await super().store_results(results)
 
     model, publisher = FakeModel(), FlakyPublisher()
     source, request = event(codec, [[1, 1]])

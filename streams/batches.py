@@ -1,0 +1,178 @@
+"""Running one batch: triage against what Redis knows (duplicates, cancellations, the content
+cache, deadlines), the model off the event loop with retries, and the batch's outcomes handed
+to the :class:`OutcomeWriter`. A request that breaks the batch fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from functools import partial
+
+import numpy as np
+
+from models.base import Model
+from schemas.codec import AvroCodec
+from schemas.records import AuditType, Error, InferenceResult, Status, now_ms
+
+from . import metrics
+from .merging import merge_inputs, split_outputs
+from .outcomes import Letter, Outcome, OutcomeWriter
+from .publisher import ResultPublisher
+from .requests import PendingRequest
+
+logger = logging.getLogger(__name__)
+
+
+class BatchRunner:
+    def __init__(self, publisher: ResultPublisher, codec: AvroCodec, outcomes: OutcomeWriter,
+                 pool: Callable[[], Executor], max_attempts: int = 3, retry_backoff_s: float = 0.05) -> None:
+        self._publisher = publisher
+        self._codec = codec
+        self._outcomes = outcomes
+        self._pool = pool
+        self._max_attempts = max_attempts
+        self._backoff_s = retry_backoff_s
+
+    async def run(self, model: Model, compute: asyncio.Semaphore, batch: list[PendingRequest]) -> None:
+        """Run ``batch`` and submit its outcomes; the model is free again before they are written."""
+        ok = await self._outcomes.until_written(f"lookups of a batch of {len(batch)}",
+                                                partial(self._run_once, model, compute, batch))
+        if not ok:
+            for item in batch:
+                self._outcomes.ledger.give_up(item.entry)
+
+    async def _run_once(self, model: Model, compute: asyncio.Semaphore, batch: list[PendingRequest]) -> None:
+        started = now_ms()
+        for p in batch:
+            opted_out = p.request.parameters.get("cache", "true").lower() == "false"
+            p.cache_key = None if opted_out else self._publisher.cache_key(p.request.task, model.version, p.digest)
+        priors = await self._publisher.lookup([p.request.request_id for p in batch], [p.cache_key for p in batch])
+        finished: list[Outcome] = []
+        runnable: list[PendingRequest] = []
+        for item, prior in zip(batch, priors, strict=True):
+            req = item.request
+            if prior.stored is not None:  # a redelivery: published again if it never was
+                finished.append(self._outcome(item, None, stored=prior.stored))
+            elif prior.cancelled:
+                finished.append(self._outcome(item, self._outcomes.result(req, Status.CANCELLED, model=model)))
+            elif _past_deadline(item, started):
+                finished.append(self._expired(item, model, started))
+            elif prior.cached is not None:
+                try:
+                    cached = self._codec.decode(prior.cached, InferenceResult)
+                except Exception as exc:  # a cache entry we cannot read is no entry: run it
+                    logger.warning("unreadable cache entry for %s: %s", req.request_id, exc)
+                    runnable.append(item)
+                    continue
+                hit = self._outcomes.result(req, Status.SUCCEEDED, model=model, started=started)
+                hit.outputs = cached.outputs
+                outcome = self._outcome(item, hit)
+                outcome.audits.append(self._outcomes.audit_event(outcome, AuditType.CACHE_HIT))
+                metrics.CACHE_HITS.inc()
+                finished.append(outcome)
+            else:
+                runnable.append(item)
+        marks = None
+        if runnable:
+            async with compute:
+                started = now_ms()  # queueing ends when an instance takes the batch
+                # a deadline may also pass while the batch waits for an instance
+                late = [item for item in runnable if _past_deadline(item, started)]
+                finished += [self._expired(item, model, started) for item in late]
+                runnable = [item for item in runnable if not _past_deadline(item, started)]
+                for item in runnable:
+                    metrics.QUEUE_SECONDS.labels(item.request.task, item.priority.topic_suffix).observe(
+                        max(0.0, (started - item.request.created_at) / 1000.0))
+                if runnable:
+                    # written while the model runs; they land before any result (see OutcomeWriter)
+                    started_items = [(p.request, p.digest) for p in runnable]
+                    items = sum(p.size for p in runnable)
+                    again = partial(self._outcomes.mark_started, started_items, items)
+                    marks = (asyncio.create_task(again()), again)
+                    finished += await self._infer(model, runnable, started)
+        # NOTE: the model is free from here: the writes go on in the background (bounded), so the
+        # next batch computes while this one's results travel to Redis and Kafka.
+        await self._outcomes.submit(finished, before=marks)
+
+    def _outcome(self, item: PendingRequest, result: InferenceResult | None, **fields) -> Outcome:
+        return Outcome(source=item.source, entry=item.entry, request=item.request, result=result,
+                       digest=item.digest, cache_key=item.cache_key, **fields)
+
+    def _expired(self, item: PendingRequest, model: Model, now: int) -> Outcome:
+        req = item.request
+        error = Error("DEADLINE_EXCEEDED", f"deadline passed {now - req.deadline_at} ms before the run", False)
+        return self._outcome(item, self._outcomes.result(req, Status.EXPIRED, model=model, error=error))
+
+    async def _infer(self, model: Model, items: list[PendingRequest], started: int) -> list[Outcome]:
+        batch_items = sum(p.size for p in items)
+        metrics.BATCH_SIZE.labels(model.name).observe(batch_items)
+        t0 = time.perf_counter()
+        try:
+            outputs = await self._predict(model, merge_inputs([p.inputs for p in items]))
+            parts: list[dict | Exception] = split_outputs(outputs, [p.size for p in items])
+        except Exception as exc:
+            if len(items) == 1:
+                parts = [exc]
+            else:  # isolate whoever broke the batch: the others must not fail with it
+                logger.warning("batch of %d on %s failed (%s); running its requests one by one",
+                               len(items), model.name, exc)
+                parts = [await self._run_alone(model, item) for item in items]
+        inference_ms = (time.perf_counter() - t0) * 1000.0
+        metrics.COMPUTE_SECONDS.labels(model.name, model.version).observe(inference_ms / 1000.0)
+        finished = []
+        for item, part in zip(items, parts, strict=True):
+            tries = 1
+            if isinstance(part, Exception):
+                part, tries = await self._retry(model, item, part, tries)
+            build = partial(self._outcomes.result, item.request, model=model, batch_size=batch_items,
+                            attempts=tries, started=started, inference_ms=inference_ms)
+            if isinstance(part, Exception):
+                code = getattr(part, "code", "INFERENCE_FAILED")
+                error = Error(code, str(part)[:2000], bool(getattr(part, "retriable", False)))
+                outcome = self._outcome(item, build(Status.FAILED, error=error))
+                # operators get the event back, verbatim, with why it failed
+                outcome.letter = Letter(code, error.message, type(part).__name__)
+            else:
+                try:
+                    outcome = self._outcome(item, build(Status.SUCCEEDED, outputs=part))
+                except Exception as exc:  # outputs that make no tensor fail this request alone
+                    outcome = self._outcome(item, build(Status.FAILED, error=Error(
+                        "RESULT_UNENCODABLE", str(exc)[:2000], False)))
+            finished.append(outcome)
+        return finished
+
+    async def _run_alone(self, model: Model, item: PendingRequest) -> dict | Exception:
+        try:
+            return split_outputs(await self._predict(model, item.inputs), [item.size])[0]
+        except Exception as exc:
+            return exc
+
+    async def _retry(self, model: Model, item: PendingRequest, error: Exception, tries: int
+                     ) -> tuple[dict | Exception, int]:
+        """Retry a retriable failure alone, with exponential backoff and jitter, up to the
+        configured attempts. Returns the outputs (or the last error) and the attempts made."""
+        while getattr(error, "retriable", False) and tries < self._max_attempts:
+            try:  # best effort: an outage here must not run the whole batch again
+                await self._publisher.audit([self._outcomes.audit_event(
+                    item.request, AuditType.RETRIED, {"attempt": str(tries), "error": str(error)[:2000]},
+                    item.digest)])
+            except Exception as exc:
+                logger.warning("RETRIED audit of %s not written: %r", item.request.request_id, exc)
+            await asyncio.sleep(self._backoff_s * (2 ** (tries - 1)) * (0.5 + random.random()))
+            tries += 1
+            part = await self._run_alone(model, item)
+            if not isinstance(part, Exception):
+                return part, tries
+            error = part
+        return error, tries
+
+    async def _predict(self, model: Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return await asyncio.get_running_loop().run_in_executor(self._pool(), model.predict_batch, inputs)
+
+
+def _past_deadline(item: PendingRequest, now_ms_: int) -> bool:
+    return item.request.deadline_at is not None and item.request.deadline_at < now_ms_

@@ -1,0 +1,145 @@
+"""Fakes of the worker's surroundings for unit tests: a model, a repository and a publisher over
+dicts (no broker, no Redis), and helpers that run events through a RequestProcessor."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from models.config import ModelConfig, TensorSpec
+from models.errors import InferenceFailed
+from schemas.codec import AvroCodec
+from schemas.records import InferenceRequest, InferenceResult, Tensor
+from streams.processor import RequestProcessor
+from streams.publisher import Prior, StoredResult
+from streams.requests import SourceEvent
+
+PREFIX = "unit"
+TASK = "echo"
+
+
+def config(max_batch_size: int = 8) -> ModelConfig:
+    return ModelConfig(
+        name="echo-model", task=TASK, backend="onnxruntime",
+        inputs=(TensorSpec("x", "FP32", (2,)),), outputs=(TensorSpec("y", "FP32", (2,)),),
+        max_batch_size=max_batch_size, max_batch_delay_ms=20, instances=1, device="cpu", warmup=False,
+        path=Path("/nonexistent"), versions=("1",), default_version="1",
+    )
+
+
+class FakeModel:
+    name, version, device = "echo-model", "1", "cpu"
+
+    def __init__(self, transient_failures: int = 0) -> None:
+        self.calls: list[int] = []
+        self.transient_failures = transient_failures
+
+    def predict_batch(self, inputs):
+        x = inputs["x"]
+        self.calls.append(len(x))
+        if self.transient_failures:
+            self.transient_failures -= 1
+            raise InferenceFailed("GPU hiccup")
+        if (x < 0).any():
+            raise InferenceFailed("negative input breaks the model")
+        return {"y": x * 2}
+
+
+class FakeRepository:
+    def __init__(self, model: FakeModel) -> None:
+        self.model = model
+        self.configs = {TASK: config()}
+
+    def get_config(self, task):
+        return self.configs[task]
+
+    def load(self, task, version=None):
+        return self.model
+
+
+class FakePublisher:
+    """The publisher's interface over dicts: results stored once, flagged published, letters marked."""
+
+    def __init__(self, stored: dict[str, StoredResult] | None = None) -> None:
+        self.stored = stored or {}
+        self.results = []
+        self.published: list[str] = []
+        self.audits = []
+        self.letters = []
+        self.lettered: set[tuple[str, int, int]] = set()
+        self.cancelled_ids: set[str] = set()
+        self.cache: dict[str, bytes] = {}
+        self.codec = AvroCodec()
+
+    async def lookup(self, ids, cache_keys):
+        return [Prior(self.stored.get(i), i in self.cancelled_ids, self.cache.get(k) if k else None)
+                for i, k in zip(ids, cache_keys, strict=True)]
+
+    def cache_key(self, task, version, digest):
+        return f"{task}:{version}:{digest}"
+
+    async def store_cache(self, entries):
+        self.cache.update(entries)
+
+    async def mark_running(self, ids, worker_id):
+        pass
+
+    async def store_results(self, results):
+        out = []
+        for rid, avro in results:
+            held = self.stored.get(rid)
+            if held is None:
+                self.stored[rid] = StoredResult(avro, False)
+                self.results.append(self.codec.decode(avro, InferenceResult))
+                out.append(StoredResult(avro, False, won=True))
+            else:
+                out.append(held)
+        return out
+
+    async def publish_results(self, items):
+        for item in items:
+            self.published.append(item.request_id)
+            self.stored[item.request_id] = StoredResult(item.avro, True)
+
+    async def audit(self, events):
+        self.audits.extend(events)
+
+    async def claim_dead_letters(self, letters):
+        return [(lt.at, (lt.source_topic, lt.partition, lt.offset) in self.lettered) for lt in letters]
+
+    async def dead_letter(self, letter, error_type):
+        self.letters.append((letter, error_type))
+        self.lettered.add((letter.source_topic, letter.partition, letter.offset))
+        return letter
+
+
+def event(codec: AvroCodec, x, offset: int = 0, **fields) -> tuple[SourceEvent, InferenceRequest]:
+    request = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK,
+                               inputs=[Tensor.from_numpy("x", np.asarray(x, dtype=np.float32))], **fields)
+    return SourceEvent(f"{PREFIX}.requests.{TASK}.normal", 0, offset, request.request_id.encode(),
+                       codec.encode(request)), request
+
+
+async def run(processor: RequestProcessor, events) -> list[int]:
+    acked: list[int] = []
+    await processor.start()
+    try:
+        for source in events:
+            async def ack(offset=source.offset):
+                acked.append(offset)
+            await processor.handle(source, ack)
+        for _ in range(200):
+            if len(acked) == len(events):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await processor.stop()
+    return acked
+
+
+def make(model: FakeModel, publisher: FakePublisher, codec) -> RequestProcessor:
+    return RequestProcessor(repository=FakeRepository(model), publisher=publisher, codec=codec, prefix=PREFIX,
+                            worker_id="w1", tasks=[TASK], retry_backoff_s=0.001)
