@@ -76,15 +76,16 @@ def _write_int(n: int) -> bytes:
 
 
 def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
+    """A zig-zag varint within int64: at most 10 bytes, the 10th holding bit 63 only."""
     b = buf[pos]  # IndexError past the end: the caller wraps it as a decode error
     pos += 1
     n = b & 0x7F
     shift = 7
     while b & 0x80:
-        if shift > 63:
-            raise ValueError("varint longer than 10 bytes")
         b = buf[pos]
         pos += 1
+        if shift == 63 and b > 1:  # also ends the loop: a 10th byte of 0 or 1 has no 0x80
+            raise ValueError("varint longer than 10 bytes or beyond int64")
         n |= (b & 0x7F) << shift
         shift += 7
     return (n >> 1) ^ -(n & 1), pos
