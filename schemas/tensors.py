@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,6 +49,13 @@ _NUMPY_DTYPES: dict[DataType, np.dtype] = {
     DataType.FP64: np.dtype("<f8"),
 }
 _DATATYPE_BY_KIND = {(dt.kind, dt.itemsize): name for name, dt in _NUMPY_DTYPES.items()}
+_OBJECT_ITEMSIZE = np.dtype(object).itemsize
+
+# NOTE: numpy's own limits, checked before it sees a shape so that it never raises: at most
+# 64 dimensions (32 before numpy 2), and the product of the non-zero dimensions times the
+# item size within intp, even for an empty array (`[2**62, 0]` floats is "too big").
+_MAX_DIMS = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
+_MAX_NBYTES = int(np.iinfo(np.intp).max)
 
 
 def _item_bytes(item: Any) -> bytes:
@@ -64,7 +70,46 @@ def _item_text(item: bytes) -> str | bytes:
     try:
         return item.decode("utf-8")
     except UnicodeDecodeError:
-        return item  # binary payloads (e.g. images) stay bytes rather than failing
+        return bytes(item)  # binary payloads (e.g. images) stay bytes rather than failing
+    except AttributeError:
+        if isinstance(item, memoryview):
+            return _item_text(item.tobytes())
+        if isinstance(item, str):
+            return item
+        raise DecodeError(f"BYTES tensor items must be bytes, not {type(item).__name__}") from None
+
+
+def _label(name: object) -> str:
+    return repr(name)[:80]  # names come from the event: keep messages (and dead letters) small
+
+
+def _shape_text(shape: list[int]) -> str:
+    # Only for dimensions already checked to be ints within int64.
+    return str(shape) if len(shape) <= 8 else f"[{', '.join(map(str, shape[:8]))}, ...]"
+
+
+def _element_count(name: object, shape: Any, itemsize: int) -> int:
+    """The element count of `shape`, or DecodeError where numpy could not make an array of
+    that shape with `itemsize`-byte items. Bounded work whatever `shape` holds."""
+    if not isinstance(shape, list | tuple):
+        raise DecodeError(f"tensor {_label(name)}: shape is a {type(shape).__name__}, not a list")
+    if len(shape) > _MAX_DIMS:
+        raise DecodeError(
+            f"tensor {_label(name)}: {len(shape)} dimensions, numpy supports {_MAX_DIMS}"
+        )
+    count = 1
+    nbytes = itemsize  # over the non-zero dimensions, as numpy counts
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, int):
+            raise DecodeError(f"tensor {_label(name)}: dimension of type {type(d).__name__}")
+        if d < 0:
+            raise DecodeError(f"tensor {_label(name)}: negative dimension")
+        if d:
+            nbytes *= d
+            if nbytes > _MAX_NBYTES:
+                raise DecodeError(f"tensor {_label(name)}: shape too large for numpy")
+        count *= d
+    return count
 
 
 @dataclass(slots=True)
@@ -99,34 +144,48 @@ class Tensor:
 
     def to_numpy(self) -> np.ndarray:
         """Numeric tensors as a read-only zero-copy view of `data`; BYTES tensors as an
-        object array of str (items that are not valid UTF-8 stay bytes)."""
-        shape = self.shape
-        if any(not isinstance(d, int) or d < 0 for d in shape):
-            raise DecodeError(f"tensor {self.name!r}: invalid shape {shape!r}")
-        count = math.prod(shape)
+        object array of str (items that are not valid UTF-8 stay bytes).
+
+        Raises DecodeError, and only that, for anything numpy could not hold or that does
+        not match the data present, checked before anything is allocated.
+        """
         data = self.data
-        datatype = _DATATYPES.get(self.datatype)
+        try:
+            datatype = _DATATYPES.get(self.datatype)
+        except TypeError:  # unhashable
+            datatype = None
         if datatype is None:
-            raise DecodeError(f"tensor {self.name!r}: unknown datatype {self.datatype!r}")
+            raise DecodeError(
+                f"tensor {_label(self.name)}: unknown datatype {_label(self.datatype)}"
+            )
         if datatype is DataType.BYTES:
+            count = _element_count(self.name, self.shape, _OBJECT_ITEMSIZE)
             if not isinstance(data, list) or len(data) != count:
                 n = len(data) if isinstance(data, list) else "raw bytes"
                 raise DecodeError(
-                    f"tensor {self.name!r}: BYTES shape {shape} needs {count} items, got {n}"
+                    f"tensor {_label(self.name)}: BYTES shape {_shape_text(self.shape)} needs "
+                    f"{count} items, got {n}"
                 )
             out = np.empty(count, dtype=object)
             out[:] = [_item_text(item) for item in data]
-            return out.reshape(shape)
+            return out.reshape(self.shape)
         dtype = _NUMPY_DTYPES[datatype]
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise DecodeError(f"tensor {self.name!r}: {datatype} data must be raw bytes")
+        count = _element_count(self.name, self.shape, dtype.itemsize)
+        if isinstance(data, memoryview):
+            if not data.c_contiguous:
+                raise DecodeError(f"tensor {_label(self.name)}: data is not contiguous")
+            size = data.nbytes  # len() counts items, not bytes, for other formats
+        elif isinstance(data, bytes | bytearray):
+            size = len(data)
+        else:
+            raise DecodeError(f"tensor {_label(self.name)}: {datatype} data must be raw bytes")
         expected = count * dtype.itemsize
-        if len(data) != expected:
+        if size != expected:
             raise DecodeError(
-                f"tensor {self.name!r}: {datatype} shape {shape} needs {expected} bytes, "
-                f"got {len(data)}"
+                f"tensor {_label(self.name)}: {datatype} shape {_shape_text(self.shape)} needs "
+                f"{expected} bytes, got {size}"
             )
-        return np.frombuffer(data, dtype=dtype).reshape(shape)
+        return np.frombuffer(data, dtype=dtype).reshape(self.shape)
 
     def to_avro(self) -> dict[str, Any]:
         return {

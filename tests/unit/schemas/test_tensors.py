@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import array
+import time
+
 import numpy as np
 import pytest
 
@@ -95,6 +98,48 @@ def test_to_numpy_rejects_inconsistent_tensors(tensor: Tensor) -> None:
     with pytest.raises(DecodeError) as info:
         tensor.to_numpy()
     assert isinstance(info.value, SchemaError)
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        Tensor("x", DataType.FP32, [2**62, 0], b""),  # was numpy's "array is too big"
+        Tensor("x", DataType.FP32, [2**61, 0], b""),  # 2**63 bytes: one past intp
+        Tensor("x", DataType.UINT8, [2**63, 0], b""),  # a dimension beyond int64
+        Tensor("x", DataType.UINT8, [0, 2**64], b""),
+        Tensor("x", DataType.BYTES, [2**60, 0], []),  # object items are 8 bytes to numpy
+        Tensor("x", DataType.INT64, [2**40] * 64, b"\x00" * 8),  # a huge product
+        Tensor("x", DataType.UINT8, [0, -(2**70)], b""),
+        Tensor("x", DataType.UINT8, [1] * 65, b"\x00"),  # more dimensions than numpy has
+        Tensor("x", DataType.UINT8, [1] * 1_000_000, b"\x00"),  # refused before any product
+        Tensor("x", DataType.UINT8, [True, 1], b"\x00"),
+        Tensor("x", DataType.UINT8, [1.0], b"\x00"),  # type: ignore[list-item]
+        Tensor("x", DataType.UINT8, None, b"\x00"),  # type: ignore[arg-type]
+        Tensor("x", DataType.UINT8, [1], None),  # type: ignore[arg-type]
+        Tensor("x", DataType.BYTES, [2], [b"a", 7]),  # type: ignore[list-item]
+        Tensor("x", DataType.BYTES, [2**62], [b"a"]),
+        Tensor("x", ["FP32"], [1], b"\x00" * 4),  # type: ignore[arg-type]
+        Tensor("x" * 10_000, DataType.FP32, [2], b""),
+    ],
+    ids=lambda t: f"{t.datatype}-{t.shape if len(str(t.shape)) < 40 else '...'}",
+)
+def test_to_numpy_refuses_hostile_tensors_with_decode_error_only(tensor: Tensor) -> None:
+    started = time.perf_counter()
+    with pytest.raises(DecodeError) as info:
+        tensor.to_numpy()
+    assert time.perf_counter() - started < 0.1
+    assert len(str(info.value)) < 300  # what a dead letter will carry
+
+
+def test_to_numpy_takes_what_numpy_can_hold() -> None:
+    assert Tensor("x", DataType.FP32, [2**60, 0], b"").to_numpy().shape == (2**60, 0)
+    assert Tensor("x", DataType.BYTES, [0, 2**59], []).to_numpy().shape == (0, 2**59)
+    assert Tensor("x", DataType.UINT8, [1] * 64, b"\x07").to_numpy().ndim == 64
+    words = memoryview(array.array("i", [1, 2]))  # len() 2, 8 bytes
+    assert Tensor("x", DataType.INT32, [2], words).to_numpy().tolist() == [1, 2]  # type: ignore[arg-type]
+    items = [bytearray(b"a"), memoryview(b"\xc3\xa9"), "b", bytearray(b"\xff")]
+    back = Tensor("x", DataType.BYTES, [4], items).to_numpy()  # type: ignore[arg-type]
+    assert back.tolist() == ["a", "é", "b", b"\xff"]
 
 
 @pytest.mark.parametrize(
