@@ -35,7 +35,7 @@ async def stats(request: Request, principal: Caller) -> dict:
     svc = service(request)
     redis = svc.store.redis
     now_ms = int(time.time() * 1000)
-    workers = await svc.store.live_workers()
+    workers = await svc.live_workers()
     tasks = {}
     for task in sorted(svc.configs):
         per_priority = {}

@@ -12,6 +12,8 @@ from redis.asyncio import Redis
 
 from schemas import keys
 
+from .errors import reaching
+
 SCOPES = ("inference:submit", "inference:read")
 KEY_PREFIX = "si_"
 
@@ -52,7 +54,10 @@ class ApiKeyStore:
         return key
 
     async def lookup(self, key: str) -> Principal | None:
-        entry = await self._redis.hgetall(keys.api_key_key(self._prefix, digest(key)))
+        """The key's principal, None for an unknown or revoked key; 503 when Redis is away
+        (never 401: the key may well be valid)."""
+        with reaching("API key store"):
+            entry = await self._redis.hgetall(keys.api_key_key(self._prefix, digest(key)))
         if not entry:
             return None
         entry = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v

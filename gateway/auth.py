@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from schemas import keys
 
 from .apikeys import SCOPES, ApiKeyStore, Principal
-from .errors import Forbidden, TooManyRequests, Unauthorized
+from .errors import Forbidden, TooManyRequests, Unauthorized, reaching
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +129,9 @@ class RateLimiter:
         self._burst = burst
 
     async def check(self, principal: Principal) -> None:
-        allowed, wait = await self._script(keys=[keys.rate_limit_key(self._prefix, principal.client_id)],
-                                           args=[self._per_s, self._burst, time.time()])
+        with reaching("rate limit store"):
+            allowed, wait = await self._script(keys=[keys.rate_limit_key(self._prefix, principal.client_id)],
+                                               args=[self._per_s, self._burst, time.time()])
         if not int(allowed):
             retry = max(1, int(float(wait) + 0.999))
             raise TooManyRequests(f"rate limit of {self._per_s:g}/s (burst {self._burst}) exceeded",

@@ -8,23 +8,28 @@
     ├── IdempotencyConflict     409
     ├── PayloadTooLarge         413
     ├── TooManyRequests         429 RATE_LIMIT_EXCEEDED / OVERLOADED (with Retry-After)
-    ├── ServiceUnavailable      503
+    ├── ServiceUnavailable      503 (always with Retry-After)
     └── InferenceTimeout        504
 
-Model and schema errors know nothing of HTTP: :func:`error_response` maps them here.
+Model and schema errors know nothing of HTTP: :func:`error_response` maps them here, and a
+Redis or Kafka error that escapes a component (a dependency that went away) becomes 503.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.errors import ModelError, ModelNotFound, ModelVersionNotFound
@@ -32,6 +37,12 @@ from models.errors import ModelError, ModelNotFound, ModelVersionNotFound
 from . import metrics
 
 logger = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 1
+"""Retry-After of a 503 for a dependency that does not answer (Redis, Kafka)."""
+UNREACHABLE = (RedisError, OSError)
+"""What redis-py raises when Redis is away: its own errors, and socket errors (ConnectionError,
+TimeoutError, ...) that reach us unwrapped."""
 
 
 class GatewayError(Exception):
@@ -77,7 +88,13 @@ class TooManyRequests(GatewayError):
 
 
 class ServiceUnavailable(GatewayError):
+    """503; carries ``Retry-After`` (RETRY_AFTER_S unless the raiser says otherwise)."""
+
     status, code = 503, "SERVICE_UNAVAILABLE"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("Retry-After", str(RETRY_AFTER_S))
 
 
 class InferenceTimeout(GatewayError):
@@ -99,11 +116,23 @@ _DESCRIPTIONS = {
     404: "TASK_NOT_FOUND, REQUEST_NOT_FOUND or MODEL_VERSION_NOT_FOUND", 405: "method not allowed",
     409: "IDEMPOTENCY_CONFLICT", 413: "PAYLOAD_TOO_LARGE", 422: "INVALID_REQUEST",
     429: "RATE_LIMIT_EXCEEDED or OVERLOADED (see Retry-After)", 500: "INTERNAL_ERROR",
-    503: "SERVICE_UNAVAILABLE (see Retry-After)", 504: "INFERENCE_TIMEOUT",
+    503: "SERVICE_UNAVAILABLE (see Retry-After): Redis or Kafka not reachable, or no worker has served "
+         "the task yet", 504: "INFERENCE_TIMEOUT",
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text} for status, text in _DESCRIPTIONS.items()}
 """Declared on every route, so the OpenAPI schema documents the error body clients get."""
+
+
+@contextmanager
+def reaching(what: str) -> Iterator[None]:
+    """Redis not answering, where it enters our code, becomes 503 naming ``what`` it holds."""
+    try:
+        yield
+    except UNREACHABLE as exc:
+        logger.warning("redis call (%s) failed: %r", what, exc)
+        raise ServiceUnavailable(f"the {what} is not reachable; retry later",
+                                 details={"dependency": "redis"}) from exc
 
 
 def from_model_error(exc: ModelError) -> GatewayError:
@@ -161,6 +190,17 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = _STARLETTE_CODES.get(exc.status_code, GatewayError)
         code = "INVALID_REQUEST" if exc.status_code == 405 else None
         return error_response(request, kind(str(exc.detail), status=exc.status_code, code=code))
+
+    # NOTE: a safety net. Components wrap their own calls (``reaching``, the producer), but a
+    # dependency that goes away mid-request must never surface as 500 INTERNAL_ERROR.
+    async def _unreachable(request: Request, exc: Exception) -> JSONResponse:
+        dependency = "kafka" if isinstance(exc, KafkaError) else "redis"
+        logger.warning("%s unreachable on %s: %r", dependency, request.url.path, exc)
+        return error_response(request, ServiceUnavailable(f"{dependency} is not reachable; retry later",
+                                                          details={"dependency": dependency}))
+
+    for kind in (RedisError, OSError, KafkaError):
+        app.add_exception_handler(kind, _unreachable)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -16,7 +16,16 @@ from schemas.records import InferenceResult, Status, Tensor
 
 from .apikeys import Principal
 from .auth import ANONYMOUS, require
-from .errors import GatewayError, InferenceTimeout, InvalidRequest, NotFound, ServiceUnavailable
+from .errors import (
+    RETRY_AFTER_S,
+    UNREACHABLE,
+    ErrorBody,
+    GatewayError,
+    InferenceTimeout,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+)
 from .routes import Caller, service
 from .service import InferenceService, Submission
 from .views import links
@@ -92,9 +101,12 @@ class ServerMetadata(BaseModel):
     extensions: list[str]
 
 
-ERRORS = {code: {"description": text} for code, text in (
+ERRORS = {code: {"model": ErrorBody, "description": text} for code, text in (
     (404, "TASK_NOT_FOUND or MODEL_VERSION_NOT_FOUND"), (422, "INVALID_REQUEST"),
-    (500, "INTERNAL_ERROR: the worker failed"), (503, "SERVICE_UNAVAILABLE"), (504, "INFERENCE_TIMEOUT"))}
+    (500, "INTERNAL_ERROR: the worker failed"),
+    (503, "SERVICE_UNAVAILABLE (see Retry-After): Redis or Kafka not reachable, no worker has served "
+          "the task yet, or a retriable worker failure"),
+    (504, "INFERENCE_TIMEOUT"))}
 
 
 def _version_of(config: ModelConfig, version: str | None) -> None:
@@ -220,7 +232,11 @@ async def _served_tasks(svc: InferenceService) -> set[str] | None:
     """Tasks with a live worker, or None when Redis does not answer."""
     if not await svc.store.ping():
         return None
-    return {task for tasks in (await svc.store.live_workers()).values() for task in tasks}
+    try:
+        workers = await svc.live_workers()
+    except (ServiceUnavailable, *UNREACHABLE):  # Redis went away since the ping
+        return None
+    return {task for tasks in workers.values() for task in tasks}
 
 
 @router.get("/v2/models/{task}/ready", **READY)
@@ -252,13 +268,16 @@ async def live() -> dict:
 
 
 @router.get("/v2/health/ready", responses={200: {"description": '{"ready": true}'},
-                                           503: {"description": '{"ready": false}'}})
+                                           503: {"description": '{"ready": false} (see Retry-After)'}})
 async def ready(request: Request, response: Response) -> dict:
-    """Readiness: Kafka connected, Redis answering and a live worker for every task."""
+    """Readiness: Kafka answering a metadata request, Redis answering and a live worker for
+    every task."""
     svc = service(request)
-    served = await _served_tasks(svc) if svc.producer.is_connected else None
+    served = await _served_tasks(svc) if await svc.producer.is_reachable() else None
     ok = served is not None and set(svc.configs) <= served
     response.status_code = 200 if ok else 503
+    if not ok:
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
     return {"ready": ok}
 
 

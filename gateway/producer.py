@@ -1,10 +1,13 @@
 """The gateway's Kafka producer: publishes encoded requests and audit events, and turns a broker
-that does not answer in time into 503 instead of buffering without limit."""
+that does not answer in time into 503 instead of buffering without limit; probes the broker for
+``/ready``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -20,13 +23,19 @@ logger = logging.getLogger(__name__)
 
 class RequestProducer:
     def __init__(self, bootstrap_servers: str, codec: AvroCodec, prefix: str,
-                 linger_ms: int = 2, request_timeout_ms: int = 10_000) -> None:
+                 linger_ms: int = 2, request_timeout_ms: int = 10_000, probe_timeout_s: float = 2.0,
+                 probe_cache_s: float = 1.0) -> None:
         self._bootstrap = bootstrap_servers
         self._codec = codec
         self._prefix = prefix
         self._linger_ms = linger_ms
         self._timeout_s = request_timeout_ms / 1000.0
+        self._probe_timeout_s = min(probe_timeout_s, self._timeout_s)
+        self._probe_cache_s = probe_cache_s
         self._closed = True
+        self._probe: asyncio.Task | None = None
+        self._probed_at = -math.inf
+        self._reachable = False
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -40,14 +49,46 @@ class RequestProducer:
         if self._closed:
             return
         self._closed = True
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.wait([self._probe])
         await self._producer.stop()
 
-    @property
-    def is_connected(self) -> bool:
-        return not self._closed and bool(self._producer.client.cluster.brokers())
+    async def is_reachable(self) -> bool:
+        """Whether a broker answers a metadata request within the probe timeout. The answer is
+        kept ``probe_cache_s`` and concurrent callers share one probe, so readiness checks cost
+        at most one request a second.
+
+        NOTE: not the client's cached metadata (``cluster.brokers()``): it still names the
+        broker while that is down or paused."""
+        if self._closed:
+            return False
+        if time.monotonic() - self._probed_at < self._probe_cache_s:
+            return self._reachable
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._check(), name="kafka-probe")
+        # shield: a caller that goes away must not cancel the probe the others wait for
+        return await asyncio.shield(self._probe)
+
+    async def _check(self) -> bool:
+        try:
+            async with asyncio.timeout(self._probe_timeout_s):
+                await self._producer.client.fetch_all_metadata()
+            reachable = True
+        except (KafkaError, TimeoutError, OSError) as exc:
+            logger.warning("the broker did not answer a metadata request in %.1f s: %r",
+                           self._probe_timeout_s, exc)
+            reachable = False
+        self._reachable, self._probed_at = reachable, time.monotonic()
+        return reachable
 
     async def submit(self, request: InferenceRequest, accepted: AuditEvent) -> None:
-        """Publish the request, then its ACCEPTED audit event; both acknowledged by the broker."""
+        """Publish the request, then its ACCEPTED audit event; both acknowledged by the broker.
+
+        A 503 from here may follow a delivered request: a failure raised by the first ``send()``
+        (waiting for metadata or buffer space, or cancelled by our timeout there) appended
+        nothing (aiokafka: cancelling ``send()`` itself stops the event), but once it returned,
+        a timeout or a delivery error says nothing about whether the broker has the request."""
         topic = topics.request_topic(self._prefix, request.task, request.priority)
         key = request.request_id.encode()
         try:

@@ -7,6 +7,8 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
@@ -15,11 +17,29 @@ from schemas import keys
 from schemas.codec import AvroCodec
 from schemas.records import InferenceResult
 
-from .errors import ServiceUnavailable
+from .errors import reaching
 
 logger = logging.getLogger(__name__)
 
 FIELD_AVRO = keys.RESULT_FIELD_AVRO  # the worker's publisher writes the result hash
+
+
+def served_tasks_key(prefix: str) -> str:
+    """Set: every task a worker has ever announced in its heartbeat (no expiry).
+
+    NOTE: gateway-local until it moves to ``schemas.keys`` beside ``worker_key``."""
+    return f"{prefix}:served-tasks"
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """What a client's Idempotency-Key is bound to."""
+
+    request_id: str
+    same_body: bool
+    """False: the key was used with another body (409)."""
+    published: bool
+    """The broker acknowledged the request; False while unconfirmed (in flight, or timed out)."""
 
 
 class ResultStore:
@@ -59,18 +79,15 @@ class ResultStore:
             return False
 
     async def _call(self, coro):
-        try:
+        with reaching("result store"):
             return await coro
-        except (RedisError, OSError) as exc:
-            logger.warning("redis call failed: %r", exc)
-            raise ServiceUnavailable("the result store is not reachable; retry later",
-                                     headers={"Retry-After": "1"}) from exc
 
     async def live_workers(self) -> dict[str, list[str]]:
         """worker_id -> tasks, from the workers' heartbeats."""
         pattern = keys.worker_key(self._prefix, "*")
-        found = [key async for key in self.redis.scan_iter(match=pattern, count=500)]
-        values = await self.redis.mget(found) if found else []
+        with reaching("result store"):
+            found = [key async for key in self.redis.scan_iter(match=pattern, count=500)]
+            values = await self.redis.mget(found) if found else []
         workers = {}
         for value in values:
             if value:
@@ -78,27 +95,49 @@ class ResultStore:
                 workers[beat["worker_id"]] = beat["tasks"]
         return workers
 
+    async def served_tasks(self, seen: Iterable[str] = ()) -> set[str]:
+        """Every task some worker has served: records ``seen`` (tasks of live heartbeats) and
+        returns the whole record, in one round trip. The record never expires."""
+        key = served_tasks_key(self._prefix)
+        seen = sorted(set(seen))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if seen:
+                pipe.sadd(key, *seen)
+            pipe.smembers(key)
+            replies = await self._call(pipe.execute())
+        return {t.decode() if isinstance(t, bytes) else t for t in replies[-1]}
+
     async def claim_idempotency(self, client_id: str | None, key: str, request_id: str,
-                                body_digest: str) -> tuple[str, bool]:
-        """Bind ``key`` to ``request_id`` unless it is bound already. Returns the bound request_id
-        and whether the bound body is this one (False: same key, other body)."""
+                                body_digest: str) -> IdempotencyClaim:
+        """Bind ``key`` to ``request_id`` unless it is bound already; returns the binding."""
         redis_key = keys.idempotency_key(self._prefix, client_id, key)
-        claim = json.dumps({"request_id": request_id, "body": body_digest})
+        claim = json.dumps({"request_id": request_id, "body": body_digest, "published": False})
         if await self._call(self.redis.set(redis_key, claim, nx=True, ex=self._ttl_s)):
-            return request_id, True
+            return IdempotencyClaim(request_id, same_body=True, published=False)
         bound = await self._call(self.redis.get(redis_key))
         if bound is None:  # expired between the two calls: claim again
             return await self.claim_idempotency(client_id, key, request_id, body_digest)
         bound = json.loads(bound)
-        return bound["request_id"], bound["body"] == body_digest
+        # a claim written before the "published" field existed was released on any failure,
+        # so one that is still there was published
+        return IdempotencyClaim(bound["request_id"], same_body=bound["body"] == body_digest,
+                                published=bound.get("published", True))
 
-    async def release_idempotency(self, client_id: str | None, key: str) -> None:
-        await self._call(self.redis.delete(keys.idempotency_key(self._prefix, client_id, key)))
+    async def confirm_idempotency(self, client_id: str | None, key: str, request_id: str,
+                                  body_digest: str) -> None:
+        """The claim's request was acknowledged by the broker: later retries need not publish it."""
+        claim = json.dumps({"request_id": request_id, "body": body_digest, "published": True})
+        # xx: never re-create a claim that expired meanwhile; keepttl: the claim's own expiry
+        await self._call(self.redis.set(keys.idempotency_key(self._prefix, client_id, key), claim,
+                                        xx=True, keepttl=True))
 
     async def mark_queued(self, request_id: str, task: str, client_id: str | None) -> None:
         key = keys.status_key(self._prefix, request_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, mapping={"status": "queued", "task": task, "client_id": client_id or ""})
+            # hsetnx: a request published again (an Idempotency-Key retry) keeps the state a
+            # worker may have moved it to (running, done)
+            pipe.hsetnx(key, "status", "queued")
+            pipe.hset(key, mapping={"task": task, "client_id": client_id or ""})
             pipe.expire(key, self._ttl_s)
             await self._call(pipe.execute())
 

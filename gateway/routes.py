@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -12,7 +13,7 @@ from pydantic import BaseModel, Field
 from . import metrics
 from .apikeys import Principal
 from .auth import ANONYMOUS, require
-from .errors import NotFound
+from .errors import RETRY_AFTER_S, UNREACHABLE, NotFound, ServiceUnavailable
 from .service import InferenceService, Submission, body_digest
 from .views import links, pending_body, result_body
 
@@ -60,7 +61,8 @@ async def infer(task: str, body: InferBody, request: Request, principal: Caller,
                 idempotency_key: Annotated[str | None, Header(max_length=256)] = None) -> JSONResponse:
     """Publish an inference request; with ``?wait=S`` or ``Prefer: wait=S`` answer with the result
     when it is done within S seconds. With ``Idempotency-Key``, the same key and body give the same
-    request_id (no second event); the same key with another body is 409."""
+    request_id (no second event); the same key with another body is 409. A task no worker has
+    served yet, or Redis or Kafka not answering, is 503 with ``Retry-After``."""
     require(principal, "inference:submit")
     svc = service(request)
     wait_s = svc.wait_seconds(wait, prefer)
@@ -134,18 +136,34 @@ async def health() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/ready", tags=["operations"])
+class Readiness(BaseModel):
+    """Body of ``GET /ready``, 200 or 503 alike."""
+
+    status: str = Field(..., examples=["ready", "not ready"])
+    checks: dict[str, bool] = Field(..., description="kafka, redis and worker:<task> for every task")
+
+
+@router.get("/ready", tags=["operations"], response_model=Readiness, responses={
+    503: {"model": Readiness, "description": "not ready: the checks that failed are false (see Retry-After)"}})
 async def ready(request: Request, response: Response) -> dict:
-    """Readiness: Kafka and Redis reachable, and a live worker for every task."""
+    """Readiness: Kafka answers a metadata request (checked at most once a second), Redis
+    answers, and a live worker serves every task."""
     svc = service(request)
-    checks: dict[str, bool] = {"kafka": svc.producer.is_connected, "redis": await svc.store.ping()}
+    kafka, redis = await asyncio.gather(svc.producer.is_reachable(), svc.store.ping())
+    checks: dict[str, bool] = {"kafka": kafka, "redis": redis}
     served: set[str] = set()
-    if checks["redis"]:
-        for tasks in (await svc.store.live_workers()).values():
-            served.update(tasks)
+    if redis:
+        try:
+            workers = await svc.live_workers()
+        except (ServiceUnavailable, *UNREACHABLE):  # Redis went away since the ping
+            checks["redis"] = False
+        else:
+            served = {task for tasks in workers.values() for task in tasks}
     checks.update({f"worker:{task}": task in served for task in svc.configs})
     ok = all(checks.values())
     response.status_code = 200 if ok else 503
+    if not ok:
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
     return {"status": "ready" if ok else "not ready", "checks": checks}
 
 

@@ -3,6 +3,7 @@ result. Kept apart from FastAPI so routes stay thin adapters."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,15 +26,24 @@ from schemas.topics import request_topics, results_topic
 
 from . import metrics
 from .apikeys import Principal
-from .errors import IdempotencyConflict, InvalidRequest, NotFound, TooManyRequests
+from .errors import (
+    IdempotencyConflict,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+)
 from .inputs import InputLimits, check_limits, tensors_from_body
 from .lag import LagMonitor
 from .producer import RequestProducer
 from .results import ResultStore
+from .served import ServedTasks
 
 logger = logging.getLogger(__name__)
 
 ACTOR = "gateway"
+UNSERVED_RETRY_AFTER_S = 5
+"""Retry-After for a task no worker has served yet: starting a worker takes seconds."""
 
 
 @dataclass
@@ -62,6 +72,7 @@ class InferenceService:
         self.lag = lag
         self.max_lag_per_task = max_lag_per_task
         self.limits = limits or InputLimits()
+        self.served = ServedTasks(store)
         self.refresh_tasks()
 
     def refresh_tasks(self) -> None:
@@ -127,26 +138,53 @@ class InferenceService:
             raise TooManyRequests(f"task {task!r} has {lag} requests waiting; retry later", code="OVERLOADED",
                                   headers={"Retry-After": "1"}, details={"lag": lag, "bound": self.max_lag_per_task})
 
+    async def check_served(self, task: str) -> None:
+        """503 for a task no worker has ever served: nothing would consume its requests (a task
+        dropped into the repository after the workers started). A task whose workers are all
+        down right now is still accepted: its requests wait in Kafka for the next worker."""
+        if not await self.served.is_served(task):
+            raise ServiceUnavailable(
+                f"no worker has served task {task!r} yet; retry once a worker serves it",
+                headers={"Retry-After": str(UNSERVED_RETRY_AFTER_S)},
+                details={"task": task, "reason": "no worker has served this task"})
+
+    async def live_workers(self) -> dict[str, list[str]]:
+        """worker_id -> tasks of the live heartbeats; their tasks count as served from now on."""
+        workers = await self.store.live_workers()
+        await self.served.observe(workers)
+        return workers
+
     async def submit_once(self, request: InferenceRequest, idempotency_key: str | None,
                           body_digest: str) -> str:
         """Submit unless the client's ``Idempotency-Key`` already names a request with the same
         body; returns the request_id that answers. Same key with another body: 409."""
         self.check_capacity(request.task)
+        await self.check_served(request.task)
         if not idempotency_key:
             await self.submit(request)
             return request.request_id
-        bound, same = await self.store.claim_idempotency(request.client_id, idempotency_key,
-                                                         request.request_id, body_digest)
-        if not same:
+        claim = await self.store.claim_idempotency(request.client_id, idempotency_key,
+                                                   request.request_id, body_digest)
+        if not claim.same_body:
             raise IdempotencyConflict("this Idempotency-Key was used with a different request body",
-                                      details={"request_id": bound})
-        if bound != request.request_id:
-            return bound
+                                      details={"request_id": claim.request_id})
+        if claim.published:
+            return claim.request_id
+        # NOTE: the key stays bound to its request_id whatever happens to the publish. A timeout
+        # or delivery error after aiokafka's send() returned may follow a delivered request; only
+        # a failure inside the first send() (metadata or buffer wait) or before it (Redis) is
+        # surely "not sent", and even then releasing would let a retry that raced this attempt
+        # take a new id and run the request twice. So an unconfirmed claim (an earlier attempt
+        # timed out, or is still in flight) is published again under the SAME request_id: the
+        # worker answers each request_id once, so a second copy costs nothing but a DUPLICATE.
+        if claim.request_id != request.request_id:
+            request = dataclasses.replace(request, request_id=claim.request_id)
+        await self.submit(request)
         try:
-            await self.submit(request)
-        except Exception:
-            await self.store.release_idempotency(request.client_id, idempotency_key)
-            raise
+            await self.store.confirm_idempotency(request.client_id, idempotency_key, request.request_id,
+                                                 body_digest)
+        except ServiceUnavailable:  # accepted all the same; a retry would only publish it again
+            logger.warning("could not mark Idempotency-Key of %s published", request.request_id)
         return request.request_id
 
     def wait_seconds(self, query_wait: float | None, prefer: str | None) -> float:

@@ -11,6 +11,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
+from gateway.results import IdempotencyClaim
 from gateway.service import InferenceService
 from schemas.records import InferenceResult
 from streaminfer.settings import Settings
@@ -23,10 +24,12 @@ TASK_YAML = {
 
 
 class MemoryProducer:
-    is_connected = True
-
     def __init__(self) -> None:
         self.sent = []
+        self.reachable = True
+
+    async def is_reachable(self):
+        return self.reachable
 
     async def submit(self, request, accepted):
         self.sent.append((request, accepted))
@@ -38,22 +41,28 @@ class MemoryStore:
         self.statuses: dict[str, dict] = {}
         self.cancelled: set[str] = set()
         self.claims: dict = {}
+        self.workers = {"w1": ["tiny"]}
+        self.served: set[str] = set()
 
     async def ping(self):
         return True
 
     async def live_workers(self):
-        return {"w1": ["tiny"]}
+        return dict(self.workers)
+
+    async def served_tasks(self, seen=()):
+        self.served.update(seen)
+        return set(self.served)
 
     async def claim_idempotency(self, client_id, key, request_id, digest):
-        bound = self.claims.setdefault((client_id, key), (request_id, digest))
-        return bound[0], bound[1] == digest
+        bound = self.claims.setdefault((client_id, key), [request_id, digest, False])
+        return IdempotencyClaim(bound[0], same_body=bound[1] == digest, published=bound[2])
 
-    async def release_idempotency(self, client_id, key):
-        self.claims.pop((client_id, key), None)
+    async def confirm_idempotency(self, client_id, key, request_id, digest):
+        self.claims[(client_id, key)][2] = True
 
     async def mark_queued(self, request_id, task, client_id):
-        self.statuses[request_id] = {"status": "queued", "task": task}
+        self.statuses.setdefault(request_id, {"status": "queued", "task": task})
 
     async def status(self, request_id):
         return self.statuses.get(request_id, {})
@@ -85,11 +94,21 @@ def repository(tmp_path) -> Path:
 
 
 @pytest.fixture
-def gateway(repository):
-    settings = Settings(auth="disabled", model_repository=repository, max_body_bytes=4096)
-    app = create_app(settings)
-    producer, store = MemoryProducer(), MemoryStore()
-    app.state.service = InferenceService(producer, store, repository, "unit", max_wait_s=2)
-    client = TestClient(app, raise_server_exceptions=False)  # no lifespan: nothing to connect to
-    client.producer, client.store = producer, store
-    return client
+def make_gateway(repository):
+    """A gateway app over ``store`` and ``producer`` (in-memory ones by default), unstarted."""
+
+    def make(store=None, producer=None, **settings) -> TestClient:
+        settings = {"auth": "disabled", "max_body_bytes": 4096, **settings}
+        app = create_app(Settings(model_repository=repository, **settings))
+        producer, store = producer or MemoryProducer(), store or MemoryStore()
+        app.state.service = InferenceService(producer, store, repository, "unit", max_wait_s=2)
+        client = TestClient(app, raise_server_exceptions=False)  # no lifespan: nothing to connect to
+        client.producer, client.store = producer, store
+        return client
+
+    return make
+
+
+@pytest.fixture
+def gateway(make_gateway):
+    return make_gateway()

@@ -200,8 +200,9 @@ def test_health_live_and_ready(gateway):
 
 
 def test_health_ready_needs_kafka(gateway):
-    gateway.producer.is_connected = False
-    assert gateway.get("/v2/health/ready").status_code == 503
+    gateway.producer.reachable = False
+    not_ready = gateway.get("/v2/health/ready")
+    assert not_ready.status_code == 503 and not_ready.headers["retry-after"]
 
 
 def test_server_metadata_and_openapi(gateway):

@@ -160,3 +160,12 @@ def test_size_limits_before_publishing(gateway):
     error(gateway.post("/v1/infer/tiny", json={"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1],
                                                             "data": ["far too long"]}]}), 413, "PAYLOAD_TOO_LARGE")
     assert gateway.producer.sent == []
+
+
+def test_ready_names_kafka_when_the_broker_does_not_answer(gateway):
+    gateway.producer.reachable = False  # the probe's metadata request timed out
+    response = gateway.get("/ready")
+    assert response.status_code == 503 and response.headers["retry-after"]
+    assert response.json() == {"status": "not ready", "checks": {"kafka": False, "redis": True, "worker:tiny": True}}
+    gateway.producer.reachable = True
+    assert gateway.get("/ready").status_code == 200
