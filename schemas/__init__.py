@@ -21,6 +21,7 @@ from schemas.records import (
     Status,
     Tensor,
     Timings,
+    fit_payload,
     input_digest,
     now_ms,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "Tensor",
     "Timings",
     "UnknownSchema",
+    "fit_payload",
     "input_digest",
     "load_schemas",
     "now_ms",

@@ -3,11 +3,16 @@
 Single-object (default): `C3 01` + 8-byte little-endian CRC-64-AVRO fingerprint of the
 writer schema's parsing canonical form + body. Confluent (with a registry URL): `00` +
 4-byte big-endian registry id + body. `decode` accepts both and resolves older or newer
-writer schemas against ours, following Avro's schema resolution rules.
+writer schemas against ours, following Avro's schema resolution rules; older versions of
+our own schemas live in `history/` and are accepted from the start.
+
+Within an event loop, use `decode_async` and `prepare_async`: they keep registry HTTP calls
+off the loop. Registry outages raise RegistryUnavailable (retriable), never DecodeError.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
@@ -21,7 +26,13 @@ from fastavro.repository.base import AbstractSchemaRepository, SchemaRepositoryE
 from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
 
 from schemas.binary import CompiledCodec, compile_schema
-from schemas.errors import DecodeError, EncodeError, SchemaError, UnknownSchema
+from schemas.errors import (
+    DecodeError,
+    EncodeError,
+    RegistryUnavailable,
+    SchemaError,
+    UnknownSchema,
+)
 from schemas.records import (
     NAMESPACE,
     AuditEvent,
@@ -36,7 +47,7 @@ from schemas.records import (
     Tensor,
     Timings,
 )
-from schemas.registry import RegistryClient
+from schemas.registry import LookupFailures, RegistryClient
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +56,9 @@ __all__ = ["CONFLUENT_MAGIC", "SCHEMA_DIR", "SINGLE_OBJECT_MAGIC", "AvroCodec", 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
 SCHEMA_DIR = Path(__file__).resolve().parent
+# NOTE: older versions of our schemas, one self-contained file each (named types they use
+# inlined as they were then, so a later change of e.g. Tensor keeps their fingerprint).
+HISTORY_DIR = "history"
 
 _SINGLE_HEADER_LEN = len(SINGLE_OBJECT_MAGIC) + 8
 _CONFLUENT_HEADER_LEN = len(CONFLUENT_MAGIC) + 4
@@ -126,6 +140,25 @@ class _ReferenceRepository(AbstractSchemaRepository):
         return json.loads(path.read_text(encoding="utf-8"))
 
 
+@dataclass(slots=True, frozen=True)
+class _Writer:
+    """A writer schema we accept for a record, and its compiled decoder."""
+
+    name: str  # the record's full name
+    wire: dict
+    # NOTE: for schemas other than ours, fastavro resolves the body, but its C reader wraps
+    # varints beyond 64 bits silently; this decoder (to dicts) checks the body first: int
+    # and long ranges, varints of at most 10 bytes, lengths within the buffer.
+    compiled: CompiledCodec
+
+
+def _writer(name: str, wire: dict) -> _Writer:
+    try:
+        return _Writer(name, wire, compile_schema(wire))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SchemaError(f"cannot compile writer schema {name}: {exc}") from exc
+
+
 @dataclass(slots=True)
 class _Binding:
     """Everything the codec knows about one record type."""
@@ -136,15 +169,16 @@ class _Binding:
     wire: dict  # logical types stripped; what encode/decode use
     header: bytes  # single-object header of the current schema
     compiled: CompiledCodec  # fast path for the current schema
-    writers: dict[bytes, dict] = field(default_factory=dict)  # fingerprint -> wire schema
+    writers: dict[bytes, _Writer] = field(default_factory=dict)  # by fingerprint
     registry_id: int | None = None
 
 
 class AvroCodec:
     """Encodes records to Kafka values and decodes them back; safe to share between threads.
 
-    Without `registry_url`, writes single-object encoding. With it, writes Confluent
-    framing, registering each record's schema under its full name (RecordNameStrategy).
+    Without a registry, writes single-object encoding. With `registry_url` (or a ready
+    `registry` client, e.g. with auth or TLS), writes Confluent framing, registering each
+    record's schema under its full name (RecordNameStrategy).
     """
 
     def __init__(
@@ -153,16 +187,18 @@ class AvroCodec:
         schema_dir: Path | None = None,
         *,
         registry_timeout_s: float = 5.0,
+        registry: RegistryClient | None = None,
     ):
         self._schema_dir = Path(schema_dir) if schema_dir is not None else SCHEMA_DIR
-        self._registry = (
-            RegistryClient(registry_url, timeout_s=registry_timeout_s) if registry_url else None
-        )
+        if registry is None and registry_url:
+            registry = RegistryClient(registry_url, timeout_s=registry_timeout_s)
+        self._registry = registry
         loaded = load_schemas(self._schema_dir)
         self._bindings: dict[type, _Binding] = {}
         self._by_name: dict[str, _Binding] = {}
         self._fingerprint_owner: dict[bytes, str] = {}  # fingerprint -> record full name
-        self._registry_writers: dict[int, tuple[str, dict]] = {}  # id -> (name, wire schema)
+        self._registry_writers: dict[int, _Writer] = {}  # registry id -> writer
+        self._registry_failures = LookupFailures()
         for record_type in RECORD_TYPES:
             name = record_type.AVRO_NAME
             if name not in loaded:
@@ -175,10 +211,17 @@ class AvroCodec:
             except ValueError as exc:  # e.g. a schema file that no longer mirrors its class
                 raise SchemaError(f"cannot compile {name}: {exc}") from exc
             binding = _Binding(record_type, name, schema, wire, SINGLE_OBJECT_MAGIC + fp, compiled)
-            binding.writers[fp] = binding.wire
+            binding.writers[fp] = _Writer(name, wire, compiled)
             self._bindings[record_type] = binding
             self._by_name[name] = binding
             self._fingerprint_owner[fp] = name
+        for path in sorted((self._schema_dir / HISTORY_DIR).glob("*.avsc")):
+            try:
+                older = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise SchemaError(f"cannot load Avro schema {path}: {exc}") from exc
+            binding, fp = self._accept_writer_schema(older)
+            logger.debug("accepting %s (fingerprint %s) from %s", binding.name, fp.hex(), path)
 
     # -- schemas ---------------------------------------------------------------------
 
@@ -193,6 +236,10 @@ class AvroCodec:
     def register_writer_schema(self, schema: dict) -> None:
         """Accept events written with `schema` (an older or newer version of one of our
         records); it may name our other types (e.g. `io.streaminfer.v1.Tensor`)."""
+        binding, fp = self._accept_writer_schema(schema)
+        logger.info("registered writer schema %s fingerprint %s", binding.name, fp.hex())
+
+    def _accept_writer_schema(self, schema: dict) -> tuple[_Binding, bytes]:
         try:
             repo = _ReferenceRepository(plain_schema(schema), self._schema_dir)
             parsed = load_schema(_ReferenceRepository.MAIN, repo=repo)
@@ -203,9 +250,10 @@ class AvroCodec:
         binding = self._by_name.get(parsed.get("name")) if isinstance(parsed, dict) else None
         if binding is None:
             raise SchemaError(f"writer schema {parsed.get('name')!r} is not one of our records")
-        binding.writers.setdefault(fp, wire)  # the current schema keeps its fast path
+        if fp not in binding.writers:  # the current schema keeps its fast path
+            binding.writers[fp] = _writer(binding.name, wire)
         self._fingerprint_owner[fp] = binding.name
-        logger.info("registered writer schema %s fingerprint %s", binding.name, fp.hex())
+        return binding, fp
 
     def _binding(self, record_type: type | str) -> _Binding:
         binding = (
@@ -220,7 +268,8 @@ class AvroCodec:
     # -- encode ----------------------------------------------------------------------
 
     def encode(self, record: Any) -> bytes:
-        """Avro bytes of `record`, framed for Kafka. Raises EncodeError."""
+        """Avro bytes of `record`, framed for Kafka. Raises EncodeError; with a registry,
+        RegistryUnavailable (retriable) until its schema is registered (`prepare_async`)."""
         binding = self._bindings.get(type(record)) or self._binding(type(record))
         header = binding.header if self._registry is None else self._confluent_header(binding)
         try:
@@ -232,18 +281,41 @@ class AvroCodec:
 
     def _confluent_header(self, binding: _Binding) -> bytes:
         if binding.registry_id is None and self._registry is not None:
-            schema_id = self._registry.register(binding.name, plain_schema(binding.schema))
-            binding.registry_id = schema_id
+            try:
+                schema_id = self._registry.register(binding.name, plain_schema(binding.schema))
+            except SchemaError:
+                raise
+            except Exception as exc:  # never blame the record for the registry client
+                raise RegistryUnavailable(f"registering {binding.name}: {exc!r}") from exc
             # Our own events then decode without a registry round trip.
-            self._registry_writers[schema_id] = (binding.name, binding.wire)
+            self._registry_writers[schema_id] = binding.writers[binding.header[2:]]
+            binding.registry_id = schema_id
         return CONFLUENT_MAGIC + (binding.registry_id or 0).to_bytes(4, "big")
+
+    async def prepare_async(self) -> None:
+        """Register the schema of every record type, in a thread, so that `encode` never
+        calls the registry afterwards; a no-op without a registry or once done.
+
+        Raises RegistryUnavailable (retriable: call again) or EncodeError (refused).
+        """
+        if self._registry is None:
+            return
+        if all(binding.registry_id is not None for binding in self._bindings.values()):
+            return
+        await asyncio.to_thread(self._register_all)
+
+    def _register_all(self) -> None:
+        for binding in self._bindings.values():
+            self._confluent_header(binding)
 
     # -- decode ----------------------------------------------------------------------
 
     def decode(self, data: bytes, record_type: type[T]) -> T:
         """The record of type `record_type` in `data` (either framing).
 
-        Raises DecodeError (UnknownSchema when the writer schema cannot be found).
+        Raises DecodeError (UnknownSchema when the writer schema cannot be found), or
+        RegistryUnavailable (retriable, not a DecodeError) when a registry look-up it needs
+        fails; it may call the registry, so use `decode_async` within an event loop.
         """
         binding = self._bindings.get(record_type) or self._binding(record_type)
         if type(data) is not bytes:
@@ -268,24 +340,49 @@ class AvroCodec:
                 offset = _CONFLUENT_HEADER_LEN
             else:
                 raise DecodeError(f"unknown framing (first bytes {data[:2].hex()})")
-            if writer is binding.wire:
+            if writer.wire is binding.wire:
                 record, end = binding.compiled.decode(data, offset)
             else:  # another schema version: let fastavro apply Avro's resolution rules
+                _, end = writer.compiled.decode(data, offset)  # ranges and lengths first
+                if end != len(data):
+                    raise DecodeError(f"{len(data) - end} bytes left after the {binding.name}")
                 buffer = BytesIO(data)
                 buffer.seek(offset)
                 record = binding.record_type.from_avro(
-                    schemaless_reader(buffer, writer, binding.wire)
+                    schemaless_reader(buffer, writer.wire, binding.wire)
                 )
                 end = buffer.tell()
             if end != len(data):
                 raise DecodeError(f"{len(data) - end} bytes left after the {binding.name}")
             return record
-        except SchemaError:
+        except SchemaError:  # RegistryUnavailable among them: it stays retriable
             raise
         except Exception as exc:
             raise DecodeError(f"cannot decode {binding.name}: {exc!r}") from exc
 
-    def _single_object_writer(self, binding: _Binding, fp: bytes) -> dict:
+    async def decode_async(self, data: bytes, record_type: type[T]) -> T:
+        """As `decode`, but a registry look-up it needs (Confluent framing with a schema id
+        not cached yet) runs in a thread, off the event loop; everything else, the common
+        case, runs inline. A failed look-up remembered lately is raised again at once."""
+        self._binding(record_type)
+        schema_id = self._uncached_schema_id(data)
+        if schema_id is not None:
+            self._registry_failures.check(schema_id)
+            await asyncio.to_thread(self._registry_writer, schema_id)  # then cached
+        return self.decode(data, record_type)
+
+    def _uncached_schema_id(self, data: object) -> int | None:
+        if (
+            self._registry is None
+            or not isinstance(data, bytes | bytearray | memoryview)
+            or len(data) < _CONFLUENT_HEADER_LEN
+            or data[0] != CONFLUENT_MAGIC[0]
+        ):
+            return None
+        schema_id = int.from_bytes(data[1:_CONFLUENT_HEADER_LEN], "big")
+        return None if schema_id in self._registry_writers else schema_id
+
+    def _single_object_writer(self, binding: _Binding, fp: bytes) -> _Writer:
         writer = binding.writers.get(fp)
         if writer is not None:
             return writer
@@ -296,21 +393,33 @@ class AvroCodec:
             raise DecodeError(f"event is a {owner}, not a {binding.name}")
         raise UnknownSchema(f"unknown writer schema fingerprint {fp.hex()} for {binding.name}")
 
-    def _confluent_writer(self, binding: _Binding, schema_id: int) -> dict:
-        if self._registry is None:
-            return binding.wire  # no registry: the writer must have used our schema
-        cached = self._registry_writers.get(schema_id)
-        if cached is None:
-            raw = self._registry.schema_by_id(schema_id)
+    def _confluent_writer(self, binding: _Binding, schema_id: int) -> _Writer:
+        if self._registry is None:  # no registry: the writer must have used our schema
+            return binding.writers[binding.header[2:]]
+        writer = self._registry_writers.get(schema_id) or self._registry_writer(schema_id)
+        if writer.name != binding.name:
+            raise DecodeError(f"event is a {writer.name}, not a {binding.name}")
+        return writer
+
+    def _registry_writer(self, schema_id: int) -> _Writer:
+        """Fetch, check and cache the writer schema of `schema_id`; failures are
+        remembered for a while (LookupFailures), so floods of bad ids stay cheap."""
+        self._registry_failures.check(schema_id)
+        try:
+            raw = self._registry.schema_by_id(schema_id)  # type: ignore[union-attr]
             try:
                 parsed = parse_schema(raw)
-                cached = (parsed["name"], _wire_schema(parsed))
+                writer = _writer(parsed["name"], _wire_schema(parsed))
             except Exception as exc:
                 raise UnknownSchema(f"registry schema id {schema_id} is not usable: {exc}") from exc
-            self._registry_writers[schema_id] = cached
-        name, writer = cached
-        if name != binding.name:
-            raise DecodeError(f"event is a {name}, not a {binding.name}")
+        except SchemaError as exc:
+            self._registry_failures.remember(schema_id, exc)
+            raise
+        except Exception as exc:  # the client's own failure is an outage, not the event's
+            error = RegistryUnavailable(f"schema registry: schema id {schema_id}: {exc!r}")
+            self._registry_failures.remember(schema_id, error)
+            raise error from exc
+        self._registry_writers[schema_id] = writer
         return writer
 
     # -- lifecycle -------------------------------------------------------------------

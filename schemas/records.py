@@ -10,10 +10,11 @@ changed copies with `dataclasses.replace`. `Tensor`, `DataType` and `input_diges
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -37,6 +38,7 @@ __all__ = [
     "Status",
     "Tensor",
     "Timings",
+    "fit_payload",
     "input_digest",
     "now_ms",
 ]
@@ -334,6 +336,9 @@ class DeadLetter:
     error_message: str
     key: bytes | None = None
     at: int = field(default_factory=now_ms)
+    truncated: bool = False  # payload is only the head of the original value
+    payload_length: int | None = None  # of the original value, in bytes
+    payload_sha256: str | None = None  # hex, of the original value
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -345,6 +350,9 @@ class DeadLetter:
             "error_code": self.error_code,
             "error_message": self.error_message,
             "at": self.at,
+            "truncated": self.truncated,
+            "payload_length": self.payload_length,
+            "payload_sha256": self.payload_sha256,
         }
 
     @classmethod
@@ -358,4 +366,37 @@ class DeadLetter:
             error_message=d["error_message"],
             key=d.get("key"),
             at=_to_ms(d["at"]),
+            truncated=d.get("truncated", False),  # absent when read with schema version 1
+            payload_length=d.get("payload_length"),
+            payload_sha256=d.get("payload_sha256"),
         )
+
+
+def fit_payload(letter: DeadLetter, max_payload_bytes: int) -> DeadLetter:
+    """A copy of `letter` whose payload is at most `max_payload_bytes` long: past that, its
+    head, with `truncated` set. Either way `payload_length` and `payload_sha256` describe
+    the whole original value (computed here unless the letter already carries them), so a
+    dead letter can always be matched to its event and checked on replay.
+
+    The budget is the producer's limit less what the rest of the message takes: e.g.
+    `max_request_size - len(codec.encode(replace(letter, payload=b""))) - 100` covers the
+    other fields, the payload's longer length varint and its two new values (a SHA-256 in
+    hex is 64 characters); the key and headers count against the limit too. An already
+    truncated letter keeps the length and digest it carries.
+    """
+    if max_payload_bytes < 0:
+        raise ValueError(f"max_payload_bytes must be >= 0, not {max_payload_bytes}")
+    payload = letter.payload
+    length, digest = letter.payload_length, letter.payload_sha256
+    if not letter.truncated:
+        length = len(payload)
+        digest = digest or hashlib.sha256(payload).hexdigest()
+    if len(payload) <= max_payload_bytes:
+        return replace(letter, payload_length=length, payload_sha256=digest)
+    return replace(
+        letter,
+        payload=payload[:max_payload_bytes],
+        truncated=True,
+        payload_length=length,
+        payload_sha256=digest,
+    )

@@ -9,12 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 from fastavro import schemaless_reader, schemaless_writer
+from fastavro.schema import load_schema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from schemas.codec import (
     CONFLUENT_MAGIC,
+    SCHEMA_DIR,
     SINGLE_OBJECT_MAGIC,
     AvroCodec,
     plain_schema,
@@ -110,6 +112,9 @@ dead_letters = st.builds(
     error_message=texts,
     key=st.none() | st.binary(max_size=16),
     at=timestamps,
+    truncated=st.booleans(),
+    payload_length=st.none() | longs,
+    payload_sha256=st.none() | texts,
 )
 records = st.one_of(requests, results, audits, dead_letters, tensors, errors, timings)
 
@@ -192,6 +197,10 @@ def _older_request_codec() -> tuple[AvroCodec, bytes]:
 
 
 OLDER_CODEC, OLDER_HEADER = _older_request_codec()
+# The previous DeadLetter, which every codec accepts from schemas/history/.
+V1_DEAD_LETTER_HEADER = SINGLE_OBJECT_MAGIC + schema_fingerprint(
+    load_schema(str(SCHEMA_DIR / "history" / "io.streaminfer.v1.DeadLetter.v1.avsc"))
+)
 
 
 def _decode_or_decode_error(codec: AvroCodec, data: bytes, record_type: type) -> None:
@@ -200,6 +209,7 @@ def _decode_or_decode_error(codec: AvroCodec, data: bytes, record_type: type) ->
     except DecodeError:
         return
     assert isinstance(record, record_type)
+    codec.encode(record)  # what decodes is within range: it encodes again
 
 
 @SETTINGS
@@ -231,6 +241,12 @@ def test_random_bodies_behind_valid_headers(record_type: type, body: bytes) -> N
 @given(st.binary(max_size=256))
 def test_random_bodies_through_schema_resolution(body: bytes) -> None:
     _decode_or_decode_error(OLDER_CODEC, OLDER_HEADER + body, InferenceRequest)
+
+
+@SETTINGS
+@given(st.binary(max_size=256))
+def test_random_bodies_behind_the_previous_dead_letter_header(body: bytes) -> None:
+    _decode_or_decode_error(CODEC, V1_DEAD_LETTER_HEADER + body, DeadLetter)
 
 
 @SETTINGS

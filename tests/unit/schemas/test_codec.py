@@ -16,8 +16,10 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
 
 from schemas.bench import codec_roundtrips_per_second, typical_request
+from schemas.binary import _write_long
 from schemas.codec import (
     CONFLUENT_MAGIC,
+    PYTHON_TYPES,
     SCHEMA_DIR,
     SINGLE_OBJECT_MAGIC,
     AvroCodec,
@@ -97,6 +99,7 @@ def _records() -> list[Any]:
         AuditEvent("r1", "t", AuditType.CACHE_HIT, "worker-1", input_digest="ab" * 32),
         DeadLetter("si.requests.t.high", 3, 2**40, b"\xc3\x01junk", "UNDECODABLE", "bad", key=b"k"),
         DeadLetter("si.requests.t.high", 0, 0, b"", "UNKNOWN_SCHEMA", "?"),
+        DeadLetter("t", 1, 2, b"h", "E", "m", truncated=True, payload_length=9, payload_sha256="a"),
         Tensor("x", DataType.FP16, [2], b"\x00\x3c\x00\x40"),
         Error("E", "m"),
         Timings(),
@@ -222,7 +225,21 @@ def test_dead_letter_matches_spec() -> None:
         "error_code": "string",
         "error_message": "string",
         "at": TS,
+        "truncated": "boolean",
+        "payload_length": ["null", "long"],
+        "payload_sha256": ["null", "string"],
     }
+
+
+def test_dead_letter_additions_are_backward_compatible_and_documented() -> None:
+    fields = _raw("DeadLetter")["fields"]
+    assert [f["name"] for f in fields[-3:]] == ["truncated", "payload_length", "payload_sha256"]
+    assert [f["default"] for f in fields[-3:]] == [False, None, None]
+    assert all(f["doc"].strip() for f in fields)
+    # The previous version, kept where the codec accepts it from, is this one less the three.
+    older = json.loads((SCHEMA_DIR / "history" / f"{NS}.DeadLetter.v1.avsc").read_text())
+    assert [f["name"] for f in older["fields"]] == [f["name"] for f in fields[:-3]]
+    assert [f["type"] for f in older["fields"]] == [f["type"] for f in fields[:-3]]
 
 
 def test_nullable_fields_default_to_null_and_no_other_surprise_defaults() -> None:
@@ -230,7 +247,7 @@ def test_nullable_fields_default_to_null_and_no_other_surprise_defaults() -> Non
         for f in json.loads(path.read_text())["fields"]:
             if isinstance(f["type"], list) and f["type"][0] == "null":
                 assert f["default"] is None, (path.name, f["name"])
-            elif f["name"] in ("priority", "parameters", "trace"):
+            elif f["name"] in ("priority", "parameters", "trace", "truncated"):
                 assert "default" in f
             else:
                 assert "default" not in f, (path.name, f["name"])
@@ -389,6 +406,84 @@ def test_current_reader_reads_newer_writer_once_registered(tmp_path: Path) -> No
     assert codec.decode(SINGLE_OBJECT_MAGIC + fp + out.getvalue(), InferenceRequest) == _request()
 
 
+# The DeadLetter before `truncated`, `payload_length` and `payload_sha256`, as it was written.
+_DEAD_LETTER_V1 = {
+    "type": "record",
+    "name": "DeadLetter",
+    "namespace": NS,
+    "fields": [
+        {"name": "source_topic", "type": "string"},
+        {"name": "partition", "type": "int"},
+        {"name": "offset", "type": "long"},
+        {"name": "key", "type": ["null", "bytes"], "default": None},
+        {"name": "payload", "type": "bytes"},
+        {"name": "error_code", "type": "string"},
+        {"name": "error_message", "type": "string"},
+        {"name": "at", "type": TS},
+    ],
+}
+_V1_LETTER = {
+    "source_topic": "si.requests.t.normal",
+    "partition": 2,
+    "offset": 41,
+    "key": b"k",
+    "payload": b"\xc3\x01junk",
+    "error_code": "UNDECODABLE",
+    "error_message": "bad",
+    "at": 1_714_564_800_123,
+}
+
+
+def _v1_dead_letter(d: dict = _V1_LETTER) -> bytes:
+    """What a producer of the previous version wrote: its own fingerprint in the header."""
+    schema = parse_schema(_DEAD_LETTER_V1)
+    out = BytesIO()
+    out.write(
+        SINGLE_OBJECT_MAGIC
+        + bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+    )
+    schemaless_writer(out, schema, d)
+    return out.getvalue()
+
+
+def test_dead_letter_of_the_previous_version_decodes_with_the_defaults(codec: AvroCodec) -> None:
+    data = _v1_dead_letter()
+    assert data[2:10] != codec.fingerprint(DeadLetter)  # another version: fastavro resolves it
+    letter = codec.decode(data, DeadLetter)
+    assert letter == DeadLetter(
+        "si.requests.t.normal", 2, 41, b"\xc3\x01junk", "UNDECODABLE", "bad", key=b"k",
+        at=1_714_564_800_123,
+    )  # fmt: skip
+    assert (letter.truncated, letter.payload_length, letter.payload_sha256) == (False, None, None)
+
+
+def test_reader_of_the_previous_version_reads_a_new_dead_letter(codec: AvroCodec) -> None:
+    letter = DeadLetter(
+        "t", 1, 2, b"head", "UNDECODABLE", "m", truncated=True, payload_length=9,
+        payload_sha256="ab" * 32, at=5,
+    )  # fmt: skip
+    data = codec.encode(letter)
+    d = schemaless_reader(
+        BytesIO(data[10:]), codec.schema(DeadLetter), parse_schema(_DEAD_LETTER_V1)
+    )
+    assert set(d) == {f["name"] for f in _DEAD_LETTER_V1["fields"]}  # the additions ignored
+    assert d["payload"] == b"head" and d["offset"] == 2 and d["error_code"] == "UNDECODABLE"
+
+
+def test_every_history_file_is_an_accepted_older_version(codec: AvroCodec) -> None:
+    paths = sorted((SCHEMA_DIR / "history").glob("*.avsc"))
+    assert paths
+    for path in paths:
+        older = load_schema(str(path))  # self-contained: loads without the other files
+        name = older["name"]
+        assert path.name.startswith(f"{name}.v") and name in load_schemas()
+        fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(older), "CRC-64-AVRO"))
+        assert fp != codec.fingerprint(name)
+        with pytest.raises(DecodeError) as info:  # known, though the body is empty
+            codec.decode(SINGLE_OBJECT_MAGIC + fp, PYTHON_TYPES[name])
+        assert not isinstance(info.value, UnknownSchema)
+
+
 def test_register_writer_schema_refuses_strangers(codec: AvroCodec) -> None:
     with pytest.raises(SchemaError):
         codec.register_writer_schema({"type": "record", "name": "x.Other", "fields": []})
@@ -451,6 +546,48 @@ def test_event_of_another_type_is_undecodable_not_unknown(codec: AvroCodec) -> N
     with pytest.raises(DecodeError) as info:
         codec.decode(data, InferenceRequest)
     assert not isinstance(info.value, UnknownSchema)
+
+
+def _overflowing(data: bytes, value: int) -> bytes:
+    """`data` with the varint of `value` replaced by a 10-byte one beyond int64."""
+    encoded = _write_long(value)
+    assert data.count(encoded) == 1
+    return data.replace(encoded, b"\xff" * 9 + b"\x7f")  # 70 bits
+
+
+def test_longs_beyond_int64_are_undecodable(codec: AvroCodec) -> None:
+    data = _overflowing(codec.encode(_request()), _request().created_at)
+    with pytest.raises(DecodeError, match="beyond int64"):
+        codec.decode(data, InferenceRequest)
+
+
+def test_out_of_range_integers_are_undecodable_through_schema_resolution(
+    tmp_path: Path,
+) -> None:
+    """fastavro's reader would wrap them silently; the codec checks the body first."""
+    codec = AvroCodec()
+    older = _raw("InferenceRequest")
+    older["fields"] = [f for f in older["fields"] if f["name"] != "trace"]
+    parsed, fp = _producer_schema(copy.deepcopy(older), tmp_path)
+    codec.register_writer_schema(older)
+    d = _request().to_avro()
+    del d["trace"]
+    out = BytesIO()
+    schemaless_writer(out, parsed, d)
+    data = SINGLE_OBJECT_MAGIC + fp + out.getvalue()
+    assert codec.decode(data, InferenceRequest).created_at == _request().created_at
+    with pytest.raises(DecodeError, match="beyond int64"):
+        codec.decode(_overflowing(data, _request().created_at), InferenceRequest)
+    # A run of continuation bytes is refused at its 10th byte, not read to the end.
+    with pytest.raises(DecodeError):
+        codec.decode(
+            data.replace(_write_long(_request().created_at), b"\x80" * 2_000_000), InferenceRequest
+        )
+
+    # The previous DeadLetter's int `partition` (history schema, fastavro path) beyond int32:
+    letter = _v1_dead_letter({**_V1_LETTER, "partition": 2**31 - 1})
+    with pytest.raises(DecodeError, match="int overflow"):
+        codec.decode(letter.replace(_write_long(2**31 - 1), _write_long(2**31)), DeadLetter)
 
 
 def test_decode_wraps_the_underlying_exception(codec: AvroCodec) -> None:

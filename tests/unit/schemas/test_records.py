@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from schemas.records import (
     Status,
     Tensor,
     Timings,
+    fit_payload,
     now_ms,
 )
 
@@ -82,6 +84,7 @@ def test_defaults() -> None:
     assert uuid.UUID(event.event_id).version == 4
     assert event.event_id != AuditEvent("r1", "t", AuditType.ACCEPTED, "g").event_id
     assert letter.key is None and before <= letter.at <= after
+    assert (letter.truncated, letter.payload_length, letter.payload_sha256) == (False, None, None)
     assert Error("E", "m").retriable is False
 
 
@@ -122,7 +125,50 @@ def test_from_avro_accepts_fastavro_datetimes() -> None:
         ),
         AuditEvent("r", "t", AuditType.DEAD_LETTERED, "w", input_digest="ab", details={"a": "b"}),
         DeadLetter("t", 1, 2, b"p", "UNDECODABLE", "m", key=b"k"),
+        DeadLetter("t", 1, 2, b"p", "E", "m", truncated=True, payload_length=9, payload_sha256="a"),
     ],
 )
 def test_to_avro_from_avro_round_trip(record: object) -> None:
     assert type(record).from_avro(record.to_avro()) == record  # type: ignore[attr-defined]
+
+
+def test_dead_letter_read_with_the_previous_schema_takes_the_defaults() -> None:
+    d = DeadLetter("t", 1, 2, b"p", "UNDECODABLE", "m").to_avro()
+    for name in ("truncated", "payload_length", "payload_sha256"):
+        del d[name]
+    assert DeadLetter.from_avro(d) == DeadLetter("t", 1, 2, b"p", "UNDECODABLE", "m", at=d["at"])
+
+
+# -- fit_payload ------------------------------------------------------------------------------
+
+_PAYLOAD = bytes(range(256)) * 4
+_DIGEST = hashlib.sha256(_PAYLOAD).hexdigest()
+
+
+def test_fit_payload_keeps_the_head_with_the_length_and_digest_of_the_whole() -> None:
+    letter = DeadLetter("t", 0, 7, _PAYLOAD, "UNDECODABLE", "bad", key=b"k", at=1)
+    fitted = fit_payload(letter, 100)
+    assert fitted.payload == _PAYLOAD[:100] and fitted.truncated is True
+    assert (fitted.payload_length, fitted.payload_sha256) == (1024, _DIGEST)
+    assert (fitted.source_topic, fitted.offset, fitted.key, fitted.at) == ("t", 7, b"k", 1)
+    assert letter.payload == _PAYLOAD and letter.truncated is False  # a copy
+    # Cutting again (a smaller limit) keeps describing the original value.
+    again = fit_payload(fitted, 10)
+    assert again.payload == _PAYLOAD[:10] and (again.payload_length, again.payload_sha256) == (
+        1024,
+        _DIGEST,
+    )
+    assert fit_payload(letter, 0).payload == b""
+
+
+@pytest.mark.parametrize("limit", [1024, 5000])
+def test_fit_payload_that_fits_is_whole_but_still_described(limit: int) -> None:
+    letter = DeadLetter("t", 0, 7, _PAYLOAD, "UNDECODABLE", "bad")
+    fitted = fit_payload(letter, limit)
+    assert fitted.payload == _PAYLOAD and fitted.truncated is False
+    assert (fitted.payload_length, fitted.payload_sha256) == (1024, _DIGEST)
+
+
+def test_fit_payload_refuses_a_negative_limit() -> None:
+    with pytest.raises(ValueError):
+        fit_payload(DeadLetter("t", 0, 7, b"", "E", "m"), -1)
