@@ -24,13 +24,6 @@ logger = logging.getLogger(__name__)
 FIELD_AVRO = keys.RESULT_FIELD_AVRO  # the worker's publisher writes the result hash
 
 
-def served_tasks_key(prefix: str) -> str:
-    """Set: every task a worker has ever announced in its heartbeat (no expiry).
-
-    NOTE: gateway-local until it moves to ``schemas.keys`` beside ``worker_key``."""
-    return f"{prefix}:served-tasks"
-
-
 @dataclass(frozen=True, slots=True)
 class IdempotencyClaim:
     """What a client's Idempotency-Key is bound to."""
@@ -98,7 +91,7 @@ class ResultStore:
     async def served_tasks(self, seen: Iterable[str] = ()) -> set[str]:
         """Every task some worker has served: records ``seen`` (tasks of live heartbeats) and
         returns the whole record, in one round trip. The record never expires."""
-        key = served_tasks_key(self._prefix)
+        key = keys.served_tasks_key(self._prefix)
         seen = sorted(set(seen))
         async with self.redis.pipeline(transaction=False) as pipe:
             if seen:

@@ -24,6 +24,7 @@ __all__ = [
     "latency_key",
     "result_channel",
     "result_key",
+    "served_tasks_key",
     "status_key",
     "worker_key",
 ]
@@ -75,6 +76,11 @@ def cache_key(prefix: str, task: str, model_version: str | int | None, digest: s
 def worker_key(prefix: str, worker_id: str) -> str:
     """A live worker's heartbeat (JSON of its tasks), expiring unless renewed."""
     return f"{prefix}:worker:{worker_id}"
+
+
+def served_tasks_key(prefix: str) -> str:
+    """Set: every task a worker has ever served (announced in its heartbeat); never expires."""
+    return f"{prefix}:served-tasks"
 
 
 def api_key_key(prefix: str, key_digest: str) -> str:

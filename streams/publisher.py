@@ -162,7 +162,11 @@ class ResultPublisher:
     async def heartbeat(self, worker_id: str, tasks: Sequence[str], ttl_s: float) -> None:
         """Tell gateways this worker is alive and which tasks it serves."""
         payload = json.dumps({"worker_id": worker_id, "tasks": list(tasks)})
-        await self.redis.set(keys.worker_key(self._prefix, worker_id), payload, px=int(ttl_s * 1000))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.worker_key(self._prefix, worker_id), payload, px=int(ttl_s * 1000))
+            if tasks:  # gateways refuse a task no worker has ever served (requests would only queue)
+                pipe.sadd(keys.served_tasks_key(self._prefix), *tasks)
+            await pipe.execute()
 
     async def forget_worker(self, worker_id: str) -> None:
         await self.redis.delete(keys.worker_key(self._prefix, worker_id))

@@ -159,7 +159,7 @@ async def test_ready_names_kafka_while_the_broker_is_paused(make_stack, own_kafk
 async def test_idempotency_claims_stay_bound_until_the_publish_is_confirmed(redis_server):
     from redis.asyncio import Redis
 
-    from gateway.results import ResultStore, served_tasks_key
+    from gateway.results import ResultStore
     from schemas import keys
     from schemas.codec import AvroCodec
 
@@ -187,7 +187,7 @@ async def test_idempotency_claims_stay_bound_until_the_publish_is_confirmed(redi
 
         assert await store.served_tasks(["a", "b"]) == {"a", "b"}
         assert await store.served_tasks() == {"a", "b"}
-        assert await store.redis.ttl(served_tasks_key(store._prefix)) == -1, "the record never expires"
+        assert await store.redis.ttl(keys.served_tasks_key(store._prefix)) == -1, "the record never expires"
     finally:
         raw = Redis.from_url(redis_server)
         try:
