@@ -67,7 +67,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    tasks = loop.run_until_complete(_ensure_topics(settings, _tasks_arg(args.tasks) or settings.task_list))
+    chosen = _tasks_arg(args.tasks) or settings.task_list
+    tasks = loop.run_until_complete(_ensure_topics(settings, chosen))
     if not tasks:
         print("streaminfer worker: no built models in the repository; run `streaminfer models build`",
               file=sys.stderr)
@@ -84,7 +85,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         metrics_host=settings.worker_metrics_host, metrics_port=settings.worker_metrics_port, device=settings.device, threads=settings.worker_threads,
         model_poll_s=settings.worker_model_poll_s,
         schema_registry_url=settings.schema_registry_url,
-    ))
+        follow_repository=not chosen,  # no explicit list: tasks dropped into the repository are served too
+    ), ensure_topics=lambda new: _ensure_topics(settings, new))
     worker = faust.Worker(app, runtime, loop=loop, loglevel=args.log_level.lower(), quiet=True,
                           redirect_stdouts=False, logging_config=logging_config(args.log_level))
     worker.execute_from_commandline()

@@ -18,17 +18,35 @@ from .requests import SourceEvent
 
 logger = logging.getLogger(__name__)
 
+RESUBSCRIBE_DELAY_S = 1.0
+
 
 def register_agents(app: faust.App, processor: RequestProcessor, prefix: str) -> list[faust.types.AgentT]:
     app.on_draining = processor.shed_queued
     app.on_drained = processor.resume
+    return [agent for task in processor.tasks for agent in task_agents(app, processor, prefix, task)]
+
+
+def task_agents(app: faust.App, processor: RequestProcessor, prefix: str, task: str) -> list[faust.types.AgentT]:
+    """The agents of one task's request topics, registered with ``app``."""
     agents = []
-    for task in processor.tasks:
-        for topic_name in request_topics(prefix, task):
-            topic = app.topic(topic_name, key_type=bytes, value_type=bytes,
-                              key_serializer="raw", value_serializer="raw")
-            agents.append(app.agent(topic, name=f"requests:{topic_name}")(_make_agent(processor)))
+    for topic_name in request_topics(prefix, task):
+        topic = app.topic(topic_name, key_type=bytes, value_type=bytes,
+                          key_serializer="raw", value_serializer="raw")
+        agents.append(app.agent(topic, name=f"requests:{topic_name}")(_make_agent(processor)))
     return agents
+
+
+async def start_task_agents(app: faust.App, processor: RequestProcessor, prefix: str, task: str) -> None:
+    """Consume a task added while the worker runs: its agents start, and faust's conductor
+    subscribes to their topics (a rebalance of the group)."""
+    # NOTE: the conductor waits this long (45 s by default) before resubscribing, so that agents
+    # restarting together cause one rebalance; a task added by hand is one change, not a storm.
+    app.topics._resubscribe_sleep_lock_seconds = RESUBSCRIBE_DELAY_S
+    agents = task_agents(app, processor, prefix, task)
+    app.agents.update_topic_index()
+    for agent in agents:
+        await agent.maybe_start()
 
 
 def _make_agent(processor: RequestProcessor):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import mode
@@ -18,7 +18,7 @@ from schemas.codec import AvroCodec
 from schemas.errors import SchemaError
 
 from . import metrics
-from .agents import register_agents
+from .agents import register_agents, start_task_agents
 from .processor import RequestProcessor
 from .publisher import ResultPublisher
 from .transport import WorkerApp
@@ -58,6 +58,8 @@ class WorkerOptions:
     model_poll_s: float = 2.0
     """How often the repository is re-read for new model versions (hot reload); 0 = never."""
     schema_registry_url: str | None = None
+    follow_repository: bool = False
+    """Serve tasks that appear in the repository while the worker runs (no explicit task list)."""
 
 
 class WorkerRuntime(mode.Service):
@@ -66,8 +68,10 @@ class WorkerRuntime(mode.Service):
     def __init__(self, processor: RequestProcessor, publisher: ResultPublisher,
                  options: WorkerOptions, is_consuming: Callable[[], bool] = lambda: True,
                  set_fetch_wait: Callable[[int], None] = lambda ms: None,
-                 codec: AvroCodec | None = None, **kwargs) -> None:
+                 codec: AvroCodec | None = None,
+                 add_task: Callable[[str], Awaitable[None]] | None = None, **kwargs) -> None:
         self.codec = codec
+        self.add_task = add_task
         self.is_consuming = is_consuming
         self.set_fetch_wait = set_fetch_wait
         self._fetch_wait_ms = options.fetch_max_wait_ms
@@ -142,6 +146,13 @@ class WorkerRuntime(mode.Service):
                 await self.processor.reload_models()
             except Exception:  # a broken model.yaml must not stop the worker serving the rest
                 logger.exception("reloading the model repository failed")
+            if self.options.follow_repository and self.add_task is not None:
+                for task in self.processor.new_tasks():
+                    try:
+                        await self.add_task(task)
+                        logger.info("task %s appeared in the repository: now served", task)
+                    except Exception:  # e.g. its model cannot load: the next poll tries again
+                        logger.exception("cannot serve new task %s yet", task)
 
     async def on_stop(self) -> None:
         await self.processor.stop()
@@ -162,7 +173,10 @@ def _has_partitions(app: WorkerApp) -> bool:
         return False
 
 
-def create_worker(options: WorkerOptions) -> tuple[WorkerApp, WorkerRuntime]:
+def create_worker(options: WorkerOptions,
+                  ensure_topics: Callable[[list[str]], Awaitable[object]] | None = None,
+                  ) -> tuple[WorkerApp, WorkerRuntime]:
+    """``ensure_topics``: creates a task's topics before a new task is consumed (the shell's)."""
     codec = AvroCodec(registry_url=options.schema_registry_url)
     repository = ModelRepository(options.model_repository, device=options.device,
                                  intra_op_num_threads=options.threads)
@@ -190,6 +204,13 @@ def create_worker(options: WorkerOptions) -> tuple[WorkerApp, WorkerRuntime]:
     )
     app.fetch_max_wait_ms = options.fetch_max_wait_ms
     register_agents(app, processor, options.topic_prefix)
+
+    async def add_task(task: str) -> None:
+        if ensure_topics is not None:
+            await ensure_topics([task])
+        await processor.add_task(task)
+        await start_task_agents(app, processor, options.topic_prefix, task)
+
     runtime = WorkerRuntime(processor, publisher, options, is_consuming=lambda: _has_partitions(app),
-                            set_fetch_wait=app.set_fetch_max_wait, codec=codec)
+                            set_fetch_wait=app.set_fetch_max_wait, codec=codec, add_task=add_task)
     return app, runtime

@@ -88,6 +88,19 @@ class RequestProcessor:
         await self._outcomes.flush()
         self._pool.shutdown(wait=True)
 
+    def new_tasks(self) -> list[str]:
+        """Tasks built in the repository (as last read) that this worker does not serve yet."""
+        return sorted(t for t, c in self._repository.configs.items() if c.versions and t not in self.tasks)
+
+    async def add_task(self, task: str) -> None:
+        """Serve ``task`` too: load and warm its default version; its events are accepted from now."""
+        config = self._repository.get_config(task)
+        # NOTE: the pool spawns threads lazily up to this bound, so raising it takes effect at once
+        self._pool._max_workers += max(1, config.instances)
+        batcher = await self._batcher_for(task, None)
+        self._active[task] = batcher.name.rsplit(":", 1)[1]
+        self.tasks.append(task)
+
     async def reload_models(self) -> list[tuple[str, str]]:
         """Hot reload: re-read the repository; where a task's default version changed (a new
         version directory, or a new pin), load and warm it, then route new requests to it.

@@ -85,3 +85,36 @@ async def test_a_task_no_worker_serves_is_refused_until_one_does(make_stack, red
         assert answered.json()["task"] == NEW
         held = await client.get(f"/v1/results/{queued.json()['request_id']}", params={"wait": 30})
         assert held.json()["status"] == "succeeded", "the request accepted while no worker ran was answered"
+
+
+async def test_a_worker_serving_the_whole_repository_takes_up_a_task_dropped_into_it(
+        make_stack, redis_server, model_repository, tmp_path):
+    """A worker started without a task list serves a task that appears later: it creates the
+    topics, subscribes and warms the model; the gateway then accepts the task and it is answered."""
+    from sklearn.datasets import load_breast_cancer
+
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repository / OLD, repo / OLD)
+    data = load_breast_cancer()
+    body = {"inputs": {"features": dict(zip(data.feature_names, map(float, data.data[3]), strict=True))}}
+    stack = make_stack(redis_url=redis_server, STREAMINFER_MODEL_REPOSITORY=str(repo),
+                       STREAMINFER_WORKER_MODEL_POLL_S="1")
+    stack.add_worker()
+    url = stack.add_gateway()
+    shutil.copytree(model_repository / OLD, tmp_path / "staging")  # complete before it appears
+    config = yaml.safe_load((tmp_path / "staging" / "model.yaml").read_text())
+    config["task"] = NEW
+    (tmp_path / "staging" / "model.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (tmp_path / "staging").rename(repo / NEW)
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        async def answered():
+            response = await client.post(f"/v1/infer/{NEW}", params={"wait": 20}, json=body)
+            return response if response.status_code == 200 else None
+
+        response = await until(answered, timeout_s=90)
+        assert response is not None, "the new task was never served"
+        assert response.json()["status"] == "succeeded" and response.json()["task"] == NEW
+        old = await client.post(f"/v1/infer/{OLD}", params={"wait": 20}, json=body)
+        assert old.status_code == 200, "the old task is still served after the rebalance"
+    print(f"\nnew task served {time.monotonic() - started:.1f}s after it appeared in the repository")
