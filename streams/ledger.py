@@ -69,20 +69,28 @@ class AckLedger:
 
     async def answer(self, entry: Entry) -> None:
         """Its outcome is written: ack it and every answered event after it that now can be."""
-        if entry.state is _State.PENDING:
-            entry.state = _State.ANSWERED
-            await self._advance(entry)
+        if entry.state is not _State.PENDING:
+            return
+        entry.state = _State.ANSWERED
+        if entry.part.forgotten:  # by reset(): the answer is in Redis, found as a duplicate when the
+            return  # event is redelivered
+        run = self._settle(entry.part)
+        if run:
+            async with self._acking:
+                for done in run:
+                    await done.ack()
 
     def give_up(self, entry: Entry) -> None:
         """Leave it unacknowledged (shutdown, rebalance): it is redelivered from the committed
-        offset, and so is everything after it on its partition."""
+        offset, and so is everything after it on its partition; what comes before it is still
+        acked as it is answered."""
         if entry.state is not _State.PENDING:
             return
         entry.state = _State.RELEASED
         entry.release()
         if not entry.part.forgotten:
             entry.part.broken = True
-            self._release_ready(entry.part)
+            self._settle(entry.part)
 
     @property
     def held(self) -> int:
@@ -107,32 +115,26 @@ class AckLedger:
                 entry.release()
         return len(held)
 
-    async def _advance(self, entry: Entry) -> None:
-        part = entry.part
-        if part.forgotten:  # by reset(): the answer is in Redis, found as a duplicate when the
-            return  # event is redelivered
-        if part.broken:
-            self._release_ready(part)
-            return
+    def _settle(self, part: _Partition) -> list[Entry]:
+        """Pop the run of answered events at the head (to be acked, in order). Behind a given-up
+        event, an answered one is released rather than acked: acking it would let faust commit
+        past the given-up one. The partition is forgotten once nothing in it waits."""
         run = []
         while part.entries and part.entries[0].state is _State.ANSWERED:
             run.append(part.entries.popleft())
-        if not part.entries:
+        if part.broken:
+            behind = False
+            for e in part.entries:
+                if e.state is _State.RELEASED:
+                    behind = True
+                elif behind and e.state is _State.ANSWERED:
+                    e.state = _State.RELEASED
+                    e.release()
+            if all(e.state is _State.RELEASED for e in part.entries):
+                self._forget(part)
+        elif not part.entries:
             self._forget(part)
-        if run:
-            async with self._acking:
-                for done in run:
-                    await done.ack()
-
-    def _release_ready(self, part: _Partition) -> None:
-        """On a broken partition, an answered event is released rather than acked (acking it would
-        let faust commit past the given-up one); the partition is forgotten once all are settled."""
-        for e in part.entries:
-            if e.state is _State.ANSWERED:
-                e.state = _State.RELEASED
-                e.release()
-        if all(e.state is _State.RELEASED for e in part.entries):
-            self._forget(part)
+        return run
 
     def _forget(self, part: _Partition) -> None:
         part.forgotten = True

@@ -62,6 +62,19 @@ async def test_a_given_up_event_releases_everything_after_it_and_acks_nothing_pa
     assert rec.acked[-1] == (0, 1)
 
 
+async def test_events_before_a_given_up_one_are_still_acked_as_they_are_answered():
+    # shutdown sheds what is queued while earlier events of the partition are still running
+    ledger, rec = AckLedger(), Recorder()
+    running, answered, queued, later = (rec.take(ledger, 0, o) for o in (0, 1, 2, 3))
+    await ledger.answer(answered)  # waits for offset 0
+    ledger.give_up(queued)
+    await ledger.answer(later)
+    assert rec.acked == [] and rec.released == [(0, 2), (0, 3)]
+    await ledger.answer(running)
+    assert rec.acked == [(0, 0), (0, 1)], "the run before the given-up event commits"
+    assert ledger.held == 0
+
+
 async def test_reset_gives_up_what_is_held_and_late_answers_ack_nothing():
     ledger, rec = AckLedger(), Recorder()
     e0, e1 = rec.take(ledger, 0, 0), rec.take(ledger, 0, 1)
