@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from models.config import ModelConfig
 from schemas.records import InferenceResult, Status, Tensor
@@ -50,12 +50,24 @@ class RequestedOutput(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
+class InferParameters(BaseModel):
+    """Request parameters; the ones named here are read by the gateway, other scalar ones reach
+    the worker as strings."""
+
+    model_config = ConfigDict(extra="allow")
+
+    priority: str | int | None = Field(None, description="high|normal|low or 0-10 (>=7 high)")
+    deadline_ms: float | None = Field(None, strict=True, description="expire unless run within this many ms")
+    timeout: float | None = Field(None, strict=True, description="Triton's name for the deadline, in µs")
+    binary_data_output: bool | None = None
+
+
 class InferRequest(BaseModel):
     """A V2 inference request. ``parameters.priority`` takes high|normal|low or 0-10 (>=7 high);
     ``parameters.deadline_ms`` (or Triton's ``timeout`` in µs) expires the request unless run in time."""
 
     id: str | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: InferParameters | None = None
     inputs: list[InputTensor] = Field(..., min_length=1)
     outputs: list[RequestedOutput] | None = None
 
@@ -116,20 +128,16 @@ def _version_of(config: ModelConfig, version: str | None) -> None:
 
 
 def _submission(task: str, body: InferRequest, version: str | None, principal: Principal) -> Submission:
-    params = body.parameters or {}
+    params = body.parameters.model_dump(exclude_none=True) if body.parameters else {}
     timeout_us = params.get("timeout")
-    deadline_ms = params.get("deadline_ms", timeout_us / 1000 if _number(timeout_us) else timeout_us)
-    if deadline_ms is not None and not _number(deadline_ms):
-        raise InvalidRequest("parameters.deadline_ms (or Triton's timeout in µs) must be a number")
+    deadline_ms = params.get("deadline_ms", timeout_us / 1000 if timeout_us is not None else None)
+    if deadline_ms is not None and not math.isfinite(deadline_ms):
+        raise InvalidRequest("parameters.deadline_ms (or Triton's timeout in µs) must be a finite number")
     return Submission(
         task=task, inputs=[t.model_dump(exclude_none=True) for t in body.inputs], model_version=version,
         client_id=None if principal is ANONYMOUS else principal.client_id,
         priority=params.get("priority"), deadline_ms=None if deadline_ms is None else math.ceil(deadline_ms),
         parameters={k: str(v) for k, v in params.items() if k not in CONSUMED and isinstance(v, str | int | float)})
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _output(tensor: Tensor) -> dict:

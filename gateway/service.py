@@ -42,6 +42,8 @@ from .served import ServedTasks
 logger = logging.getLogger(__name__)
 
 ACTOR = "gateway"
+MAX_DEADLINE_MS = 366 * 24 * 3600 * 1000
+"""A year: a longer deadline is no deadline, and past year 9999 no timestamp at all."""
 UNSERVED_RETRY_AFTER_S = 5
 """Retry-After for a task no worker has served yet: starting a worker takes seconds."""
 
@@ -102,8 +104,8 @@ class InferenceService:
         created = now_ms()
         deadline = None
         if sub.deadline_ms is not None:
-            if sub.deadline_ms <= 0:
-                raise InvalidRequest("deadline_ms must be positive")
+            if not 0 < sub.deadline_ms <= MAX_DEADLINE_MS:
+                raise InvalidRequest(f"deadline_ms must be between 1 and {MAX_DEADLINE_MS}")
             deadline = created + int(sub.deadline_ms)
         return InferenceRequest(
             request_id=str(uuid.uuid4()), idempotency_key=sub.idempotency_key, task=sub.task, model_version=sub.model_version,
