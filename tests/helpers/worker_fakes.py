@@ -123,18 +123,24 @@ def event(codec: AvroCodec, x, offset: int = 0, **fields) -> tuple[SourceEvent, 
                        codec.encode(request)), request
 
 
-async def run(processor: RequestProcessor, events) -> list[int]:
+async def feed(processor: RequestProcessor, events, acked: list[int], timeout_s: float = 2.0) -> None:
+    """Hand ``events`` to a started processor, then wait until all are acked (or the timeout)."""
+    expected = len(acked) + len(events)
+    for source in events:
+        async def ack(offset=source.offset):
+            acked.append(offset)
+        await processor.handle(source, ack)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while len(acked) < expected and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+
+
+async def run(processor: RequestProcessor, events, timeout_s: float = 2.0) -> list[int]:
+    """Start ``processor``, feed it ``events``, stop it; the offsets acked, in ack order."""
     acked: list[int] = []
     await processor.start()
     try:
-        for source in events:
-            async def ack(offset=source.offset):
-                acked.append(offset)
-            await processor.handle(source, ack)
-        for _ in range(200):
-            if len(acked) == len(events):
-                break
-            await asyncio.sleep(0.01)
+        await feed(processor, events, acked, timeout_s)
     finally:
         await processor.stop()
     return acked

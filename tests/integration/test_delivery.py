@@ -16,6 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from helpers.kafka import read_records, read_results
+from helpers.waiting import count_results
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -94,15 +95,6 @@ async def dead_letters(bootstrap: str, prefix: str, until, timeout_s: float) -> 
             by_source[(letter.source_topic, letter.partition, letter.offset)].append(letter)
     return by_source
 
-
-async def count_results(redis_url: str, prefix: str) -> int:
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        return len([k async for k in client.scan_iter(match=f"{prefix}:result:*", count=1000)])
-    finally:
-        await client.aclose()
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from collections import Counter
 import httpx
 import pytest
 from helpers.kafka import produce_requests, read_records, read_results
+from helpers.waiting import count_results
 
 from schemas.records import AuditEvent, AuditType, Status
 from schemas.topics import audit_topic
@@ -30,15 +31,6 @@ async def wait_for(predicate, timeout_s: float, interval_s: float = 0.2):
         await asyncio.sleep(interval_s)
     raise TimeoutError("condition not met in time")
 
-
-async def count_results(redis_url: str, prefix: str) -> int:
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        return len([k async for k in client.scan_iter(match=f"{prefix}:result:*", count=1000)])
-    finally:
-        await client.aclose()
 
 
 async def test_sigkill_of_one_of_two_workers_loses_nothing(make_stack, own_redis):

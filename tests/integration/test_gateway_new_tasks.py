@@ -4,7 +4,6 @@ A task once served stays accepted while its workers are down: Kafka holds its re
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import time
 
@@ -12,6 +11,7 @@ import httpx
 import pytest
 import yaml
 from helpers.http import assert_error
+from helpers.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +29,6 @@ def two_task_repo(model_repository, tmp_path):
     (repo / NEW / "model.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return repo
 
-
-async def until(probe, timeout_s: float, interval_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await probe()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(interval_s)
 
 
 async def test_a_task_no_worker_serves_is_refused_until_one_does(make_stack, redis_server, two_task_repo):

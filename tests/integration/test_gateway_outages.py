@@ -5,7 +5,6 @@ until the broker acknowledged the request."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
@@ -13,6 +12,7 @@ import time
 import httpx
 import pytest
 from helpers.http import assert_error
+from helpers.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -26,15 +26,6 @@ def features_body() -> dict:
     data = load_breast_cancer()
     return {"inputs": {"features": dict(zip(data.feature_names, map(float, data.data[0]), strict=True))}}
 
-
-async def until(probe, timeout_s: float, interval_s: float = 0.3):
-    """``probe()``'s first truthy answer within ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await probe()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(interval_s)
 
 
 async def create_api_key(redis_url: str, prefix: str, client: str, admin: bool = False) -> str:

@@ -11,7 +11,7 @@ import uuid
 
 import numpy as np
 import pytest
-from helpers.worker_fakes import PREFIX, TASK, FakeModel, FakePublisher, event, make
+from helpers.worker_fakes import PREFIX, TASK, FakeModel, FakePublisher, event, feed, make, run
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from schemas.codec import AvroCodec
@@ -31,17 +31,6 @@ class SlowModel(FakeModel):
     def predict_batch(self, inputs):
         time.sleep(0.2)
         return super().predict_batch(inputs)
-
-
-async def feed(processor, events, acked: list[int], timeout_s: float = 10.0) -> None:
-    """Hand ``events`` to a started processor, then wait until all are acked (or the timeout)."""
-    for source in events:
-        async def ack(offset=source.offset):
-            acked.append(offset)
-        await processor.handle(source, ack)
-    deadline = time.monotonic() + timeout_s
-    while len(acked) < len(events) and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
 
 
 def raw(payload: bytes, offset: int, partition: int = 0) -> SourceEvent:
@@ -67,8 +56,7 @@ async def test_a_rejection_answered_first_is_acked_only_after_the_queued_request
         await feed(processor, [valid, raw(b"garbage", 1)], acked, timeout_s=0.1)
         assert publisher.letters, "the garbage is answered at once"
         assert acked == [], "but its offset waits for the queued request before it"
-        await feed(processor, [], acked)
-        for _ in range(100):
+        for _ in range(200):
             if len(acked) == 2:
                 break
             await asyncio.sleep(0.01)
@@ -80,15 +68,9 @@ async def test_a_rejection_answered_first_is_acked_only_after_the_queued_request
 
 async def test_a_shape_of_2_62_elements_is_rejected_and_the_worker_goes_on(codec):
     model, publisher = FakeModel(), FakePublisher()
-    processor = make(model, publisher, codec)
     bad, bad_req = hostile(codec, 0)
     good, good_req = event(codec, [[1, 2]], 1)
-    acked: list[int] = []
-    await processor.start()
-    try:
-        await feed(processor, [bad, good], acked)
-    finally:
-        await processor.stop()
+    acked = await run(make(model, publisher, codec), [bad, good])
     assert acked == [0, 1]
     statuses = {r.request_id: r.status for r in publisher.results}
     assert statuses == {bad_req.request_id: Status.REJECTED, good_req.request_id: Status.SUCCEEDED}
@@ -110,13 +92,7 @@ async def test_a_shape_of_2_62_elements_is_rejected_and_the_worker_goes_on(codec
 async def test_impossible_requests_get_a_result_and_a_dead_letter(codec, overrides, code, status):
     model, publisher = FakeModel(), FakePublisher()
     source, request = hostile(codec, 0, **{"inputs": [Tensor("x", DataType.FP32, [1, 2], b"\0" * 8)], **overrides})
-    acked: list[int] = []
-    processor = make(model, publisher, codec)
-    await processor.start()
-    try:
-        await feed(processor, [source], acked)
-    finally:
-        await processor.stop()
+    acked = await run(make(model, publisher, codec), [source])
     assert acked == [0] and model.calls == []
     result = publisher.results[0]
     assert (result.status, result.error.code) == (status, code), result.error
@@ -133,13 +109,7 @@ async def test_impossible_requests_get_a_result_and_a_dead_letter(codec, overrid
 async def test_events_that_name_no_answerable_request_are_dead_lettered_only(codec, overrides, code):
     model, publisher = FakeModel(), FakePublisher()
     source, _ = hostile(codec, 3, **overrides)
-    acked: list[int] = []
-    processor = make(model, publisher, codec)
-    await processor.start()
-    try:
-        await feed(processor, [source], acked)
-    finally:
-        await processor.stop()
+    acked = await run(make(model, publisher, codec), [source])
     assert acked == [3] and publisher.results == []
     assert [letter.error_code for letter, _ in publisher.letters] == [code]
     assert len(publisher.letters[0][0].error_message) <= 2001
@@ -158,13 +128,7 @@ def _varint_beyond_int64(codec) -> bytes:
 async def test_a_varint_beyond_int64_is_dead_lettered_not_a_lost_batch(codec):
     model, publisher = FakeModel(), FakePublisher()
     good, good_req = event(codec, [[1, 2]], 1)
-    acked: list[int] = []
-    processor = make(model, publisher, codec)
-    await processor.start()
-    try:
-        await feed(processor, [raw(_varint_beyond_int64(codec), 0), good], acked)
-    finally:
-        await processor.stop()
+    acked = await run(make(model, publisher, codec), [raw(_varint_beyond_int64(codec), 0), good])
     assert acked == [0, 1]
     assert [r.request_id for r in publisher.results] == [good_req.request_id]
     assert publisher.letters[0][0].error_code == "UNDECODABLE"
@@ -182,13 +146,7 @@ async def test_a_result_whose_publish_fails_once_is_published_on_the_retry(codec
 
     model, publisher = FakeModel(), FailingPublish()
     source, request = event(codec, [[1, 1]])
-    acked: list[int] = []
-    processor = make(model, publisher, codec)
-    await processor.start()
-    try:
-        await feed(processor, [source], acked)
-    finally:
-        await processor.stop()
+    acked = await run(make(model, publisher, codec), [source])
     assert acked == [0] and publisher.published == [request.request_id]
     assert publisher.stored[request.request_id].published
     types = [a.type for a in publisher.audits if a.request_id == request.request_id]
@@ -199,13 +157,7 @@ async def test_a_redelivered_request_stored_but_never_published_is_published_not
     source, request = event(codec, [[1, 1]])
     model = FakeModel()
     publisher = FakePublisher({request.request_id: StoredResult(b"stored-avro", False)})
-    acked: list[int] = []
-    processor = make(model, publisher, codec)
-    await processor.start()
-    try:
-        await feed(processor, [source], acked)
-    finally:
-        await processor.stop()
+    acked = await run(make(model, publisher, codec), [source])
     assert acked == [0] and model.calls == []
     assert publisher.published == [request.request_id]
     assert publisher.stored[request.request_id].avro == b"stored-avro", "the stored result, not a new one"
@@ -223,13 +175,7 @@ async def test_a_dead_letter_that_fails_after_the_result_is_stored_is_written_on
 
     model, publisher = FakeModel(), FailingLetter()
     source, request = hostile(codec, 0)
-    acked: list[int] = []
-    processor = make(model, publisher, codec)
-    await processor.start()
-    try:
-        await feed(processor, [source], acked)
-    finally:
-        await processor.stop()
+    acked = await run(make(model, publisher, codec), [source])
     assert acked == [0] and len(publisher.letters) == 1 and len(publisher.results) == 1
     assert publisher.published == [request.request_id]
 
@@ -247,13 +193,7 @@ async def test_a_registry_outage_waits_and_never_dead_letters_valid_data(codec):
     flaky = Outage()
     model, publisher = FakeModel(), FakePublisher()
     source, request = event(codec, [[1, 1]])
-    acked: list[int] = []
-    processor = make(model, publisher, flaky)
-    await processor.start()
-    try:
-        await feed(processor, [source], acked)
-    finally:
-        await processor.stop()
+    acked = await run(make(model, publisher, flaky), [source])
     assert flaky.failures == 0 and acked == [0] and publisher.letters == []
     assert publisher.results[0].status is Status.SUCCEEDED
 
@@ -296,13 +236,7 @@ async def test_every_write_failing_once_or_for_a_while_loses_nothing(codec, meth
         valid_ids.append(request.request_id)
         events.append(raw(b"not avro %d" % offset, offset + 1, partition))
         garbage.append(offset + 1)
-    acked: list[int] = []
-    processor = make(model, publisher, codec)
-    await processor.start()
-    try:
-        await feed(processor, events, acked, timeout_s=30)
-    finally:
-        await processor.stop()
+    acked = await run(make(model, publisher, codec), events, timeout_s=30)
     assert publisher.failed >= 1, "the fault fired"
     assert sorted(acked) == list(range(60)), "every event answered, nothing stalled"
     partition_of = {e.offset: e.partition for e in events}
@@ -324,13 +258,7 @@ async def test_a_model_input_that_breaks_merging_fails_alone(codec):
 
     model, publisher = Picky(), FakePublisher()
     events = [event(codec, [[1, 2]], 0), event(codec, [[3, 4]], 1)]
-    acked: list[int] = []
-    processor = make(model, publisher, codec)
-    await processor.start()
-    try:
-        await feed(processor, [e for e, _ in events], acked)
-    finally:
-        await processor.stop()
+    acked = await run(make(model, publisher, codec), [e for e, _ in events])
     assert acked == [0, 1]
     assert {r.status for r in publisher.results} == {Status.SUCCEEDED}
     assert np.array_equal(publisher.results[0].outputs[0].to_numpy(), [[2, 4]])
