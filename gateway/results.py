@@ -145,7 +145,8 @@ class ResultStore:
     async def cancel(self, request_id: str) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(keys.cancel_key(self._prefix, request_id), b"1", ex=self._ttl_s)
-            pipe.hset(keys.status_key(self._prefix, request_id), "status", "cancelling")
+            # only while the status is there: after it expired, HSET would re-create it without a TTL
+            pipe.eval(keys.HSET_IF_EXISTS, 1, keys.status_key(self._prefix, request_id), "status", "cancelling")
             await self._call(pipe.execute())
 
     async def delete(self, request_id: str) -> int:

@@ -40,7 +40,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "model.yaml"
-TASK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+TASK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")  # \Z: "$" accepts a trailing newline
 BACKENDS = ("onnxruntime", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_ARTIFACTS = {"onnxruntime": "model.onnx", "torch": "model.pt"}

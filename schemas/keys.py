@@ -12,6 +12,7 @@ __all__ = [
     "HEADER_ERROR_TYPE",
     "HEADER_REQUEST_ID",
     "HEADER_TRACEPARENT",
+    "HSET_IF_EXISTS",
     "RESULT_FIELD_AVRO",
     "RESULT_FIELD_PUBLISHED",
     "api_client_key",
@@ -36,6 +37,15 @@ HEADER_TRACEPARENT = "traceparent"
 # Fields of the result hash (result_key).
 RESULT_FIELD_AVRO = "avro"
 RESULT_FIELD_PUBLISHED = "published"
+
+# Lua: HSET field value on a hash only while it exists. A plain HSET after the hash expired would
+# re-create it holding that one field and no TTL, kept for ever.
+HSET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return -1
+"""
 
 # Stands in for "the task's default version" so the key never contains "None".
 _DEFAULT_VERSION = "default"

@@ -22,9 +22,10 @@ __all__ = [
     "results_topic",
 ]
 
-TASK_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+# NOTE: \Z, not $: "$" also matches before a trailing newline, so "tiny\n" would pass.
+TASK_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
 # Kafka's legal topic characters; the prefix may itself contain dots (e.g. "acme.prod").
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,180}$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,180}\Z")
 
 PRIORITIES: tuple[Priority, ...] = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 _BY_SUFFIX = {p.topic_suffix: p for p in PRIORITIES}

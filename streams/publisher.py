@@ -205,9 +205,11 @@ class ResultPublisher:
             await pipe.execute()
 
     def _flag_published(self, pipe, request_ids: Sequence[str]) -> None:
+        # NOTE: HSET only on hashes still there: a result or status that expired since it was
+        # stored would otherwise come back as a one-field hash without a TTL, kept for ever.
         for rid in request_ids:
-            pipe.hset(keys.result_key(self._prefix, rid), FIELD_PUBLISHED, b"1")
-            pipe.hset(keys.status_key(self._prefix, rid), "status", "done")
+            pipe.eval(keys.HSET_IF_EXISTS, 1, keys.result_key(self._prefix, rid), FIELD_PUBLISHED, b"1")
+            pipe.eval(keys.HSET_IF_EXISTS, 1, keys.status_key(self._prefix, rid), "status", "done")
             pipe.expire(keys.status_key(self._prefix, rid), self._ttl_s)
             pipe.publish(keys.result_channel(self._prefix, rid), b"1")
 

@@ -99,6 +99,7 @@ def test_unknown_version_and_unbuilt_model(make_model_dir, classifier_yaml):
         ({"max_batch_delay_ms": -1}, "max_batch_delay_ms must be >= 0"),
         ({"warmup": "yes"}, "warmup must be true or false"),
         ({"colour": "blue"}, r"unknown keys \['colour'\]"),
+        ({"task": "tiny\n"}, "task name"),  # "$" would let the trailing newline through
         ({"inputs": []}, "inputs must be a non-empty list"),
         ({"inputs": [{"name": "x", "datatype": "FLOAT", "shape": [4]}]}, "datatype must be"),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [0]}]}, "shape must be"),

@@ -52,7 +52,7 @@ def test_all_topics() -> None:
     assert all_topics("si", []) == ["si.audit", "si.dlq"]
 
 
-@pytest.mark.parametrize("task", ["", "Text", "1abc", "a_b", "a.b", "a" * 64, "a b"])
+@pytest.mark.parametrize("task", ["", "Text", "1abc", "a_b", "a.b", "a" * 64, "a b", "tiny\n"])
 def test_invalid_task_names_are_refused(task: str) -> None:
     assert not TASK_NAME_RE.match(task)
     with pytest.raises(ValueError):
@@ -65,6 +65,10 @@ def test_invalid_task_names_are_refused(task: str) -> None:
 def test_invalid_prefixes_are_refused(prefix: str) -> None:
     with pytest.raises(ValueError):
         audit_topic(prefix)
+
+
+def test_a_trailing_newline_is_not_a_task_name() -> None:
+    assert parse_request_topic("si", "si.requests.tiny\n.low") is None
 
 
 def test_task_name_limits() -> None:
