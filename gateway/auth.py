@@ -95,11 +95,36 @@ class Authenticator:
                 continue
             except (jwt.PyJWTError, ValueError, TypeError) as exc:
                 raise Unauthorized(f"invalid token: {exc}") from exc
-            permissions = claims.get("permissions") or []
-            if isinstance(permissions, str):
-                permissions = permissions.split()
-            return Principal(str(claims["sub"]), frozenset(map(str, permissions)), bool(claims.get("is_admin")))
+            return principal_of(claims)
         raise Unauthorized(f"invalid token: {last or 'no configured key fits ' + algorithm}")
+
+
+def principal_of(claims: dict) -> Principal:
+    """The principal a verified token's claims name; a claim of the wrong JSON type is a 401.
+
+    ``is_admin`` must be a JSON boolean: ``"false"`` (a string, as some identity providers send
+    it) would be truthy. Scopes come from ``permissions`` and the OAuth ``scope`` claim, each a
+    list of strings or one space-separated string.
+    """
+    sub = claims["sub"]
+    if not isinstance(sub, str) or not sub:
+        raise Unauthorized("invalid token: sub must be a non-empty string")
+    is_admin = claims.get("is_admin", False)
+    if not isinstance(is_admin, bool):
+        raise Unauthorized(f"invalid token: is_admin must be a JSON boolean, not {type(is_admin).__name__}")
+    scopes = _scope_claim(claims, "permissions") | _scope_claim(claims, "scope")
+    return Principal(sub, scopes, is_admin)
+
+
+def _scope_claim(claims: dict, name: str) -> frozenset[str]:
+    value = claims.get(name)
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return frozenset(value)
+    raise Unauthorized(f"invalid token: {name} must be a list of strings or a space-separated string")
 
 
 def require(principal: Principal, scope: str) -> None:
