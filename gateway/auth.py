@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from pathlib import Path
 
 import jwt
@@ -133,8 +132,13 @@ def require(principal: Principal, scope: str) -> None:
 
 
 # Token bucket, atomically in Redis: refill by elapsed time, take one token or say how long to wait.
+# NOTE: "now" is Redis' clock (TIME), not the gateway's: gateways whose clocks disagree would
+# otherwise refill each other's buckets (one running ahead grants a burst at every call).
 _BUCKET = """
-local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if redis.replicate_commands then pcall(redis.replicate_commands) end  -- TIME before writes, Redis < 7
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
@@ -156,7 +160,7 @@ class RateLimiter:
     async def check(self, principal: Principal) -> None:
         with reaching("rate limit store"):
             allowed, wait = await self._script(keys=[keys.rate_limit_key(self._prefix, principal.client_id)],
-                                               args=[self._per_s, self._burst, time.time()])
+                                               args=[self._per_s, self._burst])
         if not int(allowed):
             retry = max(1, int(float(wait) + 0.999))
             raise TooManyRequests(f"rate limit of {self._per_s:g}/s (burst {self._burst}) exceeded",

@@ -69,3 +69,27 @@ async def test_the_published_flag_after_expiry_leaves_no_key_without_ttl(redis_s
     assert await redis.hget(keys.status_key(prefix, live), "status") == b"done"
     assert await redis.ttl(keys.result_key(prefix, live)) > 0
     assert await redis.ttl(keys.status_key(prefix, live)) > 0
+
+
+async def test_the_rate_limit_holds_across_gateways_whose_clocks_disagree(redis, monkeypatch):
+    """Two gateways sharing a bucket, one of them an hour ahead: the bucket refills by Redis'
+    clock, so the fast clock grants nothing extra (finding 7)."""
+    import time
+
+    from gateway.apikeys import Principal
+    from gateway.auth import RateLimiter
+    from gateway.errors import TooManyRequests
+
+    principal = Principal(f"c{uuid.uuid4().hex[:8]}", frozenset())
+    limiter = RateLimiter(redis, f"t{uuid.uuid4().hex[:8]}", per_s=0.01, burst=2)
+    real = time.time
+    await limiter.check(principal)
+    await limiter.check(principal)  # the burst is spent
+    for skew_s in (3600, -3600, 10**6):
+        monkeypatch.setattr(time, "time", lambda skew_s=skew_s: real() + skew_s)
+        with pytest.raises(TooManyRequests) as refused:
+            await limiter.check(principal)
+        assert int(refused.value.headers["Retry-After"]) >= 1
+    monkeypatch.setattr(time, "time", real)
+    with pytest.raises(TooManyRequests):
+        await limiter.check(principal)
