@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -76,11 +77,18 @@ class ResultStore:
             return await coro
 
     async def live_workers(self) -> dict[str, list[str]]:
-        """worker_id -> tasks, from the workers' heartbeats."""
-        pattern = keys.worker_key(self._prefix, "*")
+        """worker_id -> tasks, from the workers' heartbeats: the members of the workers' index
+        not long expired, then their heartbeat keys (whose own TTL says who is alive). Two round
+        trips of the fleet's size; never a SCAN of the keyspace, whatever else it holds."""
+        index = keys.workers_key(self._prefix)
+        since = int(time.time() * 1000) - keys.WORKER_INDEX_GRACE_MS
         with reaching("result store"):
-            found = [key async for key in self.redis.scan_iter(match=pattern, count=500)]
-            values = await self.redis.mget(found) if found else []
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zremrangebyscore(index, "-inf", f"({since}")
+                pipe.zrangebyscore(index, since, "+inf")
+                _, members = await pipe.execute()
+            ids = [m.decode() if isinstance(m, bytes) else m for m in members]
+            values = await self.redis.mget([keys.worker_key(self._prefix, w) for w in ids]) if ids else []
         workers = {}
         for value in values:
             if value:

@@ -15,6 +15,7 @@ __all__ = [
     "HSET_IF_EXISTS",
     "RESULT_FIELD_AVRO",
     "RESULT_FIELD_PUBLISHED",
+    "WORKER_INDEX_GRACE_MS",
     "api_client_key",
     "api_key_key",
     "cache_key",
@@ -28,6 +29,7 @@ __all__ = [
     "served_tasks_key",
     "status_key",
     "worker_key",
+    "workers_key",
 ]
 
 HEADER_ERROR_TYPE = "streaminfer-error-type"
@@ -46,6 +48,10 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 return -1
 """
+
+# Members of workers_key whose heartbeat expired longer ago than this are dropped from the index;
+# the slack allows for the clocks of workers and gateways to differ.
+WORKER_INDEX_GRACE_MS = 60_000
 
 # Stands in for "the task's default version" so the key never contains "None".
 _DEFAULT_VERSION = "default"
@@ -86,6 +92,13 @@ def cache_key(prefix: str, task: str, model_version: str | int | None, digest: s
 def worker_key(prefix: str, worker_id: str) -> str:
     """A live worker's heartbeat (JSON of its tasks), expiring unless renewed."""
     return f"{prefix}:worker:{worker_id}"
+
+
+def workers_key(prefix: str) -> str:
+    """Sorted set: the workers that sent a heartbeat, member = worker_id, score = when that
+    heartbeat expires (ms since the epoch). The index readers use instead of scanning for
+    ``worker_key``s; the payload key's own TTL says whether a member is still alive."""
+    return f"{prefix}:workers"
 
 
 def served_tasks_key(prefix: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -162,14 +163,24 @@ class ResultPublisher:
     async def heartbeat(self, worker_id: str, tasks: Sequence[str], ttl_s: float) -> None:
         """Tell gateways this worker is alive and which tasks it serves."""
         payload = json.dumps({"worker_id": worker_id, "tasks": list(tasks)})
+        ttl_ms = int(ttl_s * 1000)
+        now = int(time.time() * 1000)
+        index = keys.workers_key(self._prefix)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(keys.worker_key(self._prefix, worker_id), payload, px=int(ttl_s * 1000))
+            pipe.set(keys.worker_key(self._prefix, worker_id), payload, px=ttl_ms)
+            # the live workers' index gateways read (never a SCAN of the keyspace); members of
+            # heartbeats long expired are dropped here too, so it stays as small as the fleet
+            pipe.zadd(index, {worker_id: now + ttl_ms})
+            pipe.zremrangebyscore(index, "-inf", now - keys.WORKER_INDEX_GRACE_MS)
             if tasks:  # gateways refuse a task no worker has ever served (requests would only queue)
                 pipe.sadd(keys.served_tasks_key(self._prefix), *tasks)
             await pipe.execute()
 
     async def forget_worker(self, worker_id: str) -> None:
-        await self.redis.delete(keys.worker_key(self._prefix, worker_id))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(keys.worker_key(self._prefix, worker_id))
+            pipe.zrem(keys.workers_key(self._prefix), worker_id)
+            await pipe.execute()
 
     # --- writes ---
     async def store_results(self, results: Sequence[tuple[str, bytes]]) -> list[StoredResult]:

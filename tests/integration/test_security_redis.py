@@ -1,8 +1,11 @@
 """Security review findings checked against the real redis-server: no hash comes back without a
-TTL after it expired (cancel, the published flag)."""
+TTL after it expired (cancel, the published flag); the rate limit by Redis' clock; the live
+workers read from a small index, never by scanning the keyspace."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 import pytest
@@ -74,8 +77,6 @@ async def test_the_published_flag_after_expiry_leaves_no_key_without_ttl(redis_s
 async def test_the_rate_limit_holds_across_gateways_whose_clocks_disagree(redis, monkeypatch):
     """Two gateways sharing a bucket, one of them an hour ahead: the bucket refills by Redis'
     clock, so the fast clock grants nothing extra (finding 7)."""
-    import time
-
     from gateway.apikeys import Principal
     from gateway.auth import RateLimiter
     from gateway.errors import TooManyRequests
@@ -93,3 +94,37 @@ async def test_the_rate_limit_holds_across_gateways_whose_clocks_disagree(redis,
     monkeypatch.setattr(time, "time", real)
     with pytest.raises(TooManyRequests):
         await limiter.check(principal)
+
+
+async def test_live_workers_come_from_the_index_never_a_scan(store, redis, monkeypatch):
+    """/ready and /admin/stats read the workers' sorted set and their heartbeat keys; a keyspace
+    full of results costs them nothing (finding 2)."""
+    publisher = ResultPublisher("unused:9092", store._redis_url, CODEC, store._prefix, result_ttl_s=600)
+    publisher.redis = redis
+
+    async def no_scan(*args, **kwargs):
+        raise AssertionError("live_workers scanned the keyspace")
+
+    monkeypatch.setattr(store.redis, "scan_iter", no_scan)
+    monkeypatch.setattr(store.redis, "scan", no_scan)
+    await publisher.heartbeat("w-live", ["tiny"], ttl_s=30)
+    await publisher.heartbeat("w-gone", ["tiny", "other"], ttl_s=30)
+    await publisher.heartbeat("w-expiring", ["other"], ttl_s=0.05)
+    assert set(await store.live_workers()) == {"w-live", "w-gone", "w-expiring"}
+    await publisher.forget_worker("w-gone")
+    await asyncio.sleep(0.2)  # w-expiring's heartbeat runs out
+    assert await store.live_workers() == {"w-live": ["tiny"]}
+    index = keys.workers_key(store._prefix)
+    assert set(await redis.zrange(index, 0, -1)) == {b"w-live", b"w-expiring"}  # w-gone removed at once
+    assert await redis.smembers(keys.served_tasks_key(store._prefix)) == {b"tiny", b"other"}
+
+
+async def test_index_members_long_expired_are_dropped(store, redis):
+    publisher = ResultPublisher("unused:9092", store._redis_url, CODEC, store._prefix, result_ttl_s=600)
+    publisher.redis = redis
+    index = keys.workers_key(store._prefix)
+    long_ago = int(time.time() * 1000) - keys.WORKER_INDEX_GRACE_MS - 1000
+    await redis.zadd(index, {"w-dead": long_ago})  # a worker killed before it could forget itself
+    await publisher.heartbeat("w-live", ["tiny"], ttl_s=30)
+    assert await store.live_workers() == {"w-live": ["tiny"]}
+    assert await redis.zrange(index, 0, -1) == [b"w-live"]
