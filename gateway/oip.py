@@ -1,10 +1,15 @@
 """Open Inference Protocol (KServe V2) REST routes over the same Kafka path as ``/v1/infer``:
-publish the request, wait for its result in Redis and answer synchronously in V2 JSON."""
+publish the request, wait for its result in Redis and answer synchronously in V2 JSON, or with
+the binary tensor data extension (:mod:`gateway.oip_binary`) as Triton's client asks by default.
+
+As Triton and KServe do, an infer body is JSON whatever its ``Content-Type`` (tritonclient sends
+none), and an error body carries KServe's ``error`` string beside the SPEC's fields."""
 
 from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -17,6 +22,7 @@ from schemas.records import InferenceResult, Status, Tensor
 from .apikeys import Principal
 from .auth import ANONYMOUS, require
 from .errors import (
+    ERROR_RESPONSES,
     RETRY_AFTER_S,
     UNREACHABLE,
     ErrorBody,
@@ -26,11 +32,13 @@ from .errors import (
     NotFound,
     ServiceUnavailable,
 )
+from .oip_binary import HEADER, MEDIA_TYPE, binary_response, raw_bytes
+from .oip_route import OIPRoute
 from .routes import Caller, service
 from .service import InferenceService, Submission
 from .views import links
 
-router = APIRouter(tags=["open inference protocol"])
+router = APIRouter(tags=["open inference protocol"], route_class=OIPRoute)
 
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torch": "pytorch_torchscript"}
 # Request parameters the gateway reads itself; other scalar parameters reach the worker as strings.
@@ -41,13 +49,24 @@ class InputTensor(BaseModel):
     name: str
     shape: list[int]
     datatype: str = Field(..., examples=["FP32"])
-    data: Any = Field(..., description="flat or nested row-major values; BYTES items are strings")
-    parameters: dict[str, Any] | None = None
+    data: Any = Field(..., description="flat or nested row-major values; BYTES items are strings. "
+                                       "Absent when parameters.binary_data_size says the tensor's bytes "
+                                       "follow the JSON (binary tensor data extension)")
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size: bytes of this tensor "
+                                                                "after the JSON header")
+
+
+class OutputParameters(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    binary_data: bool | None = Field(None, strict=True, description="answer this output as binary data")
+    classification: int | None = Field(None, strict=True, description="Triton's classification "
+                                       "extension: not supported (only 0)")
 
 
 class RequestedOutput(BaseModel):
     name: str
-    parameters: dict[str, Any] | None = None
+    parameters: OutputParameters | None = None
 
 
 class InferParameters(BaseModel):
@@ -59,7 +78,8 @@ class InferParameters(BaseModel):
     priority: str | int | None = Field(None, description="high|normal|low or 0-10 (>=7 high)")
     deadline_ms: float | None = Field(None, strict=True, description="expire unless run within this many ms")
     timeout: float | None = Field(None, strict=True, description="Triton's name for the deadline, in µs")
-    binary_data_output: bool | None = None
+    binary_data_output: bool | None = Field(None, strict=True, description=(
+        "answer every output not asked otherwise as binary data (binary tensor data extension)"))
 
 
 class InferRequest(BaseModel):
@@ -76,7 +96,8 @@ class OutputTensor(BaseModel):
     name: str
     datatype: str
     shape: list[int]
-    data: list[Any]
+    data: list[Any] = Field(..., description="absent from a binary answer's JSON header, where "
+                                             "parameters.binary_data_size gives the tensor's bytes")
     parameters: dict[str, Any] | None = None
 
 
@@ -113,12 +134,19 @@ class ServerMetadata(BaseModel):
     extensions: list[str]
 
 
-ERRORS = {code: {"model": ErrorBody, "description": text} for code, text in (
-    (404, "TASK_NOT_FOUND or MODEL_VERSION_NOT_FOUND"), (422, "INVALID_REQUEST"),
-    (500, "INTERNAL_ERROR: the worker failed"),
-    (503, "SERVICE_UNAVAILABLE (see Retry-After): Redis or Kafka not reachable, no worker has served "
-          "the task yet, or a retriable worker failure"),
-    (504, "INFERENCE_TIMEOUT"))}
+class OIPErrorBody(ErrorBody):
+    """An error of a /v2 route: the SPEC's body and KServe's ``error`` (the message again)."""
+
+    error: str
+
+
+OIP_ERRORS = {code: {**entry, "model": OIPErrorBody} for code, entry in ERROR_RESPONSES.items()}
+ERRORS = {**OIP_ERRORS, **{code: {"model": OIPErrorBody, "description": text} for code, text in (
+              (404, "TASK_NOT_FOUND or MODEL_VERSION_NOT_FOUND"), (422, "INVALID_REQUEST"),
+              (500, "INTERNAL_ERROR: the worker failed"),
+              (503, "SERVICE_UNAVAILABLE (see Retry-After): Redis or Kafka not reachable, no worker has "
+                    "served the task yet, or a retriable worker failure"),
+              (504, "INFERENCE_TIMEOUT"))}}
 
 
 def _version_of(config: ModelConfig, version: str | None) -> None:
@@ -149,6 +177,20 @@ def _output(tensor: Tensor) -> dict:
     return body
 
 
+def _binary_output(tensor: Tensor) -> tuple[dict, bytes]:
+    raw = raw_bytes(tensor.to_numpy(), str(tensor.datatype))
+    return ({"name": tensor.name, "datatype": str(tensor.datatype), "shape": list(tensor.shape),
+             "parameters": {"binary_data_size": len(raw)}}, raw)
+
+
+def _binary_outputs(body: InferRequest) -> Callable[[str], bool]:
+    """Which outputs to answer as binary data: as each requested output's ``binary_data`` says,
+    else as the request's ``binary_data_output`` (Triton's rule)."""
+    default = bool(body.parameters and body.parameters.binary_data_output)
+    asked = {o.name: o.parameters.binary_data for o in body.outputs or () if o.parameters}
+    return lambda name: default if asked.get(name) is None else bool(asked[name])
+
+
 def _failure(result: InferenceResult) -> GatewayError:
     """The error response for a request that did not succeed."""
     code = result.error.code if result.error else result.status.value
@@ -167,37 +209,53 @@ def _failure(result: InferenceResult) -> GatewayError:
 
 WaitQuery = Annotated[float | None, Query(ge=0, description="seconds to wait; default the gateway's maximum")]
 PreferHeader = Annotated[str | None, Header(description="wait=S bounds the wait like ?wait=S")]
-INFER = {"response_model": None, "responses": {200: {"model": InferResponse}, **ERRORS}}
-METADATA = {"response_model": ModelMetadata, "responses": {404: ERRORS[404]}}
-READY = {"response_model": ModelReady, "responses": {404: ERRORS[404], 503: ERRORS[503]}}
+BINARY_BODY = {"schema": {"type": "string", "format": "binary"}}
+INFER = {"response_model": None, "responses": {**ERRORS, 200: {
+    "model": InferResponse, "content": {MEDIA_TYPE: BINARY_BODY},
+    "description": f"V2 JSON; or, when outputs are asked as binary data, {HEADER} bytes of that JSON "
+                   "(binary outputs with parameters.binary_data_size instead of data), then their raw bytes",
+    "headers": {HEADER: {"description": "length of the JSON header of a binary answer",
+                         "schema": {"type": "integer"}}}}},
+    "openapi_extra": {"requestBody": {"content": {MEDIA_TYPE: BINARY_BODY}}}}
+HeaderLength = Annotated[int | None, Header(alias=HEADER, ge=0, description=(
+    "binary tensor data extension: the body is this many bytes of JSON (InferRequest), then the bytes "
+    "of each input with parameters.binary_data_size, in order; without it the body is JSON whatever "
+    "its Content-Type"))]
+METADATA = {"response_model": ModelMetadata, "responses": {**OIP_ERRORS, 404: ERRORS[404]}}
+READY = {"response_model": ModelReady, "responses": {**OIP_ERRORS, 404: ERRORS[404], 503: ERRORS[503]}}
 
 
 @router.post("/v2/models/{task}/infer", **INFER)
 async def infer(task: str, body: InferRequest, request: Request, principal: Caller, wait: WaitQuery = None,
-                prefer: PreferHeader = None) -> JSONResponse:
+                prefer: PreferHeader = None, header_length: HeaderLength = None) -> Response:
     """Run an inference synchronously: publish the request to Kafka and answer with its outputs
     once a worker has produced them (within ``?wait=S``/``Prefer: wait=S``, by default the
     gateway's maximum wait; past it 504 INFERENCE_TIMEOUT, and the result stays readable at
-    ``/v1/results/{request_id}``). ``outputs`` selects output tensors by name. Tensor data is JSON
-    only (the binary tensor extension is not supported)."""
+    ``/v1/results/{request_id}``). ``outputs`` selects output tensors by name. The body is JSON
+    whatever its Content-Type; tensor data may be binary (binary tensor data extension: inputs
+    with ``binary_data_size`` and ``Inference-Header-Content-Length``; outputs with
+    ``binary_data: true`` or the request's ``binary_data_output``). ``model_name`` is the task."""
     return await _infer(request, principal, task, None, body, wait, prefer)
 
 
 @router.post("/v2/models/{task}/versions/{version}/infer", **INFER)
 async def infer_version(task: str, version: str, body: InferRequest, request: Request, principal: Caller,
-                        wait: WaitQuery = None, prefer: PreferHeader = None) -> JSONResponse:
+                        wait: WaitQuery = None, prefer: PreferHeader = None,
+                        header_length: HeaderLength = None) -> Response:
     """Like ``POST /v2/models/{task}/infer``, run by the given model version."""
     return await _infer(request, principal, task, version, body, wait, prefer)
 
 
 async def _infer(request: Request, principal: Principal, task: str, version: str | None, body: InferRequest,
-                 wait: float | None, prefer: str | None) -> JSONResponse:
+                 wait: float | None, prefer: str | None) -> Response:
     require(principal, "inference:submit")
     svc: InferenceService = service(request)
     inference = svc.build_request(_submission(task, body, version, principal))  # 404/422 before publishing
     config = svc.config(task)
     wait_s = svc.wait_seconds(wait, prefer) or svc.max_wait_s  # synchronous: no wait means the most
     wanted = [o.name for o in body.outputs or ()]
+    if any(o.parameters and o.parameters.classification for o in body.outputs or ()):
+        raise InvalidRequest("the classification extension is not supported; ask for the outputs themselves")
     unknown = sorted(set(wanted) - {spec.name for spec in config.outputs})
     if unknown:
         raise InvalidRequest(f"task {task!r} has no output tensors {unknown}",
@@ -210,10 +268,21 @@ async def _infer(request: Request, principal: Principal, task: str, version: str
                                details={"links": links(request_id)})
     if result.status is not Status.SUCCEEDED:
         raise _failure(result)
-    return JSONResponse({
-        "model_name": result.model_name or config.name, "model_version": result.model_version,
-        "id": body.id or request_id, "parameters": {"request_id": request_id, "batch_size": result.batch_size},
-        "outputs": [_output(t) for t in result.outputs if not wanted or t.name in wanted]})
+    answer = {"model_name": task, "model_version": result.model_version, "id": body.id or request_id,
+              "parameters": {"request_id": request_id, "batch_size": result.batch_size}}
+    tensors = [t for t in result.outputs if not wanted or t.name in wanted]
+    is_binary = _binary_outputs(body)
+    if not any(is_binary(t.name) for t in tensors):
+        return JSONResponse({**answer, "outputs": [_output(t) for t in tensors]})
+    outputs, chunks = [], []
+    for tensor in tensors:
+        if is_binary(tensor.name):
+            output, raw = _binary_output(tensor)
+            chunks.append(raw)
+        else:
+            output = _output(tensor)
+        outputs.append(output)
+    return binary_response({**answer, "outputs": outputs}, chunks)
 
 
 @router.get("/v2/models/{task}", **METADATA)
@@ -291,5 +360,5 @@ async def ready(request: Request, response: Response) -> dict:
 
 @router.get("/v2", response_model=ServerMetadata)
 async def server_metadata(request: Request) -> dict:
-    """Server metadata: name and version; no protocol extensions."""
-    return {"name": "streaminfer", "version": request.app.version, "extensions": []}
+    """Server metadata: name, version and the protocol extensions served."""
+    return {"name": "streaminfer", "version": request.app.version, "extensions": ["binary_tensor_data"]}

@@ -16,7 +16,7 @@ async def test_kserve_v2_infer_metadata_and_health(stack):
         response = await client.post("/v2/models/text-embedding/infer", json=body)
         assert response.status_code == 200, response.text
         result = response.json()
-        assert result["id"] == "kserve-1" and result["model_name"] == "all-minilm-l6-v2"
+        assert result["id"] == "kserve-1" and result["model_name"] == "text-embedding"  # the task
         (embedding,) = result["outputs"]
         assert embedding["name"] == "embedding" and embedding["shape"] == [2, 384]
         vectors = np.array(embedding["data"], dtype=np.float32).reshape(2, 384)

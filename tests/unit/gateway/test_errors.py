@@ -184,6 +184,6 @@ def test_503s_are_documented_with_the_error_body(make_gateway):
     for method, path, _ in [*ROUTES, ("GET", "/v2/models/tiny/ready", None)]:
         documented = paths[path.replace("some-id", "{request_id}").replace("tiny", "{task}")][method.lower()]
         schema = documented["responses"]["503"]["content"]["application/json"]["schema"]
-        assert schema["$ref"].endswith("/ErrorBody"), (method, path)
+        assert schema["$ref"].endswith("/OIPErrorBody" if path.startswith("/v2") else "/ErrorBody"), (method, path)
     ready = paths["/ready"]["get"]["responses"]["503"]["content"]["application/json"]["schema"]
     assert ready["$ref"].endswith("/Readiness"), "/ready's 503 is its checks, not an error body"

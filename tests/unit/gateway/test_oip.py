@@ -35,7 +35,7 @@ def test_kserve_client_body_answers_with_v2_outputs(gateway):
     assert response.status_code == 200, response.text
     request = gateway.producer.sent[0][0]
     assert response.json() == {
-        "model_name": "tiny-model", "model_version": "1", "id": "req-7",
+        "model_name": "tiny", "model_version": "1", "id": "req-7",  # the task, as in its metadata
         "parameters": {"request_id": request.request_id, "batch_size": 1},
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 3], "data": [2.0, 4.0, 6.0]}]}
     assert request.model_version is None and request.priority is Priority.NORMAL
@@ -206,7 +206,8 @@ def test_health_ready_needs_kafka(gateway):
 
 
 def test_server_metadata_and_openapi(gateway):
-    assert gateway.get("/v2").json() == {"name": "streaminfer", "version": gateway.app.version, "extensions": []}
+    assert gateway.get("/v2").json() == {"name": "streaminfer", "version": gateway.app.version,
+                                         "extensions": ["binary_tensor_data"]}
     schema = gateway.get("/openapi.json").json()
     for path in ("/v2/models/{task}/infer", "/v2/models/{task}/versions/{version}/infer", "/v2/models/{task}",
                  "/v2/models/{task}/ready", "/v2/health/live", "/v2/health/ready"):
