@@ -1,10 +1,11 @@
 """Running one batch: triage against what Redis knows (duplicates, cancellations, the content
-cache, deadlines), the model off the event loop with retries, and the batch's outcomes handed
+cache (per client unless shared), deadlines), the model off the event loop with retries, and the batch's outcomes handed
 to the :class:`OutcomeWriter`. A request that breaks the batch fails alone."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
@@ -29,7 +30,9 @@ logger = logging.getLogger(__name__)
 
 class BatchRunner:
     def __init__(self, publisher: ResultPublisher, codec: AvroCodec, outcomes: OutcomeWriter,
-                 pool: Callable[[], Executor], max_attempts: int = 3, retry_backoff_s: float = 0.05) -> None:
+                 pool: Callable[[], Executor], max_attempts: int = 3, retry_backoff_s: float = 0.05,
+                 cache_scope: str = "client") -> None:
+        self._cache_shared = cache_scope == "shared"
         self._publisher = publisher
         self._codec = codec
         self._outcomes = outcomes
@@ -49,7 +52,8 @@ class BatchRunner:
         started = now_ms()
         for p in batch:
             opted_out = p.request.parameters.get("cache", "true").lower() == "false"
-            p.cache_key = None if opted_out else self._publisher.cache_key(p.request.task, model.version, p.digest)
+            p.cache_key = None if opted_out else self._publisher.cache_key(
+                p.request.task, model.version, p.digest if self._cache_shared else _scoped(p))
         priors = await self._publisher.lookup([p.request.request_id for p in batch], [p.cache_key for p in batch])
         finished: list[Outcome] = []
         runnable: list[PendingRequest] = []
@@ -68,7 +72,9 @@ class BatchRunner:
                     logger.warning("unreadable cache entry for %s: %s", req.request_id, exc)
                     runnable.append(item)
                     continue
-                hit = self._outcomes.result(req, Status.SUCCEEDED, model=model, started=started)
+                # the original run's figures: a hit must not tell another client "someone sent this"
+                hit = self._outcomes.result(req, Status.SUCCEEDED, model=model, started=started,
+                                            batch_size=cached.batch_size, inference_ms=cached.timings.inference_ms)
                 hit.outputs = cached.outputs
                 outcome = self._outcome(item, hit)
                 outcome.audits.append(self._outcomes.audit_event(outcome, AuditType.CACHE_HIT))
@@ -172,6 +178,12 @@ class BatchRunner:
 
     async def _predict(self, model: Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return await asyncio.get_running_loop().run_in_executor(self._pool(), model.predict_batch, inputs)
+
+
+def _scoped(item: PendingRequest) -> str:
+    """The content digest as one client's: clients do not learn from the cache what others sent."""
+    client = (item.request.client_id or "").encode()
+    return hashlib.sha256(len(client).to_bytes(4, "big") + client + item.digest.encode()).hexdigest()
 
 
 def _past_deadline(item: PendingRequest, now_ms_: int) -> bool:

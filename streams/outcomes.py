@@ -171,6 +171,8 @@ class OutcomeWriter:
         """One pass over ``outcomes``; safe to call again after it raised."""
         await self._write_letters([o for o in outcomes if o.letter is not None and not o.lettered])
         await self._store([o for o in outcomes if o.stored is None and o.result is not None])
+        # events naming another client's request_id: a dead letter instead of their result
+        await self._write_letters([o for o in outcomes if o.letter is not None and not o.lettered])
         await self._publish([o for o in outcomes if o.stored is not None and not o.stored.published
                              and not o.published])
         pending = [o for o in outcomes if not o.audited]
@@ -198,10 +200,19 @@ class OutcomeWriter:
         if not outcomes:
             return
         encoded = [self._encode(o) for o in outcomes]
-        stored = await self._publisher.store_results([(o.result.request_id, a) for o, a in zip(
-            outcomes, encoded, strict=True)])
+        stored = await self._publisher.store_results([
+            (o.result.request_id, a, o.request.client_id if o.request else None)
+            for o, a in zip(outcomes, encoded, strict=True)])
         cache = []
         for outcome, avro, held in zip(outcomes, encoded, stored, strict=True):
+            if held is None:
+                logger.warning("event at %s[%d]@%d names request %s of another client", outcome.source.topic,
+                               outcome.source.partition, outcome.source.offset, outcome.result.request_id)
+                outcome.result = None
+                outcome.letter = Letter("REQUEST_ID_TAKEN", "the request_id belongs to another client",
+                                        "RequestIdTaken")
+                outcome.lettered = False
+                continue
             outcome.stored = held
             if held.won and outcome.cache_key and outcome.result.status is Status.SUCCEEDED:
                 cache.append((outcome.cache_key, avro))

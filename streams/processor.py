@@ -39,7 +39,7 @@ class RequestProcessor:
     def __init__(
         self, *, repository: ModelRepository, publisher: ResultPublisher, codec: AvroCodec,
         prefix: str, worker_id: str, tasks: Sequence[str], max_queued: int = 1024,
-        max_attempts: int = 3, retry_backoff_s: float = 0.05,
+        max_attempts: int = 3, retry_backoff_s: float = 0.05, cache_scope: str = "client",
     ) -> None:
         self._repository = repository
         self._codec = codec
@@ -50,7 +50,8 @@ class RequestProcessor:
         self._outcomes = OutcomeWriter(publisher, codec, worker_id, self.ledger)
         self._intake = Intake(codec, repository, prefix)
         self._runner = BatchRunner(publisher, codec, self._outcomes, lambda: self._pool,
-                                   max_attempts=max_attempts, retry_backoff_s=retry_backoff_s)
+                                   max_attempts=max_attempts, retry_backoff_s=retry_backoff_s,
+                                   cache_scope=cache_scope)
         self._batchers: dict[tuple[str, str], InferenceBatcher[PendingRequest]] = {}
         self._compute: dict[Model, asyncio.Semaphore] = {}
         """model -> its free instances (batches computing at once)."""

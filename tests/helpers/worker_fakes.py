@@ -72,6 +72,7 @@ class FakePublisher:
         self.lettered: set[tuple[str, int, int]] = set()
         self.cancelled_ids: set[str] = set()
         self.cache: dict[str, bytes] = {}
+        self.owners: dict[str, str] = {}
         self.codec = AvroCodec()
 
     async def lookup(self, ids, cache_keys):
@@ -89,9 +90,12 @@ class FakePublisher:
 
     async def store_results(self, results):
         out = []
-        for rid, avro in results:
+        for rid, avro, client_id in results:
+            owner = self.owners.setdefault(rid, client_id or "")
             held = self.stored.get(rid)
-            if held is None:
+            if owner != (client_id or ""):
+                out.append(None)
+            elif held is None:
                 self.stored[rid] = StoredResult(avro, False)
                 self.results.append(self.codec.decode(avro, InferenceResult))
                 out.append(StoredResult(avro, False, won=True))

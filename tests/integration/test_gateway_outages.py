@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 from helpers.http import assert_error
+from helpers.keys import create_api_key
 from helpers.waiting import until
 
 pytestmark = pytest.mark.integration
@@ -26,18 +27,6 @@ def features_body() -> dict:
     data = load_breast_cancer()
     return {"inputs": {"features": dict(zip(data.feature_names, map(float, data.data[0]), strict=True))}}
 
-
-
-async def create_api_key(redis_url: str, prefix: str, client: str, admin: bool = False) -> str:
-    from redis.asyncio import Redis
-
-    from gateway.apikeys import ApiKeyStore
-
-    redis = Redis.from_url(redis_url)
-    try:
-        return await ApiKeyStore(redis, prefix).create(client, ["inference:submit", "inference:read"], admin)
-    finally:
-        await redis.aclose()
 
 
 async def dump(redis_url: str, pattern: str) -> dict[bytes, bytes]:

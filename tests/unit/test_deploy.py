@@ -38,6 +38,21 @@ def test_environment_names_are_settings():
     Settings(**{k.removeprefix("STREAMINFER_").lower(): v for k, v in env.items()})  # values validate too
 
 
+def test_secure_by_default():
+    env = SERVICES["gateway"]["environment"]
+    assert env["STREAMINFER_AUTH"] != "disabled", "the gateway on 0.0.0.0 authenticates"
+    assert "ALLOW_INSECURE_BIND" not in " ".join(env)
+    redis = SERVICES["redis"]
+    assert "ports" not in redis, "Redis is reachable only on the compose network"
+    assert "--requirepass" in redis["command"]
+    assert "${STREAMINFER_REDIS_PASSWORD:?" in env["STREAMINFER_REDIS_URL"], "no default password"
+    assert SERVICES["keys-init"]["command"][:2] == ["keys", "create"] and "--admin" in SERVICES["keys-init"]["command"]
+    assert SERVICES["gateway"]["depends_on"]["keys-init"]["condition"] == "service_completed_successfully"
+    for name, service in SERVICES.items():
+        if "ports" in service:
+            assert name in {"gateway", "kafka", "prometheus", "grafana"}, name
+
+
 def test_referenced_files_exist():
     for service in SERVICES.values():
         build = service.get("build")

@@ -122,6 +122,19 @@ def test_refuses_to_start_without_auth(repository):
         create_app(Settings(model_repository=repository))
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "gateway.internal"])
+def test_refuses_auth_disabled_on_a_non_loopback_bind_unless_told_twice(repository, host):
+    with pytest.raises(AuthNotConfigured, match="STREAMINFER_ALLOW_INSECURE_BIND"):
+        create_app(Settings(model_repository=repository, auth="disabled", gateway_host=host))
+    create_app(Settings(model_repository=repository, auth="disabled", gateway_host=host, allow_insecure_bind=True))
+    create_app(Settings(model_repository=repository, auth="apikey", gateway_host=host))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_auth_disabled_on_loopback_starts(repository, host):
+    create_app(Settings(model_repository=repository, auth="disabled", gateway_host=host))
+
+
 def test_idempotency_key_same_body_same_request_other_body_conflict(gateway):
     body = {"inputs": {"x": [1, 2, 3]}}
     first = gateway.post("/v1/infer/tiny", json=body, headers={"Idempotency-Key": "k1"})
