@@ -232,8 +232,8 @@ class Answers:
         await self._consumer.stop()
 
 
-HOSTILE_PER_EXAMPLE = 50
-EXAMPLES = int(os.environ.get("STREAMINFER_TEST_HOSTILE_EXAMPLES", "40"))
+HOSTILE_PER_EXAMPLE = 100
+EXAMPLES = int(os.environ.get("STREAMINFER_TEST_HOSTILE_EXAMPLES", "20"))
 TOTALS = Counter()
 
 
