@@ -88,6 +88,8 @@ class Outcome:
     stored: StoredResult | None = None
     published: bool = False
     audited: bool = False
+    events: list[AuditEvent] | None = None
+    """The audit events, once built (with the metrics and the log line they count)."""
 
     @property
     def request_id(self) -> str:
@@ -176,7 +178,10 @@ class OutcomeWriter:
         await self._publish([o for o in outcomes if o.stored is not None and not o.stored.published
                              and not o.published])
         pending = [o for o in outcomes if not o.audited]
-        await self._publisher.audit(e for o in pending for e in self._audit_events(o))
+        for o in pending:  # built once: a retry re-sends the same events and counts nothing twice
+            if o.events is None:
+                o.events = self._audit_events(o)
+        await self._publisher.audit(e for o in pending for e in o.events)
         for o in pending:
             o.audited = True
 
@@ -235,17 +240,12 @@ class OutcomeWriter:
     async def _publish(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
             return
-        items = []
-        for o in outcomes:
-            rid = o.request_id
-            won = o.stored.won
-            result = o.result if won else None
-            items.append(Publication(
-                task=o.request.task if o.request else result.task, request_id=rid, avro=o.stored.avro,
-                traceparent=(o.request.trace.get("traceparent") or None) if o.request else None,
-                latency=Latency(o.request.priority.topic_suffix, result.timings.total_ms, result.completed_at)
-                if result is not None and o.request is not None else None))
-        await self._publisher.publish_results(items)
+        # NOTE: an outcome with a stored result always has its request (batches, refusals)
+        await self._publisher.publish_results([Publication(
+            task=o.request.task, request_id=o.request_id, avro=o.stored.avro,
+            traceparent=o.request.trace.get("traceparent") or None,
+            latency=Latency(o.request.priority.topic_suffix, o.result.timings.total_ms, o.result.completed_at)
+            if o.stored.won else None) for o in outcomes])
         for o in outcomes:
             o.published = True
 
