@@ -162,7 +162,8 @@ def error_response(request: Request, error: GatewayError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
-_STARLETTE_CODES = {404: NotFound, 405: InvalidRequest, 413: PayloadTooLarge}
+_STARLETTE_CODES = {400: InvalidRequest, 404: NotFound, 405: InvalidRequest, 413: PayloadTooLarge}
+"""400: FastAPI's own "error parsing the body" (not UTF-8, nested past the parser's limit)."""
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -189,7 +190,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = _STARLETTE_CODES.get(exc.status_code, GatewayError)
         code = "INVALID_REQUEST" if exc.status_code == 405 else None
-        return error_response(request, kind(str(exc.detail), status=exc.status_code, code=code))
+        message = str(exc.detail)
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            message = "request body is not valid JSON (not UTF-8, or nested too deep)"
+        return error_response(request, kind(message, status=exc.status_code, code=code))
 
     # NOTE: a safety net. Components wrap their own calls (``reaching``, the producer), but a
     # dependency that goes away mid-request must never surface as 500 INTERNAL_ERROR.

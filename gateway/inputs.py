@@ -69,16 +69,29 @@ class InputLimits:
     max_text_chars: int = 20_000
     max_image_bytes: int = 512 * 1024
     max_parameters: int = 32
+    max_json_depth: int = 64
+    """Nesting of the whole body (its own object is level 1); the deepest built-in input,
+    a batch of 8x8 pixels, is 4."""
 
 
 def check_limits(config: ModelConfig, inputs: Any, parameters: dict, limits: InputLimits) -> None:
-    """413 for a text or image over its size, 422 for too many parameters."""
+    """400 for inputs nested past the bound, 413 for a text or image over its size, 422 for too
+    many parameters or text that is not Unicode (a lone surrogate cannot be encoded as UTF-8)."""
+    if _nested_past(inputs, limits.max_json_depth - 1):
+        raise InvalidRequest(f"request body nested deeper than {limits.max_json_depth} levels", status=400,
+                             details={"max_json_depth": limits.max_json_depth})
     if len(parameters) > limits.max_parameters:
         raise InvalidRequest(f"{len(parameters)} parameters; at most {limits.max_parameters}")
+    for name, value in parameters.items():
+        _check_unicode(f"parameter {name!r}", name)
+        _check_unicode(f"parameter {name!r}", value)
     image_keys = {key for key, source in config.friendly.get("inputs", {}).items() if source["kind"] == "image"}
     tops = inputs.items() if isinstance(inputs, dict) else [(None, inputs)]
     for key, value in tops:
+        if isinstance(key, str):
+            _check_unicode("an input key", key)
         for text in _strings(value):
+            _check_unicode(f"input {key!r}" if key else "a text", text)
             if key in image_keys:
                 size = len(text) * 3 // 4  # base64
                 if size > limits.max_image_bytes:
@@ -87,6 +100,27 @@ def check_limits(config: ModelConfig, inputs: Any, parameters: dict, limits: Inp
             elif len(text) > limits.max_text_chars:
                 raise PayloadTooLarge(f"a text of {len(text)} characters; at most {limits.max_text_chars}",
                                       details={"max_text_chars": limits.max_text_chars})
+
+
+def _check_unicode(where: str, value: Any) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidRequest(f"{where}: text is not valid Unicode ({exc.reason} at {exc.start})") from exc
+
+
+def _nested_past(value: Any, bound: int) -> bool:
+    """Whether lists and objects in ``value`` nest deeper than ``bound`` (iteratively: a deep
+    value must not exhaust the stack)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > bound:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def _strings(value: Any):

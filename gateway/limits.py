@@ -26,19 +26,27 @@ class BodySizeLimit:
             await self._refuse(send)
             return
         seen = 0
-        started = False
+        started = over = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body_bytes:
+                    over = True
                     raise BodyTooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if over:
+                # NOTE: FastAPI catches any error while it reads the body and answers 400 ("error
+                # parsing the body"); a body over the limit (chunked, so not refused above) is 413.
+                if not started and message["type"] == "http.response.start":
+                    started = True
+                    await self._refuse(send)
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 

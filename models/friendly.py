@@ -149,6 +149,10 @@ def _check_text(where: str, index: int, item: Any) -> None:
             raise InvalidInput(f"{where}: item {index} is not valid UTF-8") from exc
     if not isinstance(item, str):
         raise InvalidInput(f"{where}: item {index} must be text, got {type(item).__name__}")
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate, as JSON's "\ud800" allows
+        raise InvalidInput(f"{where}: item {index} is not valid Unicode text") from exc
     if not item.strip():
         raise InvalidInput(f"{where}: item {index} is empty text")
 
@@ -181,7 +185,7 @@ def _array(key: str, value: Any, source: dict, spec: TensorSpec) -> np.ndarray:
         raise InvalidInput(f"input {key!r}: expected nested lists of numbers")
     try:
         array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an integer like 10**400
         raise InvalidInput(f"input {key!r}: expected a rectangular array of numbers") from exc
     if array.ndim == len(spec.shape):
         array = array[np.newaxis]
@@ -217,7 +221,10 @@ def _named_features(key: str, value: Any, source: dict, spec: TensorSpec) -> np.
             number = item[name]
             if isinstance(number, bool) or not isinstance(number, int | float):
                 raise InvalidInput(f"input {key!r} item {index}: feature {name!r} must be a number")
-            rows[index, column] = number
+            try:
+                rows[index, column] = number
+            except OverflowError as exc:  # an integer past float64, like 10**400
+                raise InvalidInput(f"input {key!r} item {index}: feature {name!r} is out of range") from exc
     return rows.astype(NUMPY_DTYPES[spec.datatype])
 
 

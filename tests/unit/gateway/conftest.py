@@ -112,3 +112,30 @@ def make_gateway(repository):
 @pytest.fixture
 def gateway(make_gateway):
     return make_gateway()
+
+
+BUILTIN_TASKS = ("image-classify", "tabular-classify", "text-embedding")
+
+
+@pytest.fixture
+def builtin_gateway(tmp_path):
+    """A gateway (in-memory producer and store, auth disabled) over the built-in tasks' model.yaml
+    templates, each with a version directory holding placeholder files: the gateway reads only
+    the yaml, so nothing needs building."""
+    templates = Path(__file__).resolve().parents[3] / "models" / "builtin" / "templates"
+    for task in BUILTIN_TASKS:
+        raw = yaml.safe_load((templates / f"{task}.yaml").read_text())
+        version = tmp_path / task / "1"
+        version.mkdir(parents=True)
+        (tmp_path / task / "model.yaml").write_text(yaml.safe_dump(raw))
+        for name in (raw["artifact"], (raw.get("preprocess") or {}).get("tokenizer")):
+            if name:
+                (version / name).write_bytes(b"placeholder")
+    app = create_app(Settings(model_repository=tmp_path, auth="disabled", max_body_bytes=1 << 20))
+    store = MemoryStore()
+    store.workers = {"w1": list(BUILTIN_TASKS)}
+    producer = MemoryProducer()
+    app.state.service = InferenceService(producer, store, tmp_path, "unit", max_wait_s=2)
+    client = TestClient(app, raise_server_exceptions=False)
+    client.producer, client.store = producer, store
+    return client
