@@ -215,33 +215,36 @@ INFER = {"response_model": None, "responses": {**ERRORS, 200: {
     "description": f"V2 JSON; or, when outputs are asked as binary data, {HEADER} bytes of that JSON "
                    "(binary outputs with parameters.binary_data_size instead of data), then their raw bytes",
     "headers": {HEADER: {"description": "length of the JSON header of a binary answer",
-                         "schema": {"type": "integer"}}}}},
-    "openapi_extra": {"requestBody": {"content": {MEDIA_TYPE: BINARY_BODY}}}}
-HeaderLength = Annotated[int | None, Header(alias=HEADER, ge=0, description=(
-    "binary tensor data extension: the body is this many bytes of JSON (InferRequest), then the bytes "
-    "of each input with parameters.binary_data_size, in order; without it the body is JSON whatever "
-    "its Content-Type"))]
+                         "schema": {"type": "integer"}}}}}}
+# NOTE: a binary request (header Inference-Header-Content-Length) is described in the docstring,
+# not declared: as a schema it admits any bytes and any length, and most of those are a 400.
 METADATA = {"response_model": ModelMetadata, "responses": {**OIP_ERRORS, 404: ERRORS[404]}}
 READY = {"response_model": ModelReady, "responses": {**OIP_ERRORS, 404: ERRORS[404], 503: ERRORS[503]}}
 
 
 @router.post("/v2/models/{task}/infer", **INFER)
 async def infer(task: str, body: InferRequest, request: Request, principal: Caller, wait: WaitQuery = None,
-                prefer: PreferHeader = None, header_length: HeaderLength = None) -> Response:
+                prefer: PreferHeader = None) -> Response:
     """Run an inference synchronously: publish the request to Kafka and answer with its outputs
     once a worker has produced them (within ``?wait=S``/``Prefer: wait=S``, by default the
     gateway's maximum wait; past it 504 INFERENCE_TIMEOUT, and the result stays readable at
-    ``/v1/results/{request_id}``). ``outputs`` selects output tensors by name. The body is JSON
-    whatever its Content-Type; tensor data may be binary (binary tensor data extension: inputs
-    with ``binary_data_size`` and ``Inference-Header-Content-Length``; outputs with
-    ``binary_data: true`` or the request's ``binary_data_output``). ``model_name`` is the task."""
+    ``/v1/results/{request_id}``). ``outputs`` selects output tensors by name; ``model_name`` is
+    the task.
+
+    The body is JSON whatever its Content-Type (Triton's client sends none). Binary tensor data
+    extension: with header ``Inference-Header-Content-Length: N`` the body is N bytes of this JSON,
+    then the raw bytes (little-endian, row-major; BYTES elements each a 4-byte little-endian length
+    and the bytes) of each input whose ``parameters.binary_data_size`` gives their length, in
+    order. Outputs asked with ``parameters.binary_data: true`` (or all, by the request's
+    ``binary_data_output``) are answered as ``application/octet-stream``: the header's N bytes of
+    JSON, where such an output has ``parameters.binary_data_size`` instead of ``data``, then their
+    bytes in order."""
     return await _infer(request, principal, task, None, body, wait, prefer)
 
 
 @router.post("/v2/models/{task}/versions/{version}/infer", **INFER)
 async def infer_version(task: str, version: str, body: InferRequest, request: Request, principal: Caller,
-                        wait: WaitQuery = None, prefer: PreferHeader = None,
-                        header_length: HeaderLength = None) -> Response:
+                        wait: WaitQuery = None, prefer: PreferHeader = None) -> Response:
     """Like ``POST /v2/models/{task}/infer``, run by the given model version."""
     return await _infer(request, principal, task, version, body, wait, prefer)
 
