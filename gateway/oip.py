@@ -150,9 +150,9 @@ ERRORS = {**OIP_ERRORS, **{code: {"model": OIPErrorBody, "description": text} fo
 
 
 def _version_of(config: ModelConfig, version: str | None) -> None:
-    if version is not None and version not in config.versions:
-        raise NotFound(f"task {config.task!r} has no model version {version!r}",
-                       code="MODEL_VERSION_NOT_FOUND", details={"versions": list(config.versions)})
+    if version is not None and version not in config.served_versions:
+        raise NotFound(f"task {config.task!r} serves no model version {version!r}",
+                       code="MODEL_VERSION_NOT_FOUND", details={"versions": list(config.served_versions)})
 
 
 def _submission(task: str, body: InferRequest, version: str | None, principal: Principal) -> Submission:

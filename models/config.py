@@ -39,6 +39,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+SERVED_VERSIONS = 2
+"""Versions of a task held loaded at once: the default and the one before it (a rollback, or
+clients pinned to it while they move)."""
+
 CONFIG_FILE = "model.yaml"
 TASK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")  # \Z: "$" accepts a trailing newline
 BACKENDS = ("onnxruntime", "torch")
@@ -94,6 +98,16 @@ class ModelConfig:
     # Additions beyond the first sketch of the interface, defaulted so callers need not care.
     artifact: str = ""
     version_policy: str = "latest"
+
+    @property
+    def served_versions(self) -> tuple[str, ...]:
+        """The versions requests may name: the default one and the newest others, SERVED_VERSIONS
+        in all (like Triton's ``latest {num_versions: N}``). Older ones are unloaded by workers and
+        refused by the gateway: a client must not keep any model ever built in memory."""
+        if self.default_version is None:
+            return ()
+        others = [v for v in reversed(self.versions) if v != self.default_version][:SERVED_VERSIONS - 1]
+        return tuple(v for v in self.versions if v == self.default_version or v in others)
 
     def version_path(self, version: str | None = None) -> Path:
         """Directory of ``version`` (default: ``default_version``); raises ModelVersionNotFound."""

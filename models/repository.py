@@ -83,6 +83,11 @@ class ModelRepository:
         with self._lock:
             return list(self._models.values())
 
+    def unload(self, task: str, version: str) -> Model | None:
+        """Forget the loaded model of ``task`` at ``version`` (its memory goes with the last user)."""
+        with self._lock:
+            return self._models.pop((task, str(version)), None)
+
     def load(self, task: str, version: str | None = None) -> Model:
         """The loaded and warmed-up model of ``task`` at ``version`` (default: the task's default)."""
         config = self.get_config(task)

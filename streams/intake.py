@@ -84,9 +84,9 @@ class Intake:
                 raise Refusal("INVALID_TIMESTAMP", f"{name} {value} is not a time in years 1970-9999",
                               "InvalidTimestamp", request=request, status=Status.REJECTED)
         config = self._repository.get_config(request.task)
-        if request.model_version is not None and request.model_version not in config.versions:
-            raise Refusal("MODEL_VERSION_NOT_FOUND", f"task {request.task!r} has no version "
-                          f"{request.model_version[:100]!r} (available: {list(config.versions)})",
+        if request.model_version is not None and request.model_version not in config.served_versions:
+            raise Refusal("MODEL_VERSION_NOT_FOUND", f"task {request.task!r} serves no version "
+                          f"{request.model_version[:100]!r} (served: {list(config.served_versions)})",
                           "ModelVersionNotFound", request=request, status=Status.FAILED)
         inputs = {}
         for tensor in request.inputs:

@@ -57,6 +57,7 @@ class RequestProcessor:
         """model -> its free instances (batches computing at once)."""
         self._active: dict[str, str] = {}
         """task -> the version serving requests that name none (switched by hot reload)."""
+        self._retiring: set[asyncio.Task] = set()
         self._closed = True
 
     async def start(self) -> None:
@@ -76,6 +77,8 @@ class RequestProcessor:
         self._closed = True
         for batcher in self._batchers.values():
             await batcher.drain()
+        if self._retiring:
+            await asyncio.wait(list(self._retiring))
         # results still on their way must land before the acks; on an outage they give up
         self._outcomes.closed = True
         await self._outcomes.flush()
@@ -125,7 +128,21 @@ class RequestProcessor:
             self._active[task] = wanted
             switched.append((task, wanted))
             logger.info("task %s now served by version %s (was %s)", task, wanted, current)
+        for key in [k for k in self._batchers if k[1] not in self._repository.get_config(k[0]).served_versions]:
+            retiring = asyncio.create_task(self._retire(key, self._batchers.pop(key)))
+            self._retiring.add(retiring)
+            retiring.add_done_callback(self._retiring.discard)
         return switched
+
+    async def _retire(self, key: tuple[str, str], batcher: InferenceBatcher[PendingRequest]) -> None:
+        """A version no longer served: what is queued for it finishes, then it is unloaded."""
+        await batcher.drain()
+        for item in await batcher.stop():
+            self.ledger.give_up(item.entry)
+        model = self._repository.unload(*key)
+        self._compute.pop(model, None)
+        logger.info("task %s: version %s unloaded (served now: %s)", key[0], key[1],
+                    list(self._repository.get_config(key[0]).served_versions))
 
     async def _batcher_for(self, task: str, version: str | None) -> InferenceBatcher[PendingRequest]:
         config = self._repository.get_config(task)

@@ -58,4 +58,26 @@ async def test_a_new_version_directory_takes_traffic_without_a_restart(make_stac
                 break
             await asyncio.sleep(0.2)
         assert tasks[0]["versions"] == ["1", "2"] and tasks[0]["default_version"] == "2"
+
+        # version 3: only the two newest are served; version 1 is unloaded and refused
+        shutil.copytree(task_dir / "1", task_dir / "tmp-3")
+        (task_dir / "tmp-3").rename(task_dir / "3")
+        deadline = time.monotonic() + 30
+        while served["model"]["version"] != "3" and time.monotonic() < deadline:
+            await asyncio.sleep(0.3)
+            served = await infer()
+        assert served["model"]["version"] == "3"
+        assert (await infer(model_version="2"))["model"]["version"] == "2", "the one before still serves"
+        deadline = time.monotonic() + 10
+        while True:
+            refused = await client.post("/v1/infer/tabular-classify", json={**body, "model_version": "1"})
+            if refused.status_code == 404 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.3)
+        assert refused.status_code == 404 and refused.json()["error_code"] == "MODEL_VERSION_NOT_FOUND"
+        assert refused.json()["details"]["versions"] == ["2", "3"]
     assert worker.poll() is None, "no restart"
+    deadline = time.monotonic() + 10
+    while "version 1 unloaded" not in stack.worker_logs[0].read_text() and time.monotonic() < deadline:
+        await asyncio.sleep(0.3)
+    assert "version 1 unloaded" in stack.worker_logs[0].read_text(), "the worker let version 1 go"

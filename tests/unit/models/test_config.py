@@ -230,3 +230,17 @@ def test_yaml_round_trip_of_a_template_is_stable(make_model_dir, classifier_yaml
     raw = classifier_yaml("onnxruntime")
     model_dir = make_model_dir(raw)
     assert yaml.safe_load((model_dir / "model.yaml").read_text()) == raw
+
+
+def test_served_versions_are_the_default_and_the_newest_other():
+    import dataclasses
+
+    from helpers.worker_fakes import config
+
+    base = config()
+    assert dataclasses.replace(base, versions=("1",), default_version="1").served_versions == ("1",)
+    three = dataclasses.replace(base, versions=("1", "2", "3"), default_version="3")
+    assert three.served_versions == ("2", "3")
+    pinned = dataclasses.replace(three, default_version="1", version_policy="1")
+    assert pinned.served_versions == ("1", "3"), "a pin and the newest build"
+    assert dataclasses.replace(three, default_version=None).served_versions == ()
