@@ -66,7 +66,7 @@ async def infer(task: str, body: InferBody, request: Request, principal: Caller,
     require(principal, "inference:submit")
     svc = service(request)
     wait_s = svc.wait_seconds(wait, prefer)
-    inference = svc.build_request(Submission(
+    inference = await svc.prepare_request(Submission(
         task=task, inputs=body.inputs, priority=body.priority, model_version=body.model_version,
         deadline_ms=body.deadline_ms, parameters={k: str(v) for k, v in body.parameters.items()},
         trace={"traceparent": traceparent} if traceparent else {}, idempotency_key=idempotency_key,

@@ -3,6 +3,7 @@ result. Kept apart from FastAPI so routes stay thin adapters."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -44,6 +45,9 @@ logger = logging.getLogger(__name__)
 ACTOR = "gateway"
 MAX_DEADLINE_MS = 366 * 24 * 3600 * 1000
 """A year: a longer deadline is no deadline, and past year 9999 no timestamp at all."""
+DECODE_SLOTS = 4
+"""Requests whose images are decoded at once, each in a worker thread: bounds the gateway's CPU
+and memory spent on decoding, and keeps it off the event loop."""
 UNSERVED_RETRY_AFTER_S = 5
 """Retry-After for a task no worker has served yet: starting a worker takes seconds."""
 
@@ -75,6 +79,7 @@ class InferenceService:
         self.max_lag_per_task = max_lag_per_task
         self.limits = limits or InputLimits()
         self.served = ServedTasks(store)
+        self._decode_slots: asyncio.Semaphore | None = None  # made in the running loop
         self.refresh_tasks()
 
     def refresh_tasks(self) -> None:
@@ -89,6 +94,18 @@ class InferenceService:
         except KeyError:
             raise NotFound(f"no task named {task!r}", code="TASK_NOT_FOUND",
                            details={"tasks": sorted(self.configs)}) from None
+
+    async def prepare_request(self, sub: Submission) -> InferenceRequest:
+        """:meth:`build_request` for the routes: for a task with image inputs, in a worker thread
+        (at most DECODE_SLOTS at once), since decoding blocks for as long as the image is large;
+        inline for the others, whose checks cost microseconds."""
+        config = self.config(sub.task)
+        if not any(source["kind"] == "image" for source in config.friendly.get("inputs", {}).values()):
+            return self.build_request(sub)
+        if self._decode_slots is None:
+            self._decode_slots = asyncio.Semaphore(DECODE_SLOTS)
+        async with self._decode_slots:
+            return await asyncio.to_thread(self.build_request, sub)
 
     def build_request(self, sub: Submission) -> InferenceRequest:
         config = self.config(sub.task)

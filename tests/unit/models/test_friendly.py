@@ -343,3 +343,73 @@ def test_friendly_imports_no_heavy_runtime():
         "assert 'PIL' not in sys.modules  # only loaded when an image arrives\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- images refused before decoding (review finding 1 of issue 11) -------------------------------
+
+
+def _encoded(image: Image.Image, fmt: str) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """Counts the images Pillow decodes (ImageFile.load), headers aside."""
+    from PIL import ImageFile
+
+    count = {"n": 0}
+    load = ImageFile.ImageFile.load
+
+    def counted(self):
+        count["n"] += 1
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counted)
+    return count
+
+
+def test_a_huge_declared_image_is_refused_from_its_header(image_config, decodes):
+    bomb = _encoded(Image.new("1", (4096, 4096)), "PNG")  # a few KB of base64
+    assert len(bomb) < 10_000
+    with pytest.raises(InvalidInput, match="4096x4096 is too large"):
+        friendly_to_tensors(image_config, {"image": bomb})
+    assert decodes["n"] == 0
+
+
+def test_a_batch_over_the_limit_is_refused_before_decoding(image_config, decodes):
+    small = _png(_digit_like())
+    with pytest.raises(InvalidInput, match="batch of 65 items"):
+        friendly_to_tensors(image_config, {"image": [small] * 65})
+    assert decodes["n"] == 0
+
+
+def test_one_bad_image_refuses_the_batch_before_any_is_decoded(image_config, decodes):
+    good, bad = _png(_digit_like()), _encoded(Image.new("1", (4096, 4096)), "PNG")
+    with pytest.raises(InvalidInput, match="item 3: image of 4096x4096"):
+        friendly_to_tensors(image_config, {"image": [good, good, good, bad]})
+    assert decodes["n"] == 0
+
+
+def test_all_the_images_of_a_request_are_bounded_together(image_config, decodes):
+    from models.friendly import MAX_IMAGE_PIXELS, MAX_REQUEST_IMAGE_PIXELS
+
+    side = int(MAX_IMAGE_PIXELS ** 0.5)
+    each = _encoded(Image.new("1", (side, side)), "PNG")
+    count = MAX_REQUEST_IMAGE_PIXELS // MAX_IMAGE_PIXELS + 1
+    with pytest.raises(InvalidInput, match="pixels in all"):
+        friendly_to_tensors(image_config, {"image": [each] * count})
+    assert decodes["n"] == 0
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF", "WEBP", "PPM"])
+def test_only_png_and_jpeg_are_accepted(image_config, fmt):
+    image = Image.fromarray(np.full((8, 8), 200, dtype=np.uint8))
+    with pytest.raises(InvalidInput, match="PNG or JPEG"):
+        friendly_to_tensors(image_config, {"image": _encoded(image, fmt)})
+
+
+def test_jpeg_is_accepted(image_config):
+    image = Image.fromarray(np.full((16, 16), 255, dtype=np.uint8))
+    assert friendly_to_tensors(image_config, {"image": _encoded(image, "JPEG")})["pixels"].shape == (1, 8, 8)
