@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from schemas.codec import AvroCodec
+from schemas.registry import RegistryClient
 
 from .admin import router as admin_router
 from .apikeys import ApiKeyStore
@@ -50,8 +51,12 @@ async def _cancel(task: asyncio.Task) -> None:
     await asyncio.wait([task])
 
 
-def create_app(settings: Any) -> FastAPI:
-    """``settings``: the shell's Settings (duck-typed: the gateway does not import the shell)."""
+def create_app(settings: Any, *, kafka_options: dict[str, Any] | None = None,
+               registry: RegistryClient | None = None) -> FastAPI:
+    """``settings``: the shell's Settings (duck-typed: the gateway does not import the shell);
+    ``kafka_options``: aiokafka's security keyword arguments, ``registry``: a registry client with
+    its auth and TLS (both built by the shell)."""
+    kafka_options = dict(kafka_options or {})
     if settings.auth is None:
         raise AuthNotConfigured(
             "refusing to start without authentication: set STREAMINFER_AUTH to jwt, apikey or "
@@ -65,10 +70,11 @@ def create_app(settings: Any) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        codec = AvroCodec(registry_url=settings.schema_registry_url)
+        codec = AvroCodec(registry_url=None if registry else settings.schema_registry_url, registry=registry)
         producer = RequestProducer(settings.kafka_bootstrap_servers, codec, settings.topic_prefix,
                                    linger_ms=settings.kafka_linger_ms,
-                                   request_timeout_ms=settings.kafka_request_timeout_ms)
+                                   request_timeout_ms=settings.kafka_request_timeout_ms,
+                                   kafka_options=kafka_options)
         store = ResultStore(settings.redis_dsn, codec, settings.topic_prefix, settings.result_ttl_s)
         service = InferenceService(producer, store, settings.model_repository, settings.topic_prefix,
                                    settings.max_wait_s, settings.task_list,
@@ -76,7 +82,7 @@ def create_app(settings: Any) -> FastAPI:
                                    limits=InputLimits(settings.max_text_chars, settings.max_image_bytes,
                                                       settings.max_parameters))
         lag = LagMonitor(settings.kafka_bootstrap_servers, settings.group_id, settings.topic_prefix,
-                         sorted(service.configs))
+                         sorted(service.configs), kafka_options=kafka_options)
         async with AsyncExitStack() as stack:
             for component in (producer, store, lag):
                 await component.start()

@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 
 class LagMonitor:
     def __init__(self, bootstrap_servers: str, group_id: str, prefix: str, tasks: list[str],
-                 interval_s: float = 1.0) -> None:
+                 interval_s: float = 1.0, kafka_options: dict | None = None) -> None:
+        self._kafka_options = dict(kafka_options or {})
         self._bootstrap = bootstrap_servers
         self._group_id = group_id
         self._prefix = prefix
@@ -30,9 +31,10 @@ class LagMonitor:
         """(task, priority) -> messages not yet committed by the workers' group."""
 
     async def start(self) -> None:
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=5000)
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=5000,
+                                          **self._kafka_options)
         self._offsets = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False,
-                                         request_timeout_ms=5000)
+                                         request_timeout_ms=5000, **self._kafka_options)
         await self._admin.start()
         await self._offsets.start()
         self._closed = False

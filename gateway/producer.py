@@ -24,7 +24,9 @@ logger = logging.getLogger(__name__)
 class RequestProducer:
     def __init__(self, bootstrap_servers: str, codec: AvroCodec, prefix: str,
                  linger_ms: int = 2, request_timeout_ms: int = 10_000, probe_timeout_s: float = 2.0,
-                 probe_cache_s: float = 1.0) -> None:
+                 probe_cache_s: float = 1.0, kafka_options: dict | None = None) -> None:
+        """``kafka_options``: security keyword arguments of aiokafka (TLS, SASL), from the shell."""
+        self._kafka_options = dict(kafka_options or {})
         self._bootstrap = bootstrap_servers
         self._codec = codec
         self._prefix = prefix
@@ -40,7 +42,7 @@ class RequestProducer:
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap, linger_ms=self._linger_ms, acks="all",
-            request_timeout_ms=int(self._timeout_s * 1000),
+            request_timeout_ms=int(self._timeout_s * 1000), **self._kafka_options,
         )
         await self._producer.start()
         self._closed = False

@@ -29,19 +29,33 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import AuthNotConfigured, create_app
+    from schemas.registry import RegistryClient
 
+    from .connectivity import (
+        ConnectivityError,
+        kafka_options,
+        registry_client,
+        registry_url,
+        uvicorn_ssl,
+    )
     from .telemetry import logging_config, setup_logging
 
     settings = Settings()
     setup_logging(args.log_level)
     try:
-        app = create_app(settings)
+        http = registry_client(settings)
+        registry = RegistryClient(registry_url(settings), client=http) if http is not None else None
+        app = create_app(settings, kafka_options=kafka_options(settings), registry=registry)
     except AuthNotConfigured as exc:
         print(f"streaminfer gateway: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_ensure_topics(settings, settings.task_list))
+    try:
+        asyncio.run(_ensure_topics(settings, settings.task_list))
+    except ConnectivityError as exc:
+        print(f"streaminfer gateway: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port,
-                log_config=logging_config(args.log_level), access_log=False)
+                log_config=logging_config(args.log_level), access_log=False, **uvicorn_ssl(settings))
     return 0
 
 
@@ -61,6 +75,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from streams.app import WorkerOptions, create_worker
 
+    from .connectivity import (
+        ConnectivityError,
+        faust_credentials,
+        kafka_options,
+        kafka_ssl_context,
+        registry_client,
+        registry_url,
+    )
     from .telemetry import logging_config, setup_logging
 
     settings = Settings()
@@ -68,11 +90,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     chosen = _tasks_arg(args.tasks) or settings.task_list
-    tasks = loop.run_until_complete(_ensure_topics(settings, chosen))
+    try:
+        tasks = loop.run_until_complete(_ensure_topics(settings, chosen))
+    except ConnectivityError as exc:
+        print(f"streaminfer worker: {exc}", file=sys.stderr)
+        return 2
     if not tasks:
         print("streaminfer worker: no built models in the repository; run `streaminfer models build`",
               file=sys.stderr)
         return 2
+    ssl_context = kafka_ssl_context(settings)
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     app, runtime = create_worker(WorkerOptions(
         bootstrap_servers=settings.kafka_bootstrap_servers, redis_url=settings.redis_dsn,
@@ -84,7 +111,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         result_ttl_s=settings.result_ttl_s, max_queued=settings.worker_queue_items,
         metrics_host=settings.worker_metrics_host, metrics_port=settings.worker_metrics_port, device=settings.device, threads=settings.worker_threads,
         model_poll_s=settings.worker_model_poll_s,
-        schema_registry_url=settings.schema_registry_url,
+        schema_registry_url=registry_url(settings), registry_http=registry_client(settings),
+        kafka_options=kafka_options(settings, ssl_context), broker_credentials=faust_credentials(settings, ssl_context),
         follow_repository=not chosen,  # no explicit list: tasks dropped into the repository are served too
     ), ensure_topics=lambda new: _ensure_topics(settings, new))
     worker = faust.Worker(app, runtime, loop=loop, loglevel=args.log_level.lower(), quiet=True,
@@ -117,8 +145,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     import httpx
 
+    from .connectivity import gateway_url
+
     settings = Settings()
-    url = args.url or f"http://{settings.gateway_host}:{settings.gateway_port}"
+    url = args.url or gateway_url(settings)
     if args.json:
         body = json.loads(args.json)
     elif args.text:
@@ -135,9 +165,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    from .connectivity import ConnectivityError, diagnose_kafka_tls
     from .tail import tail
 
-    return asyncio.run(tail(Settings(), args.stream, task=args.task, request_id=args.request_id,
+    settings = Settings()
+    try:
+        asyncio.run(diagnose_kafka_tls(settings))
+    except ConnectivityError as exc:
+        print(f"streaminfer tail: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(tail(settings, args.stream, task=args.task, request_id=args.request_id,
                             from_beginning=args.from_beginning, max_messages=args.max,
                             idle_timeout_s=args.idle_timeout))
 
@@ -155,8 +192,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
+    from .connectivity import ConnectivityError
+
     settings = Settings()
-    tasks = asyncio.run(_ensure_topics(settings, _tasks_arg(args.tasks)))
+    try:
+        tasks = asyncio.run(_ensure_topics(settings, _tasks_arg(args.tasks)))
+    except ConnectivityError as exc:
+        print(f"streaminfer topics: {exc}", file=sys.stderr)
+        return 2
     print(f"topics of {', '.join(tasks)} exist under prefix {settings.topic_prefix!r} "
           f"({settings.topic_partitions} partitions each when created)")
     return 0
@@ -181,6 +224,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print("streaminfer keys create: --client is required", file=sys.stderr)
             return 2
         scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+        if args.if_absent and any(row["client"] == args.client for row in
+                                  asyncio.run(_with_key_store(settings, lambda store: store.list()))):
+            print(f"{args.client} has an API key already; none created")
+            return 0
         try:
             key = asyncio.run(_with_key_store(settings, lambda store: store.create(args.client, scopes, args.admin)))
         except ValueError as exc:
@@ -277,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cmd.add_argument("--client")
     keys_cmd.add_argument("--scopes", default="inference:submit,inference:read")
     keys_cmd.add_argument("--admin", action="store_true")
+    keys_cmd.add_argument("--if-absent", action="store_true",
+                          help="create: only if the client has no key yet (an init step run on every start)")
     keys_cmd.set_defaults(func=cmd_keys)
 
     config = sub.add_parser("config", help="show the effective settings")
@@ -286,5 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from pydantic import ValidationError
+
     args = build_parser().parse_args(argv)
-    sys.exit(args.func(args))
+    try:
+        code = args.func(args)
+    except ValidationError as exc:  # settings that cannot work: one line each, naming the setting
+        for error in exc.errors():
+            where = "STREAMINFER_" + "_".join(str(p) for p in error["loc"]).upper() if error["loc"] else ""
+            message = error["msg"].removeprefix("Value error, ")
+            print(f"streaminfer {args.command}: {where + ': ' if where else ''}{message}", file=sys.stderr)
+        code = 2
+    sys.exit(code)

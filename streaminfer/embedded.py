@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -47,15 +48,17 @@ def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s}s")
 
 
-def wait_for_http(url: str, procs: Sequence[subprocess.Popen] = (), timeout_s: float = 120.0) -> None:
-    """Until ``url`` answers 200; fails at once when one of ``procs`` exits first."""
+def wait_for_http(url: str, procs: Sequence[subprocess.Popen] = (), timeout_s: float = 120.0,
+                  verify: Any = True) -> None:
+    """Until ``url`` answers 200; fails at once when one of ``procs`` exits first. ``verify``: as
+    httpx takes it (a CA file's SSLContext for an https gateway)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
                 raise RuntimeError(f"{' '.join(map(str, proc.args))} exited with {proc.returncode} during start-up")
         try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
+            if httpx.get(url, timeout=1.0, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

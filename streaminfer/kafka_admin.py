@@ -14,17 +14,22 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from schemas.topics import all_topics
 
+from .connectivity import diagnose_kafka_tls, kafka_options
+
 logger = logging.getLogger(__name__)
 
 
 async def ensure_topics(
     bootstrap_servers: str, names: list[str], partitions: int, replication: int = 1,
-    timeout_s: float = 30.0,
+    timeout_s: float = 30.0, options: dict | None = None, settings=None,
 ) -> list[str]:
-    """Create the missing topics among ``names``; return the ones created."""
+    """Create the missing topics among ``names``; return the ones created. ``options``: aiokafka
+    security arguments; with ``settings``, a TLS failure a setting explains is raised at once
+    (ConnectivityError) instead of retried."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000,
+                                    **(options or {}))
         try:
             await admin.start()
             existing = set(await admin.list_topics())
@@ -36,6 +41,8 @@ async def ensure_topics(
                 logger.info("created %d topics with %d partitions", len(missing), partitions)
             return missing
         except KafkaConnectionError:
+            if settings is not None:
+                await diagnose_kafka_tls(settings)
             if asyncio.get_running_loop().time() > deadline:
                 raise
             logger.warning("broker %s not reachable yet; retrying", bootstrap_servers)
@@ -52,4 +59,5 @@ async def ensure_contract_topics(settings, tasks: list[str]) -> list[str]:
     return await ensure_topics(
         settings.kafka_bootstrap_servers, all_topics(settings.topic_prefix, tasks),
         settings.topic_partitions, settings.topic_replication,
+        options=kafka_options(settings), settings=settings,
     )

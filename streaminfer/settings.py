@@ -8,8 +8,10 @@ grouped below by the component that reads them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # NOTE: not models.builtin.default_repository: importing that pulls in the model builders,
@@ -41,12 +43,31 @@ class Settings(BaseSettings):
     """Partitions of the topics created at start-up."""
     topic_replication: int = Field(1, ge=1)
     """Replication factor of the topics created at start-up."""
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How every Kafka client connects (``SSL`` and ``SASL_SSL`` use TLS)."""
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """SASL mechanism; required with a ``SASL_*`` protocol."""
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    """CA bundle that signs the brokers' certificates; unset = the system's CAs."""
+    kafka_ssl_certfile: Path | None = None
+    """Client certificate (mutual TLS), with ``kafka_ssl_keyfile``."""
+    kafka_ssl_keyfile: Path | None = None
     schema_registry_url: str | None = None
     """Confluent-compatible schema registry; unset = Avro single-object encoding."""
+    schema_registry_username: str | None = None
+    """Registry basic auth (credentials in the URL itself are not used)."""
+    schema_registry_password: SecretStr | None = None
+    schema_registry_cafile: Path | None = None
+    """CA bundle for an ``https://`` registry; unset = the system's CAs."""
 
     # --- Redis ---
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
-    """Redis URL (may hold a password, hence secret)."""
+    """Redis URL (may hold a password, hence secret); ``rediss://user:password@host:port/db`` for
+    TLS and ACL auth."""
+    redis_ssl_cafile: Path | None = None
+    """CA bundle for ``rediss://`` URLs; unset = the system's CAs."""
     result_ttl_s: int = Field(24 * 3600, ge=1)
     """How long results (and the status of requests) are kept in Redis."""
 
@@ -61,6 +82,9 @@ class Settings(BaseSettings):
     # --- gateway ---
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(8000, ge=0, le=65535)
+    gateway_ssl_certfile: Path | None = None
+    """Certificate chain: with ``gateway_ssl_keyfile`` the gateway serves HTTPS."""
+    gateway_ssl_keyfile: Path | None = None
     auth: str | None = None
     """``jwt``, ``apikey``, ``jwt,apikey`` or ``disabled``; unset = the gateway refuses to start."""
     jwt_public_keys: str | None = None
@@ -107,6 +131,21 @@ class Settings(BaseSettings):
             raise ValueError(f"STREAMINFER_AUTH must be jwt, apikey, jwt,apikey or disabled, not {value!r}")
         return ",".join(sorted(modes))
 
+    @model_validator(mode="after")
+    def _check_connectivity(self) -> Settings:
+        problems = connectivity_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def kafka_uses_tls(self) -> bool:
+        return self.kafka_security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def gateway_uses_tls(self) -> bool:
+        return self.gateway_ssl_certfile is not None
+
     @property
     def task_list(self) -> list[str] | None:
         return [t.strip() for t in self.tasks.split(",") if t.strip()] if self.tasks else None
@@ -117,21 +156,78 @@ class Settings(BaseSettings):
 
     @property
     def redis_dsn(self) -> str:
-        return self.redis_url.get_secret_value()
+        """The URL every Redis client is made from; for ``rediss://`` it carries the CA bundle
+        (redis-py reads ``ssl_ca_certs`` from the query), so one place decides it for all."""
+        url = self.redis_url.get_secret_value()
+        if self.redis_ssl_cafile is None or not url.startswith("rediss://") or "ssl_ca_certs=" in url:
+            return url
+        sep = "&" if "?" in url else "?"
+        return f"{url}{sep}ssl_ca_certs={quote(str(self.redis_ssl_cafile), safe='/')}"
 
     @property
     def auth_disabled(self) -> bool:
         return self.auth == "disabled"
 
     def summary(self) -> dict:
-        """What ``/info`` and ``config show`` print: no secrets."""
-        data = self.model_dump(mode="json", exclude={"redis_url", "jwt_public_keys"})
-        data["redis_url"] = _redact_url(self.redis_dsn)
+        """What ``/info`` and ``config show`` print: no secrets (passwords, also those inside
+        URLs, become ``***``; a password that is set shows as ``***``, unset as null)."""
+        data = self.model_dump(mode="json", exclude={"jwt_public_keys", *SECRET_FIELDS})
+        for name in SECRET_FIELDS:
+            data[name] = None if getattr(self, name) is None else REDACTED
+        data["redis_url"] = redact_url(self.redis_url.get_secret_value())
+        data["schema_registry_url"] = redact_url(self.schema_registry_url)
+        data["jwt_public_keys"] = None if self.jwt_public_keys is None else REDACTED
         return data
 
 
-def _redact_url(url: str) -> str:
-    if "@" not in url:
+REDACTED = "***"
+SECRET_FIELDS = ("redis_url", "kafka_sasl_password", "schema_registry_password")
+
+
+def redact_url(url: str | None) -> str | None:
+    """``scheme://user:***@host/...``: the password of a URL hidden, the rest kept."""
+    if not url or "@" not in url:
         return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    parts = urlsplit(url)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, has_password, _ = userinfo.partition(":")
+    netloc = f"{user}:{REDACTED}@{host}" if has_password else f"{REDACTED}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connectivity_problems(settings: Settings) -> list[str]:
+    """Combinations of the connectivity settings that cannot work, each naming its setting."""
+    problems = []
+    sasl = settings.kafka_security_protocol.startswith("SASL_")
+    if sasl and settings.kafka_sasl_mechanism is None:
+        problems.append(f"STREAMINFER_KAFKA_SASL_MECHANISM is required with "
+                        f"STREAMINFER_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol}")
+    if sasl and not settings.kafka_sasl_username:
+        problems.append(f"STREAMINFER_KAFKA_SASL_USERNAME is required with "
+                        f"STREAMINFER_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol}")
+    if sasl and settings.kafka_sasl_password is None:
+        problems.append(f"STREAMINFER_KAFKA_SASL_PASSWORD is required with "
+                        f"STREAMINFER_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol}")
+    if not sasl and (settings.kafka_sasl_mechanism or settings.kafka_sasl_username):
+        problems.append(f"STREAMINFER_KAFKA_SASL_MECHANISM/USERNAME need STREAMINFER_KAFKA_SECURITY_PROTOCOL "
+                        f"SASL_PLAINTEXT or SASL_SSL, not {settings.kafka_security_protocol}")
+    tls_files = (settings.kafka_ssl_cafile, settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
+    if not settings.kafka_uses_tls and any(f is not None for f in tls_files):
+        problems.append(f"STREAMINFER_KAFKA_SSL_* files need STREAMINFER_KAFKA_SECURITY_PROTOCOL SSL or "
+                        f"SASL_SSL, not {settings.kafka_security_protocol}")
+    for prefix in ("KAFKA", "GATEWAY"):
+        cert = getattr(settings, f"{prefix.lower()}_ssl_certfile")
+        key = getattr(settings, f"{prefix.lower()}_ssl_keyfile")
+        if (cert is None) != (key is None):
+            given, missing = ("CERTFILE", "KEYFILE") if key is None else ("KEYFILE", "CERTFILE")
+            problems.append(f"STREAMINFER_{prefix}_SSL_{missing} is required with STREAMINFER_{prefix}_SSL_{given}")
+    if settings.redis_ssl_cafile is not None and not settings.redis_url.get_secret_value().startswith("rediss://"):
+        problems.append("STREAMINFER_REDIS_SSL_CAFILE needs a rediss:// STREAMINFER_REDIS_URL")
+    if (settings.schema_registry_username is None) != (settings.schema_registry_password is None):
+        problems.append("STREAMINFER_SCHEMA_REGISTRY_USERNAME and STREAMINFER_SCHEMA_REGISTRY_PASSWORD go together")
+    for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "redis_ssl_cafile",
+                 "gateway_ssl_certfile", "gateway_ssl_keyfile", "schema_registry_cafile"):
+        path = getattr(settings, name)
+        if path is not None and not path.is_file():
+            problems.append(f"STREAMINFER_{name.upper()}: no such file {str(path)!r}")
+    return problems

@@ -13,10 +13,10 @@ import uuid
 from aiokafka import AIOKafkaConsumer
 
 from schemas import topics
-from schemas.codec import AvroCodec
 from schemas.errors import SchemaError
 from schemas.records import AuditEvent, DeadLetter, InferenceResult
 
+from .connectivity import avro_codec, kafka_options
 from .settings import Settings
 
 
@@ -49,12 +49,12 @@ async def tail(settings: Settings, stream: str, *, task: str | None = None, requ
                from_beginning: bool = False, max_messages: int | None = None,
                idle_timeout_s: float | None = None, out=sys.stdout) -> int:
     names, pattern, record_type = _topics(settings, stream, task)
-    codec = AvroCodec(registry_url=settings.schema_registry_url)
+    codec = avro_codec(settings)
     consumer = AIOKafkaConsumer(
         *(names or ()), bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=f"streaminfer-tail-{uuid.uuid4().hex[:8]}", enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
-        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms, **kafka_options(settings),
     )
     if pattern:
         consumer.subscribe(pattern=pattern)

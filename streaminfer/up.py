@@ -15,8 +15,14 @@ import time
 from pathlib import Path
 
 from . import embedded
+from .connectivity import gateway_url
 from .kafka_admin import ensure_contract_topics
 from .settings import Settings
+
+EMBEDDED_PLAIN = ("STREAMINFER_KAFKA_SECURITY_PROTOCOL", "STREAMINFER_KAFKA_SASL_MECHANISM",
+                  "STREAMINFER_KAFKA_SASL_USERNAME", "STREAMINFER_KAFKA_SASL_PASSWORD",
+                  "STREAMINFER_KAFKA_SSL_CAFILE", "STREAMINFER_KAFKA_SSL_CERTFILE",
+                  "STREAMINFER_KAFKA_SSL_KEYFILE", "STREAMINFER_REDIS_SSL_CAFILE")
 
 
 def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -37,7 +43,7 @@ async def _dev_key(env: dict[str, str]) -> str:
 
     from gateway.apikeys import ApiKeyStore
 
-    redis = Redis.from_url(env["STREAMINFER_REDIS_URL"])
+    redis = Redis.from_url(Settings(redis_url=env["STREAMINFER_REDIS_URL"]).redis_dsn)
     try:
         store = ApiKeyStore(redis, env.get("STREAMINFER_TOPIC_PREFIX", "streaminfer"))
         return await store.create("dev", ["inference:submit", "inference:read"], admin=True)
@@ -81,9 +87,15 @@ def run_up(args: argparse.Namespace) -> int:
             "STREAMINFER_GATEWAY_PORT": str(gateway_port),
             "STREAMINFER_AUTH": env.get("STREAMINFER_AUTH", "apikey"),
         })
+        # NOTE: the embedded broker and Redis speak plain TCP on loopback; only the gateway's own
+        # HTTPS (STREAMINFER_GATEWAY_SSL_*) carries over from the environment.
+        for name in EMBEDDED_PLAIN:
+            env.pop(name, None)
         if args.tasks:
             env["STREAMINFER_TASKS"] = args.tasks
-        settings = Settings(kafka_bootstrap_servers=env["STREAMINFER_KAFKA_BOOTSTRAP_SERVERS"])
+        settings = Settings(kafka_bootstrap_servers=env["STREAMINFER_KAFKA_BOOTSTRAP_SERVERS"],
+                            **{name.removeprefix("STREAMINFER_").lower(): None for name in EMBEDDED_PLAIN[1:]},
+                            kafka_security_protocol="PLAINTEXT")
         tasks = args.tasks.split(",") if args.tasks else sorted(
             t for t, c in load_repository_configs(repo).items() if c.versions)
         asyncio.run(ensure_contract_topics(settings, tasks))
@@ -92,8 +104,9 @@ def run_up(args: argparse.Namespace) -> int:
                 embedded.free_port(base.worker_metrics_port + n)))
             children.append(_spawn(["worker"], worker_env))
         children.append(_spawn(["gateway"], env))
-        url = f"http://{embedded.LOOPBACK}:{gateway_port}"
-        embedded.wait_for_http(f"{url}/ready", children, timeout_s=120)
+        url = gateway_url(base, embedded.LOOPBACK, gateway_port)
+        # NOTE: our own child on loopback; its certificate may name another host, so the probe does not verify it
+        embedded.wait_for_http(f"{url}/ready", children, timeout_s=120, verify=not base.gateway_uses_tls)
         dev_key = asyncio.run(_dev_key(env)) if "apikey" in env["STREAMINFER_AUTH"] else None
         print(f"gateway:  {url}  (docs: {url}/docs)", flush=True)
         print(f"kafka:    {embedded.bootstrap_address(kafka)}", flush=True)

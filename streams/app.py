@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import mode
 from prometheus_client import start_http_server
@@ -16,6 +17,7 @@ from prometheus_client import start_http_server
 from models.repository import ModelRepository
 from schemas.codec import AvroCodec
 from schemas.errors import SchemaError
+from schemas.registry import RegistryClient
 
 from . import metrics
 from .agents import register_agents, start_task_agents
@@ -60,6 +62,12 @@ class WorkerOptions:
     schema_registry_url: str | None = None
     follow_repository: bool = False
     """Serve tasks that appear in the repository while the worker runs (no explicit task list)."""
+    kafka_options: Mapping[str, Any] = field(default_factory=dict)
+    """aiokafka security keyword arguments (TLS, SASL) of the worker's own producer."""
+    broker_credentials: Any = None
+    """The same for faust (``faust.SSLCredentials``/``SASLCredentials``); None = PLAINTEXT."""
+    registry_http: Any = None
+    """An httpx client for the schema registry, with its auth and TLS."""
 
 
 class WorkerRuntime(mode.Service):
@@ -177,11 +185,14 @@ def create_worker(options: WorkerOptions,
                   ensure_topics: Callable[[list[str]], Awaitable[object]] | None = None,
                   ) -> tuple[WorkerApp, WorkerRuntime]:
     """``ensure_topics``: creates a task's topics before a new task is consumed (the shell's)."""
-    codec = AvroCodec(registry_url=options.schema_registry_url)
+    registry = (RegistryClient(options.schema_registry_url, client=options.registry_http)
+                if options.schema_registry_url and options.registry_http is not None else None)
+    codec = AvroCodec(registry_url=None if registry else options.schema_registry_url, registry=registry)
     repository = ModelRepository(options.model_repository, device=options.device,
                                  intra_op_num_threads=options.threads)
     publisher = ResultPublisher(options.bootstrap_servers, options.redis_url, codec, options.topic_prefix,
-                                options.result_ttl_s, linger_ms=options.linger_ms)
+                                options.result_ttl_s, linger_ms=options.linger_ms,
+                                kafka_options=dict(options.kafka_options))
     processor = RequestProcessor(repository=repository, publisher=publisher, codec=codec,
                                  prefix=options.topic_prefix, worker_id=options.worker_id,
                                  tasks=options.tasks, max_queued=options.max_queued)
@@ -189,6 +200,7 @@ def create_worker(options: WorkerOptions,
         options.group_id,
         broker=[f"kafka://{server.strip()}" for server in options.bootstrap_servers.split(",")],
         web_enabled=False,
+        broker_credentials=options.broker_credentials,
         topic_disable_leader=True,
         # NOTE: a private datadir: several workers share a host with nothing fixed but their metrics port.
         datadir=tempfile.mkdtemp(prefix="streaminfer-worker-"),

@@ -80,8 +80,9 @@ class ResultPublisher:
     def __init__(
         self, bootstrap_servers: str, redis_url: str, codec: AvroCodec, prefix: str,
         result_ttl_s: int, linger_ms: int = 2, request_timeout_ms: int = 10_000,
-        max_request_size: int = MAX_REQUEST_BYTES,
+        max_request_size: int = MAX_REQUEST_BYTES, kafka_options: dict | None = None,
     ) -> None:
+        self._kafka_options = dict(kafka_options or {})  # TLS/SASL keyword arguments, from the shell
         self._bootstrap = bootstrap_servers
         self._redis_url = redis_url
         self._codec = codec
@@ -96,7 +97,7 @@ class ResultPublisher:
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap, linger_ms=self._linger_ms, acks="all",
             request_timeout_ms=self._request_timeout_ms, max_batch_size=1 << 20,
-            max_request_size=self._max_request_size,
+            max_request_size=self._max_request_size, **self._kafka_options,
         )
         await self.producer.start()
         pool = BlockingConnectionPool.from_url(self._redis_url, max_connections=64, timeout=10,
