@@ -120,6 +120,15 @@ async def test_kafka_direct_request_over_tls(kafka_tls, redis_tls, pki, model_re
         finally:
             await producer.stop()
             await consumer.stop()
+        # the CLI's Kafka consumer (tail) and Redis client (keys) over the same TLS hops
+        tailed = run_cli(["tail", "results", "--task", TASK, "--from-beginning", "--max", "1",
+                          "--idle-timeout", "15"], stack.env)
+        assert tailed.returncode == 0, tailed.stderr
+        assert request.request_id in tailed.stdout
+        created = run_cli(["keys", "create", "--client", "tls-client"], stack.env)
+        assert created.returncode == 0, created.stderr
+        listed = run_cli(["keys", "list"], stack.env)
+        assert "tls-client" in listed.stdout, listed.stderr
     finally:
         stack.close()
 
