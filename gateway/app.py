@@ -4,6 +4,7 @@ routes through ``app.state``."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -51,6 +52,15 @@ async def _cancel(task: asyncio.Task) -> None:
     await asyncio.wait([task])
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 def create_app(settings: Any, *, kafka_options: dict[str, Any] | None = None,
                registry: RegistryClient | None = None) -> FastAPI:
     """``settings``: the shell's Settings (duck-typed: the gateway does not import the shell);
@@ -61,6 +71,13 @@ def create_app(settings: Any, *, kafka_options: dict[str, Any] | None = None,
         raise AuthNotConfigured(
             "refusing to start without authentication: set STREAMINFER_AUTH to jwt, apikey or "
             "jwt,apikey, or to 'disabled' to run without it on purpose")
+    if settings.auth == "disabled" and not _is_loopback(settings.gateway_host) \
+            and not getattr(settings, "allow_insecure_bind", False):
+        # NOTE: without auth the anonymous caller is an admin and nothing is rate limited
+        raise AuthNotConfigured(
+            f"refusing to serve without authentication on {settings.gateway_host}: with "
+            "STREAMINFER_AUTH=disabled the gateway binds only to a loopback address unless "
+            "STREAMINFER_ALLOW_INSECURE_BIND=true")
     try:
         public_keys = load_public_keys(settings.jwt_public_keys) if "jwt" in settings.auth else []
         authenticator = Authenticator(settings.auth, None, public_keys, settings.jwt_algorithms,

@@ -253,7 +253,7 @@ async def _infer(request: Request, principal: Principal, task: str, version: str
                  wait: float | None, prefer: str | None) -> Response:
     require(principal, "inference:submit")
     svc: InferenceService = service(request)
-    inference = svc.build_request(_submission(task, body, version, principal))  # 404/422 before publishing
+    inference = await svc.prepare_request(_submission(task, body, version, principal))  # 404/422 first
     config = svc.config(task)
     wait_s = svc.wait_seconds(wait, prefer) or svc.max_wait_s  # synchronous: no wait means the most
     wanted = [o.name for o in body.outputs or ()]

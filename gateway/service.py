@@ -109,9 +109,9 @@ class InferenceService:
 
     def build_request(self, sub: Submission) -> InferenceRequest:
         config = self.config(sub.task)
-        if sub.model_version is not None and sub.model_version not in config.versions:
-            raise NotFound(f"task {sub.task!r} has no model version {sub.model_version!r}",
-                           code="MODEL_VERSION_NOT_FOUND", details={"versions": list(config.versions)})
+        if sub.model_version is not None and sub.model_version not in config.served_versions:
+            raise NotFound(f"task {sub.task!r} serves no model version {sub.model_version!r}",
+                           code="MODEL_VERSION_NOT_FOUND", details={"versions": list(config.served_versions)})
         try:
             priority = Priority.parse(sub.priority if sub.priority is not None else "normal")
         except ValueError as exc:

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     """CA bundle for ``rediss://`` URLs; unset = the system's CAs."""
     result_ttl_s: int = Field(24 * 3600, ge=1)
     """How long results (and the status of requests) are kept in Redis."""
+    content_cache_scope: Literal["client", "shared"] = "client"
+    """Whose content-cache entries a request may be answered from: its own client's, or any
+    client's (``shared``: identical inputs from anyone; a hit then tells a client that someone
+    sent them)."""
 
     # --- models ---
     model_repository: Path = BUILTIN_REPOSITORY
@@ -87,6 +91,8 @@ class Settings(BaseSettings):
     gateway_ssl_keyfile: Path | None = None
     auth: str | None = None
     """``jwt``, ``apikey``, ``jwt,apikey`` or ``disabled``; unset = the gateway refuses to start."""
+    allow_insecure_bind: bool = False
+    """With ``auth=disabled`` the gateway binds only to a loopback address unless this is true."""
     jwt_public_keys: str | None = None
     jwt_algorithms: str = "ES256,RS256"
     jwt_issuer: str | None = None

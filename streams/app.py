@@ -60,6 +60,8 @@ class WorkerOptions:
     model_poll_s: float = 2.0
     """How often the repository is re-read for new model versions (hot reload); 0 = never."""
     schema_registry_url: str | None = None
+    cache_scope: str = "client"
+    """Whose content cache a request may hit: ``client`` (its own client's) or ``shared``."""
     follow_repository: bool = False
     """Serve tasks that appear in the repository while the worker runs (no explicit task list)."""
     kafka_options: Mapping[str, Any] = field(default_factory=dict)
@@ -195,7 +197,8 @@ def create_worker(options: WorkerOptions,
                                 kafka_options=dict(options.kafka_options))
     processor = RequestProcessor(repository=repository, publisher=publisher, codec=codec,
                                  prefix=options.topic_prefix, worker_id=options.worker_id,
-                                 tasks=options.tasks, max_queued=options.max_queued)
+                                 tasks=options.tasks, max_queued=options.max_queued,
+                                 cache_scope=options.cache_scope)
     app = WorkerApp(
         options.group_id,
         broker=[f"kafka://{server.strip()}" for server in options.bootstrap_servers.split(",")],

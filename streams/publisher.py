@@ -35,6 +35,22 @@ FIELD_AVRO = keys.RESULT_FIELD_AVRO
 FIELD_PUBLISHED = keys.RESULT_FIELD_PUBLISHED
 
 
+# KEYS: result hash, status hash; ARGV: avro, ttl, client ("" = anonymous). The owner is the first
+# client to claim a request_id (the gateway at submit, or the first outcome of a Kafka-direct one);
+# an event naming another client's request_id stores nothing.
+_STORE_OWNED = """
+local owner = redis.call('HGET', KEYS[2], 'client_id')
+if owner and owner ~= ARGV[3] then return {-1, false, false} end
+local won = redis.call('HSETNX', KEYS[1], 'avro', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if not owner then
+  redis.call('HSET', KEYS[2], 'client_id', ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+local held = redis.call('HMGET', KEYS[1], 'avro', 'published')
+return {won, held[1], held[2]}
+"""
+
 # aiokafka's default max_request_size: the largest record the producer sends.
 MAX_REQUEST_BYTES = 1 << 20
 
@@ -103,6 +119,7 @@ class ResultPublisher:
         pool = BlockingConnectionPool.from_url(self._redis_url, max_connections=64, timeout=10,
                                                socket_connect_timeout=2, socket_timeout=10)
         self.redis = Redis.from_pool(pool)  # owns the pool: aclose() disconnects it
+        self._store_owned = self.redis.register_script(_STORE_OWNED)
         self._closed = False
 
     async def stop(self) -> None:
@@ -154,10 +171,8 @@ class ResultPublisher:
         async with self.redis.pipeline(transaction=False) as pipe:
             for rid, client_id in requests:
                 key = keys.status_key(self._prefix, rid)
-                fields = {"status": "running", "worker_id": worker_id}
-                if client_id:
-                    fields["client_id"] = client_id
-                pipe.hset(key, mapping=fields)
+                pipe.hset(key, mapping={"status": "running", "worker_id": worker_id})
+                pipe.hsetnx(key, "client_id", client_id or "")  # the first owner stays the owner
                 pipe.expire(key, self._ttl_s)
             await pipe.execute()
 
@@ -184,21 +199,23 @@ class ResultPublisher:
             await pipe.execute()
 
     # --- writes ---
-    async def store_results(self, results: Sequence[tuple[str, bytes]]) -> list[StoredResult]:
-        """Store each ``(request_id, avro)`` unless a result for that request is there already.
-        Returns, per request, the result stored now (``won``: by this call) and whether it is
-        flagged published: that flag, not the hash's existence, says it is on its topic."""
+    async def store_results(self, results: Sequence[tuple[str, bytes, str | None]]) -> list[StoredResult | None]:
+        """Store each ``(request_id, avro, client_id)`` unless a result for that request is there
+        already, and record the client as the request's owner if it has none. Returns, per
+        request, the result stored now (``won``: by this call) and whether it is flagged
+        published (that flag, not the hash's existence, says it is on its topic); None where the
+        request_id belongs to another client (nothing is written)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for rid, avro in results:
-                key = keys.result_key(self._prefix, rid)
-                pipe.hsetnx(key, FIELD_AVRO, avro)
-                pipe.expire(key, self._ttl_s)
-                pipe.hmget(key, FIELD_AVRO, FIELD_PUBLISHED)
+            for rid, avro, client_id in results:
+                await self._store_owned(keys=[keys.result_key(self._prefix, rid), keys.status_key(self._prefix, rid)],
+                                        args=[avro, self._ttl_s, client_id or ""], client=pipe)
             replies = await pipe.execute()
-        stored = []
-        for (_rid, avro), won, (held, published) in zip(results, replies[0::3], replies[2::3], strict=True):
-            # held is None only if the key expired in between: ours is then the one to publish
-            stored.append(StoredResult(held if held is not None else avro, published == b"1", bool(won)))
+        stored: list[StoredResult | None] = []
+        for (_rid, avro, _client), (won, held, published) in zip(results, replies, strict=True):
+            if won == -1:
+                stored.append(None)
+            else:  # held is None only if the key expired in between: ours is then the one to publish
+                stored.append(StoredResult(held if held is not None else avro, published == b"1", won == 1))
         return stored
 
     async def publish_results(self, items: Sequence[Publication]) -> None:

@@ -15,7 +15,15 @@ from helpers.keys import create_api_key
 from helpers.waiting import until
 
 from schemas.codec import AvroCodec
-from schemas.records import AuditEvent, AuditType, DeadLetter, InferenceRequest, Priority, Tensor, now_ms
+from schemas.records import (
+    AuditEvent,
+    AuditType,
+    DeadLetter,
+    InferenceRequest,
+    Priority,
+    Tensor,
+    now_ms,
+)
 from schemas.tensors import DataType
 from schemas.topics import audit_topic, dlq_topic, request_topic
 
