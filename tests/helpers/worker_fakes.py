@@ -4,10 +4,12 @@ dicts (no broker, no Redis), and helpers that run events through a RequestProces
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 
 import numpy as np
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from models.config import ModelConfig, TensorSpec
 from models.errors import InferenceFailed
@@ -153,3 +155,25 @@ async def run(processor: RequestProcessor, events, timeout_s: float = 2.0) -> li
 def make(model: FakeModel, publisher: FakePublisher, codec) -> RequestProcessor:
     return RequestProcessor(repository=FakeRepository(model), publisher=publisher, codec=codec, prefix=PREFIX,
                             worker_id="w1", tasks=[TASK], retry_backoff_s=0.001)
+
+
+class Faulty(FakePublisher):
+    """Fails ``method`` the first ``times`` calls, or (``times=None``) on every call for ``for_s``
+    seconds from the first one, raising ``error`` (a Redis connection error by default)."""
+
+    def __init__(self, method: str, times: int | None = 1, for_s: float = 0.0,
+                 error: Exception | None = None) -> None:
+        super().__init__()
+        self.failed = 0
+        since: list[float] = []
+        original = getattr(super(), method)
+
+        async def failing(*args, **kwargs):
+            since.append(time.monotonic())
+            failing_now = self.failed < times if times is not None else since[-1] - since[0] < for_s
+            if failing_now:
+                self.failed += 1
+                raise error or RedisConnectionError(f"{method} fails")
+            return await original(*args, **kwargs)
+
+        setattr(self, method, failing)

@@ -11,8 +11,17 @@ import uuid
 
 import numpy as np
 import pytest
-from helpers.worker_fakes import PREFIX, TASK, FakeModel, FakePublisher, event, feed, make, run
-from redis.exceptions import ConnectionError as RedisConnectionError
+from helpers.worker_fakes import (
+    PREFIX,
+    TASK,
+    FakeModel,
+    FakePublisher,
+    Faulty,
+    event,
+    feed,
+    make,
+    run,
+)
 
 from schemas.codec import AvroCodec
 from schemas.errors import RegistryUnavailable
@@ -135,16 +144,7 @@ async def test_a_varint_beyond_int64_is_dead_lettered_not_a_lost_batch(codec):
 
 
 async def test_a_result_whose_publish_fails_once_is_published_on_the_retry(codec):
-    class FailingPublish(FakePublisher):
-        failures = 1
-
-        async def publish_results(self, items):
-            if self.failures:
-                self.failures -= 1
-                raise TimeoutError("kafka send timed out")
-            await super().publish_results(items)
-
-    model, publisher = FakeModel(), FailingPublish()
+    model, publisher = FakeModel(), Faulty("publish_results", times=1, error=TimeoutError("kafka send timed out"))
     source, request = event(codec, [[1, 1]])
     acked = await run(make(model, publisher, codec), [source])
     assert acked == [0] and publisher.published == [request.request_id]
@@ -164,16 +164,7 @@ async def test_a_redelivered_request_stored_but_never_published_is_published_not
 
 
 async def test_a_dead_letter_that_fails_after_the_result_is_stored_is_written_once(codec):
-    class FailingLetter(FakePublisher):
-        failures = 2
-
-        async def dead_letter(self, letter, error_type):
-            if self.failures:
-                self.failures -= 1
-                raise RedisConnectionError("down")
-            return await super().dead_letter(letter, error_type)
-
-    model, publisher = FakeModel(), FailingLetter()
+    model, publisher = FakeModel(), Faulty("dead_letter", times=2)
     source, request = hostile(codec, 0)
     acked = await run(make(model, publisher, codec), [source])
     assert acked == [0] and len(publisher.letters) == 1 and len(publisher.results) == 1
@@ -202,32 +193,11 @@ WRITES = ["store_results", "publish_results", "audit", "dead_letter", "claim_dea
           "lookup"]
 
 
-class Faulty(FakePublisher):
-    """Fails ``method``: ``once``, or on every call for ``for_s`` seconds from the first one."""
-
-    def __init__(self, method: str, once: bool, for_s: float = 0.0) -> None:
-        super().__init__()
-        self.method, self.once, self.for_s = method, once, for_s
-        self.failed = 0
-        self._since: float | None = None
-        original = getattr(super(), method)
-
-        async def failing(*args, **kwargs):
-            now = time.monotonic()
-            self._since = self._since or now
-            if (self.once and self.failed == 0) or (not self.once and now - self._since < self.for_s):
-                self.failed += 1
-                raise RedisConnectionError(f"{method} fails")
-            return await original(*args, **kwargs)
-
-        setattr(self, method, failing)
-
-
 @pytest.mark.parametrize("method", WRITES)
 @pytest.mark.parametrize("once", [True, False], ids=["once", "for-a-while"])
 async def test_every_write_failing_once_or_for_a_while_loses_nothing(codec, method, once):
     rnd = random.Random(7)
-    model, publisher = FakeModel(), Faulty(method, once, for_s=1.5)
+    model, publisher = FakeModel(), Faulty(method, times=1 if once else None, for_s=1.5)
     events, valid_ids, garbage = [], [], []
     for offset in range(0, 60, 2):
         partition = offset % 3

@@ -8,7 +8,7 @@ import uuid
 
 import numpy as np
 import pytest
-from helpers.worker_fakes import PREFIX, TASK, FakeModel, FakePublisher, event, make, run
+from helpers.worker_fakes import PREFIX, TASK, FakeModel, FakePublisher, Faulty, event, make, run
 
 from schemas.codec import AvroCodec
 from schemas.records import AuditType, InferenceRequest, Status, Tensor, now_ms
@@ -147,19 +147,8 @@ async def test_identical_inputs_are_served_from_the_content_cache(codec):
 
 
 async def test_a_redis_outage_delays_the_batch_and_nothing_is_acked_before_it_is_written(codec):
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
-    class FlakyPublisher(FakePublisher):
-        failures = 2
-
-        async def store_results(self, results):
-            if self.failures:
-                self.failures -= 1
-                raise RedisConnectionError("redis is down")
-            return await super().store_results(results)
-
-    model, publisher = FakeModel(), FlakyPublisher()
+    model, publisher = FakeModel(), Faulty("store_results", times=2)
     source, request = event(codec, [[1, 1]])
     acked = await run(make(model, publisher, codec), [source])
-    assert acked == [0] and publisher.failures == 0
+    assert acked == [0] and publisher.failed == 2
     assert [r.request_id for r in publisher.results] == [request.request_id]
