@@ -86,7 +86,6 @@ class Outcome:
     """Where a SUCCEEDED result also goes into the content cache."""
     lettered: bool = False
     stored: StoredResult | None = None
-    published: bool = False
     audited: bool = False
     events: list[AuditEvent] | None = None
     """The audit events, once built (with the metrics and the log line they count)."""
@@ -175,8 +174,7 @@ class OutcomeWriter:
         await self._store([o for o in outcomes if o.stored is None and o.result is not None])
         # events naming another client's request_id: a dead letter instead of their result
         await self._write_letters([o for o in outcomes if o.letter is not None and not o.lettered])
-        await self._publish([o for o in outcomes if o.stored is not None and not o.stored.published
-                             and not o.published])
+        await self._publish([o for o in outcomes if o.stored is not None and not o.stored.published])
         pending = [o for o in outcomes if not o.audited]
         for o in pending:  # built once: a retry re-sends the same events and counts nothing twice
             if o.events is None:
@@ -247,7 +245,7 @@ class OutcomeWriter:
             latency=Latency(o.request.priority.topic_suffix, o.result.timings.total_ms, o.result.completed_at)
             if o.stored.won else None) for o in outcomes])
         for o in outcomes:
-            o.published = True
+            o.stored = dataclasses.replace(o.stored, published=True)
 
     def _audit_events(self, outcome: Outcome) -> list[AuditEvent]:
         events = list(outcome.audits)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from models.base import Model
@@ -23,15 +23,12 @@ from .batcher import InferenceBatcher
 from .batches import BatchRunner
 from .errors import BatcherClosed
 from .intake import Admitted, Intake, Refusal, checked
-from .ledger import AckLedger, Entry
+from .ledger import Ack, AckLedger, Entry
 from .outcomes import Letter, Outcome, OutcomeWriter, is_transient
 from .publisher import ResultPublisher
 from .requests import PendingRequest, SourceEvent
 
 logger = logging.getLogger(__name__)
-
-Ack = Callable[[], Awaitable[object]]
-
 
 class RequestProcessor:
     """One per worker process; serves ``tasks`` from ``repository``."""

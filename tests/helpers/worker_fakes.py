@@ -136,8 +136,13 @@ async def feed(processor: RequestProcessor, events, acked: list[int], timeout_s:
         async def ack(offset=source.offset):
             acked.append(offset)
         await processor.handle(source, ack)
+    await until_acked(acked, expected, timeout_s)
+
+
+async def until_acked(acked: list[int], count: int, timeout_s: float = 2.0) -> None:
+    """Until ``count`` events are acked (or the timeout)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
-    while len(acked) < expected and asyncio.get_running_loop().time() < deadline:
+    while len(acked) < count and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.01)
 
 

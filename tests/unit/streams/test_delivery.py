@@ -4,7 +4,6 @@ loses nothing and yields one result per request."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 import uuid
@@ -21,6 +20,7 @@ from helpers.worker_fakes import (
     feed,
     make,
     run,
+    until_acked,
 )
 
 from schemas.codec import AvroCodec
@@ -65,10 +65,7 @@ async def test_a_rejection_answered_first_is_acked_only_after_the_queued_request
         await feed(processor, [valid, raw(b"garbage", 1)], acked, timeout_s=0.1)
         assert publisher.letters, "the garbage is answered at once"
         assert acked == [], "but its offset waits for the queued request before it"
-        for _ in range(200):
-            if len(acked) == 2:
-                break
-            await asyncio.sleep(0.01)
+        await until_acked(acked, 2)
     finally:
         await processor.stop()
     assert acked == [0, 1]

@@ -8,7 +8,17 @@ import uuid
 
 import numpy as np
 import pytest
-from helpers.worker_fakes import PREFIX, TASK, FakeModel, FakePublisher, Faulty, event, make, run
+from helpers.worker_fakes import (
+    PREFIX,
+    TASK,
+    FakeModel,
+    FakePublisher,
+    Faulty,
+    event,
+    make,
+    run,
+    until_acked,
+)
 
 from schemas.codec import AvroCodec
 from schemas.records import AuditType, InferenceRequest, Status, Tensor, now_ms
@@ -88,10 +98,7 @@ async def test_a_deadline_passing_while_the_batch_waits_for_an_instance_expires_
         await processor.handle(first, ack_of(0))
         await asyncio.sleep(0.08)  # the first batch computes; the one instance is busy for 0.3 s
         await processor.handle(late, ack_of(1))
-        for _ in range(200):
-            if len(acked) == 2:
-                break
-            await asyncio.sleep(0.01)
+        await until_acked(acked, 2)
     finally:
         await processor.stop()
     statuses = {r.request_id: r.status for r in publisher.results}
