@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.config import ModelConfig, load_repository_configs
+from models.config import MAX_DEADLINE_MS, ModelConfig, load_repository_configs
 from schemas.records import (
     AuditEvent,
     AuditType,
@@ -43,8 +43,6 @@ from .served import ServedTasks
 logger = logging.getLogger(__name__)
 
 ACTOR = "gateway"
-MAX_DEADLINE_MS = 366 * 24 * 3600 * 1000
-"""A year: a longer deadline is no deadline, and past year 9999 no timestamp at all."""
 DECODE_SLOTS = 4
 """Requests whose images are decoded at once, each in a worker thread: bounds the gateway's CPU
 and memory spent on decoding, and keeps it off the event loop."""

@@ -44,6 +44,8 @@ SERVED_VERSIONS = 2
 clients pinned to it while they move)."""
 
 CONFIG_FILE = "model.yaml"
+MAX_DEADLINE_MS = 366 * 24 * 3600 * 1000
+"""A year: a longer deadline is no deadline, and past year 9999 no timestamp at all."""
 TASK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")  # \Z: "$" accepts a trailing newline
 BACKENDS = ("onnxruntime", "torch")
 DEVICES = ("auto", "cpu", "cuda")
@@ -98,6 +100,8 @@ class ModelConfig:
     # Additions beyond the first sketch of the interface, defaulted so callers need not care.
     artifact: str = ""
     version_policy: str = "latest"
+    default_deadline_ms: int | None = None
+    """Deadline of a request that sets none (from its ``created_at``); None = no deadline."""
 
     @property
     def served_versions(self) -> tuple[str, ...]:
@@ -157,6 +161,7 @@ class ModelConfig:
                 "max_batch_size": self.max_batch_size,
                 "max_batch_delay_ms": self.max_batch_delay_ms,
             },
+            "default_deadline_ms": self.default_deadline_ms,
             "instances": self.instances,
             "device": self.device,
         }
@@ -213,7 +218,7 @@ def _parse(raw: Any, model_dir: Path) -> ModelConfig:
     known = {
         "name", "task", "description", "backend", "artifact", "inputs", "outputs",
         "max_batch_size", "max_batch_delay_ms", "instances", "device", "warmup",
-        "version_policy", "preprocess", "friendly",
+        "version_policy", "preprocess", "friendly", "default_deadline_ms",
     }  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -230,6 +235,11 @@ def _parse(raw: Any, model_dir: Path) -> ModelConfig:
     max_batch_size = _number(raw, "max_batch_size", int, default=8, minimum=1)
     max_batch_delay_ms = float(_number(raw, "max_batch_delay_ms", float, default=5.0, minimum=0))
     instances = _number(raw, "instances", int, default=1, minimum=1)
+    default_deadline_ms = None
+    if raw.get("default_deadline_ms") is not None:
+        default_deadline_ms = _number(raw, "default_deadline_ms", int, default=None, minimum=1)
+        if default_deadline_ms > MAX_DEADLINE_MS:
+            raise ModelConfigError(f"default_deadline_ms must be <= {MAX_DEADLINE_MS}, got {default_deadline_ms}")
     warmup = raw.get("warmup", True)
     if not isinstance(warmup, bool):
         raise ModelConfigError(f"warmup must be true or false, got {warmup!r}")
@@ -269,6 +279,7 @@ def _parse(raw: Any, model_dir: Path) -> ModelConfig:
         description=str(raw.get("description", "")).strip(),
         artifact=artifact,
         version_policy=version_policy,
+        default_deadline_ms=default_deadline_ms,
     )
 
 

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     """Consumer lag (requests not yet done) past which the gateway answers 429 OVERLOADED; 0 = no bound."""
     max_wait_s: float = Field(60.0, gt=0)
     """Upper bound on ``?wait=S`` and ``Prefer: wait=S``."""
+    default_deadline_ms: int | None = Field(None, ge=1, le=366 * 24 * 3600 * 1000)
+    """Deadline of a request through the gateway that sets none and whose task's ``model.yaml``
+    sets no ``default_deadline_ms``; unset = none."""
 
     # --- worker ---
     worker_metrics_host: str = "127.0.0.1"
@@ -125,6 +128,10 @@ class Settings(BaseSettings):
     """How often workers and gateways look for new model versions (hot reload); 0 = never."""
     worker_threads: int | None = None
     """Intra-op threads per model instance; default: the cores divided among its instances (max 4)."""
+    worker_scheduling: Literal["deadline", "fifo"] = "deadline"
+    """``deadline``: earliest deadline first within a priority, batches cut to meet deadlines,
+    unreachable requests shed early. ``fifo``: arrival order, deadlines checked only as a batch
+    starts (the baseline of ``bench --scenario deadlines``)."""
 
     @field_validator("auth")
     @classmethod
