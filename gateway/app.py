@@ -61,6 +61,16 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def build_service(settings: Any, producer: RequestProducer, store: ResultStore) -> InferenceService:
+    """The service behind the routes, configured from ``settings``."""
+    return InferenceService(producer, store, settings.model_repository, settings.topic_prefix,
+                            settings.max_wait_s, settings.task_list,
+                            max_lag_per_task=settings.max_lag_per_task,
+                            limits=InputLimits(settings.max_text_chars, settings.max_image_bytes,
+                                               settings.max_parameters),
+                            default_deadline_ms=settings.default_deadline_ms)
+
+
 def create_app(settings: Any, *, kafka_options: dict[str, Any] | None = None,
                registry: RegistryClient | None = None) -> FastAPI:
     """``settings``: the shell's Settings (duck-typed: the gateway does not import the shell);
@@ -93,11 +103,7 @@ def create_app(settings: Any, *, kafka_options: dict[str, Any] | None = None,
                                    request_timeout_ms=settings.kafka_request_timeout_ms,
                                    kafka_options=kafka_options)
         store = ResultStore(settings.redis_dsn, codec, settings.topic_prefix, settings.result_ttl_s)
-        service = InferenceService(producer, store, settings.model_repository, settings.topic_prefix,
-                                   settings.max_wait_s, settings.task_list,
-                                   max_lag_per_task=settings.max_lag_per_task,
-                                   limits=InputLimits(settings.max_text_chars, settings.max_image_bytes,
-                                                      settings.max_parameters))
+        service = build_service(settings, producer, store)
         lag = LagMonitor(settings.kafka_bootstrap_servers, settings.group_id, settings.topic_prefix,
                          sorted(service.configs), kafka_options=kafka_options)
         async with AsyncExitStack() as stack:

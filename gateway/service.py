@@ -66,7 +66,14 @@ class Submission:
 class InferenceService:
     def __init__(self, producer: RequestProducer, store: ResultStore, repository_path, prefix: str,
                  max_wait_s: float, tasks: list[str] | None = None, lag: LagMonitor | None = None,
-                 max_lag_per_task: int = 0, limits: InputLimits | None = None) -> None:
+                 max_lag_per_task: int = 0, limits: InputLimits | None = None,
+                 default_deadline_ms: int | None = None) -> None:
+        """``default_deadline_ms``: the deadline of a request that sets none and whose task's
+        ``model.yaml`` sets no ``default_deadline_ms`` (STREAMINFER_DEFAULT_DEADLINE_MS); None: none."""
+        if default_deadline_ms is not None and not 0 < default_deadline_ms <= MAX_DEADLINE_MS:
+            raise ValueError(f"default_deadline_ms must be between 1 and {MAX_DEADLINE_MS}, "
+                             f"not {default_deadline_ms!r}")
+        self.default_deadline_ms = default_deadline_ms
         self.producer = producer
         self.store = store
         self.prefix = prefix
@@ -122,12 +129,21 @@ class InferenceService:
             if not 0 < sub.deadline_ms <= MAX_DEADLINE_MS:
                 raise InvalidRequest(f"deadline_ms must be between 1 and {MAX_DEADLINE_MS}")
             deadline = created + int(sub.deadline_ms)
+        elif (default := self.deadline_default(config)) is not None:
+            deadline = created + default
         return InferenceRequest(
             request_id=str(uuid.uuid4()), idempotency_key=sub.idempotency_key, task=sub.task, model_version=sub.model_version,
             priority=priority, inputs=[Tensor.from_numpy(name, a) for name, a in arrays.items()],
             parameters={str(k): str(v) for k, v in sub.parameters.items()}, created_at=created,
             deadline_at=deadline, client_id=sub.client_id, trace=sub.trace,
         )
+
+    def deadline_default(self, config: ModelConfig) -> int | None:
+        """Milliseconds a request without ``deadline_ms`` gets: its task's ``model.yaml``
+        ``default_deadline_ms``, else the gateway's setting, else None (no deadline)."""
+        if config.default_deadline_ms is not None:
+            return config.default_deadline_ms
+        return self.default_deadline_ms
 
     async def submit(self, request: InferenceRequest) -> None:
         accepted = AuditEvent(request_id=request.request_id, task=request.task, type=AuditType.ACCEPTED,
