@@ -113,7 +113,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         model_poll_s=settings.worker_model_poll_s,
         schema_registry_url=registry_url(settings), registry_http=registry_client(settings),
         kafka_options=kafka_options(settings, ssl_context), broker_credentials=faust_credentials(settings, ssl_context),
-        cache_scope=settings.content_cache_scope,
+        cache_scope=settings.content_cache_scope, scheduling=settings.worker_scheduling,
         follow_repository=not chosen,  # no explicit list: tasks dropped into the repository are served too
     ), ensure_topics=lambda new: _ensure_topics(settings, new))
     worker = faust.Worker(app, runtime, loop=loop, loglevel=args.log_level.lower(), quiet=True,

@@ -62,6 +62,8 @@ class WorkerOptions:
     schema_registry_url: str | None = None
     cache_scope: str = "client"
     """Whose content cache a request may hit: ``client`` (its own client's) or ``shared``."""
+    scheduling: str = "deadline"
+    """``deadline`` (earliest deadline first, deadline-aware batches, early shedding) or ``fifo``."""
     follow_repository: bool = False
     """Serve tasks that appear in the repository while the worker runs (no explicit task list)."""
     kafka_options: Mapping[str, Any] = field(default_factory=dict)
@@ -198,7 +200,7 @@ def create_worker(options: WorkerOptions,
     processor = RequestProcessor(repository=repository, publisher=publisher, codec=codec,
                                  prefix=options.topic_prefix, worker_id=options.worker_id,
                                  tasks=options.tasks, max_queued=options.max_queued,
-                                 cache_scope=options.cache_scope)
+                                 cache_scope=options.cache_scope, scheduling=options.scheduling)
     app = WorkerApp(
         options.group_id,
         broker=[f"kafka://{server.strip()}" for server in options.bootstrap_servers.split(",")],

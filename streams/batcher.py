@@ -1,9 +1,14 @@
-"""Priority-aware micro-batcher: one per model, fed by the agents of all three priority topics.
+"""Deadline-aware micro-batcher: one per model, fed by the agents of all three priority topics.
 
-A batch goes to the model when it holds ``max_batch_size`` items or its oldest item has waited
-``max_batch_delay_ms`` (and a model instance is free); while the model runs, the next batch
-gathers. Requests stay in per-priority queues until a batch is cut, so a high-priority request
-that arrives while a batch gathers still goes ahead of waiting low-priority ones.
+A batch is cut only when a batch slot is free, so the requests that go are chosen as late as
+possible (a high-priority or tight-deadline request arriving meanwhile still goes first; see
+``queues.py`` for the order). An idle model instance runs what is queued at once; while every
+instance is busy, the one batch more (``lookahead``: its Redis lookups overlap the compute)
+gathers until it is full or its oldest request has waited ``max_batch_delay_ms``.
+
+With a cost model (``costs.py``) and ``deadline_aware``, a batch stops growing before its
+predicted completion would pass the earliest deadline in it, and a request that misses its
+deadline even if run alone at once is handed to ``expire`` instead of taking model time.
 Shaped after MLServer's ``batching/adaptive.py``.
 """
 
@@ -12,52 +17,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Generic
 
-from schemas.records import Priority
 from schemas.topics import PRIORITIES
 
+from .costs import BatchCost
 from .errors import BatcherClosed
+from .queues import Batchable, PriorityQueues, T
 
 logger = logging.getLogger(__name__)
 
-
-class Batchable(Protocol):
-    size: int
-    """Items this request carries (its first dimension)."""
-    priority: Priority
-    enqueued_at: float
-    """``time.monotonic()`` when it entered the batcher."""
-
-
-T = TypeVar("T", bound=Batchable)
-
-
-def pick_batch(queues: dict[Priority, deque], max_items: int, now: float, starvation_s: float) -> list:
-    """Cut one batch from the queues: high before normal before low, except that a queue whose
-    head has waited past ``starvation_s`` goes first (the starvation guard). A request is never
-    split; the first one is taken even when larger than ``max_items``."""
-    order = sorted(
-        PRIORITIES,
-        key=lambda p: (not (queues[p] and now - queues[p][0].enqueued_at > starvation_s), PRIORITIES.index(p)),
-    )
-    batch: list = []
-    room = max_items
-    for priority in order:
-        queue = queues[priority]
-        while queue and (queue[0].size <= room or not batch):
-            item = queue.popleft()
-            batch.append(item)
-            room -= item.size
-        if room <= 0 or (queue and queue[0].size > room):
-            break
-    return batch
+__all__ = ["Batchable", "InferenceBatcher"]
 
 
 class InferenceBatcher(Generic[T]):
-    """Collects requests and hands batches to ``run_batch``; ``instances`` batches may run at once."""
+    """Collects requests and hands batches to ``run_batch``; ``instances + lookahead`` batches
+    may be on their way at once."""
 
     def __init__(
         self,
@@ -68,6 +44,11 @@ class InferenceBatcher(Generic[T]):
         instances: int = 1,
         max_queued: int = 1024,
         starvation_ms: float = 2000.0,
+        *,
+        lookahead: int = 0,
+        cost: BatchCost | None = None,
+        deadline_aware: bool = True,
+        expire: Callable[[list[T]], Awaitable[None]] | None = None,
     ) -> None:
         # NOTE: no queues, events or tasks here: they must be made inside the running loop (start()).
         self.name = name
@@ -75,29 +56,35 @@ class InferenceBatcher(Generic[T]):
         self._max_items = max(1, max_batch_size)
         self._delay_s = max(0.0, max_batch_delay_ms) / 1000.0
         self._instances = max(1, instances)
+        self._lookahead = max(0, lookahead)
         self._max_queued = max_queued
         self._starvation_s = starvation_ms / 1000.0
+        self._cost = cost
+        self._deadline_aware = deadline_aware and cost is not None
+        self._expire = expire
         self._closed = True
-        self._running: set[asyncio.Task] = set()
+        self._running: dict[asyncio.Task, float] = {}
+        """batch on its way -> when it is predicted to finish (ms since the epoch)."""
+        self._expiring: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        self._queues: dict[Priority, deque[T]] = {p: deque() for p in PRIORITIES}
+        self._queues: PriorityQueues[T] = PriorityQueues(edf=self._deadline_aware)
         self._room = {p: asyncio.Semaphore(self._max_queued) for p in PRIORITIES}
         self._changed = asyncio.Event()
-        self._slots = asyncio.Semaphore(self._instances)
+        self._slots = asyncio.Semaphore(self._instances + self._lookahead)
         self._closed = False
         self._shedding = False
         self._loop_task = asyncio.create_task(self._loop(), name=f"batcher:{self.name}")
 
     @property
     def queued(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+        return len(self._queues)
 
     @property
     def backlogged(self) -> bool:
         """Whether enough is queued to fill a batch for every slot: the model has work in hand
         for at least one more full round, so new requests arriving a little later cost nothing."""
-        return sum(i.size for q in self._queues.values() for i in q) >= self._max_items * self._instances
+        return self._queues.items >= self._max_items * (self._instances + self._lookahead)
 
     @property
     def in_flight(self) -> int:
@@ -112,29 +99,30 @@ class InferenceBatcher(Generic[T]):
             self._room[item.priority].release()
             raise BatcherClosed(f"batcher {self.name} is stopping")
         item.enqueued_at = time.monotonic()
-        self._queues[item.priority].append(item)
+        self._queues.push(item)
         self._changed.set()
 
     async def _loop(self) -> None:
         while True:
-            batch = await self._gather()
             await self._slots.acquire()
+            batch = await self._gather()
             task = asyncio.create_task(self._run(batch), name=f"batch:{self.name}")
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._running[task] = time.time() * 1000 + (self._predict(batch) or 0.0)
+            task.add_done_callback(self._running.pop)
 
     async def _gather(self) -> list[T]:
+        """Wait until a batch is due (a slot is held), shedding what cannot make its deadline."""
         while True:
-            now = time.monotonic()
-            heads = [q[0].enqueued_at for q in self._queues.values() if q]
-            if heads:
-                waited = now - min(heads)
-                full = sum(i.size for q in self._queues.values() for i in q) >= self._max_items
-                if full or (waited >= self._delay_s and not self._slots.locked()):
+            if self._deadline_aware and self._expire is not None:
+                self._shed_unreachable()
+            oldest = self._queues.oldest()
+            if oldest is not None:
+                now = time.monotonic()
+                waited = now - oldest
+                idle = len(self._running) < self._instances
+                if idle or self._queues.items >= self._max_items or waited >= self._delay_s:
                     return self._cut(now)
-                timeout = max(self._delay_s - waited, 0.0) if not full else None
-                if waited >= self._delay_s:
-                    timeout = 0.001  # due, but every instance busy: poll for a free slot
+                timeout = self._delay_s - waited
             else:
                 timeout = None
             self._changed.clear()
@@ -143,11 +131,42 @@ class InferenceBatcher(Generic[T]):
             except TimeoutError:
                 pass
 
+    def _predict(self, batch: Sequence[T]) -> float | None:
+        if self._cost is None or not batch:
+            return None
+        return self._cost.predict_ms(sum(i.size for i in batch), sum(i.units for i in batch))
+
+    def _start_ms(self) -> float:
+        """When a batch cut now would start computing: at once with an instance idle, else when
+        the first running batch is predicted to finish."""
+        now = time.time() * 1000
+        if len(self._running) < self._instances:
+            return now
+        return max(now, min(self._running.values()))
+
     def _cut(self, now: float) -> list[T]:
-        batch = pick_batch(self._queues, self._max_items, now, self._starvation_s)
+        fits = None
+        if self._deadline_aware:
+            start, cost = self._start_ms(), self._cost
+
+            def fits(items: int, units: int, deadline: int | None) -> bool:
+                predicted = cost.predict_ms(items, units)
+                return deadline is None or predicted is None or start + predicted <= deadline
+
+        batch = self._queues.cut(self._max_items, now, self._starvation_s, fits)
         for item in batch:
             self._room[item.priority].release()
         return batch
+
+    def _shed_unreachable(self) -> None:
+        late = self._queues.unreachable(time.time() * 1000, self._cost.predict_ms)
+        if not late:
+            return
+        for item in late:
+            self._room[item.priority].release()
+        task = asyncio.create_task(self._expire(late), name=f"expire:{self.name}")
+        self._expiring.add(task)
+        task.add_done_callback(self._expiring.discard)
 
     async def _run(self, batch: list[T]) -> None:
         try:
@@ -163,9 +182,7 @@ class InferenceBatcher(Generic[T]):
     def shed(self) -> list[T]:
         """Stop taking requests and hand back those queued but not started (running batches go on)."""
         self._shedding = True
-        left = [item for q in self._queues.values() for item in q]
-        for q in self._queues.values():
-            q.clear()
+        left = self._queues.clear()
         for item in left:
             self._room[item.priority].release()
         return left
@@ -177,7 +194,7 @@ class InferenceBatcher(Generic[T]):
     async def drain(self, timeout_s: float = 10.0) -> None:
         """Wait until nothing is queued or running (used on shutdown)."""
         deadline = time.monotonic() + timeout_s
-        while (self.queued or self._running) and time.monotonic() < deadline:
+        while (self.queued or self._running or self._expiring) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> Sequence[T]:
@@ -187,12 +204,10 @@ class InferenceBatcher(Generic[T]):
         self._closed = True
         self._loop_task.cancel()
         await asyncio.wait([self._loop_task])
-        if self._running:
-            await asyncio.wait(list(self._running))
-        left = [item for q in self._queues.values() for item in q]
-        for q in self._queues.values():
-            q.clear()
-        return left
+        pending = [*self._running, *self._expiring]
+        if pending:
+            await asyncio.wait(pending)
+        return self._queues.clear()
 
     async def __aenter__(self) -> InferenceBatcher[T]:
         await self.start()

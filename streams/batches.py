@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -20,12 +21,22 @@ from schemas.codec import AvroCodec
 from schemas.records import AuditType, Error, InferenceResult, Status, now_ms
 
 from . import metrics
+from .costs import BatchCost
 from .merging import merge_inputs, split_outputs
 from .outcomes import Letter, Outcome, OutcomeWriter
 from .publisher import ResultPublisher
 from .requests import PendingRequest
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class Instances:
+    """A loaded model version and what runs it: its free instances and what its batches cost."""
+
+    model: Model
+    compute: asyncio.Semaphore
+    cost: BatchCost
 
 
 class BatchRunner:
@@ -40,15 +51,29 @@ class BatchRunner:
         self._max_attempts = max_attempts
         self._backoff_s = retry_backoff_s
 
-    async def run(self, model: Model, compute: asyncio.Semaphore, batch: list[PendingRequest]) -> None:
+    async def run(self, instances: Instances, batch: list[PendingRequest]) -> None:
         """Run ``batch`` and submit its outcomes; the model is free again before they are written."""
         ok = await self._outcomes.until_written(f"lookups of a batch of {len(batch)}",
-                                                partial(self._run_once, model, compute, batch))
+                                                partial(self._run_once, instances, batch))
         if not ok:
             for item in batch:
                 self._outcomes.ledger.give_up(item.entry)
 
-    async def _run_once(self, model: Model, compute: asyncio.Semaphore, batch: list[PendingRequest]) -> None:
+    async def expire(self, instances: Instances, items: list[PendingRequest]) -> None:
+        """Answer requests that cannot finish before their deadline even if run at once: EXPIRED
+        (``DEADLINE_UNREACHABLE``) before they take model time."""
+        now = now_ms()
+        finished = []
+        for item in items:
+            predicted = instances.cost.predict_ms(item.size, item.units) or 0.0
+            error = Error("DEADLINE_UNREACHABLE", f"due in {item.deadline_ms - now} ms; a run takes about "
+                          f"{predicted:.1f} ms", False)
+            finished.append(self._outcome(item, self._outcomes.result(
+                item.request, Status.EXPIRED, model=instances.model, error=error)))
+        await self._outcomes.submit(finished)
+
+    async def _run_once(self, instances: Instances, batch: list[PendingRequest]) -> None:
+        model, compute = instances.model, instances.compute
         started = now_ms()
         for p in batch:
             opted_out = p.request.parameters.get("cache", "true").lower() == "false"
@@ -99,7 +124,7 @@ class BatchRunner:
                     items = sum(p.size for p in runnable)
                     again = partial(self._outcomes.mark_started, started_items, items)
                     marks = (asyncio.create_task(again()), again)
-                    finished += await self._infer(model, runnable, started)
+                    finished += await self._infer(instances, runnable, started)
         # NOTE: the model is free from here: the writes go on in the background (bounded), so the
         # next batch computes while this one's results travel to Redis and Kafka.
         await self._outcomes.submit(finished, before=marks)
@@ -109,17 +134,18 @@ class BatchRunner:
                        digest=item.digest, cache_key=item.cache_key, **fields)
 
     def _expired(self, item: PendingRequest, model: Model, now: int) -> Outcome:
-        req = item.request
-        error = Error("DEADLINE_EXCEEDED", f"deadline passed {now - req.deadline_at} ms before the run", False)
-        return self._outcome(item, self._outcomes.result(req, Status.EXPIRED, model=model, error=error))
+        error = Error("DEADLINE_EXCEEDED", f"deadline passed {now - item.deadline_ms} ms before the run", False)
+        return self._outcome(item, self._outcomes.result(item.request, Status.EXPIRED, model=model, error=error))
 
-    async def _infer(self, model: Model, items: list[PendingRequest], started: int) -> list[Outcome]:
+    async def _infer(self, instances: Instances, items: list[PendingRequest], started: int) -> list[Outcome]:
+        model = instances.model
         batch_items = sum(p.size for p in items)
         metrics.BATCH_SIZE.labels(model.name).observe(batch_items)
         t0 = time.perf_counter()
         try:
             outputs = await self._predict(model, merge_inputs([p.inputs for p in items]))
             parts: list[dict | Exception] = split_outputs(outputs, [p.size for p in items])
+            instances.cost.observe(batch_items, sum(p.units for p in items), (time.perf_counter() - t0) * 1000.0)
         except Exception as exc:
             if len(items) == 1:
                 parts = [exc]
@@ -187,4 +213,4 @@ def _scoped(item: PendingRequest) -> str:
 
 
 def _past_deadline(item: PendingRequest, now_ms_: int) -> bool:
-    return item.request.deadline_at is not None and item.request.deadline_at < now_ms_
+    return item.deadline_ms is not None and item.deadline_ms < now_ms_

@@ -20,13 +20,14 @@ from schemas.records import Error, Status, input_digest
 
 from . import metrics
 from .batcher import InferenceBatcher
-from .batches import BatchRunner
+from .batches import BatchRunner, Instances
+from .costs import BatchCost
 from .errors import BatcherClosed
 from .intake import Admitted, Intake, Refusal, checked
 from .ledger import Ack, AckLedger, Entry
 from .outcomes import Letter, Outcome, OutcomeWriter, is_transient
 from .publisher import ResultPublisher
-from .requests import PendingRequest, SourceEvent
+from .requests import PendingRequest, SourceEvent, input_units
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +38,14 @@ class RequestProcessor:
         self, *, repository: ModelRepository, publisher: ResultPublisher, codec: AvroCodec,
         prefix: str, worker_id: str, tasks: Sequence[str], max_queued: int = 1024,
         max_attempts: int = 3, retry_backoff_s: float = 0.05, cache_scope: str = "client",
+        scheduling: str = "deadline",
     ) -> None:
         self._repository = repository
         self._codec = codec
         self.worker_id = worker_id
         self.tasks = list(tasks)
         self._max_queued = max_queued
+        self._deadline_aware = scheduling == "deadline"
         self.ledger = AckLedger()
         self._outcomes = OutcomeWriter(publisher, codec, worker_id, self.ledger)
         self._intake = Intake(codec, repository, prefix)
@@ -50,8 +53,8 @@ class RequestProcessor:
                                    max_attempts=max_attempts, retry_backoff_s=retry_backoff_s,
                                    cache_scope=cache_scope)
         self._batchers: dict[tuple[str, str], InferenceBatcher[PendingRequest]] = {}
-        self._compute: dict[Model, asyncio.Semaphore] = {}
-        """model -> its free instances (batches computing at once)."""
+        self._instances: dict[Model, Instances] = {}
+        """model -> its free instances (batches computing at once) and its batch cost."""
         self._active: dict[str, str] = {}
         """task -> the version serving requests that name none (switched by hot reload)."""
         self._retiring: set[asyncio.Task] = set()
@@ -137,7 +140,7 @@ class RequestProcessor:
         for item in await batcher.stop():
             self.ledger.give_up(item.entry)
         model = self._repository.unload(*key)
-        self._compute.pop(model, None)
+        self._instances.pop(model, None)
         logger.info("task %s: version %s unloaded (served now: %s)", key[0], key[1],
                     list(self._repository.get_config(key[0]).served_versions))
 
@@ -151,18 +154,22 @@ class RequestProcessor:
             if key not in self._batchers:
                 loop = asyncio.get_running_loop()
                 model = await loop.run_in_executor(self._pool, self._repository.load, task, version)
-                compute = self._compute[model] = asyncio.Semaphore(config.instances)
+                instances = self._instances[model] = Instances(
+                    model, asyncio.Semaphore(config.instances), BatchCost())
                 # NOTE: one batch more than the model has instances: that batch's Redis lookups
                 # (duplicates, cancellations, cache) go on while the others compute, so an instance
                 # finishing a batch finds the next one ready instead of idling for a round trip.
                 batcher = InferenceBatcher(
                     f"{model.name}:{model.version}",
-                    lambda batch, m=model, c=compute: self._runner.run(m, c, batch),
+                    lambda batch, i=instances: self._runner.run(i, batch),
                     max_batch_size=config.max_batch_size, max_batch_delay_ms=config.max_batch_delay_ms,
-                    instances=config.instances + 1, max_queued=self._max_queued,
+                    instances=config.instances, lookahead=1, max_queued=self._max_queued,
+                    cost=instances.cost, deadline_aware=self._deadline_aware,
+                    expire=lambda items, i=instances: self._runner.expire(i, items),
                 )
                 await batcher.start()
                 metrics.QUEUED.labels(batcher.name).set_function(lambda b=batcher: b.queued)
+                metrics.watch_cost(model.name, model.version, instances.cost)
                 self._batchers[key] = batcher
                 logger.info("serving task %s with %s version %s", task, model.name, model.version)
         return self._batchers[key]
@@ -181,11 +188,16 @@ class RequestProcessor:
         except _Stopping:
             self.ledger.give_up(entry)
             return
+        request = admitted.request
+        deadline = request.deadline_at
+        if deadline is None and (default := self._repository.get_config(request.task).default_deadline_ms):
+            deadline = request.created_at + default
         try:
             await batcher.put(PendingRequest(
-                request=admitted.request, inputs=admitted.inputs, size=admitted.size,
+                request=request, inputs=admitted.inputs, size=admitted.size,
                 priority=admitted.priority, source=source, entry=entry, digest=admitted.digest,
-                model_version=batcher.name.rsplit(":", 1)[1],
+                model_version=batcher.name.rsplit(":", 1)[1], units=input_units(admitted.inputs),
+                deadline_ms=deadline,
             ))
         except BatcherClosed:
             self.ledger.give_up(entry)

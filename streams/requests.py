@@ -24,6 +24,17 @@ class SourceEvent:
     value: bytes
 
 
+def input_units(inputs: dict[str, np.ndarray]) -> int:
+    """The size of a request's inputs as the model sees it: bytes of text, elements otherwise."""
+    units = 0
+    for array in inputs.values():
+        if array.dtype == object:
+            units += sum(len(x) if isinstance(x, bytes | str) else 1 for x in array.flat)
+        else:
+            units += array.size
+    return units
+
+
 @dataclass(slots=True)
 class PendingRequest:
     request: InferenceRequest
@@ -35,6 +46,10 @@ class PendingRequest:
     """The event in the ack ledger: answered once its outcome is written, or given up."""
     digest: str
     model_version: str
+    units: int = 0
+    """How large its inputs are (text bytes, tensor elements): the batch cost's second term."""
+    deadline_ms: int | None = None
+    """When the result is due: the request's ``deadline_at``, else its task's default."""
     enqueued_at: float = 0.0
     cache_key: str | None = None
     """Content-cache entry for these inputs on this model version; None = opted out."""

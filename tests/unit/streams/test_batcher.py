@@ -1,16 +1,17 @@
-"""The micro-batcher: size and delay triggers, priorities, the starvation guard, backpressure."""
+"""The micro-batcher: size and delay triggers, dispatch when idle, deadline-aware cuts and early
+shedding, backpressure."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from dataclasses import dataclass
 
 import pytest
 
 from schemas.records import Priority
-from streams.batcher import InferenceBatcher, pick_batch
+from streams.batcher import InferenceBatcher
+from streams.costs import BatchCost
 from streams.errors import BatcherClosed
 
 
@@ -20,34 +21,8 @@ class Item:
     priority: Priority = Priority.NORMAL
     size: int = 1
     enqueued_at: float = 0.0
-
-
-def queues(**items: list[Item]) -> dict[Priority, deque]:
-    q = {p: deque() for p in Priority}
-    for item in (i for group in items.values() for i in group):
-        q[item.priority].append(item)
-    return q
-
-
-def test_pick_batch_takes_high_before_normal_before_low():
-    q = queues(all=[Item("l1", Priority.LOW), Item("n1"), Item("h1", Priority.HIGH), Item("n2")])
-    batch = pick_batch(q, max_items=3, now=0.0, starvation_s=10)
-    assert [i.name for i in batch] == ["h1", "n1", "n2"]
-    assert [i.name for i in q[Priority.LOW]] == ["l1"]
-
-
-def test_pick_batch_starvation_guard_promotes_a_waiting_low():
-    q = queues(all=[Item("l1", Priority.LOW, enqueued_at=0.0), Item("h1", Priority.HIGH, enqueued_at=9.5),
-                    Item("h2", Priority.HIGH, enqueued_at=9.6)])
-    batch = pick_batch(q, max_items=2, now=10.0, starvation_s=5.0)
-    assert [i.name for i in batch] == ["l1", "h1"]
-
-
-def test_pick_batch_never_splits_a_request_and_counts_items():
-    q = queues(all=[Item("a", size=3), Item("b", size=3), Item("c", size=1)])
-    batch = pick_batch(q, max_items=4, now=0.0, starvation_s=10)
-    assert [i.name for i in batch] == ["a"]  # b does not fit; c must not jump ahead of b
-    assert [i.name for i in q[Priority.NORMAL]] == ["b", "c"]
+    units: int = 1
+    deadline_ms: int | None = None
 
 
 async def run_batcher(max_batch_size: int, delay_ms: float, items: list[Item], model_s: float = 0.0,
@@ -72,11 +47,33 @@ async def test_full_batch_goes_without_waiting_for_the_delay():
     assert time.monotonic() - start < 2.0
 
 
-async def test_partial_batch_goes_after_the_delay():
+async def test_an_idle_instance_runs_a_partial_batch_at_once():
     start = time.monotonic()
-    batches = await run_batcher(32, 50, [Item("a"), Item("b")])
-    assert batches == [["a", "b"]]
-    assert time.monotonic() - start >= 0.05
+    batches = await run_batcher(32, 5_000, [Item("a")])
+    assert batches == [["a"]]
+    assert time.monotonic() - start < 1.0, "the delay gathers only while instances are busy"
+
+
+async def test_while_every_instance_is_busy_the_lookahead_batch_gathers_for_the_delay():
+    cut_at: list[tuple[list[str], float]] = []
+    release = asyncio.Event()
+
+    async def run(batch):
+        cut_at.append(([i.name for i in batch], time.monotonic()))
+        await release.wait()
+
+    async with InferenceBatcher("test", run, max_batch_size=32, max_batch_delay_ms=100, lookahead=1) as batcher:
+        await batcher.put(Item("first"))
+        await asyncio.sleep(0.02)
+        queued = time.monotonic()
+        await batcher.put(Item("a"))
+        await asyncio.sleep(0.03)
+        await batcher.put(Item("b"))
+        await asyncio.sleep(0.2)
+        release.set()
+        await batcher.drain(5)
+    assert [names for names, _ in cut_at] == [["first"], ["a", "b"]]
+    assert cut_at[1][1] - queued >= 0.1, "cut only once its oldest request waited the delay"
 
 
 async def test_next_batch_gathers_while_the_model_runs():
@@ -108,7 +105,7 @@ async def test_put_waits_when_the_priority_queue_is_full():
     batcher = InferenceBatcher("test", run, max_batch_size=1, max_batch_delay_ms=0, max_queued=2)
     await batcher.start()
     try:
-        for i in range(4):  # one runs, one batch is cut and waits for the model, two queue
+        for i in range(3):  # one runs, two queue (nothing is cut before a slot is free)
             await batcher.put(Item(str(i)))
         await asyncio.sleep(0.02)
         blocked = asyncio.create_task(batcher.put(Item("blocked")))
@@ -147,16 +144,16 @@ async def test_shed_hands_back_queued_requests_and_refuses_new_ones():
     batcher = InferenceBatcher("test", run, max_batch_size=1, max_batch_delay_ms=0)
     await batcher.start()
     try:
-        for name in ("running", "cut", "queued1", "queued2"):
+        for name in ("running", "queued0", "queued1", "queued2"):
             await batcher.put(Item(name))
         await asyncio.sleep(0.05)
         shed = batcher.shed()
-        assert [i.name for i in shed] == ["queued1", "queued2"]
+        assert [i.name for i in shed] == ["queued0", "queued1", "queued2"]
         with pytest.raises(BatcherClosed):
             await batcher.put(Item("late"))
         gate.set()
         await batcher.drain(2)
-        assert started == ["running", "cut"], "what was shed never runs"
+        assert started == ["running"], "what was shed never runs"
         batcher.resume()  # a rebalance ends: requests are taken again
         await batcher.put(Item("after"))
         await batcher.drain(2)
@@ -185,3 +182,76 @@ async def test_backlogged_once_a_full_batch_waits_for_every_slot():
         release.set()
         await batcher.drain(5)
         assert not batcher.backlogged
+
+
+def trained(ms_per_item: float) -> BatchCost:
+    cost = BatchCost(refit_s=0)
+    for items in (1, 2, 4, 8):
+        cost.observe(items, items, ms_per_item * items)
+    return cost
+
+
+async def test_a_batch_is_cut_at_the_largest_size_that_meets_its_earliest_deadline():
+    batches: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def run(batch):
+        batches.append([i.name for i in batch])
+        await gate.wait()
+
+    async with InferenceBatcher("test", run, 32, 1, cost=trained(100.0)) as batcher:
+        await batcher.put(Item("blocker"))
+        await asyncio.sleep(0.02)
+        due = int(time.time() * 1000) + 500  # 10 items predicted at 100 ms each: 4 fit in time
+        for k in range(10):
+            await batcher.put(Item(f"i{k}", deadline_ms=due if k == 0 else due + 10_000))
+        gate.set()
+        await batcher.drain(2)
+    assert batches[1] == ["i0", "i1", "i2", "i3"]
+    assert batches[2] == [f"i{k}" for k in range(4, 10)], "without the tight one, the rest fit in one"
+
+
+async def test_a_request_that_cannot_make_its_deadline_is_expired_without_running():
+    ran: list[str] = []
+    expired: list[str] = []
+
+    async def run(batch):
+        ran.extend(i.name for i in batch)
+
+    async def expire(items):
+        expired.extend(i.name for i in items)
+
+    now = int(time.time() * 1000)
+    async with InferenceBatcher("test", run, 32, 1, cost=trained(50.0), expire=expire) as batcher:
+        await batcher.put(Item("hopeless", deadline_ms=now + 20))  # one item takes ~50 ms
+        await batcher.put(Item("fine", deadline_ms=now + 5_000))
+        await batcher.put(Item("no-deadline"))
+        await batcher.drain(2)
+    assert expired == ["hopeless"] and sorted(ran) == ["fine", "no-deadline"]
+
+
+async def test_fifo_runs_what_is_due_in_arrival_order_and_expires_nothing_early():
+    ran: list[str] = []
+
+    async def run(batch):
+        ran.extend(i.name for i in batch)
+
+    async def expire(items):
+        raise AssertionError("FIFO sheds nothing")
+
+    gate = asyncio.Event()
+
+    async def blocked(batch):
+        await run(batch)
+        await gate.wait()
+
+    now = int(time.time() * 1000)
+    async with InferenceBatcher("test", blocked, 32, 1, cost=trained(50.0), expire=expire,
+                                deadline_aware=False) as batcher:
+        await batcher.put(Item("blocker"))
+        await asyncio.sleep(0.02)
+        await batcher.put(Item("loose", deadline_ms=now + 5_000))
+        await batcher.put(Item("hopeless", deadline_ms=now + 20))
+        gate.set()
+        await batcher.drain(2)
+    assert ran == ["blocker", "loose", "hopeless"]

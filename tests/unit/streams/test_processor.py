@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 
@@ -15,6 +16,7 @@ from helpers.worker_fakes import (
     FakePublisher,
     Faulty,
     event,
+    feed,
     make,
     run,
     until_acked,
@@ -159,3 +161,48 @@ async def test_a_redis_outage_delays_the_batch_and_nothing_is_acked_before_it_is
     acked = await run(make(model, publisher, codec), [source])
     assert acked == [0] and publisher.failed == 2
     assert [r.request_id for r in publisher.results] == [request.request_id]
+
+
+class PacedModel(FakeModel):
+    def predict_batch(self, inputs):
+        time.sleep(0.04 * len(inputs["x"]))  # 40 ms per item, in the inference thread
+        return super().predict_batch(inputs)
+
+
+@pytest.mark.parametrize("scheduling", ["deadline", "fifo"])
+async def test_a_request_that_cannot_make_its_deadline_is_shed_before_it_takes_model_time(codec, scheduling):
+    model, publisher = PacedModel(), FakePublisher()
+    processor = make(model, publisher, codec)
+    processor._deadline_aware = scheduling == "deadline"
+    acked: list[int] = []
+    await processor.start()
+    try:
+        for k in range(3):  # three batches of one: the cost is learnt
+            await feed(processor, [event(codec, [[k + 1, 1]], k)[0]], acked)
+        hopeless, hopeless_req = event(codec, [[9, 9]], 3, deadline_at=now_ms() + 15)
+        await feed(processor, [hopeless], acked)
+    finally:
+        await processor.stop()
+    result = next(r for r in publisher.results if r.request_id == hopeless_req.request_id)
+    assert sorted(acked) == [0, 1, 2, 3]
+    if scheduling == "deadline":
+        assert result.status == Status.EXPIRED and result.error.code == "DEADLINE_UNREACHABLE"
+        assert model.calls == [1, 1, 1], "no model time for it"
+        assert "EXPIRED" in {a.type.value for a in publisher.audits if a.request_id == hopeless_req.request_id}
+    else:  # FIFO runs it (the instance is idle) and it finishes after its deadline
+        assert result.status == Status.SUCCEEDED and model.calls == [1, 1, 1, 1]
+        assert result.completed_at > hopeless_req.deadline_at
+
+
+async def test_the_tasks_default_deadline_applies_to_a_request_without_one(codec):
+    model, publisher = FakeModel(), FakePublisher()
+    processor = make(model, publisher, codec)
+    processor._repository.configs[TASK] = dataclasses.replace(processor._repository.configs[TASK],
+                                                              default_deadline_ms=1)
+    old = now_ms() - 1_000
+    stale, stale_req = event(codec, [[1, 1]], 0, created_at=old)
+    own, own_req = event(codec, [[1, 1]], 1, created_at=old, deadline_at=now_ms() + 60_000)
+    acked = await run(processor, [stale, own])
+    statuses = {r.request_id: r.status for r in publisher.results}
+    assert statuses == {stale_req.request_id: Status.EXPIRED, own_req.request_id: Status.SUCCEEDED}
+    assert sorted(acked) == [0, 1]
