@@ -304,12 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=256)
     bench.add_argument("--batch-size", type=int, default=None)
     bench.add_argument("--output", default="bench-results")
-    bench.add_argument("--scenario", choices=["codec", "batching", "priority", "http", "gateway", "load", "scaleout", "all"],
-                       default="all", help="all: every scenario in turn (about 10 minutes on 2 cores)")
-    bench.add_argument("--rates", type=_fractions_arg, default=(0.25, 0.5, 0.75, 0.9),
+    bench.add_argument("--scenario", choices=["codec", "batching", "priority", "http", "gateway", "load", "scaleout",
+                                              "deadlines", "light", "all"],
+                       default="all", help="all: every scenario in turn (about 15 minutes on 2 cores)")
+    bench.add_argument("--rates", type=_fractions_arg, default=(0.25, 0.5, 0.75, 0.85, 0.9),
                        help="load: comma-separated fractions of the saturation throughput to offer")
     bench.add_argument("--duration", type=float, default=None,
                        help="load: seconds of each open-loop run (default: --requests requests each)")
+    bench.add_argument("--deadlines-seconds", type=float, default=20.0,
+                       help="deadlines: seconds of each open-loop run at 1.5x saturation")
+    bench.add_argument("--light-seconds", type=float, default=20.0,
+                       help="light: seconds of the open-loop run at 5%% of saturation")
+    bench.add_argument("--floor-seconds", type=float, default=10.0,
+                       help="deadlines, light: seconds of the no-model transport-floor run (20 req/s)")
     bench.add_argument("--submit-seconds", type=float, default=10.0, help="length of the gateway submit run")
     bench.add_argument("--submit-connections", type=int, default=64,
                        help="keep-alive connections of the gateway submit run")

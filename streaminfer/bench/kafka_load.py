@@ -36,9 +36,12 @@ class LoadRun:
     """Results per worker id."""
     seconds: float = 0.0
     """From the first send to the last result."""
+    arrivals_s: list[float] = field(default_factory=list)
+    """When each result came back, in seconds after the first send (arrival order)."""
 
-    def record(self, latency_s: float, result: InferenceResult) -> None:
+    def record(self, latency_s: float, result: InferenceResult, arrival_s: float = 0.0) -> None:
         self.latencies_s.append(latency_s)
+        self.arrivals_s.append(arrival_s)
         self.batch_sizes.append(result.batch_size)
         self.inference_ms.append(result.timings.inference_ms)
         self.workers[result.worker_id] += 1
@@ -62,9 +65,23 @@ def results_consumer(bootstrap: str, prefix: str) -> AIOKafkaConsumer:
         auto_offset_reset="earliest", fetch_max_wait_ms=Settings().kafka_fetch_max_wait_ms, enable_auto_commit=False)
 
 
-def text_request(text: str, priority: Priority = Priority.NORMAL) -> InferenceRequest:
+def text_request(text: str, priority: Priority = Priority.NORMAL, *, created_at: int | None = None,
+                 deadline_at: int | None = None) -> InferenceRequest:
+    """A one-text embedding request that skips the content cache; ``created_at`` (default now)
+    and ``deadline_at`` in epoch milliseconds."""
+    timing = {} if created_at is None else {"created_at": created_at}
     return InferenceRequest(request_id=str(uuid.uuid4()), task=TASK, priority=priority,
-                            inputs=[Tensor.from_numpy("text", np.array([text], dtype=object))], parameters=NO_CACHE)
+                            inputs=[Tensor.from_numpy("text", np.array([text], dtype=object))], parameters=NO_CACHE,
+                            deadline_at=deadline_at, **timing)
+
+
+@dataclass(frozen=True)
+class Received:
+    """One result as the downstream consumer saw it."""
+
+    result: InferenceResult
+    arrival_ms: int
+    """Epoch milliseconds at which the consumer read it."""
 
 
 class _Exchange:
@@ -81,7 +98,11 @@ class _Exchange:
         self._codec = AvroCodec()
         self._sent: dict[str, float] = {}
         self.run = LoadRun()
+        self.received: dict[str, Received] = {}
+        """Every result of this drive by request id."""
         self.started = 0.0
+        self.started_epoch_ms = 0.0
+        """``started`` on the wall clock, epoch milliseconds (the clock of created_at and deadline_at)."""
 
     async def __aenter__(self) -> _Exchange:
         self._consumer = results_consumer(self._bootstrap, self._prefix)
@@ -91,14 +112,23 @@ class _Exchange:
         self._progress = tqdm(total=self._total, desc=self._desc, unit="req", leave=False)
         self._receiver = asyncio.create_task(self._receive())
         self.started = time.perf_counter()
+        self.started_epoch_ms = time.time() * 1000.0
         return self
 
-    async def send(self, text: str, sent_at: float) -> None:
-        """Write one request; its latency will count from ``sent_at`` (a ``perf_counter`` time)."""
-        request = text_request(text)
+    def epoch_ms(self, at: float) -> int:
+        """A ``perf_counter`` time of this drive on the wall clock, epoch milliseconds."""
+        return int(self.started_epoch_ms + (at - self.started) * 1000.0)
+
+    async def send(self, text: str, sent_at: float, deadline_in_ms: float | None = None) -> str:
+        """Write one request; its latency will count from ``sent_at`` (a ``perf_counter`` time),
+        and so do its ``created_at`` and, with ``deadline_in_ms``, its ``deadline_at``. Returns its id."""
+        created = self.epoch_ms(sent_at)
+        request = text_request(text, created_at=created,
+                               deadline_at=None if deadline_in_ms is None else created + round(deadline_in_ms))
         self._sent[request.request_id] = sent_at
         await self._producer.send(topics.request_topic(self._prefix, TASK, Priority.NORMAL),
                                   self._codec.encode(request), key=request.request_id.encode())
+        return request.request_id
 
     async def results(self, timeout_s: float = 600.0) -> LoadRun:
         """Every result, once all ``total`` are back (the receiver's error, if it failed)."""
@@ -109,11 +139,14 @@ class _Exchange:
         while len(self.run.latencies_s) < self._total:
             for records in (await self._consumer.getmany(timeout_ms=100)).values():
                 for message in records:
-                    sent_at = self._sent.pop(message.key.decode(), None)
+                    request_id = message.key.decode()
+                    sent_at = self._sent.pop(request_id, None)
                     if sent_at is None:  # a result of an earlier drive on this prefix
                         continue
                     now = time.perf_counter()
-                    self.run.record(now - sent_at, self._codec.decode(message.value, InferenceResult))
+                    result = self._codec.decode(message.value, InferenceResult)
+                    self.received[request_id] = Received(result, self.epoch_ms(now))
+                    self.run.record(now - sent_at, result, now - self.started)
                     self.run.seconds = now - self.started
                     self._on_result()
                     self._progress.update()
@@ -205,3 +238,45 @@ async def drive_priority_burst(bootstrap: str, prefix: str, texts: list[str], mi
         await producer.stop()
         await consumer.stop()
     return queued
+
+
+@dataclass
+class DeadlineDrive:
+    """An open-loop drive with a deadline on every request: what was sent, and what came back."""
+
+    sent: dict[str, str] = field(default_factory=dict)
+    """Request id -> its class (the key of the budget it was sent with)."""
+    deadlines_ms: dict[str, int] = field(default_factory=dict)
+    """Request id -> its deadline_at (epoch ms)."""
+    received: dict[str, Received] = field(default_factory=dict)
+    started_ms: float = 0.0
+    """The first scheduled send, epoch ms."""
+    offered_s: float = 0.0
+    """The length of the offered schedule: count / rate."""
+    timed_out: bool = False
+    """Not every result came back within the wait."""
+
+
+async def drive_deadlines(bootstrap: str, prefix: str, texts: list[str], rate_per_s: float, duration_s: float,
+                          classes: Sequence[str], budgets_ms: dict[str, float], desc: str,
+                          wait_s: float = 60.0) -> DeadlineDrive:
+    """Open loop at ``rate_per_s`` for ``duration_s``; request i has class ``classes[i % len]`` and
+    ``deadline_at`` = its scheduled send (= ``created_at``) + that class's budget. Waits for every
+    result, at most ``wait_s`` after the last send; what did not come back is absent from ``received``."""
+    count = max(1, round(rate_per_s * duration_s))
+    drive = DeadlineDrive(offered_s=count / rate_per_s)
+    async with _Exchange(bootstrap, prefix, count, desc) as exchange:
+        drive.started_ms = exchange.started_epoch_ms
+        i = 0
+        async for due in paced(send_offsets(rate_per_s, count), exchange.started):
+            kind = classes[i % len(classes)]
+            request_id = await exchange.send(texts[i % len(texts)], due, budgets_ms[kind])
+            drive.sent[request_id] = kind
+            drive.deadlines_ms[request_id] = exchange.epoch_ms(due) + round(budgets_ms[kind])
+            i += 1
+        try:
+            await exchange.results(wait_s)
+        except TimeoutError:
+            drive.timed_out = True
+        drive.received = dict(exchange.received)
+    return drive

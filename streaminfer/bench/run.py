@@ -18,7 +18,9 @@ import yaml
 from .. import embedded
 from ..kafka_admin import ensure_contract_topics
 from ..settings import Settings
+from .deadlines import bench_deadlines, deadlines_summary
 from .figures import TASK, Figures, corpus, figures, table
+from .floor import bench_compute, bench_floor, bench_light, light_summary
 from .http_load import (
     bench_gateway,
     cpu_meter,
@@ -111,6 +113,9 @@ def run_bench(args: argparse.Namespace) -> int:
         report["codec"] = bench_codec()
     if wanted("batching"):
         rows = [bench_raw(repository, texts, max_batch, threads), bench_raw(repository, texts, 1, threads)]
+    compute = None
+    if wanted("deadlines") or wanted("light"):  # one batch-1 compute of the raw model, shared by both
+        compute = bench_compute(repository, texts[:300], threads)
     with embedded.tansu(log_dir=out_dir) as kafka, embedded.redis(log_dir=out_dir) as redis:
         bootstrap, redis_url = embedded.bootstrap_address(kafka), embedded.redis_address(redis)
         if wanted("batching"):
@@ -132,6 +137,16 @@ def run_bench(args: argparse.Namespace) -> int:
         if wanted("scaleout"):
             report["scaleout"] = bench_scaleout(bootstrap, redis_url, repository, texts, max_batch,
                                                 args.concurrency, threads, out_dir)
+        if compute is not None:  # the transport floor (no model), shared by deadlines and light
+            floor = bench_floor(bootstrap, redis_url, repository, texts, max_batch, threads, out_dir,
+                                args.floor_seconds)
+        if wanted("light"):
+            report["light"] = bench_light(bootstrap, redis_url, repository, texts, max_batch, args.concurrency,
+                                          threads, out_dir, floor, compute, args.light_seconds)
+        if wanted("deadlines"):
+            report["deadlines"] = bench_deadlines(bootstrap, redis_url, repository, texts, max_batch,
+                                                  args.concurrency, threads, out_dir, floor, compute,
+                                                  args.deadlines_seconds)
     report["rows"] = [asdict(r) for r in rows]
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
     if rows:
@@ -163,12 +178,17 @@ def run_bench(args: argparse.Namespace) -> int:
         print("\nlatency against offered load, open loop through Kafka:\n" + load_summary(report["load"]))
     if "scaleout" in report:
         print("\nscale-out, closed loop through Kafka:\n" + scaleout_summary(report["scaleout"]))
+    if "light" in report:
+        print("\nlight load against the transport floor (open loop through Kafka):\n" + light_summary(report["light"]))
+    if "deadlines" in report:
+        print("\ngoodput under overload, deadline-aware scheduling against FIFO:\n"
+              + deadlines_summary(report["deadlines"]))
     if "codec" in report:
         codec = report["codec"]
         print(f"\navro encode + decode of a typical request: best {codec['roundtrips_per_s']:,.0f}/s, median "
               f"{codec['median_roundtrips_per_s']:,.0f}/s of 5 (fastavro's best: {codec['fastavro_roundtrips_per_s']:,.0f}/s)")
     report["targets"] = check_targets(report, rows)
-    print("\ntargets (issue 6):\n" + targets_table(report["targets"]))
+    print("\ntargets (issues 6 and 12):\n" + targets_table(report["targets"]))
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
     print(f"JSON: {out_dir / 'bench.json'}")
     shutil.rmtree(out_dir / "tmp", ignore_errors=True)

@@ -51,11 +51,13 @@ class Workers:
 @contextmanager
 def bench_worker(kafka: str, redis_url: str, repository: Path, max_batch_size: int, threads: int | None,
                  log_dir: Path, *, workers: int = 1, partitions: int | None = None,
-                 instances: int | None = None) -> Iterator[Workers]:
+                 instances: int | None = None, env: dict[str, str] | None = None) -> Iterator[Workers]:
     """``workers`` worker processes in one consumer group, serving text-embedding with
     ``max_batch_size`` on a topic prefix of their own, created with ``partitions`` per topic
-    (default: the setting); yields them once every worker holds partitions."""
+    (default: the setting), with ``env`` added to their environment (e.g.
+    ``STREAMINFER_WORKER_SCHEDULING``); yields them once every worker holds partitions."""
     prefix = f"bench{uuid.uuid4().hex[:6]}"
+    extra_env = dict(env or {})
     settings = Settings(kafka_bootstrap_servers=kafka, topic_prefix=prefix,
                         **({"topic_partitions": partitions} if partitions else {}))
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -65,6 +67,7 @@ def bench_worker(kafka: str, redis_url: str, repository: Path, max_batch_size: i
                    STREAMINFER_TOPIC_PARTITIONS=str(settings.topic_partitions), STREAMINFER_LOG_LEVEL="WARNING")
         if threads:
             env["STREAMINFER_WORKER_THREADS"] = str(threads)
+        env.update(extra_env)
         asyncio.run(ensure_contract_topics(settings, [TASK]))
         procs: list[subprocess.Popen] = []
         metrics_urls = []

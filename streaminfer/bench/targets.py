@@ -1,4 +1,4 @@
-"""The targets of issue 6 against a run's figures, and the Avro codec figure they include."""
+"""The targets of issues 6 and 12 against a run's figures, and the Avro codec figure they include."""
 
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ def check_targets(report: dict, rows: list[Figures]) -> list[dict]:
         targets.append({"target": "p99 at 50% load <= 2 x full batch compute + 25 ms",
                         "measured": f"p99 {t['p99_ms']:.0f} ms, bound {t['bound_ms']:.0f} ms",
                         "passed": t["passed"]})
+    targets += issue12_targets(report)
     if "gateway_submit" in report:
         rate = report["gateway_submit"]["requests_per_s"]
         targets.append({"target": f"gateway async submit >= {GATEWAY_SUBMITS_PER_S:,} req/s, one process",
@@ -64,6 +65,31 @@ def check_targets(report: dict, rows: list[Figures]) -> list[dict]:
         rate = report["codec"]["roundtrips_per_s"]
         targets.append({"target": f"Avro encode + decode >= {CODEC_ROUNDTRIPS_PER_S:,}/s",
                         "measured": f"{rate:,}/s", "passed": rate >= CODEC_ROUNDTRIPS_PER_S})
+    return targets
+
+
+def issue12_targets(report: dict) -> list[dict]:
+    """The deadlines, light-load and sustained-load targets of issue 12 the run measured."""
+    targets = []
+    deadlines = (report.get("deadlines") or {}).get("target") or {}
+    if deadlines.get("share_passed") is not None:
+        targets.append({"target": "goodput at 1.5x overload (deadline scheduling) >= 90% of closed-loop saturation",
+                        "measured": f"{deadlines['goodput_over_saturation']:.1%}",
+                        "passed": deadlines["share_passed"]})
+    if deadlines.get("ratio_passed") is not None:
+        targets.append({"target": "goodput deadline scheduling >= 1.5x FIFO",
+                        "measured": f"{deadlines['deadline_over_fifo']:.2f}x", "passed": deadlines["ratio_passed"]})
+    light = (report.get("light") or {}).get("target")
+    if light:
+        targets.append({"target": "p50 at 5% load <= transport floor + batch-1 compute + 5 ms",
+                        "measured": f"p50 {light['p50_ms']:.1f} ms, bound {light['bound_ms']:.1f} ms",
+                        "passed": light["passed"]})
+    sustained = (report.get("load") or {}).get("sustained")
+    if sustained:
+        targets.append({"target": f"open loop at {sustained['fraction']:.0%} of saturation: achieved >= 98% of "
+                                  "offered, p99 <= 2 x full batch + 25 ms",
+                        "measured": f"{sustained['achieved_share']:.1%}, p99 {sustained['p99_ms']:.0f} ms "
+                                    f"(bound {sustained['bound_ms']:.0f})", "passed": sustained["passed"]})
     return targets
 
 
