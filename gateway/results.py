@@ -23,6 +23,16 @@ from .errors import reaching
 logger = logging.getLogger(__name__)
 
 FIELD_AVRO = keys.RESULT_FIELD_AVRO  # the worker's publisher writes the result hash
+MAX_QUEUED_PER_WRITE = 256
+"""Most requests whose queued status one pipeline writes."""
+# Lua: a request's status as queued, with its task and owner, kept ``ttl`` seconds; one command
+# where HSETNX, HSET and EXPIRE were three (the client's cost is per command). HSETNX: a request
+# published again (an Idempotency-Key retry) keeps the state a worker may have moved it to.
+_MARK_QUEUED = """
+redis.call('HSETNX', KEYS[1], 'status', 'queued')
+redis.call('HSET', KEYS[1], 'task', ARGV[1], 'client_id', ARGV[2])
+return redis.call('EXPIRE', KEYS[1], ARGV[3])
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +61,8 @@ class ResultStore:
                                                socket_connect_timeout=2, socket_timeout=5)
         self.redis = Redis.from_pool(pool)  # owns the pool: aclose() disconnects it
         self._waiters: dict[str, set[asyncio.Future]] = defaultdict(set)
+        self._queued: list[tuple[str, str, str | None, asyncio.Future]] = []
+        self._writer: asyncio.Task | None = None
         self._closed = False
         self._listener = asyncio.create_task(self._listen(), name="result-listener")
         self._subscribed = asyncio.Event()
@@ -61,6 +73,9 @@ class ResultStore:
         self._closed = True
         self._listener.cancel()
         await asyncio.wait([self._listener])
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.wait([self._writer])
         for futures in self._waiters.values():
             for fut in futures:
                 fut.cancel()
@@ -133,14 +148,57 @@ class ResultStore:
                                         xx=True, keepttl=True))
 
     async def mark_queued(self, request_id: str, task: str, client_id: str | None) -> None:
-        key = keys.status_key(self._prefix, request_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            # hsetnx: a request published again (an Idempotency-Key retry) keeps the state a
-            # worker may have moved it to (running, done)
-            pipe.hsetnx(key, "status", "queued")
-            pipe.hset(key, mapping={"task": task, "client_id": client_id or ""})
-            pipe.expire(key, self._ttl_s)
-            await self._call(pipe.execute())
+        """Store the request's status as queued, with its task and owner; returns once Redis
+        has it. The statuses of requests submitted meanwhile go in the same pipeline: one round
+        trip (and one pass through the client's pool) for all of them, the gateway's largest
+        saving per submission (measured: about a third of its CPU went into these writes)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._queued.append((request_id, task, client_id, fut))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_queued(), name="status-writer")
+            self._writer.add_done_callback(self._writer_done)
+        with reaching("result store"):
+            await fut
+
+    async def _write_queued(self) -> None:
+        """Write the queued statuses gathered so far, and again those gathered while it wrote,
+        until none are left."""
+        while self._queued:
+            batch = self._queued[:MAX_QUEUED_PER_WRITE]
+            del self._queued[:MAX_QUEUED_PER_WRITE]
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for request_id, task, client_id, _ in batch:
+                        pipe.eval(_MARK_QUEUED, 1, keys.status_key(self._prefix, request_id),
+                                  task, client_id or "", self._ttl_s)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            except BaseException:  # stopped (or a bug) mid-write: nobody may wait on it any longer
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(ConnectionError("the result store is closing"))
+                raise
+            else:
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+
+    def _writer_done(self, task: asyncio.Task) -> None:
+        """The writer finished, failed or was stopped: nobody may wait on it any longer."""
+        self._writer = None
+        failed = None if task.cancelled() else task.exception()
+        if failed is None and not task.cancelled() and self._queued and not self._closed:
+            # queued after its last look (a done-callback runs a loop turn later): write those too
+            self._writer = asyncio.create_task(self._write_queued(), name="status-writer")
+            self._writer.add_done_callback(self._writer_done)
+            return
+        queued, self._queued = self._queued, []
+        for *_, fut in queued:
+            if not fut.done():
+                fut.set_exception(failed or ConnectionError("the result store is closing"))
 
     async def status(self, request_id: str) -> dict[str, str]:
         raw = await self._call(self.redis.hgetall(keys.status_key(self._prefix, request_id)))

@@ -28,24 +28,18 @@ def _fractions_arg(value: str) -> tuple[float, ...]:
 def cmd_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gateway.app import AuthNotConfigured, create_app
-    from schemas.registry import RegistryClient
+    from gateway.app import AuthNotConfigured
 
-    from .connectivity import (
-        ConnectivityError,
-        kafka_options,
-        registry_client,
-        registry_url,
-        uvicorn_ssl,
-    )
+    from .connectivity import ConnectivityError, uvicorn_ssl
     from .telemetry import logging_config, setup_logging
 
     settings = Settings()
     setup_logging(args.log_level)
+    if args.workers < 1:
+        print("streaminfer gateway: --workers must be 1 or more", file=sys.stderr)
+        return 2
     try:
-        http = registry_client(settings)
-        registry = RegistryClient(registry_url(settings), client=http) if http is not None else None
-        app = create_app(settings, kafka_options=kafka_options(settings), registry=registry)
+        app = gateway_app(settings)  # refuses a bad configuration here, before any process starts
     except AuthNotConfigured as exc:
         print(f"streaminfer gateway: {exc}", file=sys.stderr)
         return 2
@@ -54,9 +48,33 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     except ConnectivityError as exc:
         print(f"streaminfer gateway: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port,
-                log_config=logging_config(args.log_level), access_log=False, **uvicorn_ssl(settings))
+    log_config = logging_config(args.log_level)
+    served = app if args.workers == 1 else f"{__name__}:gateway_app"
+    if args.workers > 1:
+        # NOTE: with N workers uvicorn binds the socket here and spawns N processes that share it;
+        # each imports this module and builds its own app (producer, Redis pool, lag monitor).
+        # Its configuration is pickled to them: a stream by name, not the object.
+        for handler in log_config["handlers"].values():
+            if handler.get("stream") is sys.stderr:
+                handler["stream"] = "ext://sys.stderr"
+    uvicorn.run(served, factory=args.workers > 1, workers=args.workers if args.workers > 1 else None,
+                host=settings.gateway_host, port=settings.gateway_port,
+                log_config=log_config, access_log=False, **uvicorn_ssl(settings))
     return 0
+
+
+def gateway_app(settings: Settings | None = None):
+    """The gateway's ASGI app from ``settings`` (default: the environment's), with the Kafka and
+    registry connectivity they name; uvicorn's app factory in each process of ``--workers N``."""
+    from gateway.app import create_app
+    from schemas.registry import RegistryClient
+
+    from .connectivity import kafka_options, registry_client, registry_url
+
+    settings = settings or Settings()
+    http = registry_client(settings)
+    registry = RegistryClient(registry_url(settings), client=http) if http is not None else None
+    return create_app(settings, kafka_options=kafka_options(settings), registry=registry)
 
 
 async def _ensure_topics(settings: Settings, tasks: list[str] | None) -> list[str]:
@@ -267,7 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--workers", type=int, default=1)
     up.set_defaults(func=cmd_up)
 
-    sub.add_parser("gateway", help="run the HTTP gateway").set_defaults(func=cmd_gateway)
+    gateway = sub.add_parser("gateway", help="run the HTTP gateway")
+    gateway.add_argument("--workers", type=int, default=1,
+                         help="gateway processes serving the same port (each its own producer and Redis pool)")
+    gateway.set_defaults(func=cmd_gateway)
 
     worker = sub.add_parser("worker", help="run a stream worker")
     worker.add_argument("--tasks", default=None)

@@ -31,13 +31,28 @@ class RunningGateway:
     host: str
     port: int
     pid: int
+    """The gateway's process: with ``--workers N``, uvicorn's supervisor of the N serving ones."""
+    workers: tuple[int, ...] = ()
+    """PIDs of the N serving processes of ``--workers N`` (N > 1); empty for one process."""
+
+    @property
+    def serving(self) -> tuple[int, ...]:
+        return self.workers or (self.pid,)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The children of process ``pid`` (all its threads'), from /proc."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return children
 
 
 @contextmanager
-def bench_gateway(kafka: str, redis_url: str, prefix: str, repository: Path, log_dir: Path
+def bench_gateway(kafka: str, redis_url: str, prefix: str, repository: Path, log_dir: Path, workers: int = 1
                   ) -> Iterator[RunningGateway]:
-    """One gateway process serving text-embedding under ``prefix``, without auth, lag bound or
-    rate limit (they would refuse the load under test); stopped by PID at exit."""
+    """A gateway serving text-embedding under ``prefix`` from ``workers`` processes, without auth,
+    lag bound or rate limit (they would refuse the load under test); stopped by PID at exit."""
     port = embedded.free_port()
     env = dict(os.environ, STREAMINFER_KAFKA_BOOTSTRAP_SERVERS=kafka, STREAMINFER_REDIS_URL=redis_url,
                STREAMINFER_TOPIC_PREFIX=prefix, STREAMINFER_MODEL_REPOSITORY=str(repository),
@@ -46,14 +61,45 @@ def bench_gateway(kafka: str, redis_url: str, prefix: str, repository: Path, log
                STREAMINFER_MAX_LAG_PER_TASK="0", STREAMINFER_LOG_LEVEL="WARNING",
                # NOTE: no rate limiter runs without auth; these only make sure of it
                STREAMINFER_RATE_LIMIT_PER_S="1e9", STREAMINFER_RATE_LIMIT_BURST=str(10**9))
-    with open(log_dir / f"gateway-{prefix}.log", "wb") as log:
-        gateway = subprocess.Popen([sys.executable, "-m", "streaminfer", "--log-level", "WARNING", "gateway"],
+    with open(log_dir / f"gateway-{prefix}-{workers}.log", "wb") as log:
+        gateway = subprocess.Popen([sys.executable, "-m", "streaminfer", "--log-level", "WARNING", "gateway",
+                                    "--workers", str(workers)],
                                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             embedded.wait_for_http(f"http://{embedded.LOOPBACK}:{port}/health", [gateway])
-            yield RunningGateway(embedded.LOOPBACK, port, gateway.pid)
+            serving: tuple[int, ...] = ()
+            if workers > 1:
+                # uvicorn's supervisor also runs a resource tracker: the serving ones are the
+                # children that are gateways, all started before connections are opened
+                deadline = time.monotonic() + 60
+                while len(serving) < workers and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    serving = tuple(c for c in child_pids(gateway.pid) if _is_gateway_worker(c))
+                if len(serving) < workers:
+                    raise RuntimeError(f"{workers} gateway processes did not start: {serving}")
+                time.sleep(2.0)  # their lifespans (Kafka, Redis) start; each answers only then
+            yield RunningGateway(embedded.LOOPBACK, port, gateway.pid, serving)
         finally:
             embedded.terminate(gateway, 30)
+
+
+def _is_gateway_worker(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"resource_tracker" not in cmdline
+
+
+def mark_served(redis_url: str, prefix: str, task: str) -> None:
+    """Record ``task`` as served under ``prefix``, as a worker's heartbeat would: the submit
+    bench runs no worker, and the gateway refuses (503) a task no worker has ever served."""
+    from redis import Redis
+
+    from schemas import keys
+
+    with Redis.from_url(redis_url) as redis:
+        redis.sadd(keys.served_tasks_key(prefix), task)
 
 
 def result_succeeded(response: Response) -> bool:

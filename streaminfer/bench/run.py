@@ -77,17 +77,40 @@ def bench_http(kafka: str, redis_url: str, repository: Path, texts: list[str], m
 
 def bench_gateway_submit(kafka: str, redis_url: str, repository: Path, texts: list[str], connections: int,
                          seconds: float, log_dir: Path, servers: dict[str, int]) -> dict:
-    """The async submit path (202, no wait) of one gateway process: requests/s, latency and the
-    CPU the gateway, the ``servers`` (name: pid) and the load generator use. No worker runs."""
+    """The async submit path (202, no wait): requests/s, latency and the CPU the gateway, the
+    ``servers`` (name: pid) and the load generator use, from one gateway process and then from
+    two (``--workers 2``); ``GET /health`` on the one process as the HTTP stack's own rate, and
+    the CPU per request of both. No worker runs."""
+    from .http_load import mark_served
+
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     asyncio.run(ensure_contract_topics(Settings(kafka_bootstrap_servers=kafka, topic_prefix=prefix), [TASK]))
-    with bench_gateway(kafka, redis_url, prefix, repository, log_dir) as gateway:
-        measure_submit(gateway, texts, connections, min(2.0, seconds), "warm-up")
-        with cpu_meter({"gateway": gateway.pid, **servers}) as cpu:
-            latencies, failures, elapsed = measure_submit(gateway, texts, connections, seconds, "gateway submit")
-        floor, _, floor_s = measure_floor(gateway, connections, seconds)
-    return {**submit_summary(latencies, failures, elapsed, connections, cpu),
-            "health_requests_per_s": round(len(floor) / floor_s, 1)}
+    mark_served(redis_url, prefix, TASK)  # no worker runs: else every submit is 503 (never served)
+
+    def gateway_cpu_ms(cpu: dict[str, float], names: list[str], requests: int) -> float:
+        return round(1000 * sum(cpu[name] for name in names) / max(requests, 1), 3)
+
+    found: dict = {}
+    for workers in (1, 2):
+        with bench_gateway(kafka, redis_url, prefix, repository, log_dir, workers) as gateway:
+            pids = {"gateway": gateway.pid} if workers == 1 else \
+                {f"gateway {i}": pid for i, pid in enumerate(gateway.serving, 1)}
+            measure_submit(gateway, texts, connections, min(2.0, seconds), "warm-up")
+            with cpu_meter({**pids, **servers}) as cpu:
+                latencies, failures, elapsed = measure_submit(gateway, texts, connections, seconds,
+                                                              f"gateway submit, {workers} process(es)")
+            summary = {**submit_summary(latencies, failures, elapsed, connections, cpu),
+                       "gateway_cpu_ms_per_request": gateway_cpu_ms(cpu, list(pids), len(latencies))}
+            if workers == 1:
+                with cpu_meter(pids) as floor_cpu:
+                    floor, _, floor_s = measure_floor(gateway, connections, seconds)
+                found = {**summary, "health_requests_per_s": round(len(floor) / floor_s, 1),
+                         "health_cpu_ms_per_request": gateway_cpu_ms(floor_cpu, list(pids), len(floor))}
+                found["submit_over_health"] = round(found["requests_per_s"] / max(found["health_requests_per_s"], 1e-9), 3)
+            else:
+                found["two_processes"] = summary
+                found["two_over_one"] = round(summary["requests_per_s"] / max(found["requests_per_s"], 1e-9), 3)
+    return found
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -172,8 +195,16 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"\ngateway submit (202, one gateway process, {submit['connections']} connections): "
               f"{submit['requests_per_s']:.0f} req/s, p50 {submit['p50_ms']:.1f} p95 {submit['p95_ms']:.1f} "
               f"p99 {submit['p99_ms']:.1f} ms, non-202 {submit['non_202']}; "
-              f"GET /health on the same process (the HTTP stack alone): {submit['health_requests_per_s']:.0f} req/s")
+              f"GET /health on the same process (the HTTP stack alone): {submit['health_requests_per_s']:.0f} req/s; "
+              f"submit / health {submit['submit_over_health']:.0%}")
+        print(f"  gateway CPU per request: submit {submit['gateway_cpu_ms_per_request']} ms, "
+              f"/health {submit['health_cpu_ms_per_request']} ms")
         print("  CPU, % of a core: " + ", ".join(f"{name} {pct}" for name, pct in submit["cpu_percent_of_a_core"].items()))
+        two = submit["two_processes"]
+        print(f"  two gateway processes (--workers 2): {two['requests_per_s']:.0f} req/s, "
+              f"{submit['two_over_one']:.2f}x one; p50 {two['p50_ms']:.1f} p99 {two['p99_ms']:.1f} ms, "
+              f"non-202 {two['non_202']}, gateway CPU per request {two['gateway_cpu_ms_per_request']} ms")
+        print("  CPU, % of a core: " + ", ".join(f"{name} {pct}" for name, pct in two["cpu_percent_of_a_core"].items()))
     if "load" in report:
         print("\nlatency against offered load, open loop through Kafka:\n" + load_summary(report["load"]))
     if "scaleout" in report:
