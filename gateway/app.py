@@ -17,6 +17,7 @@ from schemas.registry import RegistryClient
 from .admin import router as admin_router
 from .apikeys import ApiKeyStore
 from .auth import Authenticator, RateLimiter, load_public_keys
+from .capacity import read_service
 from .errors import ERROR_RESPONSES, install_error_handlers
 from .inputs import InputLimits
 from .lag import LagMonitor
@@ -104,14 +105,18 @@ def create_app(settings: Any, *, kafka_options: dict[str, Any] | None = None,
                                    kafka_options=kafka_options)
         store = ResultStore(settings.redis_dsn, codec, settings.topic_prefix, settings.result_ttl_s)
         service = build_service(settings, producer, store)
+        async def capacity(tasks: list[str]) -> dict[str, dict]:  # store.redis exists once it started
+            return await read_service(store.redis, settings.topic_prefix, tasks)
+
         lag = LagMonitor(settings.kafka_bootstrap_servers, settings.group_id, settings.topic_prefix,
-                         sorted(service.configs), kafka_options=kafka_options)
+                         sorted(service.configs), kafka_options=kafka_options, service=capacity)
         async with AsyncExitStack() as stack:
             for component in (producer, store, lag):
                 await component.start()
                 stack.push_async_callback(component.stop)
             service.lag = lag
             app.state.service = service
+            app.state.capacity = capacity
             authenticator.api_keys = ApiKeyStore(store.redis, settings.topic_prefix)
             app.state.rate_limiter = None if authenticator.disabled else RateLimiter(
                 store.redis, settings.topic_prefix, settings.rate_limit_per_s, settings.rate_limit_burst)

@@ -1,10 +1,12 @@
 """Consumer lag of the workers' group on each task's request topics, refreshed in the background,
-so the gateway can answer 429 OVERLOADED instead of queueing without limit."""
+so the gateway can answer 429 OVERLOADED instead of queueing without limit; with the workers'
+service times, also how long each backlog takes to drain (``capacity.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -13,19 +15,23 @@ from schemas.records import Priority
 from schemas.topics import PRIORITIES, request_topic
 
 from . import metrics
+from .capacity import drain_seconds
 
 logger = logging.getLogger(__name__)
 
 
 class LagMonitor:
     def __init__(self, bootstrap_servers: str, group_id: str, prefix: str, tasks: list[str],
-                 interval_s: float = 1.0, kafka_options: dict | None = None) -> None:
+                 interval_s: float = 1.0, kafka_options: dict | None = None,
+                 service: Callable[[list[str]], Awaitable[dict[str, dict]]] | None = None) -> None:
         self._kafka_options = dict(kafka_options or {})
         self._bootstrap = bootstrap_servers
         self._group_id = group_id
         self._prefix = prefix
         self._tasks = list(tasks)
         self._interval_s = interval_s
+        self._service = service
+        """tasks -> what serving each costs the live workers (``capacity.read_service``)."""
         self._closed = True
         self.lag: dict[tuple[str, Priority], int] = {}
         """(task, priority) -> messages not yet committed by the workers' group."""
@@ -60,6 +66,14 @@ class LagMonitor:
                     metrics.CONSUMER_LAG.labels(task, priority.topic_suffix).set(lag)
             except Exception as exc:  # lag is advisory: keep the last figures and try again
                 logger.warning("could not measure consumer lag: %r", exc)
+            if self._service is not None:
+                try:
+                    service = await self._service(self._tasks)
+                    for (task, priority), lag in self.lag.items():
+                        metrics.DRAIN_SECONDS.labels(task, priority.topic_suffix).set(
+                            drain_seconds(lag, service.get(task)))
+                except Exception as exc:
+                    logger.warning("could not read the workers' service times: %r", exc)
             await asyncio.sleep(self._interval_s)
 
     async def measure(self) -> dict[tuple[str, Priority], int]:

@@ -17,3 +17,6 @@ REQUEST_SECONDS = Histogram(
 )
 CONSUMER_LAG = Gauge("inference_consumer_lag", "Requests not yet committed by the workers",
                      ["task", "priority"], registry=REGISTRY)
+DRAIN_SECONDS = Gauge("inference_drain_seconds", "Seconds the live instances take to work off the lag: lag x "
+                      "smoothed per-item service time / live instances (NaN: no live worker has timed a batch)",
+                      ["task", "priority"], registry=REGISTRY)

@@ -126,8 +126,16 @@ async def cancel(request_id: RequestId, request: Request, principal: Caller) -> 
 
 @router.get("/v1/tasks", tags=["inference"])
 async def tasks(request: Request, principal: Caller) -> dict:
-    """Tasks, their models and versions, input signatures, batching settings and topics."""
-    return {"tasks": service(request).describe_tasks()}
+    """Tasks, their models and versions, input signatures, batching settings and topics; with
+    ``service`` what their batches cost the live workers (each one's fitted batch cost,
+    ``compute_ms ≈ fixed + per_item · items + per_unit · input units``) and their instances."""
+    described = service(request).describe_tasks()
+    capacity = getattr(request.app.state, "capacity", None)  # capacity.read_service, bound
+    try:
+        costs = await capacity([t["task"] for t in described]) if capacity else {}
+    except UNREACHABLE:  # Redis away: the signatures alone still answer the question
+        costs = {}
+    return {"tasks": [{**t, "service": costs.get(t["task"])} for t in described]}
 
 
 @router.get("/health", tags=["operations"])

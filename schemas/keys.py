@@ -15,6 +15,7 @@ __all__ = [
     "HSET_IF_EXISTS",
     "RESULT_FIELD_AVRO",
     "RESULT_FIELD_PUBLISHED",
+    "SERVICE_STALE_MS",
     "WORKER_INDEX_GRACE_MS",
     "api_client_key",
     "api_key_key",
@@ -27,6 +28,7 @@ __all__ = [
     "result_channel",
     "result_key",
     "served_tasks_key",
+    "service_key",
     "status_key",
     "worker_key",
     "workers_key",
@@ -104,6 +106,17 @@ def workers_key(prefix: str) -> str:
 def served_tasks_key(prefix: str) -> str:
     """Set: every task a worker has ever served (announced in its heartbeat); never expires."""
     return f"{prefix}:served-tasks"
+
+
+SERVICE_STALE_MS = 10_000
+"""A worker's entry in a ``service_key`` hash older than this is from a worker that is gone."""
+
+
+def service_key(prefix: str, task: str) -> str:
+    """Hash: per worker serving ``task`` (field = worker_id), JSON of its batch-cost fit, its
+    instances and when it said so (``at``, ms since the epoch); renewed with each heartbeat,
+    and the whole key expires once no worker renews it."""
+    return f"{prefix}:service:{task}"
 
 
 def api_key_key(prefix: str, key_digest: str) -> str:

@@ -130,7 +130,8 @@ class WorkerRuntime(mode.Service):
         if not self.is_consuming():
             return
         try:
-            await self.publisher.heartbeat(self.options.worker_id, self.processor.tasks, HEARTBEAT_TTL_S)
+            await self.publisher.heartbeat(self.options.worker_id, self.processor.tasks, HEARTBEAT_TTL_S,
+                                           service=self.processor.service())
         except Exception as exc:  # Redis away: the gateway reports not ready; keep serving what we can
             logger.warning("heartbeat failed: %s", exc)
 
@@ -169,7 +170,7 @@ class WorkerRuntime(mode.Service):
     async def on_stop(self) -> None:
         await self.processor.stop()
         try:
-            await self.publisher.forget_worker(self.options.worker_id)
+            await self.publisher.forget_worker(self.options.worker_id, self.processor.tasks)
         except Exception as exc:
             logger.warning("could not remove heartbeat: %s", exc)
         await self.publisher.stop()

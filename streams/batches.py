@@ -35,7 +35,9 @@ class Instances:
     """A loaded model version and what runs it: its free instances and what its batches cost."""
 
     model: Model
+    count: int
     compute: asyncio.Semaphore
+    """Held while a batch computes: ``count`` batches at once."""
     cost: BatchCost
 
 
@@ -60,11 +62,15 @@ class BatchRunner:
                 self._outcomes.ledger.give_up(item.entry)
 
     async def expire(self, instances: Instances, items: list[PendingRequest]) -> None:
-        """Answer requests that cannot finish before their deadline even if run at once: EXPIRED
-        (``DEADLINE_UNREACHABLE``) before they take model time."""
+        """Answer requests that cannot finish before their deadline even if run at once, before
+        they take model time: EXPIRED, ``DEADLINE_UNREACHABLE`` (or ``DEADLINE_EXCEEDED`` when
+        the deadline has passed already)."""
         now = now_ms()
         finished = []
         for item in items:
+            if item.deadline_ms < now:
+                finished.append(self._expired(item, instances.model, now))
+                continue
             predicted = instances.cost.predict_ms(item.size, item.units) or 0.0
             error = Error("DEADLINE_UNREACHABLE", f"due in {item.deadline_ms - now} ms; a run takes about "
                           f"{predicted:.1f} ms", False)

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from models.base import Model
 from models.errors import ModelError
 from models.repository import ModelRepository
 from schemas.codec import AvroCodec
@@ -53,8 +52,8 @@ class RequestProcessor:
                                    max_attempts=max_attempts, retry_backoff_s=retry_backoff_s,
                                    cache_scope=cache_scope)
         self._batchers: dict[tuple[str, str], InferenceBatcher[PendingRequest]] = {}
-        self._instances: dict[Model, Instances] = {}
-        """model -> its free instances (batches computing at once) and its batch cost."""
+        self._instances: dict[tuple[str, str], Instances] = {}
+        """(task, version) -> its model, free instances (batches computing at once) and batch cost."""
         self._active: dict[str, str] = {}
         """task -> the version serving requests that name none (switched by hot reload)."""
         self._retiring: set[asyncio.Task] = set()
@@ -139,8 +138,8 @@ class RequestProcessor:
         await batcher.drain()
         for item in await batcher.stop():
             self.ledger.give_up(item.entry)
-        model = self._repository.unload(*key)
-        self._instances.pop(model, None)
+        self._repository.unload(*key)
+        self._instances.pop(key, None)
         logger.info("task %s: version %s unloaded (served now: %s)", key[0], key[1],
                     list(self._repository.get_config(key[0]).served_versions))
 
@@ -154,8 +153,8 @@ class RequestProcessor:
             if key not in self._batchers:
                 loop = asyncio.get_running_loop()
                 model = await loop.run_in_executor(self._pool, self._repository.load, task, version)
-                instances = self._instances[model] = Instances(
-                    model, asyncio.Semaphore(config.instances), BatchCost())
+                instances = self._instances[key] = Instances(
+                    model, config.instances, asyncio.Semaphore(config.instances), BatchCost())
                 # NOTE: one batch more than the model has instances: that batch's Redis lookups
                 # (duplicates, cancellations, cache) go on while the others compute, so an instance
                 # finishing a batch finds the next one ready instead of idling for a round trip.
@@ -249,6 +248,15 @@ class RequestProcessor:
             logger.info("%d events held over the rebalance will be redelivered", dropped)
         for batcher in self._batchers.values():
             batcher.resume()
+
+    def service(self) -> dict[str, dict]:
+        """task -> what its serving version's batches cost here (the fit) and its instances:
+        what gateways show in ``/v1/tasks`` and turn into drain times."""
+        found = {}
+        for (task, version), instances in self._instances.items():
+            if self._active.get(task) == version:
+                found[task] = {"version": version, "instances": instances.count, **instances.cost.to_dict()}
+        return found
 
     def backlogged(self) -> bool:
         """Whether any model has a full round of batches queued (see the batcher's ``backlogged``)."""

@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
@@ -176,8 +176,10 @@ class ResultPublisher:
                 pipe.expire(key, self._ttl_s)
             await pipe.execute()
 
-    async def heartbeat(self, worker_id: str, tasks: Sequence[str], ttl_s: float) -> None:
-        """Tell gateways this worker is alive and which tasks it serves."""
+    async def heartbeat(self, worker_id: str, tasks: Sequence[str], ttl_s: float,
+                        service: Mapping[str, dict] | None = None) -> None:
+        """Tell gateways this worker is alive, which tasks it serves and (``service``: task ->
+        fit, instances) what their batches cost it."""
         payload = json.dumps({"worker_id": worker_id, "tasks": list(tasks)})
         ttl_ms = int(ttl_s * 1000)
         now = int(time.time() * 1000)
@@ -190,12 +192,18 @@ class ResultPublisher:
             pipe.zremrangebyscore(index, "-inf", now - keys.WORKER_INDEX_GRACE_MS)
             if tasks:  # gateways refuse a task no worker has ever served (requests would only queue)
                 pipe.sadd(keys.served_tasks_key(self._prefix), *tasks)
+            for task, figures in (service or {}).items():
+                key = keys.service_key(self._prefix, task)
+                pipe.hset(key, worker_id, json.dumps({**figures, "at": now}))
+                pipe.pexpire(key, keys.WORKER_INDEX_GRACE_MS)
             await pipe.execute()
 
-    async def forget_worker(self, worker_id: str) -> None:
+    async def forget_worker(self, worker_id: str, tasks: Sequence[str] = ()) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.delete(keys.worker_key(self._prefix, worker_id))
             pipe.zrem(keys.workers_key(self._prefix), worker_id)
+            for task in tasks:
+                pipe.hdel(keys.service_key(self._prefix, task), worker_id)
             await pipe.execute()
 
     # --- writes ---

@@ -7,6 +7,7 @@ import asyncio
 import httpx
 import numpy as np
 import pytest
+from helpers.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -98,3 +99,22 @@ async def test_prefer_wait_header_and_tasks_listing(stack):
     assert {"text-embedding", "image-classify", "tabular-classify"} <= names
     embedding = next(t for t in tasks if t["task"] == "text-embedding")
     assert embedding["topics"]["results"] == f"{stack.prefix}.results.text-embedding"
+
+
+async def test_tasks_show_the_workers_batch_cost_and_the_drain_time_is_exported(stack):
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
+        for k in range(4):  # batches of one, one after another: the fit needs three
+            await infer(client, "text-embedding", {"text": f"cost sample {k} " * (k + 1)})
+
+        async def timed():
+            tasks = (await client.get("/v1/tasks")).json()["tasks"]
+            service = next(t for t in tasks if t["task"] == "text-embedding")["service"]
+            return service if service and service["service_ms_per_item"] else None
+
+        service = await until(timed, 15)  # workers report with their heartbeat
+        metrics = (await client.get("/metrics")).text
+    assert service, "no worker reported a service time"
+    assert service["live_instances"] >= 1 and 0 < service["service_ms_per_item"] < 10_000
+    fit = next(iter(service["workers"].values()))
+    assert fit["batches"] >= 4 and fit["per_item_ms"] is not None and fit["version"]
+    assert 'inference_drain_seconds{priority="normal",task="text-embedding"}' in metrics

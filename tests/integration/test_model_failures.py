@@ -30,9 +30,14 @@ async def test_a_breaking_input_fails_alone_and_a_transient_failure_is_retried(f
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
         bodies = [{"inputs": {"x": [1.0, 1.0]}}, {"inputs": {"x": [flaky.POISON, 0.0]}},
                   {"inputs": {"x": [2.0, 3.0]}}]
-        # sent together, within the model's 300 ms batch delay: one batch that the poison breaks
+        # a slow request holds the one instance; the three sent meanwhile queue into one batch,
+        # which the poison breaks (an idle instance would run the first of them alone at once)
+        slow = asyncio.create_task(client.post("/v1/infer/flaky", params={"wait": 30},
+                                               json={"inputs": {"x": [flaky.SLOW, 0.0]}}))
+        await asyncio.sleep(0.1)
         responses = await asyncio.gather(*(client.post("/v1/infer/flaky", params={"wait": 30}, json=b)
                                            for b in bodies))
+        assert (await slow).json()["status"] == "succeeded"
         good, poisoned, other = (r.json() for r in responses)
         transient = (await client.post("/v1/infer/flaky", params={"wait": 30},
                                        json={"inputs": {"x": [flaky.TRANSIENT, 1.0]}})).json()

@@ -1,6 +1,8 @@
 """A test-only TorchScript model that fails on command, to prove retries and failure isolation on
 a real worker: an item whose first value is 13 always breaks the model (a poison input); one whose
-first value is 7 fails twice, then works (a transient failure). Otherwise it doubles its input."""
+first value is 7 fails twice, then works (a transient failure); one whose first value is 5 takes
+a while (it holds the one instance, so the requests sent next queue into one batch). Otherwise
+it doubles its input."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import yaml
 
 POISON = 13.0
 TRANSIENT = 7.0
+SLOW = 5.0
 
 CONFIG = {
     "task": "flaky", "name": "flaky-doubler", "backend": "torch", "max_batch_size": 16,
@@ -27,6 +30,7 @@ class Flaky(torch.nn.Module):
         self.transient_calls = 0
         self.poison = POISON  # TorchScript reads module attributes, not globals
         self.transient = TRANSIENT
+        self.slow = SLOW
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if bool((x[:, 0] == self.poison).any()):
@@ -35,6 +39,10 @@ class Flaky(torch.nn.Module):
             self.transient_calls += 1
             if self.transient_calls % 3 != 0:
                 raise RuntimeError("transient failure: try again")
+        if bool((x[:, 0] == self.slow).any()):
+            work = torch.ones(256, 256)
+            for _ in range(800):  # about half a second of one core
+                work = torch.tanh(torch.mm(work, work) / 256.0)
         return x * 2
 
 

@@ -36,6 +36,12 @@ def test_loads_every_field(make_model_dir, classifier_yaml):
     assert config.artifact == "model.onnx"
     assert config.preprocess == {"kind": "none"}
     assert hash(config) == hash(load_model_config(model_dir))  # usable as a dict key
+    assert config.default_deadline_ms is None and config.signature()["default_deadline_ms"] is None
+
+
+def test_a_default_deadline_is_read(make_model_dir, classifier_yaml):
+    config = load_model_config(make_model_dir(classifier_yaml("onnxruntime", default_deadline_ms=250)))
+    assert config.default_deadline_ms == 250 and config.signature()["default_deadline_ms"] == 250
 
 
 def test_defaults_name_and_task_from_directory(make_model_dir, classifier_yaml):
@@ -98,6 +104,12 @@ def test_unknown_version_and_unbuilt_model(make_model_dir, classifier_yaml):
         ({"max_batch_size": True}, "max_batch_size must be a int"),
         ({"max_batch_delay_ms": -1}, "max_batch_delay_ms must be >= 0"),
         ({"warmup": "yes"}, "warmup must be true or false"),
+        ({"default_deadline_ms": 0}, "default_deadline_ms must be >= 1"),
+        ({"default_deadline_ms": -5}, "default_deadline_ms must be >= 1"),
+        ({"default_deadline_ms": 2.5}, "default_deadline_ms must be a int"),
+        ({"default_deadline_ms": True}, "default_deadline_ms must be a int"),
+        ({"default_deadline_ms": "100"}, "default_deadline_ms must be a int"),
+        ({"default_deadline_ms": 400 * 24 * 3600 * 1000}, "default_deadline_ms must be <="),
         ({"colour": "blue"}, r"unknown keys \['colour'\]"),
         ({"task": "tiny\n"}, "task name"),  # "$" would let the trailing newline through
         ({"inputs": []}, "inputs must be a non-empty list"),
