@@ -334,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="load: seconds of each open-loop run (default: --requests requests each)")
     bench.add_argument("--deadlines-seconds", type=float, default=20.0,
                        help="deadlines: seconds of each open-loop run at 1.5x saturation")
+    bench.add_argument("--tight-share", type=float, default=0.5,
+                       help="deadlines: share of requests with the tight deadline (the rest: loose, 2 s)")
     bench.add_argument("--light-seconds", type=float, default=20.0,
                        help="light: seconds of the open-loop run at 5%% of saturation")
     bench.add_argument("--floor-seconds", type=float, default=10.0,

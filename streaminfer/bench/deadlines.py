@@ -112,7 +112,8 @@ def batch_stats(drive: DeadlineDrive) -> dict:
 
 def bench_deadlines(kafka: str, redis_url: str, repository: Path, texts: list[str], max_batch_size: int,
                     concurrency: int, threads: int | None, out_dir: Path, floor: dict, compute: dict,
-                    seconds: float = 20.0, modes: Sequence[str] = MODES, wait_s: float = 60.0) -> dict:
+                    seconds: float = 20.0, modes: Sequence[str] = MODES, wait_s: float = 60.0,
+                    tight_share: float = TIGHT_SHARE) -> dict:
     """Saturation on the first mode's worker, then ``seconds`` of open loop at ``OVERLOAD`` x it on
     a worker per scheduling mode (same rate, same mix, same budgets)."""
     budgets = deadline_budgets(compute["p50_ms"], floor["p50_ms"])
@@ -127,7 +128,7 @@ def bench_deadlines(kafka: str, redis_url: str, repository: Path, texts: list[st
                                                  "saturation (closed loop)"))
                 saturation = closed.figures(f"closed loop, {concurrency} in flight", max_batch_size)
             rate = OVERLOAD * saturation.throughput
-            classes = deadline_mix(max(1, round(rate * seconds)))
+            classes = deadline_mix(max(1, round(rate * seconds)), tight_share)
             drive = asyncio.run(drive_deadlines(kafka, workers.prefix, texts, rate, seconds, classes, budgets,
                                                 f"deadlines {mode} {rate:.0f}/s", wait_s))
         # other processes on the box show in the load average (the bench itself adds ~2)
@@ -135,7 +136,8 @@ def bench_deadlines(kafka: str, redis_url: str, repository: Path, texts: list[st
                       "loadavg_1m": round(os.getloadavg()[0], 2)}
     target = check_deadline_targets(saturation.throughput, {m: r["goodput_per_s"] for m, r in runs.items()})
     return {"saturation": asdict(saturation), "floor": floor, "compute": compute, "budgets_ms": budgets,
-            "overload": OVERLOAD, "tight_share": TIGHT_SHARE, "runs": runs, "target": target}
+            "overload": OVERLOAD, "tight_share": tight_share, "runs": runs, "target": target,
+            "goodput_ceiling_if_tight_all_missed": round((1 - tight_share) * OVERLOAD, 3)}
 
 
 def _pct(share: float | None) -> str:
@@ -160,6 +162,9 @@ def deadlines_summary(report: dict) -> str:
             f"{_pct(classes.get('tight', {}).get('on_time_share'))} | "
             f"{_pct(classes.get('loose', {}).get('on_time_share'))} | {run['shed_early']} | {run['expired_late']} | "
             f"{run['late_success']} | {run['failed']} | {run['missing']} | {run['mean_batch']} |")
+    if "goodput_ceiling_if_tight_all_missed" in report:
+        lines.append(f"(the loose class alone is {report['goodput_ceiling_if_tight_all_missed']:.0%} of saturation: "
+                     "above that, goodput needs tight requests on time)")
     if target["share_passed"] is not None:
         lines.append(f"goodput (deadline) / saturation = {target['goodput_over_saturation']:.1%} >= "
                      f"{GOODPUT_SHARE_OF_SATURATION:.0%}: {'PASS' if target['share_passed'] else 'FAIL'}")

@@ -169,7 +169,7 @@ def run_bench(args: argparse.Namespace) -> int:
         if wanted("deadlines"):
             report["deadlines"] = bench_deadlines(bootstrap, redis_url, repository, texts, max_batch,
                                                   args.concurrency, threads, out_dir, floor, compute,
-                                                  args.deadlines_seconds)
+                                                  args.deadlines_seconds, tight_share=args.tight_share)
     report["rows"] = [asdict(r) for r in rows]
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
     if rows:
