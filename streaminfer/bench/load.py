@@ -70,7 +70,8 @@ def check_sustained(points: list[LoadPoint], full_batch_ms: float | None) -> dic
     for the batch computing when it arrives, then its own; a growing backlog breaks it). None when
     there is no such point, it ran under ``SUSTAINED_MIN_SECONDS`` or no full batch was timed."""
     candidates = sorted((p for p in points if p.fraction >= SUSTAINED_FRACTION - 1e-9), key=lambda p: p.fraction)
-    point = next((p for p in candidates if p.offered_s >= SUSTAINED_MIN_SECONDS - 1e-6), None)
+    # offered_rps is rounded to 0.1 req/s, so items / offered_rps may read a hair under the duration asked for
+    point = next((p for p in candidates if p.offered_s >= 0.99 * SUSTAINED_MIN_SECONDS), None)
     if point is None or full_batch_ms is None or point.achieved_rps is None:
         return None
     share = point.achieved_rps / point.offered_rps

@@ -174,6 +174,11 @@ def test_sustained_target_needs_20_seconds_at_85_percent_or_more():
     assert check_sustained([load_point(0.85, 2000, 85.0, 85.0, 10.0)], full_batch_ms=None) is None
 
 
+def test_a_20_second_point_whose_rate_was_rounded_up_still_counts():
+    target = check_sustained([load_point(0.85, 1659, 83.0, 83.0, 10.0)], full_batch_ms=500.0)  # 19.99 s
+    assert target is not None and target["passed"] is True
+
+
 def test_achieved_rate_spans_first_to_last_arrival():
     assert achieved_rate([0.5 + i / 10 for i in range(101)]) == pytest.approx(10.0)
     assert achieved_rate([1.0]) is None
