@@ -35,8 +35,9 @@ GOODPUT_OVER_FIFO = 1.5
 MODES = ("deadline", "fifo")
 OUTCOMES = ("on_time", "late_success", "shed_early", "expired_late", "failed", "missing")
 """How each sent request ended: SUCCEEDED before its deadline; SUCCEEDED after it; EXPIRED with
-DEADLINE_UNREACHABLE (shed before taking model time); EXPIRED with DEADLINE_EXCEEDED (found late
-when its batch started); any other result; no result within the wait."""
+DEADLINE_UNREACHABLE (shed before taking model time, its deadline still ahead); EXPIRED with
+DEADLINE_EXCEEDED (its deadline had already passed when the worker looked: on intake, while
+queued or as its batch started; no model time either); any other result; no result within the wait."""
 
 
 def deadline_budgets(compute_p50_ms: float, floor_p50_ms: float, loose_ms: float = LOOSE_MS) -> dict[str, float]:
