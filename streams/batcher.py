@@ -28,6 +28,7 @@ from .queues import Batchable, PriorityQueues, T
 
 logger = logging.getLogger(__name__)
 
+
 __all__ = ["Batchable", "InferenceBatcher"]
 
 
@@ -104,6 +105,8 @@ class InferenceBatcher(Generic[T]):
 
     async def _loop(self) -> None:
         while True:
+            while self._slots.locked():  # every slot busy: only shedding to do meanwhile
+                await self._wait_change(self._shed_unreachable())
             await self._slots.acquire()
             batch = await self._gather()
             task = asyncio.create_task(self._run(batch), name=f"batch:{self.name}")
@@ -113,23 +116,34 @@ class InferenceBatcher(Generic[T]):
     async def _gather(self) -> list[T]:
         """Wait until a batch is due (a slot is held), shedding what cannot make its deadline."""
         while True:
-            if self._deadline_aware and self._expire is not None:
-                self._shed_unreachable()
+            shed_at = self._shed_unreachable()
             oldest = self._queues.oldest()
+            timeout = None
             if oldest is not None:
                 now = time.monotonic()
                 waited = now - oldest
                 idle = len(self._running) < self._instances
                 if idle or self._queues.items >= self._max_items or waited >= self._delay_s:
-                    return self._cut(now)
-                timeout = self._delay_s - waited
-            else:
-                timeout = None
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout)
-            except TimeoutError:
-                pass
+                    batch = self._cut(now)
+                    if batch:
+                        return batch
+                    # everything queued would miss its deadline in this batch: look again as
+                    # instances free up (a change) or as those requests become unreachable
+                else:
+                    timeout = self._delay_s - waited
+            await self._wait_change(shed_at, timeout)
+
+    async def _wait_change(self, shed_at: float | None, timeout: float | None = None) -> None:
+        """Until something is queued or a batch ends, ``timeout`` passes, or (``shed_at``, ms
+        since the epoch) a queued request becomes unreachable."""
+        if shed_at is not None:
+            until_shed = max(0.001, (shed_at - time.time() * 1000) / 1000)
+            timeout = until_shed if timeout is None else min(timeout, until_shed)
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
 
     def _predict(self, batch: Sequence[T]) -> float | None:
         if self._cost is None or not batch:
@@ -158,15 +172,19 @@ class InferenceBatcher(Generic[T]):
             self._room[item.priority].release()
         return batch
 
-    def _shed_unreachable(self) -> None:
+    def _shed_unreachable(self) -> float | None:
+        """Hand what cannot make its deadline even if run at once to ``expire``; returns when the
+        next queued request will be in that state (None: none will, or no shedding here)."""
+        if not (self._deadline_aware and self._expire is not None):
+            return None
         late = self._queues.unreachable(time.time() * 1000, self._cost.predict_ms)
-        if not late:
-            return
-        for item in late:
-            self._room[item.priority].release()
-        task = asyncio.create_task(self._expire(late), name=f"expire:{self.name}")
-        self._expiring.add(task)
-        task.add_done_callback(self._expiring.discard)
+        if late:
+            for item in late:
+                self._room[item.priority].release()
+            task = asyncio.create_task(self._expire(late), name=f"expire:{self.name}")
+            self._expiring.add(task)
+            task.add_done_callback(self._expiring.discard)
+        return self._queues.next_unreachable(self._cost.predict_ms)
 
     async def _run(self, batch: list[T]) -> None:
         try:

@@ -65,6 +65,14 @@ class _Queue(Generic[T]):
         del self._arrived[seq]
         return item
 
+    def set_aside(self) -> tuple:
+        """Take the head out of the run order only (it stays queued): see :meth:`put_back`."""
+        return heapq.heappop(self._heap)
+
+    def put_back(self, entries: list[tuple]) -> None:
+        for entry in entries:
+            heapq.heappush(self._heap, entry)
+
     def oldest(self) -> float:
         return next(iter(self._arrived.values())).enqueued_at
 
@@ -128,29 +136,54 @@ class PriorityQueues(Generic[T]):
                 late.append(self._pop(queue))
         return late
 
+    def next_unreachable(self, cost: Cost) -> float | None:
+        """When (ms since the epoch) the first queued request becomes unreachable by
+        :meth:`unreachable`'s rule; None when none will (no deadlines, cost unknown, FIFO)."""
+        if not self.edf:
+            return None
+        times = []
+        for queue in self._queues.values():
+            if queue and (head := queue.head()).deadline_ms is not None:
+                predicted = cost(head.size, head.units)
+                if predicted is not None:
+                    times.append(head.deadline_ms - predicted)
+        return min(times) if times else None
+
     def cut(self, max_items: int, now: float, starvation_s: float, fits: Fits | None = None) -> list[T]:
         """Cut one batch: priorities in order (a starving one first), each queue in its run order.
-        A request is never split, and the first one is taken even when larger than ``max_items``;
-        with ``fits``, the batch also stops growing before it would finish past the earliest
-        deadline in it (the first request is taken whatever its deadline)."""
+        A request is never split, and the first one is taken even when larger than ``max_items``.
+        With ``fits``, the batch stops growing before it would finish past the earliest deadline
+        in it, and a request that would miss its deadline even alone in this batch stays queued
+        (without setting the batch's deadline): the next batch may start sooner, and once it
+        cannot make it even if run at once, :meth:`unreachable` takes it out."""
         order = sorted(PRIORITIES, key=lambda p: (
             not (self._queues[p] and now - self._queues[p].oldest() > starvation_s), PRIORITIES.index(p)))
         batch: list[T] = []
+        aside: dict[Priority, list[tuple]] = {}
         room, units, earliest = max_items, 0, None
-        for priority in order:
-            queue = self._queues[priority]
-            while queue:
-                head = queue.head()
-                if batch and head.size > room:
-                    return batch
-                deadline = _earliest(earliest, head.deadline_ms)
-                if batch and fits is not None and not fits(max_items - room + head.size, units + head.units, deadline):
-                    return batch
-                batch.append(self._pop(queue))
-                room, units, earliest = room - head.size, units + head.units, deadline
-                if room <= 0:
-                    return batch
-        return batch
+        try:
+            for priority in order:
+                queue = self._queues[priority]
+                while queue:
+                    head = queue.head()
+                    if batch and head.size > room:
+                        return batch
+                    if fits is not None and head.deadline_ms is not None \
+                            and not fits(head.size, head.units, head.deadline_ms):
+                        aside.setdefault(priority, []).append(queue.set_aside())
+                        continue
+                    deadline = _earliest(earliest, head.deadline_ms)
+                    if batch and fits is not None and not fits(max_items - room + head.size, units + head.units,
+                                                               deadline):
+                        return batch
+                    batch.append(self._pop(queue))
+                    room, units, earliest = room - head.size, units + head.units, deadline
+                    if room <= 0:
+                        return batch
+            return batch
+        finally:
+            for priority, entries in aside.items():
+                self._queues[priority].put_back(entries)
 
 
 def _earliest(a: int | None, b: int | None) -> int | None:

@@ -255,3 +255,32 @@ async def test_fifo_runs_what_is_due_in_arrival_order_and_expires_nothing_early(
         gate.set()
         await batcher.drain(2)
     assert ran == ["blocker", "loose", "hopeless"]
+
+
+async def test_while_the_instance_is_busy_a_request_that_would_miss_waits_aside_then_is_shed():
+    ran: list[str] = []
+    expired: list[tuple[str, float]] = []
+    gate = asyncio.Event()
+
+    async def run(batch):
+        ran.extend(i.name for i in batch)
+        await gate.wait()
+
+    async def expire(items):
+        expired.extend((i.name, time.monotonic()) for i in items)
+
+    async with InferenceBatcher("test", run, 32, 1, lookahead=1, cost=trained(100.0), expire=expire) as batcher:
+        await batcher.put(Item("blocker"))  # predicted to take 100 ms; held much longer
+        await asyncio.sleep(0.02)
+        put_at, now = time.monotonic(), int(time.time() * 1000)
+        await batcher.put(Item("tight", deadline_ms=now + 150))  # alone after the blocker: ~+200 ms
+        await batcher.put(Item("loose", deadline_ms=now + 60_000))
+        try:
+            await asyncio.sleep(0.3)
+            assert ran == ["blocker", "loose"], "the look-ahead batch goes without the tight one"
+            assert [name for name, _ in expired] == ["tight"]
+            assert expired[0][1] - put_at < 0.2, "shed once it could not make it even if run at once"
+        finally:
+            gate.set()
+        await batcher.drain(2)
+    assert ran == ["blocker", "loose"]

@@ -78,9 +78,20 @@ def test_a_batch_stops_growing_before_it_would_miss_its_earliest_deadline():
     assert len(q) == 4
 
 
-def test_the_first_request_goes_even_when_it_alone_misses():
-    q = queued(Item("tight", deadline_ms=1), Item("next", deadline_ms=2))
-    assert names(q.cut(32, now=0.0, starvation_s=10, fits=lambda *_: False)) == ["tight"]
+def test_the_first_request_goes_even_when_the_next_would_not_fit():
+    q = queued(Item("big", size=40, deadline_ms=10_000), Item("next", deadline_ms=10_000))
+    fits = lambda items, units, deadline: items <= 40  # noqa: E731
+    assert names(q.cut(32, now=0.0, starvation_s=10, fits=fits)) == ["big"]
+
+
+def test_a_request_that_would_miss_even_alone_in_this_batch_stays_queued_without_binding_it():
+    q = queued(Item("hopeless", deadline_ms=50), Item("loose1", deadline_ms=10_000),
+               Item("loose2", deadline_ms=10_000), Item("plain"))
+    start = 100  # every instance busy until then: "hopeless" (due at 50) cannot make it here
+    fits = lambda items, units, deadline: start + 10 * items <= deadline  # noqa: E731
+    assert names(q.cut(32, now=0.0, starvation_s=10, fits=fits)) == ["loose1", "loose2", "plain"]
+    assert names(q) == ["hopeless"] and q.items == 1, "set aside, still queued, first in run order"
+    assert names(q.cut(32, now=0.0, starvation_s=10)) == ["hopeless"]
 
 
 def test_requests_that_miss_their_deadline_even_alone_are_taken_out():
