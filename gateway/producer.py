@@ -11,6 +11,7 @@ import time
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 
 from schemas import keys, topics
 from schemas.codec import AvroCodec
@@ -19,6 +20,9 @@ from schemas.records import AuditEvent, InferenceRequest
 from .errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
+
+PARTITIONS_REFRESH_S = 5.0
+"""How long the producer keeps a topic's partition list before reading it from its metadata again."""
 
 
 class RequestProducer:
@@ -38,6 +42,8 @@ class RequestProducer:
         self._probe: asyncio.Task | None = None
         self._probed_at = -math.inf
         self._reachable = False
+        self._partitions: dict[str, tuple[float, list[int]]] = {}
+        """topic -> (when read, its partitions in order), for :meth:`_partition`."""
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -84,6 +90,21 @@ class RequestProducer:
         self._reachable, self._probed_at = reachable, time.monotonic()
         return reachable
 
+    def _partition(self, topic: str, key: bytes) -> int | None:
+        """The partition aiokafka's default partitioner picks for ``key`` (murmur2, as the Java
+        client and the workers' producers: a request's audit events share one partition), from a
+        partition list kept ``PARTITIONS_REFRESH_S``; None while the topic's metadata is unknown
+        (aiokafka then waits for it and picks). Saves the two sets aiokafka builds per message."""
+        now = time.monotonic()
+        known = self._partitions.get(topic)
+        if known is None or now - known[0] > PARTITIONS_REFRESH_S:
+            partitions = self._producer.client.cluster.partitions_for_topic(topic)
+            if not partitions:
+                return None
+            known = self._partitions[topic] = (now, sorted(partitions))
+        partitions = known[1]
+        return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+
     async def submit(self, request: InferenceRequest, accepted: AuditEvent) -> None:
         """Publish the request, then its ACCEPTED audit event; both acknowledged by the broker.
 
@@ -97,9 +118,11 @@ class RequestProducer:
             async with asyncio.timeout(self._timeout_s):
                 trace = request.trace.get("traceparent")
                 headers = [(keys.HEADER_TRACEPARENT, trace.encode())] if trace else None
-                sent = await self._producer.send(topic, self._codec.encode(request), key=key, headers=headers)
-                audited = await self._producer.send(topics.audit_topic(self._prefix),
-                                                    self._codec.encode(accepted), key=key)
+                sent = await self._producer.send(topic, self._codec.encode(request), key=key, headers=headers,
+                                                 partition=self._partition(topic, key))
+                audit = topics.audit_topic(self._prefix)
+                audited = await self._producer.send(audit, self._codec.encode(accepted), key=key,
+                                                    partition=self._partition(audit, key))
                 await asyncio.gather(sent, audited)
         except (KafkaError, TimeoutError) as exc:
             logger.warning("publishing %s to %s failed: %r", request.request_id, topic, exc)

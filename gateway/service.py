@@ -152,8 +152,9 @@ class InferenceService:
         await self.store.mark_queued(request.request_id, request.task, request.client_id)
         await self.producer.submit(request, accepted)
         metrics.REQUESTS.labels(request.task, "accepted").inc()
-        logger.info("accepted request", extra={"request_id": request.request_id, "task": request.task,
-                                               "priority": request.priority.value})
+        if logger.isEnabledFor(logging.INFO):  # the hot path: no record's extras built for nothing
+            logger.info("accepted request", extra={"request_id": request.request_id, "task": request.task,
+                                                   "priority": request.priority.value})
 
     @staticmethod
     def check_owner(request_id: str, status: dict[str, str], principal: Principal) -> None:
