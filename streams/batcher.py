@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic
 
@@ -27,6 +28,11 @@ from .errors import BatcherClosed
 from .queues import Batchable, PriorityQueues, T
 
 logger = logging.getLogger(__name__)
+
+SLACK_WINDOW_S = 2.0
+"""How far back the arrivals' slack (time left to their deadline) is looked at."""
+SLACK_QUANTILE = 0.1
+"""The slack a batch must leave room for: that of the tightest tenth of recent arrivals."""
 
 
 __all__ = ["Batchable", "InferenceBatcher"]
@@ -67,6 +73,8 @@ class InferenceBatcher(Generic[T]):
         self._running: dict[asyncio.Task, float] = {}
         """batch on its way -> when it is predicted to finish (ms since the epoch)."""
         self._expiring: set[asyncio.Task] = set()
+        self._slacks: deque[tuple[float, float]] = deque(maxlen=512)
+        """(monotonic time, ms to its deadline) of recent arrivals with a deadline."""
 
     async def start(self) -> None:
         self._queues: PriorityQueues[T] = PriorityQueues(edf=self._deadline_aware)
@@ -100,6 +108,8 @@ class InferenceBatcher(Generic[T]):
             self._room[item.priority].release()
             raise BatcherClosed(f"batcher {self.name} is stopping")
         item.enqueued_at = time.monotonic()
+        if self._deadline_aware and item.deadline_ms is not None:
+            self._slacks.append((item.enqueued_at, item.deadline_ms - time.time() * 1000))
         self._queues.push(item)
         self._changed.set()
 
@@ -159,7 +169,7 @@ class InferenceBatcher(Generic[T]):
         return max(now, min(self._running.values()))
 
     def _cut(self, now: float) -> list[T]:
-        fits = None
+        fits = grows = None
         if self._deadline_aware:
             start, cost = self._start_ms(), self._cost
 
@@ -167,10 +177,30 @@ class InferenceBatcher(Generic[T]):
                 predicted = cost.predict_ms(items, units)
                 return deadline is None or predicted is None or start + predicted <= deadline
 
-        batch = self._queues.cut(self._max_items, now, self._starvation_s, fits)
+            if (longest := self._longest_batch_ms(now)) is not None:
+                def grows(items: int, units: int) -> bool:
+                    return cost.compute_ms(items, units) <= longest
+
+        batch = self._queues.cut(self._max_items, now, self._starvation_s, fits, grows)
         for item in batch:
             self._room[item.priority].release()
         return batch
+
+    def _longest_batch_ms(self, now: float) -> float | None:
+        """How long a batch may run so that tight requests still arriving can make it: a request
+        with slack ``s`` waits for an instance (a batch already running) and then runs its own,
+        so batches of at most ``s / 2`` leave it room. ``s``: the tightest tenth of the slacks
+        of recent arrivals, leaving out those that could not make it even alone. None: no
+        bound (no recent deadlines, or the cost is not known yet)."""
+        while self._slacks and now - self._slacks[0][0] > SLACK_WINDOW_S:
+            self._slacks.popleft()
+        alone = self._cost.predict_ms(1, 0) if self._slacks else None
+        if alone is None:
+            return None
+        servable = sorted(slack for _, slack in self._slacks if slack >= alone)
+        if not servable:
+            return None
+        return servable[int(SLACK_QUANTILE * (len(servable) - 1))] / 2
 
     def _shed_unreachable(self) -> float | None:
         """Hand what cannot make its deadline even if run at once to ``expire``; returns when the

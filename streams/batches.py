@@ -133,7 +133,8 @@ class BatchRunner:
                     finished += await self._infer(instances, runnable, started)
         # NOTE: the model is free from here: the writes go on in the background (bounded), so the
         # next batch computes while this one's results travel to Redis and Kafka.
-        await self._outcomes.submit(finished, before=marks)
+        await self._outcomes.submit(finished, before=marks,
+                                    written=instances.cost.observe_delivery if runnable else None)
 
     def _outcome(self, item: PendingRequest, result: InferenceResult | None, **fields) -> Outcome:
         return Outcome(source=item.source, entry=item.entry, request=item.request, result=result,

@@ -16,6 +16,8 @@ FORGET = 0.98
 changes (another process takes a core, a new version) is followed within a second or two."""
 SMOOTHING = 0.1
 """EWMA weight of the newest batch in the per-item service time."""
+MAX_DELIVERY_MS = 1000.0
+"""Longest delivery time one batch counts with."""
 REFIT_S = 0.1
 """Once the fit has settled, it is solved again at most this often (a fit costs ~0.3 ms; at
 batch 1 a model may run hundreds of batches a second)."""
@@ -39,6 +41,9 @@ class BatchCost:
         self._fitted_at = -float("inf")
         self.per_item_s: float | None = None
         """Smoothed compute seconds per item (the drain time's service time)."""
+        self.delivery_ms = 0.0
+        """Smoothed ms from a batch's compute ending to its results written (Redis and Kafka):
+        a result is delivered, and its deadline met, only then."""
 
     def observe(self, items: int, units: int, compute_ms: float) -> None:
         if items <= 0 or not np.isfinite(compute_ms) or compute_ms < 0:
@@ -79,15 +84,26 @@ class BatchCost:
                     best, best_residual = full, residual
         return best
 
-    def predict_ms(self, items: int, units: int) -> float | None:
+    def observe_delivery(self, ms: float) -> None:
+        if np.isfinite(ms) and ms >= 0:
+            # NOTE: a write that waited out an outage says nothing about the next one's speed
+            self.delivery_ms = (1 - SMOOTHING) * self.delivery_ms + SMOOTHING * min(ms, MAX_DELIVERY_MS)
+
+    def compute_ms(self, items: int, units: int) -> float | None:
         """Predicted compute time of such a batch; None until enough batches are seen."""
         if self._coef is None:
             return None
         fixed, per_item, per_unit = self._coef
         return fixed + per_item * items + per_unit * units
 
+    def predict_ms(self, items: int, units: int) -> float | None:
+        """Predicted time from such a batch starting to its results written."""
+        compute = self.compute_ms(items, units)
+        return None if compute is None else compute + self.delivery_ms
+
     def to_dict(self) -> dict:
         """JSON-able, as ``/v1/tasks`` shows it."""
         coef = [None] * 3 if self._coef is None else [round(c, 6) for c in self._coef]
         return {"fixed_ms": coef[0], "per_item_ms": coef[1], "per_unit_ms": coef[2], "batches": self.batches,
+                "delivery_ms": round(self.delivery_ms, 3),
                 "service_ms_per_item": None if self.per_item_s is None else round(self.per_item_s * 1000, 3)}

@@ -27,15 +27,16 @@ CACHE_HITS = Counter("inference_cache_hits_total", "Requests answered from the c
 DEAD_LETTERS = Counter("inference_dead_letters_total", "Events sent to the dead-letter topic", registry=REGISTRY)
 DUPLICATES = Counter("inference_duplicates_total", "Redelivered requests not run again", registry=REGISTRY)
 QUEUED = Gauge("inference_batcher_queued", "Requests waiting in a model's batcher", ["model"], registry=REGISTRY)
-BATCH_COST = Gauge("inference_batch_cost_ms", "Fitted compute time of a batch, per term: fixed, per item, per "
-                   "input unit (text byte or tensor element)", ["model", "version", "term"], registry=REGISTRY)
+BATCH_COST = Gauge("inference_batch_cost_ms", "Fitted time of a batch, per term: fixed, per item, per input "
+                   "unit (text byte or tensor element) of compute; delivery (results written)",
+                   ["model", "version", "term"], registry=REGISTRY)
 SERVICE_SECONDS = Gauge("inference_service_seconds_per_item", "Smoothed compute seconds per item",
                         ["model", "version"], registry=REGISTRY)
 
 
 def watch_cost(model: str, version: str, cost) -> None:
     """Export a model version's :class:`~streams.costs.BatchCost` as it is fitted (NaN until then)."""
-    for term in ("fixed_ms", "per_item_ms", "per_unit_ms"):
+    for term in ("fixed_ms", "per_item_ms", "per_unit_ms", "delivery_ms"):
         BATCH_COST.labels(model, version, term.removesuffix("_ms")).set_function(
             lambda t=term: _or_nan(cost.to_dict()[t]))
     SERVICE_SECONDS.labels(model, version).set_function(lambda: _or_nan(cost.per_item_s))

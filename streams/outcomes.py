@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -114,13 +115,15 @@ class OutcomeWriter:
         """Once set, a failing write gives up (its events are redelivered) instead of waiting."""
 
     # --- writing ---
-    async def submit(self, outcomes: Sequence[Outcome], before: Before | None = None) -> None:
+    async def submit(self, outcomes: Sequence[Outcome], before: Before | None = None,
+                     written: Callable[[float], None] | None = None) -> None:
         """Write ``outcomes`` in the background; waits only while ``max_writes`` writes are on
         their way already (backpressure). ``before``: a write already started that must land
-        first (the STARTED marks), and how to run it again if it failed."""
+        first (the STARTED marks), and how to run it again if it failed. ``written``: told how
+        many ms passed from submitting to everything written (the delivery part of a deadline)."""
         while len(self._writing) >= self._max_writes:
             await asyncio.wait(list(self._writing), return_when=asyncio.FIRST_COMPLETED)
-        task = asyncio.create_task(self._write_all(list(outcomes), before))
+        task = asyncio.create_task(self._write_all(list(outcomes), before, written))
         self._writing.add(task)
         task.add_done_callback(self._writing.discard)
 
@@ -129,7 +132,9 @@ class OutcomeWriter:
         while self._writing:
             await asyncio.wait(list(self._writing))
 
-    async def _write_all(self, outcomes: list[Outcome], before: Before | None) -> None:
+    async def _write_all(self, outcomes: list[Outcome], before: Before | None,
+                         written: Callable[[float], None] | None = None) -> None:
+        submitted = time.monotonic()
         ok = True
         if before is not None:
             running, again = before
@@ -139,6 +144,8 @@ class OutcomeWriter:
                 logger.warning("STARTED marks failed (%r); writing them again", exc)
                 ok = await self.until_written("the STARTED marks", again)
         if ok and await self.until_written(f"{len(outcomes)} outcomes", lambda: self.write(outcomes)):
+            if written is not None:
+                written((time.monotonic() - submitted) * 1000.0)
             for outcome in outcomes:
                 if outcome.entry is not None:
                     await self.ledger.answer(outcome.entry)

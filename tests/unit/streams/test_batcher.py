@@ -202,13 +202,33 @@ async def test_a_batch_is_cut_at_the_largest_size_that_meets_its_earliest_deadli
     async with InferenceBatcher("test", run, 32, 1, cost=trained(100.0)) as batcher:
         await batcher.put(Item("blocker"))
         await asyncio.sleep(0.02)
-        due = int(time.time() * 1000) + 500  # 10 items predicted at 100 ms each: 4 fit in time
-        for k in range(10):
+        due = int(time.time() * 1000) + 500  # items predicted at 100 ms each: 4 fit in time
+        for k in range(20):  # one tight among loose ones: no bound on batch length for its sake
             await batcher.put(Item(f"i{k}", deadline_ms=due if k == 0 else due + 10_000))
         gate.set()
-        await batcher.drain(2)
+        await batcher.drain(5)
     assert batches[1] == ["i0", "i1", "i2", "i3"]
-    assert batches[2] == [f"i{k}" for k in range(4, 10)], "without the tight one, the rest fit in one"
+    assert batches[2] == [f"i{k}" for k in range(4, 20)], "without the tight one, the rest fit in one"
+
+
+async def test_while_tight_requests_keep_arriving_batches_stay_short_enough_for_them():
+    batches: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def run(batch):
+        batches.append([i.name for i in batch])
+        await gate.wait()
+
+    async with InferenceBatcher("test", run, 32, 1, cost=trained(10.0)) as batcher:
+        await batcher.put(Item("blocker"))
+        await asyncio.sleep(0.02)
+        now = int(time.time() * 1000)
+        for k in range(20):  # half of them with 210 ms to go: batches of at most 105 ms leave room
+            await batcher.put(Item(f"i{k}", deadline_ms=now + (210 if k % 2 else 60_000)))
+        gate.set()
+        await batcher.drain(5)
+    assert [len(b) for b in batches[1:]] == [10, 10]
+    assert sorted(batches[1]) == sorted(f"i{k}" for k in range(1, 20, 2)), "the tight ones first"
 
 
 async def test_a_request_that_cannot_make_its_deadline_is_expired_without_running():

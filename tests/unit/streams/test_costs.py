@@ -64,3 +64,16 @@ def test_a_settled_fit_is_solved_again_at_most_every_refit_s():
         cost.observe(4, 10, 10.0)
     cost.observe(4, 10, 1000.0)  # past the settling batches: this one waits for the next refit
     assert cost.predict_ms(4, 10) == pytest.approx(10.0, rel=0.01)
+
+
+def test_the_delivery_time_counts_in_the_prediction_and_an_outage_counts_capped():
+    cost = BatchCost(refit_s=0)
+    for items in (1, 2, 4):
+        cost.observe(items, items, 10.0 * items)
+    for _ in range(100):
+        cost.observe_delivery(5.0)
+    assert cost.predict_ms(2, 2) == pytest.approx(25.0, rel=0.02)
+    cost.observe_delivery(60_000.0)  # one write that waited a minute for Redis
+    assert cost.delivery_ms < 5.0 + 0.1 * 1000.0 + 0.01
+    cost.observe_delivery(math.nan)
+    assert math.isfinite(cost.delivery_ms)
