@@ -76,3 +76,35 @@ async def test_two_gateway_processes_serve_requests(stack):
     assert code == 0, f"the gateway supervisor exited with {code}"
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in serving), \
         "a gateway process outlived its supervisor"
+
+
+async def test_two_gateway_processes_serve_https(stack, tmp_path):
+    """The TLS settings reach each process uvicorn starts: both answer HTTPS with the certificate."""
+    import ssl
+
+    from helpers.tls import make_pki
+
+    from streaminfer.embedded import free_port, wait_for_http
+
+    pki = make_pki(tmp_path / "pki")
+    port = str(free_port())
+    env = dict(stack.env, STREAMINFER_GATEWAY_PORT=port, STREAMINFER_GATEWAY_SSL_CERTFILE=str(pki.server_cert),
+               STREAMINFER_GATEWAY_SSL_KEYFILE=str(pki.server_key))
+    gateway = spawn(["gateway", "--workers", "2"], env, f"gateway-{stack.prefix}-workers2-tls.log")
+    try:
+        url = f"https://127.0.0.1:{port}"
+        verify = ssl.create_default_context(cafile=str(pki.ca))
+        wait_for_http(f"{url}/ready", [gateway], timeout_s=60, verify=verify)
+        serving = serving_processes(psutil.Process(gateway.pid))
+        deadline = time.monotonic() + 60
+        while len(serving) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            serving = serving_processes(psutil.Process(gateway.pid))
+        assert len(serving) == 2
+        async with httpx.AsyncClient(base_url=url, timeout=60, verify=verify) as client:
+            bodies = await asyncio.gather(*(submit(client, f"over HTTPS {i}") for i in range(4)))
+        assert all(b["status"] == "succeeded" for b in bodies), bodies
+        with pytest.raises((httpx.ConnectError, httpx.RemoteProtocolError)):  # no plain HTTP
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+    finally:
+        assert stop(gateway, 30) == 0
