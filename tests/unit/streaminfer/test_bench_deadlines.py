@@ -96,6 +96,14 @@ def test_every_sent_request_is_accounted_for_and_goodput_counts_only_on_time_suc
     assert found["classes"]["tight"]["sent"] == 11 and found["classes"]["loose"]["missing"] == 1
 
 
+def test_a_late_success_is_split_by_whether_the_worker_finished_it_in_time():
+    drive = drive_of([("tight", 100, (Status.SUCCEEDED, None, 150))] * 2)
+    drive.received["r0"].result.completed_at = 90   # done in time, late on the way to the consumer
+    drive.received["r1"].result.completed_at = 120  # already late at the worker
+    found = account(drive)
+    assert found["late_success"] == 2 and found["late_at_worker"] == 1
+
+
 def test_goodput_runs_to_the_last_on_time_result_when_that_is_after_the_offered_schedule():
     rows = [("loose", 20_000, (Status.SUCCEEDED, None, 8_000))] * 10 + [("loose", 100, (Status.SUCCEEDED, None, 9_000))]
     found = account(drive_of(rows, offered_s=4.0, started_ms=0.0))
