@@ -5,24 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 import pytest
+from helpers.batch_items import Item
 
 from schemas.records import Priority
 from streams.batcher import InferenceBatcher
 from streams.costs import BatchCost
 from streams.errors import BatcherClosed
-
-
-@dataclass
-class Item:
-    name: str
-    priority: Priority = Priority.NORMAL
-    size: int = 1
-    enqueued_at: float = 0.0
-    units: int = 1
-    deadline_ms: int | None = None
 
 
 async def run_batcher(max_batch_size: int, delay_ms: float, items: list[Item], model_s: float = 0.0,
@@ -191,7 +181,9 @@ def trained(ms_per_item: float) -> BatchCost:
     return cost
 
 
-async def test_a_batch_is_cut_at_the_largest_size_that_meets_its_earliest_deadline():
+async def batches_after_a_blocker(cost: BatchCost, deadlines_from_now: list[int | None]) -> list[list[str]]:
+    """The batches a one-instance batcher cuts when ``i0``, ``i1``, ... (deadlines in ms from
+    now) queue while a first batch holds the instance, after it ends."""
     batches: list[list[str]] = []
     gate = asyncio.Event()
 
@@ -199,36 +191,30 @@ async def test_a_batch_is_cut_at_the_largest_size_that_meets_its_earliest_deadli
         batches.append([i.name for i in batch])
         await gate.wait()
 
-    async with InferenceBatcher("test", run, 32, 1, cost=trained(100.0)) as batcher:
-        await batcher.put(Item("blocker"))
-        await asyncio.sleep(0.02)
-        due = int(time.time() * 1000) + 500  # items predicted at 100 ms each: 4 fit in time
-        for k in range(20):  # one tight among loose ones: no bound on batch length for its sake
-            await batcher.put(Item(f"i{k}", deadline_ms=due if k == 0 else due + 10_000))
-        gate.set()
-        await batcher.drain(5)
-    assert batches[1] == ["i0", "i1", "i2", "i3"]
-    assert batches[2] == [f"i{k}" for k in range(4, 20)], "without the tight one, the rest fit in one"
-
-
-async def test_while_tight_requests_keep_arriving_batches_stay_short_enough_for_them():
-    batches: list[list[str]] = []
-    gate = asyncio.Event()
-
-    async def run(batch):
-        batches.append([i.name for i in batch])
-        await gate.wait()
-
-    async with InferenceBatcher("test", run, 32, 1, cost=trained(10.0)) as batcher:
+    async with InferenceBatcher("test", run, 32, 1, cost=cost) as batcher:
         await batcher.put(Item("blocker"))
         await asyncio.sleep(0.02)
         now = int(time.time() * 1000)
-        for k in range(20):  # half of them with 210 ms to go: batches of at most 105 ms leave room
-            await batcher.put(Item(f"i{k}", deadline_ms=now + (210 if k % 2 else 60_000)))
+        for k, due in enumerate(deadlines_from_now):
+            await batcher.put(Item(f"i{k}", deadline_ms=None if due is None else now + due))
         gate.set()
         await batcher.drain(5)
-    assert [len(b) for b in batches[1:]] == [10, 10]
-    assert sorted(batches[1]) == sorted(f"i{k}" for k in range(1, 20, 2)), "the tight ones first"
+    return batches[1:]
+
+
+async def test_a_batch_is_cut_at_the_largest_size_that_meets_its_earliest_deadline():
+    # items predicted at 100 ms each: 4 fit in time for i0; one tight among loose ones does not
+    # bound the batch length for its sake
+    batches = await batches_after_a_blocker(trained(100.0), [500] + [10_500] * 19)
+    assert batches[0] == ["i0", "i1", "i2", "i3"]
+    assert batches[1] == [f"i{k}" for k in range(4, 20)], "without the tight one, the rest fit in one"
+
+
+async def test_while_tight_requests_keep_arriving_batches_stay_short_enough_for_them():
+    # half of them with 210 ms to go: batches of at most 105 ms leave them room
+    batches = await batches_after_a_blocker(trained(10.0), [210 if k % 2 else 60_000 for k in range(20)])
+    assert [len(b) for b in batches] == [10, 10]
+    assert sorted(batches[0]) == sorted(f"i{k}" for k in range(1, 20, 2)), "the tight ones first"
 
 
 async def test_a_request_that_cannot_make_its_deadline_is_expired_without_running():

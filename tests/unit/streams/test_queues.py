@@ -3,24 +3,13 @@ batches cut to meet a deadline, and requests that cannot make theirs taken out."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from helpers.batch_items import Item
 from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.records import Priority
 from schemas.topics import PRIORITIES
 from streams.queues import PriorityQueues
-
-
-@dataclass
-class Item:
-    name: str
-    priority: Priority = Priority.NORMAL
-    size: int = 1
-    enqueued_at: float = 0.0
-    units: int = 1
-    deadline_ms: int | None = None
 
 
 def queued(*items: Item, edf: bool = True) -> PriorityQueues[Item]:
