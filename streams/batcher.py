@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic
 
@@ -29,10 +28,6 @@ from .queues import Batchable, PriorityQueues, T
 
 logger = logging.getLogger(__name__)
 
-SLACK_WINDOW_S = 2.0
-"""How far back the arrivals' slack (time left to their deadline) is looked at."""
-SLACK_QUANTILE = 0.1
-"""The slack a batch must leave room for: that of the tightest tenth of recent arrivals."""
 
 
 __all__ = ["Batchable", "InferenceBatcher"]
@@ -73,8 +68,6 @@ class InferenceBatcher(Generic[T]):
         self._running: dict[asyncio.Task, float] = {}
         """batch on its way -> when it is predicted to finish (ms since the epoch)."""
         self._expiring: set[asyncio.Task] = set()
-        self._slacks: deque[tuple[float, float]] = deque(maxlen=512)
-        """(monotonic time, ms to its deadline) of recent arrivals with a deadline."""
 
     async def start(self) -> None:
         self._queues: PriorityQueues[T] = PriorityQueues(edf=self._deadline_aware)
@@ -108,8 +101,6 @@ class InferenceBatcher(Generic[T]):
             self._room[item.priority].release()
             raise BatcherClosed(f"batcher {self.name} is stopping")
         item.enqueued_at = time.monotonic()
-        if self._deadline_aware and item.deadline_ms is not None:
-            self._slacks.append((item.enqueued_at, item.deadline_ms - time.time() * 1000))
         self._queues.push(item)
         self._changed.set()
 
@@ -120,7 +111,8 @@ class InferenceBatcher(Generic[T]):
             await self._slots.acquire()
             batch = await self._gather()
             task = asyncio.create_task(self._run(batch), name=f"batch:{self.name}")
-            self._running[task] = time.time() * 1000 + (self._predict(batch) or 0.0)
+            # a look-ahead batch starts computing only when a running one ends
+            self._running[task] = self._start_ms() + (self._predict(batch) or 0.0)
             task.add_done_callback(self._running.pop)
 
     async def _gather(self) -> list[T]:
@@ -169,7 +161,7 @@ class InferenceBatcher(Generic[T]):
         return max(now, min(self._running.values()))
 
     def _cut(self, now: float) -> list[T]:
-        fits = grows = None
+        fits = None
         if self._deadline_aware:
             start, cost = self._start_ms(), self._cost
 
@@ -177,30 +169,11 @@ class InferenceBatcher(Generic[T]):
                 predicted = cost.predict_ms(items, units)
                 return deadline is None or predicted is None or start + predicted <= deadline
 
-            if (longest := self._longest_batch_ms(now)) is not None:
-                def grows(items: int, units: int) -> bool:
-                    return cost.compute_ms(items, units) <= longest
 
-        batch = self._queues.cut(self._max_items, now, self._starvation_s, fits, grows)
+        batch = self._queues.cut(self._max_items, now, self._starvation_s, fits)
         for item in batch:
             self._room[item.priority].release()
         return batch
-
-    def _longest_batch_ms(self, now: float) -> float | None:
-        """How long a batch may run so that tight requests still arriving can make it: a request
-        with slack ``s`` waits for an instance (a batch already running) and then runs its own,
-        so batches of at most ``s / 2`` leave it room. ``s``: the tightest tenth of the slacks
-        of recent arrivals, leaving out those that could not make it even alone. None: no
-        bound (no recent deadlines, or the cost is not known yet)."""
-        while self._slacks and now - self._slacks[0][0] > SLACK_WINDOW_S:
-            self._slacks.popleft()
-        alone = self._cost.predict_ms(1, 0) if self._slacks else None
-        if alone is None:
-            return None
-        servable = sorted(slack for _, slack in self._slacks if slack >= alone)
-        if not servable:
-            return None
-        return servable[int(SLACK_QUANTILE * (len(servable) - 1))] / 2
 
     def _shed_unreachable(self) -> float | None:
         """Hand what cannot make its deadline even if run at once to ``expire``; returns when the

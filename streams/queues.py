@@ -34,8 +34,6 @@ T = TypeVar("T", bound=Batchable)
 
 Fits = Callable[[int, int, int | None], bool]
 """(items, units, earliest deadline in ms) of a batch -> whether it completes in time."""
-Grows = Callable[[int, int], bool]
-"""(items, units) of a batch -> whether a batch may be that large (besides its own deadlines)."""
 Cost = Callable[[int, int], float | None]
 """(items, units) -> predicted compute ms of such a batch; None = not known yet."""
 
@@ -151,15 +149,13 @@ class PriorityQueues(Generic[T]):
                     times.append(head.deadline_ms - predicted)
         return min(times) if times else None
 
-    def cut(self, max_items: int, now: float, starvation_s: float, fits: Fits | None = None,
-            grows: Grows | None = None) -> list[T]:
+    def cut(self, max_items: int, now: float, starvation_s: float, fits: Fits | None = None) -> list[T]:
         """Cut one batch: priorities in order (a starving one first), each queue in its run order.
         A request is never split, and the first one is taken even when larger than ``max_items``.
         With ``fits``, the batch stops growing before it would finish past the earliest deadline
         in it, and a request that would miss its deadline even alone in this batch stays queued
         (without setting the batch's deadline): the next batch may start sooner, and once it
-        cannot make it even if run at once, :meth:`unreachable` takes it out. ``grows`` bounds the
-        batch further (past its first request)."""
+        cannot make it even if run at once, :meth:`unreachable` takes it out."""
         order = sorted(PRIORITIES, key=lambda p: (
             not (self._queues[p] and now - self._queues[p].oldest() > starvation_s), PRIORITIES.index(p)))
         batch: list[T] = []
@@ -177,9 +173,8 @@ class PriorityQueues(Generic[T]):
                         aside.setdefault(priority, []).append(queue.set_aside())
                         continue
                     deadline = _earliest(earliest, head.deadline_ms)
-                    items = max_items - room + head.size
-                    if batch and ((fits is not None and not fits(items, units + head.units, deadline))
-                                  or (grows is not None and not grows(items, units + head.units))):
+                    if batch and fits is not None and not fits(max_items - room + head.size, units + head.units,
+                                                               deadline):
                         return batch
                     batch.append(self._pop(queue))
                     room, units, earliest = room - head.size, units + head.units, deadline
