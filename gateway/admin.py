@@ -9,11 +9,11 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Query, Request
 
-from schemas import keys
-from schemas.codec import AvroCodec
-from schemas.errors import SchemaError
-from schemas.records import InferenceResult
-from schemas.topics import PRIORITIES
+from streaminfer.schemas import keys
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.errors import SchemaError
+from streaminfer.schemas.records import InferenceResult
+from streaminfer.schemas.topics import PRIORITIES
 
 from .apikeys import Principal
 from .errors import Forbidden

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from schemas import keys
+from streaminfer.schemas import keys
 
 from .errors import reaching
 

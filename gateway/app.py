@@ -11,8 +11,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from schemas.codec import AvroCodec
-from schemas.registry import RegistryClient
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.registry import RegistryClient
 
 from .admin import router as admin_router
 from .apikeys import ApiKeyStore

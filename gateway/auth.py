@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from fastapi import Request
 from redis.asyncio import Redis
 
-from schemas import keys
+from streaminfer.schemas import keys
 
 from .apikeys import SCOPES, ApiKeyStore, Principal
 from .errors import Forbidden, TooManyRequests, Unauthorized, reaching

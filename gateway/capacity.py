@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from schemas import keys
+from streaminfer.schemas import keys
 
 logger = logging.getLogger(__name__)
 

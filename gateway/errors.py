@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.errors import ModelError, ModelNotFound, ModelVersionNotFound
+from streaminfer.models.errors import ModelError, ModelNotFound, ModelVersionNotFound
 
 from . import metrics
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from models.config import NUMPY_DTYPES, ModelConfig
-from models.errors import InvalidInput
-from models.friendly import friendly_to_tensors, validate_tensors
+from streaminfer.models.config import NUMPY_DTYPES, ModelConfig
+from streaminfer.models.errors import InvalidInput
+from streaminfer.models.friendly import friendly_to_tensors, validate_tensors
 
 from .errors import InvalidRequest, PayloadTooLarge
 

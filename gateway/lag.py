@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from schemas.records import Priority
-from schemas.topics import PRIORITIES, request_topic
+from streaminfer.schemas.records import Priority
+from streaminfer.schemas.topics import PRIORITIES, request_topic
 
 from . import metrics
 from .capacity import drain_seconds

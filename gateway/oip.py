@@ -1,6 +1,6 @@
 """Open Inference Protocol (KServe V2) REST routes over the same Kafka path as ``/v1/infer``:
 publish the request, wait for its result in Redis and answer synchronously in V2 JSON, or with
-the binary tensor data extension (:mod:`gateway.oip_binary`) as Triton's client asks by default.
+the binary tensor data extension (:mod:`streaminfer.gateway.oip_binary`) as Triton's client asks by default.
 
 As Triton and KServe do, an infer body is JSON whatever its ``Content-Type`` (tritonclient sends
 none), and an error body carries KServe's ``error`` string beside the SPEC's fields."""
@@ -16,8 +16,8 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.config import ModelConfig
-from schemas.records import InferenceResult, Status, Tensor
+from streaminfer.models.config import ModelConfig
+from streaminfer.schemas.records import InferenceResult, Status, Tensor
 
 from .apikeys import Principal
 from .auth import ANONYMOUS, require

@@ -13,9 +13,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
-from schemas import keys, topics
-from schemas.codec import AvroCodec
-from schemas.records import AuditEvent, InferenceRequest
+from streaminfer.schemas import keys, topics
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.records import AuditEvent, InferenceRequest
 
 from .errors import ServiceUnavailable
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
-from schemas import keys
-from schemas.codec import AvroCodec
-from schemas.records import InferenceResult
+from streaminfer.schemas import keys
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.records import InferenceResult
 
 from .errors import reaching
 

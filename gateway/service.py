@@ -12,8 +12,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.config import MAX_DEADLINE_MS, ModelConfig, load_repository_configs
-from schemas.records import (
+from streaminfer.models.config import MAX_DEADLINE_MS, ModelConfig, load_repository_configs
+from streaminfer.schemas.records import (
     AuditEvent,
     AuditType,
     InferenceRequest,
@@ -23,7 +23,7 @@ from schemas.records import (
     input_digest,
     now_ms,
 )
-from schemas.topics import request_topics, results_topic
+from streaminfer.schemas.topics import request_topics, results_topic
 
 from . import metrics
 from .apikeys import Principal

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from models.config import ModelConfig
-from models.friendly import tensors_to_friendly
-from schemas.records import InferenceResult
+from streaminfer.models.config import ModelConfig
+from streaminfer.models.friendly import tensors_to_friendly
+from streaminfer.schemas.records import InferenceResult
 
 STATUS_NAMES = {"queued", "running", "succeeded", "failed", "expired", "cancelled", "rejected"}
 

@@ -14,10 +14,10 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from models.config import DEVICES, NUMPY_DTYPES, ModelConfig
-from models.errors import InferenceFailed, ModelConfigError, ModelError
-from models.friendly import validate_tensors
-from models.preprocess import Preprocessor, build_preprocessor
+from streaminfer.models.config import DEVICES, NUMPY_DTYPES, ModelConfig
+from streaminfer.models.errors import InferenceFailed, ModelConfigError, ModelError
+from streaminfer.models.friendly import validate_tensors
+from streaminfer.models.preprocess import Preprocessor, build_preprocessor
 
 __all__ = ["Model", "default_intra_op_threads", "dummy_inputs", "resolve_device"]
 

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from models.config_sections import (
+from streaminfer.models.config_sections import (
     FRIENDLY_KINDS,
     PREPROCESS_KINDS,
     parse_friendly,
     parse_preprocess,
 )
-from models.errors import ModelConfigError, ModelVersionNotFound
+from streaminfer.models.errors import ModelConfigError, ModelVersionNotFound
 
 __all__ = [
     "BACKENDS",

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from models.errors import ModelConfigError
+from streaminfer.models.errors import ModelConfigError
 
 if TYPE_CHECKING:
-    from models.config import TensorSpec
+    from streaminfer.models.config import TensorSpec
 
 FRIENDLY_KINDS = ("text", "array", "image", "named_features")
 PREPROCESS_KINDS = ("none", "tokenize")

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from models.config import NUMPY_DTYPES, ModelConfig, TensorSpec
-from models.errors import InvalidInput, ModelConfigError
+from streaminfer.models.config import NUMPY_DTYPES, ModelConfig, TensorSpec
+from streaminfer.models.errors import InvalidInput, ModelConfigError
 
 __all__ = ["friendly_to_tensors", "tensors_to_friendly", "validate_tensors"]
 

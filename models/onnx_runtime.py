@@ -8,8 +8,8 @@ from collections.abc import Mapping
 import numpy as np
 import onnxruntime as ort
 
-from models.base import Model, default_intra_op_threads
-from models.errors import ModelConfigError
+from streaminfer.models.base import Model, default_intra_op_threads
+from streaminfer.models.errors import ModelConfigError
 
 __all__ = ["OnnxModel"]
 

@@ -15,8 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from models.config import NUMPY_DTYPES, ModelConfig
-from models.errors import InvalidInput, ModelConfigError
+from streaminfer.models.config import NUMPY_DTYPES, ModelConfig
+from streaminfer.models.errors import InvalidInput, ModelConfigError
 
 __all__ = ["PassThrough", "Preprocessor", "TextTokenizer", "build_preprocessor"]
 

@@ -6,9 +6,9 @@ import logging
 import threading
 from pathlib import Path
 
-from models.base import Model
-from models.config import ModelConfig, load_repository_configs
-from models.errors import ModelConfigError, ModelNotFound, ModelVersionNotFound
+from streaminfer.models.base import Model
+from streaminfer.models.config import ModelConfig, load_repository_configs
+from streaminfer.models.errors import ModelConfigError, ModelNotFound, ModelVersionNotFound
 
 __all__ = ["ModelRepository", "create_model"]
 
@@ -24,9 +24,9 @@ def create_model(
     """An unloaded model of the runtime ``config.backend`` names."""
     # Imported here so a process serving only ONNX models never imports torch, and vice versa.
     if config.backend == "onnxruntime":
-        from models.onnx_runtime import OnnxModel as runtime
+        from streaminfer.models.onnx_runtime import OnnxModel as runtime
     elif config.backend == "torch":
-        from models.torch_runtime import TorchModel as runtime
+        from streaminfer.models.torch_runtime import TorchModel as runtime
     else:  # load_model_config already refuses this; kept for hand-built configs
         raise ModelConfigError(f"unknown backend {config.backend!r}")
     return runtime(config, version, device, intra_op_num_threads)

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from models.base import Model
-from models.errors import ModelConfigError
+from streaminfer.models.base import Model
+from streaminfer.models.errors import ModelConfigError
 
 __all__ = ["TorchModel"]
 

@@ -1,15 +1,15 @@
 """The event contract: Avro schemas, the records mirroring them, their codec, and the
 names (topics, Redis keys, headers) gateway and workers share."""
 
-from schemas.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroCodec, load_schemas
-from schemas.errors import (
+from streaminfer.schemas.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroCodec, load_schemas
+from streaminfer.schemas.errors import (
     DecodeError,
     EncodeError,
     RegistryUnavailable,
     SchemaError,
     UnknownSchema,
 )
-from schemas.records import (
+from streaminfer.schemas.records import (
     AuditEvent,
     AuditType,
     DataType,

@@ -6,8 +6,8 @@ import logging
 import time
 import uuid
 
-from schemas.codec import AvroCodec
-from schemas.records import InferenceRequest, Tensor
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.records import InferenceRequest, Tensor
 
 logger = logging.getLogger(__name__)
 

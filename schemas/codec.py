@@ -25,15 +25,15 @@ from fastavro import parse_schema, schemaless_reader
 from fastavro.repository.base import AbstractSchemaRepository, SchemaRepositoryError
 from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
 
-from schemas.binary import CompiledCodec, compile_schema
-from schemas.errors import (
+from streaminfer.schemas.binary import CompiledCodec, compile_schema
+from streaminfer.schemas.errors import (
     DecodeError,
     EncodeError,
     RegistryUnavailable,
     SchemaError,
     UnknownSchema,
 )
-from schemas.records import (
+from streaminfer.schemas.records import (
     NAMESPACE,
     AuditEvent,
     AuditType,
@@ -47,7 +47,7 @@ from schemas.records import (
     Tensor,
     Timings,
 )
-from schemas.registry import LookupFailures, RegistryClient
+from streaminfer.schemas.registry import LookupFailures, RegistryClient
 
 logger = logging.getLogger(__name__)
 

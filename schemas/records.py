@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from schemas.tensors import DataType, Tensor, input_digest
+from streaminfer.schemas.tensors import DataType, Tensor, input_digest
 
 logger = logging.getLogger(__name__)
 

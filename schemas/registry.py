@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from schemas.errors import EncodeError, RegistryUnavailable, SchemaError, UnknownSchema
+from streaminfer.schemas.errors import EncodeError, RegistryUnavailable, SchemaError, UnknownSchema
 
 if TYPE_CHECKING:
     import httpx

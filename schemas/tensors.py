@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from schemas.errors import DecodeError, EncodeError
+from streaminfer.schemas.errors import DecodeError, EncodeError
 
 logger = logging.getLogger(__name__)
 

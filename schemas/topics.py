@@ -6,7 +6,7 @@ import logging
 import re
 from collections.abc import Iterable
 
-from schemas.records import Priority
+from streaminfer.schemas.records import Priority
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ def _fractions_arg(value: str) -> tuple[float, ...]:
 def cmd_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gateway.app import AuthNotConfigured
+    from streaminfer.gateway.app import AuthNotConfigured
 
     from .connectivity import ConnectivityError, uvicorn_ssl
     from .telemetry import logging_config, setup_logging
@@ -66,8 +66,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 def gateway_app(settings: Settings | None = None):
     """The gateway's ASGI app from ``settings`` (default: the environment's), with the Kafka and
     registry connectivity they name; uvicorn's app factory in each process of ``--workers N``."""
-    from gateway.app import create_app
-    from schemas.registry import RegistryClient
+    from streaminfer.gateway.app import create_app
+    from streaminfer.schemas.registry import RegistryClient
 
     from .connectivity import kafka_options, registry_client, registry_url
 
@@ -78,7 +78,7 @@ def gateway_app(settings: Settings | None = None):
 
 
 async def _ensure_topics(settings: Settings, tasks: list[str] | None) -> list[str]:
-    from models.config import load_repository_configs
+    from streaminfer.models.config import load_repository_configs
 
     from .kafka_admin import ensure_contract_topics
 
@@ -91,7 +91,7 @@ async def _ensure_topics(settings: Settings, tasks: list[str] | None) -> list[st
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
-    from streams.app import WorkerOptions, create_worker
+    from streaminfer.streams.app import WorkerOptions, create_worker
 
     from .connectivity import (
         ConnectivityError,
@@ -143,13 +143,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     settings = Settings()
     if args.action == "build":
-        from models.builtin import build_all
+        from streaminfer.models.builtin import build_all
 
         metrics = build_all(settings.model_repository, force=args.force, tasks=_tasks_arg(args.tasks))
         for task, values in metrics.items():
             print(f"{task:<20} " + " ".join(f"{k}={v}" for k, v in values.items()))
         return 0
-    from models.config import load_repository_configs
+    from streaminfer.models.config import load_repository_configs
 
     configs = load_repository_configs(settings.model_repository)
     if not configs:
@@ -227,7 +227,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 async def _with_key_store(settings: Settings, action):
     from redis.asyncio import Redis
 
-    from gateway.apikeys import ApiKeyStore
+    from streaminfer.gateway.apikeys import ApiKeyStore
 
     redis = Redis.from_url(settings.redis_dsn)
     try:

@@ -102,8 +102,8 @@ def registry_url(settings: Settings) -> str | None:
 
 def avro_codec(settings: Settings):
     """The codec of a shell-side client (tail, submit), with the registry's auth and TLS."""
-    from schemas.codec import AvroCodec
-    from schemas.registry import RegistryClient
+    from streaminfer.schemas.codec import AvroCodec
+    from streaminfer.schemas.registry import RegistryClient
 
     url = registry_url(settings)
     return AvroCodec(registry=RegistryClient(url, client=registry_client(settings)) if url else None)

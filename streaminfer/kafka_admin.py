@@ -12,7 +12,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from schemas.topics import all_topics
+from streaminfer.schemas.topics import all_topics
 
 from .connectivity import diagnose_kafka_tls, kafka_options
 

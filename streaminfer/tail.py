@@ -12,9 +12,9 @@ import uuid
 
 from aiokafka import AIOKafkaConsumer
 
-from schemas import topics
-from schemas.errors import SchemaError
-from schemas.records import AuditEvent, DeadLetter, InferenceResult
+from streaminfer.schemas import topics
+from streaminfer.schemas.errors import SchemaError
+from streaminfer.schemas.records import AuditEvent, DeadLetter, InferenceResult
 
 from .connectivity import avro_codec, kafka_options
 from .settings import Settings

@@ -41,7 +41,7 @@ def _stop(procs: list[subprocess.Popen], timeout_s: float = 15.0) -> None:
 async def _dev_key(env: dict[str, str]) -> str:
     from redis.asyncio import Redis
 
-    from gateway.apikeys import ApiKeyStore
+    from streaminfer.gateway.apikeys import ApiKeyStore
 
     redis = Redis.from_url(Settings(redis_url=env["STREAMINFER_REDIS_URL"]).redis_dsn)
     try:
@@ -63,11 +63,11 @@ def run_up(args: argparse.Namespace) -> int:
 
     base = Settings()
     repo = Path(base.model_repository)
-    from models.config import load_repository_configs
+    from streaminfer.models.config import load_repository_configs
 
     if not any(c.versions for c in load_repository_configs(repo).values()):
         print(f"building the built-in models into {repo} ...", flush=True)
-        from models.builtin import build_all
+        from streaminfer.models.builtin import build_all
 
         build_all(repo)
 

@@ -11,7 +11,7 @@ import logging
 
 import faust
 
-from schemas.topics import request_topics
+from streaminfer.schemas.topics import request_topics
 
 from .processor import RequestProcessor
 from .requests import SourceEvent

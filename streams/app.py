@@ -14,10 +14,10 @@ from typing import Any
 import mode
 from prometheus_client import start_http_server
 
-from models.repository import ModelRepository
-from schemas.codec import AvroCodec
-from schemas.errors import SchemaError
-from schemas.registry import RegistryClient
+from streaminfer.models.repository import ModelRepository
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.errors import SchemaError
+from streaminfer.schemas.registry import RegistryClient
 
 from . import metrics
 from .agents import register_agents, start_task_agents

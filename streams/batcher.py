@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic
 
-from schemas.topics import PRIORITIES
+from streaminfer.schemas.topics import PRIORITIES
 
 from .costs import BatchCost
 from .errors import BatcherClosed

@@ -16,9 +16,9 @@ from functools import partial
 
 import numpy as np
 
-from models.base import Model
-from schemas.codec import AvroCodec
-from schemas.records import AuditType, Error, InferenceResult, Status, now_ms
+from streaminfer.models.base import Model
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.records import AuditType, Error, InferenceResult, Status, now_ms
 
 from . import metrics
 from .costs import BatchCost

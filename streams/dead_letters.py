@@ -8,8 +8,8 @@ import hashlib
 
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from schemas.codec import AvroCodec
-from schemas.records import DeadLetter
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.records import DeadLetter
 
 # Longest error message kept: a message quoting hostile input must not make the letter huge.
 MAX_MESSAGE_CHARS = 2000

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.errors import ModelError
-from models.friendly import validate_tensors
-from models.repository import ModelRepository
-from schemas.codec import AvroCodec
-from schemas.errors import SchemaError
-from schemas.records import InferenceRequest, Priority, Status, input_digest
-from schemas.topics import parse_request_topic
+from streaminfer.models.errors import ModelError
+from streaminfer.models.friendly import validate_tensors
+from streaminfer.models.repository import ModelRepository
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.errors import SchemaError
+from streaminfer.schemas.records import InferenceRequest, Priority, Status, input_digest
+from streaminfer.schemas.topics import parse_request_topic
 
 from .outcomes import MAX_TIMESTAMP_MS
 from .requests import SourceEvent

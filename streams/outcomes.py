@@ -23,10 +23,10 @@ import numpy as np
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from models.base import Model
-from schemas.codec import AvroCodec
-from schemas.errors import SchemaError
-from schemas.records import (
+from streaminfer.models.base import Model
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.errors import SchemaError
+from streaminfer.schemas.records import (
     AuditEvent,
     AuditType,
     DeadLetter,

@@ -12,10 +12,10 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from models.errors import ModelError
-from models.repository import ModelRepository
-from schemas.codec import AvroCodec
-from schemas.records import Error, Status, input_digest
+from streaminfer.models.errors import ModelError
+from streaminfer.models.repository import ModelRepository
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.records import Error, Status, input_digest
 
 from . import metrics
 from .batcher import InferenceBatcher

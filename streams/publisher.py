@@ -21,9 +21,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from schemas import keys, topics
-from schemas.codec import AvroCodec
-from schemas.records import AuditEvent, DeadLetter
+from streaminfer.schemas import keys, topics
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.records import AuditEvent, DeadLetter
 
 from . import metrics
 from .dead_letters import fit_dead_letter

@@ -14,8 +14,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Generic, Protocol, TypeVar
 
-from schemas.records import Priority
-from schemas.topics import PRIORITIES
+from streaminfer.schemas.records import Priority
+from streaminfer.schemas.topics import PRIORITIES
 
 
 class Batchable(Protocol):

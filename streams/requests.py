@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from schemas.records import InferenceRequest, Priority
+from streaminfer.schemas.records import InferenceRequest, Priority
 
 if TYPE_CHECKING:
     from .ledger import Entry

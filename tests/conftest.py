@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def model_repository() -> Path:
     """The built-in repository, built when missing (cached between runs)."""
-    from models.builtin import build_all, default_repository
+    from streaminfer.models.builtin import build_all, default_repository
 
     repo = Path(os.environ.get("STREAMINFER_TEST_MODEL_REPOSITORY") or default_repository())
     build_all(repo)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from models.errors import ModelNotFound
+from streaminfer.models.errors import ModelNotFound
 
 __all__ = [
     "BUILTIN_TASKS",
@@ -35,9 +35,9 @@ logger = logging.getLogger(__name__)
 VERSION = "1"
 METRICS_FILE = "metrics.json"
 BUILTIN_TASKS: dict[str, str] = {
-    "text-embedding": "models.builtin.text_embedding",
-    "image-classify": "models.builtin.image_classify",
-    "tabular-classify": "models.builtin.tabular_classify",
+    "text-embedding": "streaminfer.models.builtin.text_embedding",
+    "image-classify": "streaminfer.models.builtin.image_classify",
+    "tabular-classify": "streaminfer.models.builtin.tabular_classify",
 }
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -110,8 +110,8 @@ def _install_template(task: str, model_dir: Path) -> None:
 
 def _smoke_test(model_dir: Path) -> None:
     """Load the installed model through its runtime, exactly as a worker would, and warm it up."""
-    from models.config import load_model_config
-    from models.repository import create_model
+    from streaminfer.models.config import load_model_config
+    from streaminfer.models.repository import create_model
 
     model = create_model(load_model_config(model_dir), VERSION, device="cpu")
     model.load()

@@ -1,4 +1,4 @@
-"""``python -m models.builtin [--repo PATH] [--force] [--tasks a,b]``: build the built-in models."""
+"""``python -m streaminfer.models.builtin [--repo PATH] [--force] [--tasks a,b]``: build the built-in models."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from models.builtin import BUILTIN_TASKS, build_all, default_repository
-from models.errors import ModelError
+from streaminfer.models.builtin import BUILTIN_TASKS, build_all, default_repository
+from streaminfer.models.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def _summary(task: str, metrics: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.builtin", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m streaminfer.models.builtin", description=__doc__)
     parser.add_argument("--repo", type=Path, default=default_repository(), help="model repository")
     parser.add_argument("--force", action="store_true", help="rebuild tasks that are built")
     parser.add_argument(

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models.builtin.datasets import SEED, digits_split
-from models.errors import ModelBuildFailed
+from streaminfer.models.builtin.datasets import SEED, digits_split
+from streaminfer.models.errors import ModelBuildFailed
 
 __all__ = ["ARTIFACT", "MIN_ACCURACY", "TASK", "DigitsCNN", "build"]
 

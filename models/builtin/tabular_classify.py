@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.builtin.datasets import SEED, breast_cancer_split
-from models.errors import ModelBuildFailed
+from streaminfer.models.builtin.datasets import SEED, breast_cancer_split
+from streaminfer.models.errors import ModelBuildFailed
 
 __all__ = ["ARTIFACT", "MIN_ACCURACY", "TASK", "LogisticModel", "build"]
 
@@ -47,7 +47,7 @@ def build(version_dir: Path) -> dict:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from models.builtin.onnx_export import export_onnx
+    from streaminfer.models.builtin.onnx_export import export_onnx
 
     split = breast_cancer_split()
     pipeline = make_pipeline(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.errors import ModelBuildFailed
+from streaminfer.models.errors import ModelBuildFailed
 
 __all__ = ["ARTIFACT", "TASK", "build"]
 
@@ -48,7 +48,7 @@ def build(version_dir: Path) -> dict:
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     from transformers import AutoModel, AutoTokenizer
 
-    from models.builtin.onnx_export import export_onnx
+    from streaminfer.models.builtin.onnx_export import export_onnx
 
     source = _source_dir()
     # Eager attention exports to plain ONNX ops that onnxruntime fuses well.
@@ -96,7 +96,7 @@ def _embed_with_onnx(version_dir: Path, texts: list[str]) -> np.ndarray:
     """Embed ``texts`` as one padded batch through onnxruntime and our own tokenizer setup."""
     import onnxruntime as ort
 
-    from models.preprocess import TextTokenizer
+    from streaminfer.models.preprocess import TextTokenizer
 
     tokenize = TextTokenizer(version_dir / "tokenizer.json", "text", MAX_LENGTH)
     feeds = tokenize({"text": np.asarray(texts, dtype=object)})

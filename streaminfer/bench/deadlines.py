@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.records import Status
+from streaminfer.schemas.records import Status
 
 from .kafka_load import DeadlineDrive, Received, drive_deadlines, drive_kafka
 from .stack import bench_worker

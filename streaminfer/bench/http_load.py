@@ -96,7 +96,7 @@ def mark_served(redis_url: str, prefix: str, task: str) -> None:
     bench runs no worker, and the gateway refuses (503) a task no worker has ever served."""
     from redis import Redis
 
-    from schemas import keys
+    from streaminfer.schemas import keys
 
     with Redis.from_url(redis_url) as redis:
         redis.sadd(keys.served_tasks_key(prefix), task)

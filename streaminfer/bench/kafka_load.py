@@ -16,9 +16,9 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tqdm import tqdm
 
-from schemas import topics
-from schemas.codec import AvroCodec
-from schemas.records import InferenceRequest, InferenceResult, Priority, Tensor
+from streaminfer.schemas import topics
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.records import InferenceRequest, InferenceResult, Priority, Tensor
 
 from ..settings import Settings
 from .figures import NO_CACHE, TASK, Figures, figures

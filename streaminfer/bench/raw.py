@@ -15,7 +15,7 @@ from .figures import TASK, Figures, figures
 def bench_raw(repository: Path, texts: list[str], batch: int, threads: int | None) -> Figures:
     """The model alone, configured as a worker runs it: consecutive batches of ``batch`` texts,
     ``instances`` of them computing at once (model.yaml); latency = one batch's compute."""
-    from models.repository import ModelRepository
+    from streaminfer.models.repository import ModelRepository
 
     repo = ModelRepository(repository, device="cpu", intra_op_num_threads=threads)
     instances = repo.get_config(TASK).instances

@@ -116,7 +116,7 @@ def bench_gateway_submit(kafka: str, redis_url: str, repository: Path, texts: li
 def run_bench(args: argparse.Namespace) -> int:
     settings = Settings()
     repository = Path(settings.model_repository)
-    from models.builtin import build_all
+    from streaminfer.models.builtin import build_all
 
     build_all(repository, tasks=[TASK])
     max_batch = args.batch_size or yaml.safe_load((repository / TASK / "model.yaml").read_text())["max_batch_size"]

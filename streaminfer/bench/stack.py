@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 import yaml
 
-from schemas import keys
+from streaminfer.schemas import keys
 
 from .. import embedded
 from ..kafka_admin import ensure_contract_topics

@@ -7,9 +7,9 @@ from io import BytesIO
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
-from schemas.bench import codec_roundtrips_per_second, typical_request
-from schemas.codec import AvroCodec
-from schemas.records import InferenceRequest
+from streaminfer.schemas.bench import codec_roundtrips_per_second, typical_request
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.records import InferenceRequest
 
 from .figures import Figures
 

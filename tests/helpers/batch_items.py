@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.records import Priority
+from streaminfer.schemas.records import Priority
 
 
 @dataclass

@@ -33,9 +33,9 @@ async def produce_requests(bootstrap: str, prefix: str, count: int, task: str = 
     import numpy as np
     from aiokafka import AIOKafkaProducer
 
-    from schemas.codec import AvroCodec
-    from schemas.records import InferenceRequest, Priority, Tensor
-    from schemas.topics import request_topic
+    from streaminfer.schemas.codec import AvroCodec
+    from streaminfer.schemas.records import InferenceRequest, Priority, Tensor
+    from streaminfer.schemas.topics import request_topic
 
     codec = AvroCodec()
     priority = priority or Priority.NORMAL
@@ -61,7 +61,7 @@ async def read_records(bootstrap: str, topic: str, record_type, keys: set[bytes]
                        until: Callable[[dict], bool], timeout_s: float = 120.0) -> dict[str, list]:
     """Decoded records of ``topic`` grouped by key (only ``keys`` when given), read until
     ``until(grouped)`` or the timeout."""
-    from schemas.codec import AvroCodec
+    from streaminfer.schemas.codec import AvroCodec
 
     codec = AvroCodec()
     grouped: dict[str, list] = {}
@@ -81,8 +81,8 @@ async def read_records(bootstrap: str, topic: str, record_type, keys: set[bytes]
 async def read_results(bootstrap: str, prefix: str, ids: list[str], task: str = "text-embedding",
                        timeout_s: float = 120.0) -> dict[str, list]:
     """Every result on the task's results topic for ``ids``, waiting until each has one."""
-    from schemas.records import InferenceResult
-    from schemas.topics import results_topic
+    from streaminfer.schemas.records import InferenceResult
+    from streaminfer.schemas.topics import results_topic
 
     wanted = {i.encode() for i in ids}
     return await read_records(bootstrap, results_topic(prefix, task), InferenceResult, wanted,

@@ -6,7 +6,7 @@ from __future__ import annotations
 async def create_api_key(redis_url: str, prefix: str, client: str, admin: bool = False) -> str:
     from redis.asyncio import Redis
 
-    from gateway.apikeys import ApiKeyStore
+    from streaminfer.gateway.apikeys import ApiKeyStore
 
     redis = Redis.from_url(redis_url)
     try:

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from models.config import ModelConfig, TensorSpec
-from models.errors import InferenceFailed
-from schemas.codec import AvroCodec
-from schemas.records import InferenceRequest, InferenceResult, Tensor
-from streams.processor import RequestProcessor
-from streams.publisher import Prior, StoredResult
-from streams.requests import SourceEvent
+from streaminfer.models.config import ModelConfig, TensorSpec
+from streaminfer.models.errors import InferenceFailed
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.records import InferenceRequest, InferenceResult, Tensor
+from streaminfer.streams.processor import RequestProcessor
+from streaminfer.streams.publisher import Prior, StoredResult
+from streaminfer.streams.requests import SourceEvent
 
 PREFIX = "unit"
 TASK = "echo"

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from helpers.kafka import collect, produce_requests
 
-from schemas.codec import AvroCodec
-from schemas.records import InferenceRequest
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.records import InferenceRequest
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,7 @@ def secured(make_stack, redis_server, signing_keys, tmp_path):
 async def api_key(stack, client: str, scopes=SUBMIT_READ, admin=False) -> str:
     from redis.asyncio import Redis
 
-    from gateway.apikeys import ApiKeyStore
+    from streaminfer.gateway.apikeys import ApiKeyStore
 
     redis = Redis.from_url(stack.redis_url)
     try:
@@ -151,7 +151,7 @@ async def test_api_keys_ownership_and_the_principal_in_events(secured, signing_k
         # revoking ends the client's keys at once
         from redis.asyncio import Redis
 
-        from gateway.apikeys import ApiKeyStore
+        from streaminfer.gateway.apikeys import ApiKeyStore
 
         redis = Redis.from_url(secured.redis_url)
         try:

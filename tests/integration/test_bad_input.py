@@ -72,8 +72,8 @@ async def test_unknown_request_is_404(client):
 async def test_undecodable_events_go_to_dlq_and_worker_keeps_serving(stack, client):
     import numpy as np
 
-    from schemas.codec import AvroCodec
-    from schemas.records import InferenceRequest, Tensor
+    from streaminfer.schemas.codec import AvroCodec
+    from streaminfer.schemas.records import InferenceRequest, Tensor
 
     valid = AvroCodec().encode(InferenceRequest(
         request_id=str(uuid.uuid4()), task="text-embedding",
@@ -100,7 +100,7 @@ async def test_undecodable_events_go_to_dlq_and_worker_keeps_serving(stack, clie
 
     letters = await collect(stack.bootstrap, f"{stack.prefix}.dlq", all_dead, timeout_s=30)
     codec = AvroCodec()
-    from schemas.records import DeadLetter
+    from streaminfer.schemas.records import DeadLetter
 
     mine = {m.key: codec.decode(m.value, DeadLetter) for m in letters if m.key in poison}
     assert set(mine) == set(poison)

@@ -20,10 +20,10 @@ from helpers.waiting import count_results
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.codec import AvroCodec
-from schemas.records import DeadLetter, InferenceRequest, InferenceResult, Priority, Status, Tensor
-from schemas.tensors import DataType
-from schemas.topics import dlq_topic, request_topic, results_topic
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.records import DeadLetter, InferenceRequest, InferenceResult, Priority, Status, Tensor
+from streaminfer.schemas.tensors import DataType
+from streaminfer.schemas.topics import dlq_topic, request_topic, results_topic
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ import pytest
 from helpers.kafka import produce_requests, read_records, read_results
 from helpers.waiting import count_results
 
-from schemas.records import AuditEvent, AuditType, Status
-from schemas.topics import audit_topic
+from streaminfer.schemas.records import AuditEvent, AuditType, Status
+from streaminfer.schemas.topics import audit_topic
 
 pytestmark = pytest.mark.integration
 

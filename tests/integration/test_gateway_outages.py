@@ -139,9 +139,9 @@ async def test_ready_names_kafka_while_the_broker_is_paused(make_stack, own_kafk
 async def test_idempotency_claims_stay_bound_until_the_publish_is_confirmed(redis_server):
     from redis.asyncio import Redis
 
-    from gateway.results import ResultStore
-    from schemas import keys
-    from schemas.codec import AvroCodec
+    from streaminfer.gateway.results import ResultStore
+    from streaminfer.schemas import keys
+    from streaminfer.schemas.codec import AvroCodec
 
     store = ResultStore(redis_server, AvroCodec(), "t-claims-" + os.urandom(4).hex(), ttl_s=60)
     await store.start()

@@ -14,9 +14,9 @@ from helpers.kafka import read_records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.codec import AvroCodec
-from schemas.records import AuditEvent, AuditType, DeadLetter, InferenceRequest, Priority, Tensor
-from schemas.topics import audit_topic, dlq_topic, request_topic
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.records import AuditEvent, AuditType, DeadLetter, InferenceRequest, Priority, Tensor
+from streaminfer.schemas.topics import audit_topic, dlq_topic, request_topic
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from helpers.kafka import read_records
 
-from schemas.records import AuditEvent, AuditType, DeadLetter
-from schemas.topics import audit_topic, dlq_topic
+from streaminfer.schemas.records import AuditEvent, AuditType, DeadLetter
+from streaminfer.schemas.topics import audit_topic, dlq_topic
 
 from .models import flaky
 

@@ -14,8 +14,8 @@ from helpers.kafka import read_records
 from helpers.keys import create_api_key
 from helpers.waiting import until
 
-from schemas.codec import AvroCodec
-from schemas.records import (
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.records import (
     AuditEvent,
     AuditType,
     DeadLetter,
@@ -24,8 +24,8 @@ from schemas.records import (
     Tensor,
     now_ms,
 )
-from schemas.tensors import DataType
-from schemas.topics import audit_topic, dlq_topic, request_topic
+from streaminfer.schemas.tensors import DataType
+from streaminfer.schemas.topics import audit_topic, dlq_topic, request_topic
 
 pytestmark = pytest.mark.integration
 

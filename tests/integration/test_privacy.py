@@ -8,8 +8,8 @@ import httpx
 import pytest
 from helpers.kafka import read_records
 
-from schemas.records import AuditEvent, AuditType
-from schemas.topics import audit_topic
+from streaminfer.schemas.records import AuditEvent, AuditType
+from streaminfer.schemas.topics import audit_topic
 
 pytestmark = pytest.mark.integration
 

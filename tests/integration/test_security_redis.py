@@ -11,10 +11,10 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from gateway.results import ResultStore
-from schemas import keys
-from schemas.codec import AvroCodec
-from streams.publisher import ResultPublisher
+from streaminfer.gateway.results import ResultStore
+from streaminfer.schemas import keys
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.streams.publisher import ResultPublisher
 
 pytestmark = pytest.mark.integration
 
@@ -77,9 +77,9 @@ async def test_the_published_flag_after_expiry_leaves_no_key_without_ttl(redis_s
 async def test_the_rate_limit_holds_across_gateways_whose_clocks_disagree(redis, monkeypatch):
     """Two gateways sharing a bucket, one of them an hour ahead: the bucket refills by Redis'
     clock, so the fast clock grants nothing extra (finding 7)."""
-    from gateway.apikeys import Principal
-    from gateway.auth import RateLimiter
-    from gateway.errors import TooManyRequests
+    from streaminfer.gateway.apikeys import Principal
+    from streaminfer.gateway.auth import RateLimiter
+    from streaminfer.gateway.errors import TooManyRequests
 
     principal = Principal(f"c{uuid.uuid4().hex[:8]}", frozenset())
     limiter = RateLimiter(redis, f"t{uuid.uuid4().hex[:8]}", per_s=0.01, burst=2)

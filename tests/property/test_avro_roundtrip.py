@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from schemas.codec import (
+from streaminfer.schemas.codec import (
     CONFLUENT_MAGIC,
     SCHEMA_DIR,
     SINGLE_OBJECT_MAGIC,
@@ -22,8 +22,8 @@ from schemas.codec import (
     plain_schema,
     schema_fingerprint,
 )
-from schemas.errors import DecodeError
-from schemas.records import (
+from streaminfer.schemas.errors import DecodeError
+from streaminfer.schemas.records import (
     AuditEvent,
     AuditType,
     DataType,

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from schemas.errors import DecodeError
-from schemas.tensors import DataType, Tensor
+from streaminfer.schemas.errors import DecodeError
+from streaminfer.schemas.tensors import DataType, Tensor
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.merging import merge_inputs, split_outputs
+from streaminfer.streams.merging import merge_inputs, split_outputs
 
 
 @settings(max_examples=200, deadline=None)

@@ -169,7 +169,7 @@ def test_info_does_not_show_the_registry_url_password(monkeypatch):
     """/info is unauthenticated: it showed a password written into the registry URL."""
     from fastapi.testclient import TestClient
 
-    from gateway.app import create_app
+    from streaminfer.gateway.app import create_app
 
     settings = Settings(auth="disabled", schema_registry_url="http://reg:letmein@127.0.0.1:1",
                         redis_url="redis://default:redispw@127.0.0.1:1/0")

@@ -78,8 +78,8 @@ def test_prometheus_scrapes_the_bound_ports():
 
 
 def test_dashboard_queries_metrics_that_exist():
-    from gateway import metrics as gateway_metrics
-    from streams import metrics as worker_metrics
+    from streaminfer.gateway import metrics as gateway_metrics
+    from streaminfer.streams import metrics as worker_metrics
 
     known = {m.name for registry in (gateway_metrics.REGISTRY, worker_metrics.REGISTRY)
              for m in registry.collect()}

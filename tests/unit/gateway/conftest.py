@@ -10,10 +10,10 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from gateway.app import create_app
-from gateway.results import IdempotencyClaim
-from gateway.service import InferenceService
-from schemas.records import InferenceResult
+from streaminfer.gateway.app import create_app
+from streaminfer.gateway.results import IdempotencyClaim
+from streaminfer.gateway.service import InferenceService
+from streaminfer.schemas.records import InferenceResult
 from streaminfer.settings import Settings
 
 TASK_YAML = {

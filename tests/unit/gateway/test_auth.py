@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from helpers.http import assert_error
 
-from gateway.auth import Authenticator
-from gateway.errors import Unauthorized
+from streaminfer.gateway.auth import Authenticator
+from streaminfer.gateway.errors import Unauthorized
 
 SUBMIT_READ = ["inference:submit", "inference:read"]
 
@@ -30,7 +30,7 @@ def public_pem(signing_key) -> str:
 
 @pytest.fixture(scope="module")
 def authenticator(public_pem) -> Authenticator:
-    from gateway.auth import load_public_keys
+    from streaminfer.gateway.auth import load_public_keys
 
     return Authenticator("jwt", None, load_public_keys(public_pem), "ES256")
 

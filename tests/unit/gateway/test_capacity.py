@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from gateway.capacity import drain_seconds, read_service
-from schemas import keys
+from streaminfer.gateway.capacity import drain_seconds, read_service
+from streaminfer.schemas import keys
 
 
 class FakeRedis:

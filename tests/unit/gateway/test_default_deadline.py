@@ -8,9 +8,9 @@ import pytest
 import yaml
 from helpers.http import assert_error
 
-from gateway.app import build_service
-from gateway.service import InferenceService
-from models.config import MAX_DEADLINE_MS
+from streaminfer.gateway.app import build_service
+from streaminfer.gateway.service import InferenceService
+from streaminfer.models.config import MAX_DEADLINE_MS
 from streaminfer.settings import Settings
 
 BODY = {"inputs": {"x": [1, 2, 3]}}

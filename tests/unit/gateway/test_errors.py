@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from helpers.http import assert_error
 
-from gateway.apikeys import ApiKeyStore, Principal
-from gateway.auth import RateLimiter
+from streaminfer.gateway.apikeys import ApiKeyStore, Principal
+from streaminfer.gateway.auth import RateLimiter
 
 # what redis-py raises when Redis is stopped, hangs, or the socket fails underneath it
 OUTAGES = [

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from helpers.http import assert_error as error
 
-from gateway.oip import _output
-from schemas.records import Error, InferenceResult, Priority, Status, Tensor
+from streaminfer.gateway.oip import _output
+from streaminfer.schemas.records import Error, InferenceResult, Priority, Status, Tensor
 
 
 def answer_with(gateway, status=Status.SUCCEEDED, error=None, extra=()):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from helpers.http import assert_error as error
 
-from schemas.records import InferenceResult, Status, Tensor
+from streaminfer.schemas.records import InferenceResult, Status, Tensor
 
 httpclient = pytest.importorskip("tritonclient.http")
 

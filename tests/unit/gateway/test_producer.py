@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-import gateway.producer as producer_module
-from gateway.producer import RequestProducer
+import streaminfer.gateway.producer as producer_module
+from streaminfer.gateway.producer import RequestProducer
 
 
 class FakeClient:

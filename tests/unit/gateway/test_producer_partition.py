@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 from aiokafka.partitioner import DefaultPartitioner
 
-import gateway.producer as producer_module
-from gateway.producer import RequestProducer
+import streaminfer.gateway.producer as producer_module
+from streaminfer.gateway.producer import RequestProducer
 
 
 class Cluster:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from helpers.http import assert_error as error
 
-from gateway.app import AuthNotConfigured, create_app
-from schemas.records import InferenceResult, Priority, Status, Tensor
+from streaminfer.gateway.app import AuthNotConfigured, create_app
+from streaminfer.schemas.records import InferenceResult, Priority, Status, Tensor
 from streaminfer.settings import Settings
 
 
@@ -165,7 +165,7 @@ def test_overloaded_task_answers_429_with_retry_after(gateway):
 
 def test_size_limits_before_publishing(gateway):
     service = gateway.app.state.service
-    from gateway.inputs import InputLimits
+    from streaminfer.gateway.inputs import InputLimits
 
     service.limits = InputLimits(max_text_chars=5, max_image_bytes=10, max_parameters=2)
     error(gateway.post("/v1/infer/tiny", json={"inputs": {"x": [1, 2, 3]}, "parameters": {"a": 1, "b": 2, "c": 3}}),

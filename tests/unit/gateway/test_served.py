@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from helpers.http import assert_error
 
-from gateway.served import ServedTasks
+from streaminfer.gateway.served import ServedTasks
 
 BODY = {"inputs": {"x": [1, 2, 3]}}
 OIP_BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from helpers.http import assert_error
 
-from gateway.errors import ServiceUnavailable
+from streaminfer.gateway.errors import ServiceUnavailable
 
 BODY = {"inputs": {"x": [1, 2, 3]}}
 

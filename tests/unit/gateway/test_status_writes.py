@@ -8,9 +8,9 @@ import asyncio
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.errors import ServiceUnavailable
-from gateway.results import MAX_QUEUED_PER_WRITE, ResultStore
-from schemas import keys
+from streaminfer.gateway.errors import ServiceUnavailable
+from streaminfer.gateway.results import MAX_QUEUED_PER_WRITE, ResultStore
+from streaminfer.schemas import keys
 
 
 class FakePipeline:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.base import Model, default_intra_op_threads, dummy_inputs, resolve_device
-from models.config import load_model_config
-from models.errors import ModelConfigError, ModelError
+from streaminfer.models.base import Model, default_intra_op_threads, dummy_inputs, resolve_device
+from streaminfer.models.config import load_model_config
+from streaminfer.models.errors import ModelConfigError, ModelError
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ def test_cpu_never_probes_for_a_gpu():
 
 
 def test_cuda_without_gpu_warns(caplog):
-    with caplog.at_level("WARNING", logger="models.base"):
+    with caplog.at_level("WARNING", logger="streaminfer.models.base"):
         assert resolve_device("cuda", cuda_available=lambda: False) == "cpu"
     assert "no GPU" in caplog.text
 

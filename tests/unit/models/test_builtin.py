@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.builtin import (
+from streaminfer.models.builtin import (
     BUILTIN_TASKS,
     build_all,
     build_task,
@@ -23,12 +23,12 @@ from models.builtin import (
     is_built,
     template_path,
 )
-from models.builtin.__main__ import main
-from models.builtin.datasets import breast_cancer_feature_names, breast_cancer_split, digits_split
-from models.config import load_model_config
-from models.errors import ModelNotFound
-from models.friendly import friendly_to_tensors, tensors_to_friendly
-from models.repository import ModelRepository
+from streaminfer.models.builtin.__main__ import main
+from streaminfer.models.builtin.datasets import breast_cancer_feature_names, breast_cancer_split, digits_split
+from streaminfer.models.config import load_model_config
+from streaminfer.models.errors import ModelNotFound
+from streaminfer.models.friendly import friendly_to_tensors, tensors_to_friendly
+from streaminfer.models.repository import ModelRepository
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import yaml
 
-from models.config import (
+from streaminfer.models.config import (
     NUMPY_DTYPES,
     ModelConfig,
     TensorSpec,
     load_model_config,
     load_repository_configs,
 )
-from models.errors import ModelConfigError, ModelVersionNotFound
+from streaminfer.models.errors import ModelConfigError, ModelVersionNotFound
 
 
 def test_loads_every_field(make_model_dir, classifier_yaml):

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.builtin import template_path
-from models.config import load_model_config
-from models.errors import InvalidInput
-from models.friendly import friendly_to_tensors, tensors_to_friendly, validate_tensors
+from streaminfer.models.builtin import template_path
+from streaminfer.models.config import load_model_config
+from streaminfer.models.errors import InvalidInput
+from streaminfer.models.friendly import friendly_to_tensors, tensors_to_friendly, validate_tensors
 
 
 @pytest.fixture
@@ -393,7 +393,7 @@ def test_one_bad_image_refuses_the_batch_before_any_is_decoded(image_config, dec
 
 
 def test_all_the_images_of_a_request_are_bounded_together(image_config, decodes):
-    from models.friendly import MAX_IMAGE_PIXELS, MAX_REQUEST_IMAGE_PIXELS
+    from streaminfer.models.friendly import MAX_IMAGE_PIXELS, MAX_REQUEST_IMAGE_PIXELS
 
     side = int(MAX_IMAGE_PIXELS ** 0.5)
     each = _encoded(Image.new("1", (side, side)), "PNG")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from models.config import load_model_config
-from models.onnx_runtime import OnnxModel
+from streaminfer.models.config import load_model_config
+from streaminfer.models.onnx_runtime import OnnxModel
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_onnx_providers_follow_the_device(monkeypatch, onnx_config, gpu, expecte
 def test_torch_maps_onto_the_resolved_device(monkeypatch, make_model_dir, classifier_yaml, tiny_torchscript):
     import torch
 
-    from models.torch_runtime import TorchModel
+    from streaminfer.models.torch_runtime import TorchModel
 
     config = load_model_config(make_model_dir(classifier_yaml("torch", device="auto"),
                                               files={"model.pt": tiny_torchscript("tuple")}))

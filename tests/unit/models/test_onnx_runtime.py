@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from models.config import load_model_config
-from models.errors import InferenceFailed, InvalidInput, ModelConfigError
-from models.onnx_runtime import OnnxModel
+from streaminfer.models.config import load_model_config
+from streaminfer.models.errors import InferenceFailed, InvalidInput, ModelConfigError
+from streaminfer.models.onnx_runtime import OnnxModel
 
 
 @pytest.fixture

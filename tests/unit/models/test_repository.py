@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from models.errors import ModelNotFound, ModelVersionNotFound
-from models.onnx_runtime import OnnxModel
-from models.repository import ModelRepository, create_model
-from models.torch_runtime import TorchModel
+from streaminfer.models.errors import ModelNotFound, ModelVersionNotFound
+from streaminfer.models.onnx_runtime import OnnxModel
+from streaminfer.models.repository import ModelRepository, create_model
+from streaminfer.models.torch_runtime import TorchModel
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ def test_repository_device_overrides_yaml(make_model_dir, classifier_yaml, tiny_
 
 
 def test_create_model_passes_arguments(make_model_dir, classifier_yaml, tiny_onnx):
-    from models.config import load_model_config
+    from streaminfer.models.config import load_model_config
 
     config = load_model_config(
         make_model_dir(
@@ -151,7 +151,7 @@ def test_a_task_added_by_yaml_alone_serves(make_model_dir, tiny_onnx):
         ),
         encoding="utf-8",
     )
-    from models.friendly import friendly_to_tensors, tensors_to_friendly
+    from streaminfer.models.friendly import friendly_to_tensors, tensors_to_friendly
 
     model = ModelRepository(make_model_dir.repo).load("my-scorer")
     tensors = friendly_to_tensors(model.config, {"x": [1, 0, 0, 0]})

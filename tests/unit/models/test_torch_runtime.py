@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.config import load_model_config
-from models.errors import InferenceFailed, InvalidInput, ModelConfigError
-from models.torch_runtime import TorchModel
+from streaminfer.models.config import load_model_config
+from streaminfer.models.errors import InferenceFailed, InvalidInput, ModelConfigError
+from streaminfer.models.torch_runtime import TorchModel
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from schemas.binary import _read_long, _write_long, compile_schema
+from streaminfer.schemas.binary import _read_long, _write_long, compile_schema
 
 LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
 

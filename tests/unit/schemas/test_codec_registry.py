@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from schemas import codec as codec_module
-from schemas.codec import CONFLUENT_MAGIC, AvroCodec, plain_schema
-from schemas.errors import DecodeError, RegistryUnavailable, SchemaError, UnknownSchema
-from schemas.records import (
+from streaminfer.schemas import codec as codec_module
+from streaminfer.schemas.codec import CONFLUENT_MAGIC, AvroCodec, plain_schema
+from streaminfer.schemas.errors import DecodeError, RegistryUnavailable, SchemaError, UnknownSchema
+from streaminfer.schemas.records import (
     AuditEvent,
     AuditType,
     DataType,
@@ -24,7 +24,7 @@ from schemas.records import (
     InferenceRequest,
     Tensor,
 )
-from schemas.registry import RegistryClient
+from streaminfer.schemas.registry import RegistryClient
 
 URL = "http://registry.test"
 PLAIN = AvroCodec()  # single-object, no registry

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from schemas import keys
+from streaminfer.schemas import keys
 
 
 def test_request_scoped_keys_are_distinct() -> None:

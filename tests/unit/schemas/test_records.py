@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from schemas.records import (
+from streaminfer.schemas.records import (
     AuditEvent,
     AuditType,
     DataType,

@@ -9,14 +9,14 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from schemas.errors import (
+from streaminfer.schemas.errors import (
     DecodeError,
     EncodeError,
     RegistryUnavailable,
     SchemaError,
     UnknownSchema,
 )
-from schemas.registry import LookupFailures, RegistryClient
+from streaminfer.schemas.registry import LookupFailures, RegistryClient
 
 Handler = Callable[[httpx.Request], httpx.Response]
 URL = "http://registry.test:8081"

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from schemas.errors import DecodeError, EncodeError, SchemaError
-from schemas.tensors import DataType, Tensor, input_digest
+from streaminfer.schemas.errors import DecodeError, EncodeError, SchemaError
+from streaminfer.schemas.tensors import DataType, Tensor, input_digest
 
 # -- Tensor <-> numpy ---------------------------------------------------------------------
 

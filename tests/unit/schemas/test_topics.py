@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.records import Priority
-from schemas.topics import (
+from streaminfer.schemas.records import Priority
+from streaminfer.schemas.topics import (
     PRIORITIES,
     TASK_NAME_RE,
     all_topics,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.records import Error, InferenceResult, Status
+from streaminfer.schemas.records import Error, InferenceResult, Status
 from streaminfer.bench.deadlines import (
     account,
     check_deadline_targets,

@@ -9,10 +9,10 @@ import time
 import pytest
 from helpers.batch_items import Item
 
-from schemas.records import Priority
-from streams.batcher import InferenceBatcher
-from streams.costs import BatchCost
-from streams.errors import BatcherClosed
+from streaminfer.schemas.records import Priority
+from streaminfer.streams.batcher import InferenceBatcher
+from streaminfer.streams.costs import BatchCost
+from streaminfer.streams.errors import BatcherClosed
 
 
 async def run_batcher(max_batch_size: int, delay_ms: float, items: list[Item], model_s: float = 0.0,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.costs import MIN_BATCHES, BatchCost
+from streaminfer.streams.costs import MIN_BATCHES, BatchCost
 
 
 def test_nothing_is_predicted_before_enough_batches():

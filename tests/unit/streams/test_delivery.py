@@ -23,12 +23,12 @@ from helpers.worker_fakes import (
     until_acked,
 )
 
-from schemas.codec import AvroCodec
-from schemas.errors import RegistryUnavailable
-from schemas.records import AuditType, InferenceRequest, Status, Tensor
-from schemas.tensors import DataType
-from streams.publisher import StoredResult
-from streams.requests import SourceEvent
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.errors import RegistryUnavailable
+from streaminfer.schemas.records import AuditType, InferenceRequest, Status, Tensor
+from streaminfer.schemas.tensors import DataType
+from streaminfer.streams.publisher import StoredResult
+from streaminfer.streams.requests import SourceEvent
 
 
 @pytest.fixture

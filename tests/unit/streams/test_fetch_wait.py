@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from streams.app import WorkerOptions, WorkerRuntime
-from streams.transport import LowLatencyConsumerThread, WorkerApp
+from streaminfer.streams.app import WorkerOptions, WorkerRuntime
+from streaminfer.streams.transport import LowLatencyConsumerThread, WorkerApp
 
 
 class FakeProcessor:

@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.ledger import AckLedger
+from streaminfer.streams.ledger import AckLedger
 
 
 class Recorder:

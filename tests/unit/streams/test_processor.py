@@ -22,10 +22,10 @@ from helpers.worker_fakes import (
     until_acked,
 )
 
-from schemas.codec import AvroCodec
-from schemas.records import AuditType, InferenceRequest, Status, Tensor, now_ms
-from streams.publisher import StoredResult
-from streams.requests import SourceEvent
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.records import AuditType, InferenceRequest, Status, Tensor, now_ms
+from streaminfer.streams.publisher import StoredResult
+from streaminfer.streams.requests import SourceEvent
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from helpers.batch_items import Item
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.records import Priority
-from schemas.topics import PRIORITIES
-from streams.queues import PriorityQueues
+from streaminfer.schemas.records import Priority
+from streaminfer.schemas.topics import PRIORITIES
+from streaminfer.streams.queues import PriorityQueues
 
 
 def queued(*items: Item, edf: bool = True) -> PriorityQueues[Item]:
