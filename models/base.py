@@ -19,7 +19,7 @@ from streaminfer.models.errors import InferenceFailed, ModelConfigError, ModelEr
 from streaminfer.models.friendly import validate_tensors
 from streaminfer.models.preprocess import Preprocessor, build_preprocessor
 
-__all__ = ["Model", "default_intra_op_threads", "dummy_inputs", "resolve_device"]
+__all__ = ["Model", "default_intra_op_threads", "dummy_inputs", "gpu_present", "require_cuda", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,22 +28,41 @@ def resolve_device(requested: str, cuda_available: Callable[[], bool] | None = N
     """``"cpu"`` or ``"cuda"`` for a requested ``auto|cpu|cuda``.
 
     ``cuda_available`` probes for a GPU (default: torch if installed, else onnxruntime's
-    providers). An explicit ``cuda`` without a GPU falls back to CPU with a warning, so the same
-    ``model.yaml`` serves on laptops and GPU nodes alike.
+    providers). ``auto`` is what serves on laptops and GPU nodes alike; an explicit ``cuda``
+    without a GPU is a configuration error, raised when the model loads (a worker started for a
+    GPU that silently ran on CPU would miss every latency it was sized for).
     """
     if requested not in DEVICES:
         raise ModelConfigError(f"device must be one of {list(DEVICES)}, got {requested!r}")
     if requested == "cpu":
         return "cpu"
-    probe = cuda_available or _default_cuda_probe
+    probe = cuda_available or gpu_present
     if probe():
         return "cuda"
     if requested == "cuda":
-        logger.warning("device cuda requested but no GPU is available; using cpu")
+        raise ModelConfigError(
+            "device cuda requested but no GPU is available (torch sees no CUDA device); "
+            "use device auto or cpu, or install the GPU build: pip install 'streaminfer[gpu]'"
+        )
     return "cpu"
 
 
-def _default_cuda_probe() -> bool:
+def require_cuda() -> None:
+    """Raise ``ModelConfigError`` unless torch sees a GPU and ONNX Runtime is its GPU build: a
+    worker told ``cuda`` checks at start instead of failing its first batches."""
+    import onnxruntime
+
+    if not gpu_present():
+        resolve_device("cuda", lambda: False)  # raises, naming the fix
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        raise ModelConfigError(
+            "device cuda but the installed ONNX Runtime is the CPU build; "
+            "install the GPU build: pip install 'streaminfer[gpu]'"
+        )
+
+
+def gpu_present() -> bool:
+    """Whether a CUDA device is there (torch asks the driver)."""
     try:
         import torch
     except ImportError:
@@ -173,7 +192,7 @@ class Model(ABC):
 
     @staticmethod
     def _cuda_available() -> bool:
-        return _default_cuda_probe()
+        return gpu_present()
 
     @abstractmethod
     def _load_backend(self, feed_names: tuple[str, ...]) -> None:

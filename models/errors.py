@@ -8,7 +8,8 @@ Hierarchy::
     ├── InvalidInput                wrong shape/dtype, missing tensor, empty text, unknown feature
     ├── InferenceFailed             the backend raised while running a batch (retriable)
     ├── ModelConfigError            model.yaml or the artifact is unusable
-    └── ModelBuildFailed            a built-in model missed its quality bar while being built
+    ├── ModelBuildFailed            a built-in model missed its quality bar while being built
+    └── MissingDependency           an optional package a builder or backend needs is not installed
 
 These know nothing about HTTP or Kafka: the gateway maps them to status codes and the worker
 reads ``retriable`` instead of parsing messages.
@@ -19,6 +20,7 @@ from __future__ import annotations
 __all__ = [
     "InferenceFailed",
     "InvalidInput",
+    "MissingDependency",
     "ModelBuildFailed",
     "ModelConfigError",
     "ModelError",
@@ -69,3 +71,9 @@ class ModelBuildFailed(ModelError):
     """A built-in model could not be built or missed its accuracy/agreement threshold."""
 
     code = "MODEL_BUILD_FAILED"
+
+
+class MissingDependency(ModelError):
+    """An optional package is not installed; the message names the command that installs it."""
+
+    code = "MISSING_DEPENDENCY"

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnxruntime as ort
 
-from streaminfer.models.base import Model, default_intra_op_threads
+from streaminfer.models.base import Model, default_intra_op_threads, gpu_present
 from streaminfer.models.errors import ModelConfigError
 
 __all__ = ["OnnxModel"]
@@ -23,7 +23,8 @@ class OnnxModel(Model):
 
     @staticmethod
     def _cuda_available() -> bool:
-        return "CUDAExecutionProvider" in ort.get_available_providers()
+        # onnxruntime-gpu lists its CUDA provider on machines without a GPU too: ask for a device
+        return "CUDAExecutionProvider" in ort.get_available_providers() and gpu_present()
 
     def _session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
@@ -40,6 +41,8 @@ class OnnxModel(Model):
         providers = ["CPUExecutionProvider"]
         if self.device == "cuda":
             providers.insert(0, "CUDAExecutionProvider")
+            if hasattr(ort, "preload_dlls"):  # 1.21+: CUDA and cuDNN from the nvidia-* wheels
+                ort.preload_dlls()
         try:
             session = ort.InferenceSession(
                 str(self.artifact_path), sess_options=self._session_options(), providers=providers
@@ -55,6 +58,13 @@ class OnnxModel(Model):
             raise ModelConfigError(
                 f"{self!r}: {self.artifact_path.name} needs inputs {missing_feeds} that nothing "
                 f"feeds, and lacks outputs {missing_outputs} that model.yaml declares"
+            )
+        if self.device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+            # ONNX Runtime falls back to CPU with only a log line when CUDA cannot start
+            raise ModelConfigError(
+                f"{self!r}: device cuda but ONNX Runtime could not start CUDAExecutionProvider "
+                f"(available: {ort.get_available_providers()}); the GPU build and its CUDA "
+                "libraries come with: pip install 'streaminfer[gpu]'"
             )
         self._graph_inputs = graph_inputs
         self._output_names = [spec.name for spec in self.config.outputs]

@@ -67,14 +67,11 @@ def gateway_app(settings: Settings | None = None):
     """The gateway's ASGI app from ``settings`` (default: the environment's), with the Kafka and
     registry connectivity they name; uvicorn's app factory in each process of ``--workers N``."""
     from streaminfer.gateway.app import create_app
-    from streaminfer.schemas.registry import RegistryClient
 
-    from .connectivity import kafka_options, registry_client, registry_url
+    from .connectivity import kafka_options, schema_registry
 
     settings = settings or Settings()
-    http = registry_client(settings)
-    registry = RegistryClient(registry_url(settings), client=http) if http is not None else None
-    return create_app(settings, kafka_options=kafka_options(settings), registry=registry)
+    return create_app(settings, kafka_options=kafka_options(settings), registry=schema_registry(settings))
 
 
 async def _ensure_topics(settings: Settings, tasks: list[str] | None) -> list[str]:
@@ -105,6 +102,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = Settings()
     setup_logging(args.log_level)
+    if settings.device == "cuda":
+        from streaminfer.models.base import require_cuda
+
+        require_cuda()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     chosen = _tasks_arg(args.tasks) or settings.task_list
@@ -130,6 +131,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         metrics_host=settings.worker_metrics_host, metrics_port=settings.worker_metrics_port, device=settings.device, threads=settings.worker_threads,
         model_poll_s=settings.worker_model_poll_s,
         schema_registry_url=registry_url(settings), registry_http=registry_client(settings),
+        schema_registry_subject_strategy=settings.schema_registry_subject_strategy,
         kafka_options=kafka_options(settings, ssl_context), broker_credentials=faust_credentials(settings, ssl_context),
         cache_scope=settings.content_cache_scope, scheduling=settings.worker_scheduling,
         follow_repository=not chosen,  # no explicit list: tasks dropped into the repository are served too
@@ -368,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from pydantic import ValidationError
 
+    from streaminfer.models.errors import ModelError
+
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
@@ -376,5 +380,8 @@ def main(argv: list[str] | None = None) -> None:
             where = "STREAMINFER_" + "_".join(str(p) for p in error["loc"]).upper() if error["loc"] else ""
             message = error["msg"].removeprefix("Value error, ")
             print(f"streaminfer {args.command}: {where + ': ' if where else ''}{message}", file=sys.stderr)
+        code = 2
+    except ModelError as exc:  # a missing extra or weights package, a GPU that is not there
+        print(f"streaminfer {args.command}: {exc}", file=sys.stderr)
         code = 2
     sys.exit(code)

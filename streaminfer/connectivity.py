@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .settings import Settings
@@ -100,13 +101,40 @@ def registry_url(settings: Settings) -> str | None:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+def schema_registry(settings: Settings, tasks: Callable[[], Iterable[str]] | Iterable[str] | None = None):
+    """The schema registry client (``None`` without a registry): its URL, auth, CA and subject
+    strategy. The topic strategies register under the topics of ``tasks`` (a callable is asked at
+    registration time; default: the built tasks of the model repository then)."""
+    url = registry_url(settings)
+    if not url:
+        return None
+    from streaminfer.schemas.registry import RegistryClient, record_topics
+
+    def topics(record_name: str) -> list[str]:
+        names = repository_tasks(settings) if tasks is None else tasks() if callable(tasks) else tasks
+        return record_topics(settings.topic_prefix, names).get(record_name, [])
+
+    return RegistryClient(url, client=registry_client(settings), topics=topics,
+                          subject_strategy=settings.schema_registry_subject_strategy)
+
+
+def repository_tasks(settings: Settings) -> list[str]:
+    """The tasks with a built version in the model repository (none when it cannot be read)."""
+    from streaminfer.models.config import ModelConfigError, load_repository_configs
+
+    try:
+        configs = load_repository_configs(settings.model_repository)
+    except (ModelConfigError, OSError) as exc:
+        logger.warning("schema registry subjects: cannot read the model repository (%s)", exc)
+        return []
+    return sorted(task for task, config in configs.items() if config.versions)
+
+
 def avro_codec(settings: Settings):
     """The codec of a shell-side client (tail, submit), with the registry's auth and TLS."""
     from streaminfer.schemas.codec import AvroCodec
-    from streaminfer.schemas.registry import RegistryClient
 
-    url = registry_url(settings)
-    return AvroCodec(registry=RegistryClient(url, client=registry_client(settings)) if url else None)
+    return AvroCodec(registry=schema_registry(settings))
 
 
 def uvicorn_ssl(settings: Settings) -> dict[str, str]:

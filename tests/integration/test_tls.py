@@ -86,10 +86,10 @@ def test_full_request_over_tls_kafka_redis_and_https_gateway(kafka_tls, redis_tl
 async def test_kafka_direct_request_over_tls(kafka_tls, redis_tls, pki, model_repository):
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+    from streaminfer.connectivity import kafka_options
     from streaminfer.schemas.codec import AvroCodec
     from streaminfer.schemas.records import InferenceRequest, InferenceResult, Priority, Tensor
     from streaminfer.schemas.topics import request_topic, results_topic
-    from streaminfer.connectivity import kafka_options
 
     stack = Stack(kafka_tls, redis_tls, model_repository,
                   **kafka_env(pki, STREAMINFER_REDIS_SSL_CAFILE=str(pki.ca)))

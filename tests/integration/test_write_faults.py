@@ -20,10 +20,23 @@ from helpers.kafka import read_records
 from helpers.worker_fakes import TASK, FakeModel, FakeRepository
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from streaminfer.schemas.codec import AvroCodec
-from streaminfer.schemas.records import DeadLetter, InferenceRequest, InferenceResult, Priority, Status, Tensor
-from streaminfer.schemas.topics import all_topics, audit_topic, dlq_topic, request_topic, results_topic
 from streaminfer.kafka_admin import ensure_topics
+from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.records import (
+    DeadLetter,
+    InferenceRequest,
+    InferenceResult,
+    Priority,
+    Status,
+    Tensor,
+)
+from streaminfer.schemas.topics import (
+    all_topics,
+    audit_topic,
+    dlq_topic,
+    request_topic,
+    results_topic,
+)
 from streaminfer.streams.processor import RequestProcessor
 from streaminfer.streams.publisher import ResultPublisher
 from streaminfer.streams.requests import SourceEvent

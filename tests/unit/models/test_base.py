@@ -16,7 +16,6 @@ from streaminfer.models.errors import ModelConfigError, ModelError
         ("auto", True, "cuda"),
         ("auto", False, "cpu"),
         ("cuda", True, "cuda"),
-        ("cuda", False, "cpu"),
         ("cpu", True, "cpu"),
         ("cpu", False, "cpu"),
     ],
@@ -32,10 +31,9 @@ def test_cpu_never_probes_for_a_gpu():
     assert resolve_device("cpu", cuda_available=probe) == "cpu"
 
 
-def test_cuda_without_gpu_warns(caplog):
-    with caplog.at_level("WARNING", logger="streaminfer.models.base"):
-        assert resolve_device("cuda", cuda_available=lambda: False) == "cpu"
-    assert "no GPU" in caplog.text
+def test_cuda_without_gpu_is_a_config_error_naming_the_fix():
+    with pytest.raises(ModelConfigError, match=r"no GPU .*pip install 'streaminfer\[gpu\]'"):
+        resolve_device("cuda", cuda_available=lambda: False)
 
 
 def test_unknown_device_is_a_config_error():

@@ -24,7 +24,11 @@ from streaminfer.models.builtin import (
     template_path,
 )
 from streaminfer.models.builtin.__main__ import main
-from streaminfer.models.builtin.datasets import breast_cancer_feature_names, breast_cancer_split, digits_split
+from streaminfer.models.builtin.datasets import (
+    breast_cancer_feature_names,
+    breast_cancer_split,
+    digits_split,
+)
 from streaminfer.models.config import load_model_config
 from streaminfer.models.errors import ModelNotFound
 from streaminfer.models.friendly import friendly_to_tensors, tensors_to_friendly
@@ -104,7 +108,7 @@ def test_batch_sizes(tmp_path):
 def test_importing_the_package_stays_light():
     code = (
         "import sys\n"
-        "from models.builtin import default_repository\n"
+        "from streaminfer.models.builtin import default_repository\n"
         "default_repository()\n"
         "assert not {'torch', 'sklearn', 'transformers'} & set(sys.modules)\n"
     )

@@ -15,17 +15,27 @@ def onnx_config(make_model_dir, classifier_yaml, tiny_onnx):
                                             files={"model.onnx": tiny_onnx}))
 
 
-def sessions_opened(monkeypatch) -> list[list[str]]:
+def sessions_opened(monkeypatch, cuda_starts: bool = True) -> list[list[str]]:
+    """Record the providers asked for; the session runs on CPU and reports CUDA as running
+    when ``cuda_starts`` (ONNX Runtime drops a provider it cannot start, with only a log line)."""
     import onnxruntime
 
     opened: list[list[str]] = []
     real = onnxruntime.InferenceSession
 
-    def recording(path, sess_options=None, providers=None):
-        opened.append(list(providers))
-        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+    class Session:
+        def __init__(self, path, sess_options=None, providers=None):
+            opened.append(list(providers))
+            self._real = real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+            self._providers = [p for p in providers if cuda_starts or p != "CUDAExecutionProvider"]
 
-    monkeypatch.setattr(onnxruntime, "InferenceSession", recording)
+        def get_providers(self):
+            return self._providers
+
+        def __getattr__(self, name):
+            return getattr(self._real, name)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Session)
     return opened
 
 
@@ -63,3 +73,25 @@ def test_torch_maps_onto_the_resolved_device(monkeypatch, make_model_dir, classi
     except Exception:
         pass  # moving inputs onto cuda fails on this CPU box during warmup; the mapping is what we check
     assert seen["map_location"].startswith("cuda")
+
+
+def test_cuda_that_onnx_runtime_cannot_start_fails_the_load_naming_the_fix(monkeypatch, onnx_config):
+    from streaminfer.models.errors import ModelConfigError
+
+    monkeypatch.setattr(OnnxModel, "_cuda_available", staticmethod(lambda: True))
+    sessions_opened(monkeypatch, cuda_starts=False)
+    model = OnnxModel(onnx_config, device="cuda")
+    with pytest.raises(ModelConfigError, match=r"could not start CUDAExecutionProvider.*streaminfer\[gpu\]"):
+        model.load()
+
+
+def test_a_gpu_build_of_onnx_runtime_without_a_gpu_is_not_cuda(monkeypatch, onnx_config):
+    """onnxruntime-gpu, the default wheel on Linux x86_64, lists CUDA on CPU-only machines too."""
+    import onnxruntime
+
+    import streaminfer.models.onnx_runtime as onnx_runtime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnx_runtime, "gpu_present", lambda: False)
+    assert OnnxModel(onnx_config).device == "cpu"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from streaminfer.schemas.records import Error, InferenceResult, Status
 from streaminfer.bench.deadlines import (
     account,
     check_deadline_targets,
@@ -19,6 +18,7 @@ from streaminfer.bench.floor import check_light, floor_repository, no_model_onnx
 from streaminfer.bench.kafka_load import DeadlineDrive, Received
 from streaminfer.bench.load import LoadPoint, achieved_rate, check_sustained
 from streaminfer.bench.targets import check_targets
+from streaminfer.schemas.records import Error, InferenceResult, Status
 
 
 def result(status: Status, code: str | None = None) -> InferenceResult:
