@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.errors import RegistryUnavailable
 from streaminfer.schemas.registry import RegistryClient
 
 from .admin import router as admin_router
@@ -99,6 +100,10 @@ def create_app(settings: Any, *, kafka_options: dict[str, Any] | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         codec = AvroCodec(registry_url=None if registry else settings.schema_registry_url, registry=registry)
+        try:  # NOTE: in a thread, now: else the first encode registers over HTTP on the loop
+            await codec.prepare_async()
+        except RegistryUnavailable as exc:  # retried by the encode of the first request
+            logger.warning("schema registry unavailable at start: %s", exc)
         producer = RequestProducer(settings.kafka_bootstrap_servers, codec, settings.topic_prefix,
                                    linger_ms=settings.kafka_linger_ms,
                                    request_timeout_ms=settings.kafka_request_timeout_ms,

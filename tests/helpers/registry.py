@@ -1,6 +1,6 @@
 """A fake Confluent Schema Registry on a real socket (threaded, stdlib): the REST calls producers
 and consumers make (register under a subject, fetch by id, list subjects and versions), optional
-basic auth, optional TLS. One global id per schema text, whatever the subject, as the real one."""
+basic auth, optional TLS. One global id per schema, whatever the subject, as the real one."""
 
 from __future__ import annotations
 
@@ -30,7 +30,10 @@ class RegistryState:
 
     def register(self, subject: str, schema: str) -> int:
         with self.lock:
-            schema_id = next((i for i, known in self.schemas.items() if known == schema), None)
+            # NOTE: as the real one, the same schema in other whitespace is the same schema.
+            parsed = json.loads(schema)
+            schema_id = next((i for i, known in self.schemas.items() if json.loads(known) == parsed),
+                             None)
             if schema_id is None:
                 schema_id = self.first_id + len(self.schemas)
                 self.schemas[schema_id] = schema
