@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
+from helpers.registry import RegistryState, fake_registry
 
 from streaminfer.schemas.bench import codec_roundtrips_per_second, typical_request
 from streaminfer.schemas.binary import _write_long
@@ -626,67 +625,20 @@ def test_encode_refuses_foreign_objects(codec: AvroCodec) -> None:
 # -- Confluent framing with a registry ------------------------------------------------------------
 
 
-class _FakeRegistry(BaseHTTPRequestHandler):
-    """Just enough of the Confluent Schema Registry REST API."""
-
-    schemas: dict[int, str]
-    subjects: dict[str, int]
-    calls: list[str]
-
-    def log_message(self, *args: object) -> None:  # keep test output quiet
-        pass
-
-    def _reply(self, status: int, body: dict) -> None:
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def do_POST(self) -> None:  # noqa: N802
-        self.calls.append(f"POST {self.path}")
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        subject = self.path.split("/")[2]
-        schema = body["schema"]
-        for schema_id, known in self.schemas.items():
-            if known == schema:
-                return self._reply(200, {"id": schema_id})
-        schema_id = len(self.schemas) + 100
-        self.schemas[schema_id] = schema
-        self.subjects[subject] = schema_id
-        self._reply(200, {"id": schema_id})
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.calls.append(f"GET {self.path}")
-        schema_id = int(self.path.rsplit("/", 1)[1])
-        if schema_id not in self.schemas:
-            return self._reply(404, {"error_code": 40403, "message": "Schema not found"})
-        self._reply(200, {"schema": self.schemas[schema_id]})
-
-
 @pytest.fixture
-def registry() -> Iterator[tuple[str, type[_FakeRegistry]]]:
-    handler = type("Handler", (_FakeRegistry,), {"schemas": {}, "subjects": {}, "calls": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+def registry() -> Iterator[tuple[str, RegistryState]]:
+    with fake_registry(first_id=100) as served:
+        yield served
 
 
-def test_confluent_framing_with_registry(registry: tuple[str, type[_FakeRegistry]]) -> None:
+def test_confluent_framing_with_registry(registry: tuple[str, RegistryState]) -> None:
     url, handler = registry
     with AvroCodec(registry_url=url) as producer, AvroCodec(registry_url=url) as consumer:
         first = producer.encode(_request())
         second = producer.encode(_request())
         assert first == second and first[:1] == CONFLUENT_MAGIC
         schema_id = int.from_bytes(first[1:5], "big")
-        assert handler.subjects == {f"{NS}.InferenceRequest": schema_id}  # RecordNameStrategy
+        assert handler.subjects == {f"{NS}.InferenceRequest": [schema_id]}  # RecordNameStrategy
         registered = json.loads(handler.schemas[schema_id])
         assert (
             registered["name"] == f"{NS}.InferenceRequest" and "__fastavro_parsed" not in registered
