@@ -15,7 +15,9 @@ Subjects (`subject_strategy`), as Confluent's serializers name them:
     topic         <topic>-value, per topic it is written to           TopicNameStrategy
     topic_record  <topic>-<record full name>, per topic            TopicRecordNameStrategy
 Registering one schema under several subjects gives one global id, so the bytes are the same
-whatever the strategy; it decides which subjects the registry checks compatibility in.
+whatever the strategy; it decides which subjects the registry checks compatibility in. The codec
+registers once per record type (at start): a task added while a process runs gets its topics'
+subjects when that process next starts (decoding looks schemas up by id and never needs them).
 
 NOTE: why not confluent-kafka's SchemaRegistryClient (2.16.1, read and measured here; it is a
 dev dependency, and tests prove the wire interop with its AvroSerializer/AvroDeserializer):
