@@ -1,5 +1,5 @@
 """The ``streaminfer`` command: ``up``, ``gateway``, ``worker``, ``models build|list``, ``submit``,
-``tail results|audit|dlq``, ``bench`` and ``config show``."""
+``tail results|audit|dlq``, ``dlq list|show|replay``, ``bench`` and ``config show``."""
 
 from __future__ import annotations
 
@@ -321,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--max", type=int, default=None)
     tail.add_argument("--idle-timeout", type=float, default=None, help="stop after this many idle seconds")
     tail.set_defaults(func=cmd_tail)
+
+    from .dlq import add_parser as add_dlq_parser  # `dlq list|show|replay`, run by streaminfer.dlq
+
+    add_dlq_parser(sub)
 
     bench = sub.add_parser("bench", help="measure throughput and latency")
     bench.add_argument("--requests", type=int, default=2000)
