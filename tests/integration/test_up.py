@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
 import sys
-import time
 
 import httpx
 import psutil
 import pytest
+from helpers.up import start_up
 
 pytestmark = pytest.mark.integration
 
@@ -20,23 +18,11 @@ def test_up_serves_and_stops_cleanly(model_repository, tmp_path):
     env = dict(os.environ, STREAMINFER_MODEL_REPOSITORY=str(model_repository),
                STREAMINFER_TOPIC_PREFIX="uptest", STREAMINFER_WORKER_THREADS="2")
     log = open(tmp_path / "up.log", "w+")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "streaminfer", "up", "--kafka-port", "0", "--redis-port", "0",
-                             "--tasks", "text-embedding"], env=env, stdout=subprocess.PIPE, stderr=log, text=True,
-                            start_new_session=True)
+    up = start_up([sys.executable, "-m", "streaminfer", "up", "--kafka-port", "0", "--redis-port", "0",
+                   "--tasks", "text-embedding"], env, log)
+    proc, url, key, lines = up.proc, up.url, up.key, up.lines
     descendants: list[psutil.Process] = []
     try:
-        url = key = None
-        deadline = time.monotonic() + 180
-        lines = []
-        while time.monotonic() < deadline and proc.poll() is None:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if match := re.match(r"gateway:\s+(http://\S+)", line):
-                url = match.group(1)
-            if match := re.match(r"api key:\s+(\S+)", line):
-                key = match.group(1)
-            if line.startswith("Ctrl-C"):
-                break
         assert url, f"no gateway line in {lines!r}"
         assert any(line.startswith("kafka:") for line in lines) and any(line.startswith("redis:") for line in lines)
         descendants = psutil.Process(proc.pid).children(recursive=True)
