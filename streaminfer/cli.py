@@ -163,8 +163,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+SUBMIT_KEYS = ("inputs", "priority", "deadline_ms", "parameters", "model_version")
+"""The fields of a ``/v1/infer`` body ``submit --json`` takes."""
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    import httpx
+    from streaminfer.client import Client, ClientError
 
     from .connectivity import gateway_url
 
@@ -176,13 +180,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
         body = {"inputs": {"text": args.text if len(args.text) > 1 else args.text[0]}}
     else:
         body = {"inputs": json.load(sys.stdin)}
+    unknown = sorted(set(body) - set(SUBMIT_KEYS)) if isinstance(body, dict) else None
+    if unknown is None or unknown or "inputs" not in body:
+        print(f"streaminfer submit: the body must be an object with inputs and only {', '.join(SUBMIT_KEYS)}",
+              file=sys.stderr)
+        return 2
     if args.priority:
         body["priority"] = args.priority
-    headers = {"X-API-Key": args.api_key} if args.api_key else {}
-    response = httpx.post(f"{url}/v1/infer/{args.task}", params={"wait": args.wait}, json=body,
-                          headers=headers, timeout=args.wait + 10)
-    print(json.dumps(response.json(), indent=2))
-    return 0 if response.status_code < 400 else 1
+    try:
+        with Client(url, api_key=args.api_key) as client:
+            result = client.infer(args.task, body["inputs"], wait=args.wait, priority=body.get("priority"),
+                                  deadline_ms=body.get("deadline_ms"), parameters=body.get("parameters"),
+                                  model_version=body.get("model_version"))
+    except ClientError as exc:  # the gateway's error body, or the client's own for no answer
+        error = exc.body if isinstance(exc.body, dict) else {"error_code": exc.error_code, "message": exc.message}
+        print(json.dumps(error, indent=2))
+        return 1
+    print(json.dumps(result.raw, indent=2))
+    return 0
 
 
 def cmd_tail(args: argparse.Namespace) -> int:

@@ -6,20 +6,18 @@ offered rate) and a priority burst (``drive_priority_burst``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tqdm import tqdm
 
-from streaminfer.schemas import topics
-from streaminfer.schemas.codec import AvroCodec
-from streaminfer.schemas.records import InferenceRequest, InferenceResult, Priority, Tensor
+from streaminfer.schemas.records import InferenceRequest, InferenceResult, Priority, now_ms
 
+from ..client import RequestProducer, ResultConsumer, build_request
 from ..settings import Settings
 from .figures import NO_CACHE, TASK, Figures, figures
 
@@ -58,21 +56,25 @@ def full_batch_ms(runs: Sequence[LoadRun], max_batch_size: int) -> float | None:
     return float(np.mean(ms)) if ms else None
 
 
-def results_consumer(bootstrap: str, prefix: str) -> AIOKafkaConsumer:
-    """A downstream consumer of text-embedding results, in a group of its own, from the start."""
-    return AIOKafkaConsumer(
-        topics.results_topic(prefix, TASK), bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest", fetch_max_wait_ms=Settings().kafka_fetch_max_wait_ms, enable_auto_commit=False)
+def results_consumer(bootstrap: str, prefix: str, on_record: Callable[[InferenceResult], None]) -> ResultConsumer:
+    """A downstream consumer of text-embedding results from the moment it starts, handing each to
+    ``on_record`` and keeping none (the drives match results to their requests themselves)."""
+    return ResultConsumer(bootstrap, TASK, prefix=prefix, max_buffered=0, on_record=on_record,
+                          fetch_max_wait_ms=Settings().kafka_fetch_max_wait_ms)
+
+
+def request_producer(bootstrap: str, prefix: str, linger_ms: int) -> RequestProducer:
+    # NOTE: acks=1, aiokafka's default, as these drives measured before they used the client
+    return RequestProducer(bootstrap, prefix=prefix, linger_ms=linger_ms, acks=1)
 
 
 def text_request(text: str, priority: Priority = Priority.NORMAL, *, created_at: int | None = None,
                  deadline_at: int | None = None) -> InferenceRequest:
     """A one-text embedding request that skips the content cache; ``created_at`` (default now)
     and ``deadline_at`` in epoch milliseconds."""
-    timing = {} if created_at is None else {"created_at": created_at}
-    return InferenceRequest(request_id=str(uuid.uuid4()), task=TASK, priority=priority,
-                            inputs=[Tensor.from_numpy("text", np.array([text], dtype=object))], parameters=NO_CACHE,
-                            deadline_at=deadline_at, **timing)
+    created = now_ms() if created_at is None else created_at
+    return build_request(TASK, {"text": [text]}, priority=priority, parameters=NO_CACHE, created_at=created,
+                         deadline_ms=None if deadline_at is None else max(1, deadline_at - created))
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,6 @@ class _Exchange:
         self._total = total
         self._desc = desc
         self._on_result = on_result
-        self._codec = AvroCodec()
         self._sent: dict[str, float] = {}
         self.run = LoadRun()
         self.received: dict[str, Received] = {}
@@ -105,12 +106,12 @@ class _Exchange:
         """``started`` on the wall clock, epoch milliseconds (the clock of created_at and deadline_at)."""
 
     async def __aenter__(self) -> _Exchange:
-        self._consumer = results_consumer(self._bootstrap, self._prefix)
-        self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, linger_ms=2)
+        self._all_back = asyncio.Event()
+        self._consumer = results_consumer(self._bootstrap, self._prefix, self._receive)
+        self._producer = request_producer(self._bootstrap, self._prefix, linger_ms=2)
         await self._consumer.start()
         await self._producer.start()
         self._progress = tqdm(total=self._total, desc=self._desc, unit="req", leave=False)
-        self._receiver = asyncio.create_task(self._receive())
         self.started = time.perf_counter()
         self.started_epoch_ms = time.time() * 1000.0
         return self
@@ -126,34 +127,39 @@ class _Exchange:
         request = text_request(text, created_at=created,
                                deadline_at=None if deadline_in_ms is None else created + round(deadline_in_ms))
         self._sent[request.request_id] = sent_at
-        await self._producer.send(topics.request_topic(self._prefix, TASK, Priority.NORMAL),
-                                  self._codec.encode(request), key=request.request_id.encode())
+        await self._producer.produce(request)  # delivery not awaited: the schedule is not held up
         return request.request_id
 
     async def results(self, timeout_s: float = 600.0) -> LoadRun:
-        """Every result, once all ``total`` are back (the receiver's error, if it failed)."""
-        await asyncio.wait_for(self._receiver, timeout_s)
+        """Every result, once all ``total`` are back (TimeoutError past ``timeout_s``; the consumer's
+        error, if it failed)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._all_back.is_set():
+            if self._consumer.failure is not None:
+                raise self._consumer.failure
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{len(self.run.latencies_s)} of {self._total} results in {timeout_s:g} s")
+            try:
+                await asyncio.wait_for(self._all_back.wait(), min(remaining, 1.0))
+            except TimeoutError:
+                pass
         return self.run
 
-    async def _receive(self) -> None:
-        while len(self.run.latencies_s) < self._total:
-            for records in (await self._consumer.getmany(timeout_ms=100)).values():
-                for message in records:
-                    request_id = message.key.decode()
-                    sent_at = self._sent.pop(request_id, None)
-                    if sent_at is None:  # a result of an earlier drive on this prefix
-                        continue
-                    now = time.perf_counter()
-                    result = self._codec.decode(message.value, InferenceResult)
-                    self.received[request_id] = Received(result, self.epoch_ms(now))
-                    self.run.record(now - sent_at, result, now - self.started)
-                    self.run.seconds = now - self.started
-                    self._on_result()
-                    self._progress.update()
+    def _receive(self, result: InferenceResult) -> None:
+        sent_at = self._sent.pop(result.request_id, None)
+        if sent_at is None:  # a result of an earlier drive on this prefix
+            return
+        now = time.perf_counter()
+        self.received[result.request_id] = Received(result, self.epoch_ms(now))
+        self.run.record(now - sent_at, result, now - self.started)
+        self.run.seconds = now - self.started
+        self._on_result()
+        self._progress.update()
+        if len(self.run.latencies_s) >= self._total:
+            self._all_back.set()
 
     async def __aexit__(self, *exc) -> None:
-        self._receiver.cancel()
-        await asyncio.wait([self._receiver])
         self._progress.close()
         await self._producer.stop()
         await self._consumer.stop()
@@ -205,38 +211,38 @@ async def drive_priority_burst(bootstrap: str, prefix: str, texts: list[str], mi
                                seed: int = 1) -> dict[str, list[float]]:
     """Write every request at once (a backlog: saturation), priorities drawn by ``mix``
     (high, normal, low); return each priority's queueing times (created -> batch start), ms."""
-    codec = AvroCodec()
     rng = np.random.default_rng(seed)
     levels = [Priority.HIGH, Priority.NORMAL, Priority.LOW]
     drawn = rng.choice(3, size=len(texts), p=list(mix))
     priority_of: dict[str, str] = {}
-    consumer = results_consumer(bootstrap, prefix)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await consumer.start()
-    await producer.start()
     queued: dict[str, list[float]] = {p.topic_suffix: [] for p in levels}
+    all_back = asyncio.Event()
+    progress = tqdm(total=len(texts), desc="priority burst", unit="req", leave=False)
+
+    def receive(result: InferenceResult) -> None:
+        level = priority_of.pop(result.request_id, None)
+        if level is not None:
+            queued[level].append(result.timings.queued_ms)
+            progress.update()
+            if sum(map(len, queued.values())) == len(texts):
+                all_back.set()
+
     try:
-        futures = []
-        for text, level in zip(texts, drawn, strict=True):
-            priority = levels[level]
-            request = text_request(text, priority)
-            priority_of[request.request_id] = priority.topic_suffix
-            futures.append(await producer.send(topics.request_topic(prefix, TASK, priority), codec.encode(request),
-                                               key=request.request_id.encode()))
-        await asyncio.gather(*futures)
-        with tqdm(total=len(texts), desc="priority burst", unit="req", leave=False) as progress:
-            seen = 0
-            while seen < len(texts):
-                for records in (await consumer.getmany(timeout_ms=200)).values():
-                    for message in records:
-                        level = priority_of.pop(message.key.decode(), None)
-                        if level is not None:
-                            queued[level].append(codec.decode(message.value, InferenceResult).timings.queued_ms)
-                            seen += 1
-                            progress.update()
+        async with results_consumer(bootstrap, prefix, receive) as consumer, \
+                request_producer(bootstrap, prefix, linger_ms=5) as producer:
+            deliveries = []
+            for text, level in zip(texts, drawn, strict=True):
+                request = text_request(text, levels[level])
+                priority_of[request.request_id] = levels[level].topic_suffix
+                deliveries.append(await producer.produce(request))
+            await asyncio.gather(*deliveries)
+            while not all_back.is_set():
+                if consumer.failure is not None:
+                    raise consumer.failure
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(all_back.wait(), 1.0)
     finally:
-        await producer.stop()
-        await consumer.stop()
+        progress.close()
     return queued
 
 

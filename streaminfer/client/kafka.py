@@ -261,6 +261,11 @@ class ResultConsumer:
             await asyncio.sleep(0.1)
         raise ClientError(f"no topic {self.topic} (no worker has served the task yet?)", error_code=KAFKA_ERROR)
 
+    @property
+    def failure(self) -> BaseException | None:
+        """Why reading stopped, when it failed (then :meth:`wait` raises it as a ClientError)."""
+        return self._failure
+
     async def stop(self) -> None:
         if self._closed:
             return
