@@ -11,9 +11,9 @@ dead-lettered: the events are fine, the configuration is not); only a schema the
 refuses (409, 422) is an EncodeError, and an id it does not know (404) UnknownSchema.
 
 Subjects (`subject_strategy`), as Confluent's serializers name them:
-    record        <record full name>                    RecordNameStrategy (the default)
-    topic         <topic>-value, per topic it is written to           TopicNameStrategy
-    topic_record  <topic>-<record full name>, per topic            TopicRecordNameStrategy
+    record        <record full name>                     RecordNameStrategy (the default)
+    topic         <topic>-value, per topic it is written to   TopicNameStrategy
+    topic_record  <topic>-<record full name>, per topic  TopicRecordNameStrategy
 Registering one schema under several subjects gives one global id, so the bytes are the same
 whatever the strategy; it decides which subjects the registry checks compatibility in. The codec
 registers once per record type (at start): a task added while a process runs gets its topics'
