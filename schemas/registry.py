@@ -152,7 +152,9 @@ class RegistryClient:
 
     def subjects(self, record_name: str) -> list[str]:
         """The subjects `record_name` is registered under, now."""
-        topics = self._topics(record_name) if self._topics is not None else ()
+        if self._strategy == "record" or self._topics is None:
+            return [record_name]
+        topics = self._topics(record_name)
         return subject_names(self._strategy, record_name, topics)
 
     def _http(self) -> httpx.Client:

@@ -91,6 +91,11 @@ def test_client_checks_its_strategy() -> None:
         RegistryClient(URL, subject_strategy="topic")
     assert RegistryClient(URL).subject_strategy == "record"
 
+    def unused(name: str) -> list[str]:
+        raise AssertionError("the record strategy needs no topics")
+
+    assert RegistryClient(URL, topics=unused).subjects(REQ) == [REQ]
+
 
 @pytest.mark.parametrize("strategy", ["record", "topic", "topic_record"])
 def test_the_codec_registers_under_the_strategys_subjects(http, strategy: str) -> None:
