@@ -157,17 +157,24 @@ class Timings:
     queued_ms: float = 0.0
     inference_ms: float = 0.0
     total_ms: float = 0.0
+    feature_lookup_ms: float | None = None
+    """Feature lookup tasks: the time their features took to fetch; None: none looked up."""
+    feature_source: str | None = None
+    """``cache`` (all from Redis) or ``db`` (some from the database); None: none looked up."""
 
     def to_avro(self) -> dict[str, Any]:
         return {
             "queued_ms": self.queued_ms,
             "inference_ms": self.inference_ms,
             "total_ms": self.total_ms,
+            "feature_lookup_ms": self.feature_lookup_ms,
+            "feature_source": self.feature_source,
         }
 
     @classmethod
     def from_avro(cls, d: dict[str, Any]) -> Timings:
-        return cls(d["queued_ms"], d["inference_ms"], d["total_ms"])
+        return cls(d["queued_ms"], d["inference_ms"], d["total_ms"], d.get("feature_lookup_ms"),
+                   d.get("feature_source"))
 
 
 @dataclass(slots=True)

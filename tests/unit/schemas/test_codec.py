@@ -194,6 +194,8 @@ def test_inference_result_matches_spec() -> None:
     timings = _fields("Timings")
     assert {k: v["type"] for k, v in timings.items()} == {
         "queued_ms": "double", "inference_ms": "double", "total_ms": "double",
+        # added for feature lookup (SPEC section 9), optional: older readers still decode
+        "feature_lookup_ms": ["null", "double"], "feature_source": ["null", "string"],
     }  # fmt: skip
 
 
