@@ -3,6 +3,11 @@ fraction of httpx's CPU per request, so one process can drive a gateway at thous
 
 It speaks only what a load generator needs: one request at a time per connection, responses
 framed by ``Content-Length`` (what the gateway sends), and reconnects on ``Connection: close``.
+
+NOTE: kept instead of ``streaminfer.client`` for load generation. Measured here (2 shared cores,
+busy; 5 s of submissions over 32 connections to one gateway): this client 0.10-0.14 ms of client
+CPU per request and 363-533 req/s; ``streaminfer.client.AsyncClient`` 4.6-9.8 ms and 43-96
+req/s, most of it in httpx/httpcore itself (plain ``httpx.AsyncClient``: 4.3-4.8 ms).
 """
 
 from __future__ import annotations

@@ -4,16 +4,28 @@ ones included); the request building of the Kafka producer."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import time
+import types
 
 import httpx
 import numpy as np
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
-from streaminfer.client import AsyncClient, Client, ClientError, Result, RetryPolicy, build_request
+from streaminfer.client import (
+    AsyncClient,
+    Client,
+    ClientError,
+    Result,
+    ResultConsumer,
+    RetryPolicy,
+    build_request,
+)
 from streaminfer.client import http as client_http
+from streaminfer.client import kafka as client_kafka
 from streaminfer.client.kafka import input_tensor
 from streaminfer.client.retries import parse_retry_after
 from streaminfer.schemas.codec import AvroCodec
@@ -450,3 +462,97 @@ def test_input_tensor_datatypes(value, datatype, shape):
 def test_build_request_refuses_what_the_worker_would(task, inputs, options, message):
     with pytest.raises(ValueError, match=message):
         build_request(task, inputs, **options)
+
+
+def test_inputs_that_are_not_json_are_refused_before_sending():
+    gateway = Gateway({})
+    with client_for(gateway) as client, pytest.raises(ValueError):
+        client.submit("text-embedding", {"features": [float("nan")]})
+    assert gateway.requests == []
+
+
+# -- ResultConsumer over a fake aiokafka consumer --------------------------------------------
+
+
+class FakeKafkaConsumer:
+    """aiokafka's consumer as ResultConsumer uses it; ``batches`` are handed out by getmany."""
+
+    def __init__(self, batches: asyncio.Queue, **options) -> None:
+        self.batches = batches
+        self.options = options
+        self.stopped = False
+
+    async def start(self) -> None: ...
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0}
+
+    async def topics(self) -> set[str]:
+        return set()
+
+    def assign(self, partitions) -> None:
+        self.assigned = partitions
+
+    async def position(self, partition) -> int:
+        return 0
+
+    async def getmany(self, timeout_ms: int):
+        item = await self.batches.get()
+        if isinstance(item, Exception):
+            raise item
+        return {"tp": item}
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+def message(value: bytes, offset: int = 0):
+    return types.SimpleNamespace(value=value, partition=0, offset=offset)
+
+
+def encoded_result(request_id: str) -> bytes:
+    return AvroCodec().encode(InferenceResult(request_id=request_id, task="text-embedding", status=Status.SUCCEEDED,
+                                              worker_id="w"))
+
+
+@pytest.fixture
+def fake_kafka(monkeypatch):
+    batches: asyncio.Queue = asyncio.Queue()
+    made: list[FakeKafkaConsumer] = []
+
+    def make(**options):
+        made.append(FakeKafkaConsumer(batches, **options))
+        return made[-1]
+
+    monkeypatch.setattr(client_kafka, "AIOKafkaConsumer", make)
+    return batches, made
+
+
+async def test_result_consumer_keeps_what_it_waits_for_however_many_others_arrive(fake_kafka):
+    batches, made = fake_kafka
+    seen: list[str] = []
+    async with ResultConsumer("broker:9092", "text-embedding", prefix="p", max_buffered=2,
+                              on_record=lambda r: seen.append(r.request_id)) as consumer:
+        assert made[0].options["group_id"] is None and made[0].options["auto_offset_reset"] == "latest"
+        batches.put_nowait([message(encoded_result("early"))])
+        assert (await consumer.wait(["early"], timeout=5))["early"].status == "succeeded"  # arrived first
+        waiting = asyncio.create_task(consumer.wait(["a", "b"], timeout=5))
+        await asyncio.sleep(0)
+        batches.put_nowait([message(encoded_result("a")), message(b"\xc3\x01 not avro")]
+                           + [message(encoded_result(f"other-{i}")) for i in range(5)])  # evicts "a"
+        batches.put_nowait([message(encoded_result("b"))])
+        results = await waiting
+        assert set(results) == {"a", "b"} and "undecodable" not in seen and len(seen) == 8
+        assert await consumer.wait(["never"], timeout=0.05) == {}
+    assert made[0].stopped
+
+
+async def test_result_consumer_waiters_fail_when_reading_fails(fake_kafka):
+    batches, _ = fake_kafka
+    async with ResultConsumer("broker:9092", "text-embedding") as consumer:
+        waiting = asyncio.create_task(consumer.wait(["x"], timeout=30))
+        await asyncio.sleep(0)
+        batches.put_nowait(KafkaConnectionError("broker gone"))
+        with pytest.raises(ClientError) as caught:
+            await asyncio.wait_for(waiting, 5)
+    assert caught.value.error_code == "KAFKA_ERROR" and isinstance(consumer.failure, KafkaConnectionError)
