@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from streaminfer.models.config import ModelConfig
 from streaminfer.schemas.records import InferenceResult, Status, Tensor
 
+from . import spans
 from .apikeys import Principal
 from .auth import ANONYMOUS, require
 from .errors import (
@@ -163,7 +164,7 @@ def _submission(task: str, body: InferRequest, version: str | None, principal: P
         raise InvalidRequest("parameters.deadline_ms (or Triton's timeout in µs) must be a finite number")
     return Submission(
         task=task, inputs=[t.model_dump(exclude_none=True) for t in body.inputs], model_version=version,
-        client_id=None if principal is ANONYMOUS else principal.client_id,
+        client_id=None if principal is ANONYMOUS else principal.client_id, trace=spans.trace_context(),
         priority=params.get("priority"), deadline_ms=None if deadline_ms is None else math.ceil(deadline_ms),
         parameters={k: str(v) for k, v in params.items() if k not in CONSUMED and isinstance(v, str | int | float)})
 
@@ -223,6 +224,7 @@ READY = {"response_model": ModelReady, "responses": {**OIP_ERRORS, 404: ERRORS[4
 
 
 @router.post("/v2/models/{task}/infer", **INFER)
+@spans.continued
 async def infer(task: str, body: InferRequest, request: Request, principal: Caller, wait: WaitQuery = None,
                 prefer: PreferHeader = None) -> Response:
     """Run an inference synchronously: publish the request to Kafka and answer with its outputs
@@ -243,6 +245,7 @@ async def infer(task: str, body: InferRequest, request: Request, principal: Call
 
 
 @router.post("/v2/models/{task}/versions/{version}/infer", **INFER)
+@spans.continued
 async def infer_version(task: str, version: str, body: InferRequest, request: Request, principal: Caller,
                         wait: WaitQuery = None, prefer: PreferHeader = None) -> Response:
     """Like ``POST /v2/models/{task}/infer``, run by the given model version."""
@@ -265,7 +268,9 @@ async def _infer(request: Request, principal: Principal, task: str, version: str
                              details={"outputs": [spec.name for spec in config.outputs]})
     request_id = await svc.submit_once(inference, None, "")
     request.state.request_id = request_id
-    result = await svc.wait(request_id, wait_s)
+    with spans.waiting(request_id, wait_s) as found:
+        result = await svc.wait(request_id, wait_s)
+        found(result)
     if result is None:
         raise InferenceTimeout(f"no result within {wait_s:g} s; the request is still queued or running",
                                details={"links": links(request_id)})

@@ -5,6 +5,7 @@ that does not answer in time into 503 instead of buffering without limit; probes
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -13,10 +14,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
-from streaminfer.schemas import keys, topics
+from streaminfer.schemas import topics
 from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.records import AuditEvent, InferenceRequest
 
+from . import spans
 from .errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
@@ -114,16 +116,20 @@ class RequestProducer:
         a timeout or a delivery error says nothing about whether the broker has the request."""
         topic = topics.request_topic(self._prefix, request.task, request.priority)
         key = request.request_id.encode()
+        partition = self._partition(topic, key)
         try:
-            async with asyncio.timeout(self._timeout_s):
-                trace = request.trace.get("traceparent")
-                headers = [(keys.HEADER_TRACEPARENT, trace.encode())] if trace else None
-                sent = await self._producer.send(topic, self._codec.encode(request), key=key, headers=headers,
-                                                 partition=self._partition(topic, key))
-                audit = topics.audit_topic(self._prefix)
-                audited = await self._producer.send(audit, self._codec.encode(accepted), key=key,
-                                                    partition=self._partition(audit, key))
-                await asyncio.gather(sent, audited)
+            with spans.producing(topic, request.request_id, partition) as headers:
+                # the Avro trace map carries the produce span's context too, as the headers do
+                carried = {k: v.decode() for k, v in headers}
+                if carried != request.trace:
+                    request = dataclasses.replace(request, trace={**request.trace, **carried})
+                async with asyncio.timeout(self._timeout_s):
+                    sent = await self._producer.send(topic, self._codec.encode(request), key=key,
+                                                     headers=headers or None, partition=partition)
+                    audit = topics.audit_topic(self._prefix)
+                    audited = await self._producer.send(audit, self._codec.encode(accepted), key=key,
+                                                        partition=self._partition(audit, key))
+                    await asyncio.gather(sent, audited)
         except (KafkaError, TimeoutError) as exc:
             logger.warning("publishing %s to %s failed: %r", request.request_id, topic, exc)
             raise ServiceUnavailable("the message broker is not reachable; retry later",

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, ValidationError
 
-from . import metrics
+from . import metrics, spans
 from .apikeys import Principal
 from .auth import ANONYMOUS, require
 from .errors import RETRY_AFTER_S, UNREACHABLE, NotFound, ServiceUnavailable
@@ -61,12 +61,11 @@ class InferOptions(BaseModel):
 
     wait: float | None = Field(None, ge=0, le=3600)
     prefer: str | None = None
-    traceparent: str | None = None
     idempotency_key: str | None = Field(None, max_length=256)
 
 
 _OPTION_LOCATIONS = {"wait": ("query", "wait"), "prefer": ("header", "prefer"),
-                     "traceparent": ("header", "traceparent"), "idempotency_key": ("header", "idempotency-key")}
+                     "idempotency_key": ("header", "idempotency-key")}
 
 
 def _nullable(schema: dict, title: str, **extra) -> dict:
@@ -78,7 +77,7 @@ INFER_PARAMETERS = [
      "schema": _nullable({"type": "number", "maximum": 3600, "minimum": 0}, "Wait",
                          description="seconds to wait for the result")},
     {"name": "prefer", "in": "header", "required": False, "schema": _nullable({"type": "string"}, "Prefer")},
-    {"name": "traceparent", "in": "header", "required": False,
+    {"name": "traceparent", "in": "header", "required": False,  # read by the propagator (spans.py)
      "schema": _nullable({"type": "string"}, "Traceparent")},
     {"name": "idempotency-key", "in": "header", "required": False,
      "schema": _nullable({"type": "string", "maxLength": 256}, "Idempotency-Key")},
@@ -90,7 +89,7 @@ def infer_options(request: Request) -> InferOptions:
     headers, query = request.headers, request.query_params
     try:
         return InferOptions.model_validate({
-            "wait": query.get("wait"), "prefer": headers.get("prefer"), "traceparent": headers.get("traceparent"),
+            "wait": query.get("wait"), "prefer": headers.get("prefer"),
             "idempotency_key": headers.get("idempotency-key")})
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": (*_OPTION_LOCATIONS[e["loc"][0]], *e["loc"][1:])}
@@ -99,29 +98,31 @@ def infer_options(request: Request) -> InferOptions:
 
 @router.post("/v1/infer/{task}", status_code=202, tags=["inference"], openapi_extra={"parameters": INFER_PARAMETERS},
              responses={200: {"description": "finished within ?wait"}, 202: {"description": "queued"}})
+@spans.continued
 async def infer(task: str, body: InferBody, request: Request, principal: Caller) -> JSONResponse:
     """Publish an inference request; with ``?wait=S`` or ``Prefer: wait=S`` answer with the result
     when it is done within S seconds. With ``Idempotency-Key``, the same key and body give the same
     request_id (no second event); the same key with another body is 409. A task no worker has
     served yet, or Redis or Kafka not answering, is 503 with ``Retry-After``."""
     options = infer_options(request)
-    wait, prefer, traceparent, idempotency_key = (options.wait, options.prefer, options.traceparent,
-                                                  options.idempotency_key)
+    wait, prefer, idempotency_key = options.wait, options.prefer, options.idempotency_key
     require(principal, "inference:submit")
     svc = service(request)
     wait_s = svc.wait_seconds(wait, prefer)
     inference = await svc.prepare_request(Submission(
         task=task, inputs=body.inputs, priority=body.priority, model_version=body.model_version,
         deadline_ms=body.deadline_ms, parameters={k: str(v) for k, v in body.parameters.items()},
-        trace={"traceparent": traceparent} if traceparent else {}, idempotency_key=idempotency_key,
+        trace=spans.trace_context(), idempotency_key=idempotency_key,
         client_id=None if principal is ANONYMOUS else principal.client_id,
     ))
     digest = body_digest(task, body.model_dump()) if idempotency_key else ""
     request_id = await svc.submit_once(inference, idempotency_key, digest)
     request.state.request_id = request_id
-    headers = {"traceparent": traceparent} if traceparent else {}
+    headers = spans.response_headers()
     if wait_s > 0:
-        result = await svc.wait(request_id, wait_s)
+        with spans.waiting(request_id, wait_s) as found:
+            result = await svc.wait(request_id, wait_s)
+            found(result)
         if result is not None:
             return JSONResponse(result_body(result, svc.configs.get(task)), status_code=200, headers=headers)
     return JSONResponse({"request_id": request_id, "task": task, "status": "queued",

@@ -13,6 +13,7 @@ __all__ = [
     "HEADER_REQUEST_ID",
     "HEADER_TRACEPARENT",
     "HSET_IF_EXISTS",
+    "KAFKA_HEADERS",
     "RESULT_FIELD_AVRO",
     "RESULT_FIELD_PUBLISHED",
     "SERVICE_STALE_MS",
@@ -37,6 +38,42 @@ __all__ = [
 HEADER_ERROR_TYPE = "streaminfer-error-type"
 HEADER_REQUEST_ID = "streaminfer-request-id"
 HEADER_TRACEPARENT = "traceparent"
+
+
+class KafkaHeaders:
+    """Getter and setter for OpenTelemetry's propagators on Kafka record headers, a list of
+    ``(str, bytes)`` pairs as aiokafka and faust carry them (a mapping is read too):
+    ``propagate.extract(headers, getter=KAFKA_HEADERS)``, ``propagate.inject(headers,
+    setter=KAFKA_HEADERS)``. Duck-typed (``get``, ``keys``, ``set``), so schemas imports no
+    OpenTelemetry. Names match case-insensitively; values that are not text are no value."""
+
+    @staticmethod
+    def _pairs(carrier):
+        if not carrier:
+            return ()
+        return carrier.items() if hasattr(carrier, "items") else carrier
+
+    def get(self, carrier, key: str) -> list[str] | None:
+        # NOTE: on the worker's hot path (three lookups per event): a plain loop, no copies
+        key = key.lower()
+        values = None
+        for k, v in self._pairs(carrier):
+            if k == key or isinstance(k, str) and k.lower() == key:
+                if isinstance(v, bytes | bytearray):
+                    v = v.decode("utf-8", "replace")
+                if isinstance(v, str):
+                    values = [v] if values is None else [*values, v]
+        return values
+
+    def keys(self, carrier) -> list[str]:
+        return [k for k, _ in self._pairs(carrier) if isinstance(k, str)]
+
+    def set(self, carrier: list, key: str, value: str) -> None:
+        carrier[:] = [(k, v) for k, v in carrier if k.lower() != key.lower()]
+        carrier.append((key, value.encode()))
+
+
+KAFKA_HEADERS = KafkaHeaders()
 
 # Fields of the result hash (result_key).
 RESULT_FIELD_AVRO = "avro"

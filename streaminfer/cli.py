@@ -68,10 +68,14 @@ def gateway_app(settings: Settings | None = None):
     registry connectivity they name; uvicorn's app factory in each process of ``--workers N``."""
     from streaminfer.gateway.app import create_app
 
+    from . import tracing
     from .connectivity import kafka_options, schema_registry
 
     settings = settings or Settings()
-    return create_app(settings, kafka_options=kafka_options(settings), registry=schema_registry(settings))
+    provider = tracing.install(tracing.GATEWAY)  # in each process: with --workers N each builds its app
+    app = create_app(settings, kafka_options=kafka_options(settings), registry=schema_registry(settings))
+    tracing.flush_on_shutdown(app, provider)
+    return app
 
 
 async def _ensure_topics(settings: Settings, tasks: list[str] | None) -> list[str]:
@@ -90,6 +94,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from streaminfer.streams.app import WorkerOptions, create_worker
 
+    from . import tracing
     from .connectivity import (
         ConnectivityError,
         faust_credentials,
@@ -102,6 +107,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = Settings()
     setup_logging(args.log_level)
+    tracing.install(tracing.WORKER)
     if settings.device == "cuda":
         from streaminfer.models.base import require_cuda
 

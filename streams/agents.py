@@ -56,7 +56,8 @@ def _make_agent(processor: RequestProcessor):
         stream = stream.noack()
         async for event in stream.events():
             message = event.message
-            source = SourceEvent(message.topic, message.partition, message.offset, message.key, message.value)
+            source = SourceEvent(message.topic, message.partition, message.offset, message.key, message.value,
+                                 message.headers or ())
             await processor.handle(source, functools.partial(stream.ack, event),
                                    functools.partial(_release, stream, event))
 

@@ -20,7 +20,7 @@ from streaminfer.models.base import Model
 from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.records import AuditType, Error, InferenceResult, Status, now_ms
 
-from . import metrics
+from . import metrics, spans
 from .costs import BatchCost
 from .merging import merge_inputs, split_outputs
 from .outcomes import Letter, Outcome, OutcomeWriter
@@ -130,15 +130,21 @@ class BatchRunner:
                     items = sum(p.size for p in runnable)
                     again = partial(self._outcomes.mark_started, started_items, items)
                     marks = (asyncio.create_task(again()), again)
-                    finished += await self._infer(instances, runnable, started)
+                    with spans.batch(model.name, model.version, runnable, items) as batch_span:
+                        computed = await self._infer(instances, runnable, started)
+                    for outcome in computed:
+                        outcome.batch = batch_span
+                    finished += computed
         # NOTE: the model is free from here: the writes go on in the background (bounded), so the
         # next batch computes while this one's results travel to Redis and Kafka.
         await self._outcomes.submit(finished, before=marks,
                                     written=instances.cost.observe_delivery if runnable else None)
 
     def _outcome(self, item: PendingRequest, result: InferenceResult | None, **fields) -> Outcome:
+        spans.end_queue_wait(item)  # answered without running: its wait ends here
         return Outcome(source=item.source, entry=item.entry, request=item.request, result=result,
-                       digest=item.digest, cache_key=item.cache_key, **fields)
+                       digest=item.digest, cache_key=item.cache_key, context=item.context, root=item.root,
+                       **fields)
 
     def _expired(self, item: PendingRequest, model: Model, now: int) -> Outcome:
         error = Error("DEADLINE_EXCEEDED", f"deadline passed {now - item.deadline_ms} ms before the run", False)

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from aiokafka.errors import KafkaError
@@ -39,7 +40,7 @@ from streaminfer.schemas.records import (
     now_ms,
 )
 
-from . import metrics
+from . import metrics, spans
 from .ledger import AckLedger, Entry
 from .publisher import Latency, Publication, ResultPublisher, StoredResult
 from .requests import SourceEvent
@@ -90,6 +91,16 @@ class Outcome:
     audited: bool = False
     events: list[AuditEvent] | None = None
     """The audit events, once built (with the metrics and the log line they count)."""
+    context: Any = None
+    """The trace context its request came with (``spans.request_context``); None: none."""
+    root: Any = None
+    """Without one, the root the worker gave its trace (its queue wait span's context)."""
+    batch: Any = None
+    """The span context of the batch that computed it, which its write span links to."""
+    span: Any = None
+    """Its ``write result`` span while it is written (None without an SDK)."""
+    headers: list[tuple[str, bytes]] | None = None
+    """Its result's Kafka headers (the trace context), once made (``spans.result_headers``)."""
 
     @property
     def request_id(self) -> str:
@@ -135,6 +146,7 @@ class OutcomeWriter:
     async def _write_all(self, outcomes: list[Outcome], before: Before | None,
                          written: Callable[[float], None] | None = None) -> None:
         submitted = time.monotonic()
+        writes = spans.start_writes(outcomes)
         ok = True
         if before is not None:
             running, again = before
@@ -143,7 +155,9 @@ class OutcomeWriter:
             except Exception as exc:
                 logger.warning("STARTED marks failed (%r); writing them again", exc)
                 ok = await self.until_written("the STARTED marks", again)
-        if ok and await self.until_written(f"{len(outcomes)} outcomes", lambda: self.write(outcomes)):
+        ok = ok and await self.until_written(f"{len(outcomes)} outcomes", lambda: self.write(outcomes))
+        spans.end_writes(writes, ok)
+        if ok:
             if written is not None:
                 written((time.monotonic() - submitted) * 1000.0)
             for outcome in outcomes:
@@ -248,7 +262,7 @@ class OutcomeWriter:
         # NOTE: an outcome with a stored result always has its request (batches, refusals)
         await self._publisher.publish_results([Publication(
             task=o.request.task, request_id=o.request_id, avro=o.stored.avro,
-            traceparent=o.request.trace.get("traceparent") or None,
+            headers=spans.result_headers(o),
             latency=Latency(o.request.priority.topic_suffix, o.result.timings.total_ms, o.result.completed_at)
             if o.stored.won else None) for o in outcomes])
         for o in outcomes:
@@ -258,7 +272,7 @@ class OutcomeWriter:
         events = list(outcome.audits)
         if outcome.stored is None:  # a dead letter only
             return events
-        request, result = outcome.request, outcome.result
+        result = outcome.result
         if not outcome.stored.won or result is None:
             metrics.DUPLICATES.inc()
             return [*events, self.audit_event(outcome, AuditType.DUPLICATE)]
@@ -268,7 +282,7 @@ class OutcomeWriter:
         if result.error is not None:
             details["error_code"] = result.error.code
             metrics.ERRORS.labels(result.task, result.error.code).inc()
-        traceparent = request.trace.get("traceparent") if request else None
+        traceparent = spans.traceparent(outcome)
         # traced requests opted into being followed: one INFO line each; the rest at DEBUG
         (logger.info if traceparent else logger.debug)("request finished", extra={
             "request_id": result.request_id, "task": result.task, "status": result.status.value,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +18,7 @@ from streaminfer.models.repository import ModelRepository
 from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.records import Error, Status, input_digest
 
-from . import metrics
+from . import metrics, spans
 from .batcher import InferenceBatcher
 from .batches import BatchRunner, Instances
 from .costs import BatchCost
@@ -178,6 +179,7 @@ class RequestProcessor:
         """Take one raw event from a request topic. Returns once it is queued, or its answer is
         on its way, or it is given up unacknowledged (``release``) because the worker is stopping.
         ``ack`` is called only once it and every earlier event of its partition are answered."""
+        received_ns = time.time_ns()
         entry = self.ledger.take(source.topic, source.partition, source.offset, ack, release)
         try:
             admitted, batcher = await self._admit(source)
@@ -196,7 +198,8 @@ class RequestProcessor:
                 request=request, inputs=admitted.inputs, size=admitted.size,
                 priority=admitted.priority, source=source, entry=entry, digest=admitted.digest,
                 model_version=batcher.name.rsplit(":", 1)[1], units=input_units(admitted.inputs),
-                deadline_ms=deadline,
+                deadline_ms=deadline, received_ns=received_ns,
+                context=spans.request_context(source.headers, request.trace),
             ))
         except BatcherClosed:
             self.ledger.give_up(entry)
@@ -230,7 +233,8 @@ class RequestProcessor:
     def _refused(self, source: SourceEvent, entry: Entry, refusal: Refusal) -> Outcome:
         request = refusal.request
         outcome = Outcome(source=source, entry=entry, request=request,
-                          letter=Letter(refusal.code, refusal.message, refusal.error_type))
+                          letter=Letter(refusal.code, refusal.message, refusal.error_type),
+                          context=spans.request_context(source.headers, request.trace if request else None))
         if request is not None and refusal.status is not None:
             outcome.result = self._outcomes.result(request, refusal.status,
                                                    error=Error(refusal.code, refusal.message[:2000], False))

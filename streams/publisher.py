@@ -77,7 +77,8 @@ class Publication:
     task: str
     request_id: str
     avro: bytes
-    traceparent: str | None = None
+    headers: list[tuple[str, bytes]] | None = None
+    """Its Kafka headers: the trace context (``spans.result_headers``)."""
     latency: Latency | None = None
     """Recorded for /admin/stats when this worker produced the result."""
 
@@ -232,8 +233,7 @@ class ResultPublisher:
         if not items:
             return
         await self._send_all(
-            (topics.results_topic(self._prefix, p.task), p.request_id.encode(), p.avro,
-             [(keys.HEADER_TRACEPARENT, p.traceparent.encode())] if p.traceparent else None)
+            (topics.results_topic(self._prefix, p.task), p.request_id.encode(), p.avro, p.headers)
             for p in items)
         # one round trip: the published flags, the waiters' wake-ups and /admin/stats' latencies
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from streaminfer.schemas.records import InferenceRequest, Priority
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
+
     from .ledger import Entry
 
 
@@ -22,6 +24,8 @@ class SourceEvent:
     offset: int
     key: bytes | None
     value: bytes
+    headers: Any = ()
+    """The record's Kafka headers, ``(str, bytes)`` pairs: where its trace context comes from."""
 
 
 def input_units(inputs: dict[str, np.ndarray]) -> int:
@@ -53,3 +57,11 @@ class PendingRequest:
     enqueued_at: float = 0.0
     cache_key: str | None = None
     """Content-cache entry for these inputs on this model version; None = opted out."""
+    received_ns: int = 0
+    """When the worker took its event (ns since the epoch): where its queue wait span starts."""
+    context: Context | None = None
+    """The trace context it came with (``spans.request_context``); None: none."""
+    root: Context | None = None
+    """Without one, the context of its queue wait span: the root of the trace the worker gives it."""
+    waited: bool = False
+    """Its queue wait span is ended (``spans.end_queue_wait``)."""

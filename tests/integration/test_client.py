@@ -11,6 +11,7 @@ import pytest
 from helpers.keys import create_api_key
 
 from streaminfer.client import AsyncClient, Client, ClientError, RequestProducer, ResultConsumer
+from streaminfer.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -123,10 +124,12 @@ async def test_request_producer_and_result_consumer_round_trip_through_the_worke
 
 
 async def test_result_consumer_keeps_results_that_arrive_before_the_wait(stack):
+    """And both built from the settings (bootstrap servers, prefix, codec) with ``from_settings``."""
     arrived: list[str] = []
-    async with ResultConsumer(stack.bootstrap, "tabular-classify", prefix=stack.prefix,
-                              on_record=lambda record: arrived.append(record.request_id)) as consumer, \
-            RequestProducer(stack.bootstrap, prefix=stack.prefix) as producer:
+    settings = Settings(kafka_bootstrap_servers=stack.bootstrap, topic_prefix=stack.prefix)
+    async with ResultConsumer.from_settings("tabular-classify", settings,
+                                            on_record=lambda record: arrived.append(record.request_id)) as consumer, \
+            RequestProducer.from_settings(settings) as producer:
         request_id = await producer.send("tabular-classify", {"features": np.ones((1, 30), dtype=np.float32)},
                                          deadline_ms=30_000)
         for _ in range(240):  # until the consumer has read it, without anyone waiting for it yet
