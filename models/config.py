@@ -21,6 +21,7 @@ from streaminfer.models.config_sections import (
     PREPROCESS_KINDS,
     parse_friendly,
     parse_preprocess,
+    parse_python,
 )
 from streaminfer.models.errors import ModelConfigError, ModelVersionNotFound
 
@@ -47,9 +48,9 @@ CONFIG_FILE = "model.yaml"
 MAX_DEADLINE_MS = 366 * 24 * 3600 * 1000
 """A year: a longer deadline is no deadline, and past year 9999 no timestamp at all."""
 TASK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")  # \Z: "$" accepts a trailing newline
-BACKENDS = ("onnxruntime", "torch")
+BACKENDS = ("onnxruntime", "torch", "python")
 DEVICES = ("auto", "cpu", "cuda")
-DEFAULT_ARTIFACTS = {"onnxruntime": "model.onnx", "torch": "model.pt"}
+DEFAULT_ARTIFACTS = {"onnxruntime": "model.onnx", "torch": "model.pt", "python": "model.py"}
 
 NUMPY_DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -102,6 +103,8 @@ class ModelConfig:
     version_policy: str = "latest"
     default_deadline_ms: int | None = None
     """Deadline of a request that sets none (from its ``created_at``); None = no deadline."""
+    python: dict = field(default_factory=dict, hash=False)
+    """``backend: python`` only: ``{"class": name or None, "parameters": {...}}``."""
 
     @property
     def served_versions(self) -> tuple[str, ...]:
@@ -157,6 +160,8 @@ class ModelConfig:
                 key: source["kind"] for key, source in self.friendly.get("inputs", {}).items()
             },
             "friendly_outputs": dict(self.friendly.get("outputs", {})),
+            # kept apart: these keys carry parsed JSON, not values of their tensor's datatype
+            "friendly_json_outputs": dict(self.friendly.get("json_outputs", {})),
             "batching": {
                 "max_batch_size": self.max_batch_size,
                 "max_batch_delay_ms": self.max_batch_delay_ms,
@@ -218,7 +223,7 @@ def _parse(raw: Any, model_dir: Path) -> ModelConfig:
     known = {
         "name", "task", "description", "backend", "artifact", "inputs", "outputs",
         "max_batch_size", "max_batch_delay_ms", "instances", "device", "warmup",
-        "version_policy", "preprocess", "friendly", "default_deadline_ms",
+        "version_policy", "preprocess", "friendly", "default_deadline_ms", "python",
     }  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -280,6 +285,7 @@ def _parse(raw: Any, model_dir: Path) -> ModelConfig:
         artifact=artifact,
         version_policy=version_policy,
         default_deadline_ms=default_deadline_ms,
+        python=parse_python(raw.get("python"), backend),
     )
 
 

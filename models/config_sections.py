@@ -72,15 +72,62 @@ def parse_friendly(raw: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[Tens
     if bare_key not in sources:
         raise ModelConfigError(f"friendly.bare_key {bare_key!r} is not a friendly input key")
 
-    output_names = {spec.name for spec in outputs}
-    raw_outputs = raw.get("outputs") or {name: name for name in output_names}
-    if not isinstance(raw_outputs, Mapping) or not all(
-        tensor in output_names for tensor in raw_outputs.values()
+    plain, json_outputs = _friendly_outputs(raw.get("outputs"), outputs)
+    friendly = {"inputs": sources, "outputs": plain, "bare_key": bare_key}
+    if json_outputs:
+        friendly["json_outputs"] = json_outputs
+    return friendly
+
+
+def _friendly_outputs(raw: Any, outputs: tuple[TensorSpec, ...]) -> tuple[dict, dict]:
+    """``(key -> tensor, key -> tensor)``: outputs given as their tensor's values, and BYTES
+    outputs whose items are JSON documents (``{tensor: t, kind: json}``), given parsed."""
+    by_name = {spec.name: spec for spec in outputs}
+    raw = raw or {name: name for name in by_name}
+    message = (
+        f"friendly.outputs must map friendly keys to output tensors {sorted(by_name)} "
+        "(or to {tensor, kind: json})"
+    )
+    if not isinstance(raw, Mapping):
+        raise ModelConfigError(message)
+    plain: dict[str, str] = {}
+    json_outputs: dict[str, str] = {}
+    for key, target in raw.items():
+        if isinstance(target, Mapping):
+            tensor, kind = target.get("tensor", key), target.get("kind")
+            if kind != "json" or tensor not in by_name:
+                raise ModelConfigError(f"friendly.outputs.{key}: {message}")
+            if by_name[tensor].datatype != "BYTES" or by_name[tensor].shape != ():
+                raise ModelConfigError(
+                    f"friendly.outputs.{key}: kind json needs a BYTES tensor of shape []"
+                )
+            json_outputs[str(key)] = tensor
+        elif target in by_name:
+            plain[str(key)] = target
+        else:
+            raise ModelConfigError(message)
+    return plain, json_outputs
+
+
+def parse_python(raw: Any, backend: str) -> dict:
+    """The ``python:`` section of ``backend: python``: which class of model.py serves (None:
+    the one class it defines with a ``predict_batch``) and the keyword arguments it is built
+    with."""
+    if raw is None:
+        return {"class": None, "parameters": {}} if backend == "python" else {}
+    if backend != "python":
+        raise ModelConfigError(f"a python section needs backend python, not {backend}")
+    if not isinstance(raw, Mapping) or set(raw) - {"class", "parameters"}:
+        raise ModelConfigError("python must be a mapping with 'class' and/or 'parameters'")
+    name = raw.get("class")
+    if name is not None and not (isinstance(name, str) and name.isidentifier()):
+        raise ModelConfigError(f"python.class must be a class name, got {name!r}")
+    parameters = raw.get("parameters") or {}
+    if not isinstance(parameters, Mapping) or not all(
+        isinstance(key, str) and key.isidentifier() for key in parameters
     ):
-        raise ModelConfigError(
-            f"friendly.outputs must map friendly keys to output tensors {sorted(output_names)}"
-        )
-    return {"inputs": sources, "outputs": dict(raw_outputs), "bare_key": bare_key}
+        raise ModelConfigError("python.parameters must map argument names to values")
+    return {"class": name, "parameters": dict(parameters)}
 
 
 def _check_source(where: str, source: dict, spec: TensorSpec) -> None:
@@ -89,9 +136,26 @@ def _check_source(where: str, source: dict, spec: TensorSpec) -> None:
         raise ModelConfigError(f"{where}: kind text needs a BYTES tensor of shape []")
     if kind != "text" and spec.datatype == "BYTES":
         raise ModelConfigError(f"{where}: kind {kind} needs a numeric tensor")
-    if kind == "image":
+    if kind == "image" and spec.shape == (-1, -1, 3):
+        # the image as sent: RGB pixels at its own size, so boxes and masks stay in its pixels
+        if spec.datatype != "UINT8":
+            raise ModelConfigError(f"{where}: kind image of shape [-1, -1, 3] needs UINT8")
+        from streaminfer.models.friendly import MAX_IMAGE_PIXELS
+
+        max_pixels = source.setdefault("max_pixels", MAX_IMAGE_PIXELS)
+        if (
+            isinstance(max_pixels, bool)
+            or not isinstance(max_pixels, int)
+            or not 1 <= max_pixels <= MAX_IMAGE_PIXELS
+        ):
+            raise ModelConfigError(f"{where}.max_pixels must be an int in 1..{MAX_IMAGE_PIXELS}")
+        source["native"] = True
+    elif kind == "image":
         if len(spec.shape) != 2 or -1 in spec.shape:
-            raise ModelConfigError(f"{where}: kind image needs a tensor of fixed shape [H, W]")
+            raise ModelConfigError(
+                f"{where}: kind image needs a tensor of fixed shape [H, W] (resized grayscale) "
+                "or a UINT8 tensor of shape [-1, -1, 3] (RGB as sent)"
+            )
         if source.setdefault("invert", "auto") not in ("auto", True, False):
             raise ModelConfigError(f"{where}.invert must be auto, true or false")
         max_value = source.setdefault("max_value", 255.0)

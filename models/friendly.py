@@ -2,12 +2,15 @@
 
 Numpy only (Pillow lazily, for images): the HTTP gateway imports this module, so torch and
 onnxruntime must stay out. The ``friendly:`` section, not the task name, drives the mapping, so a
-new task needs a yaml file and no code. Source kinds:
+new task needs a yaml file and no code. An output declared ``{tensor: t, kind: json}`` (a BYTES
+tensor, one JSON document per item) is given parsed. Source kinds:
 
 - ``text``: a string or a list of strings -> BYTES ``[N]`` (object array of ``str``)
 - ``array``: nested lists of numbers, one item or ``N`` items -> ``[N, *shape]``
 - ``image``: a base64 PNG or JPEG (or a list; no other format) -> grayscale, resized to ``[H, W]``, scaled to
-  ``0..max_value``, inverted when ``invert`` says so (``auto``: when the background is light)
+  ``0..max_value``, inverted when ``invert`` says so (``auto``: when the background is light); or, for a
+  UINT8 tensor of shape ``[-1, -1, 3]``, the RGB pixels at the image's own size (at most ``max_pixels``;
+  the images of one request must then share a size), so what a model reports in pixels is exact
 - ``named_features``: ``{name: number}`` or a list of them -> ``[N, len(names)]`` in ``names`` order
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import logging
 import math
 from collections.abc import Mapping
@@ -105,6 +109,14 @@ def tensors_to_friendly(config: ModelConfig, outputs: Mapping[str, np.ndarray]) 
         if array.ndim == 0:
             raise ModelConfigError(f"output {tensor!r} has no batch dimension")
         items = [_jsonable(item) for item in array]
+        result[key] = items[0] if len(items) == 1 else items
+    for key, tensor in config.friendly.get("json_outputs", {}).items():
+        if tensor not in outputs:
+            raise ModelConfigError(f"task {config.task!r}: output tensor {tensor!r} is missing")
+        try:
+            items = [json.loads(_jsonable(item)) for item in np.asarray(outputs[tensor]).reshape(-1)]
+        except (TypeError, ValueError) as exc:
+            raise ModelConfigError(f"output {tensor!r}: an item is not a JSON document") from exc
         result[key] = items[0] if len(items) == 1 else items
     return result
 
@@ -243,17 +255,24 @@ def _image(key: str, value: Any, source: dict, spec: TensorSpec) -> np.ndarray:
     if items is None:
         raise InvalidInput(f"input {key!r}: expected a base64 image or a list of them")
     # every header first (format, declared size): nothing is decoded unless all of them pass
-    opened = [_open_image(f"input {key!r} item {i}", item) for i, item in enumerate(items)]
+    max_pixels = source.get("max_pixels", MAX_IMAGE_PIXELS)
+    opened = [_open_image(f"input {key!r} item {i}", item, max_pixels) for i, item in enumerate(items)]
     declared = sum(image.width * image.height for _, image in opened)
     if declared > MAX_REQUEST_IMAGE_PIXELS:
         raise InvalidInput(f"input {key!r}: {declared} pixels in all; at most {MAX_REQUEST_IMAGE_PIXELS}")
+    if source.get("native"):
+        sizes = sorted({image.size for _, image in opened})
+        if len(sizes) > 1:  # padding would put pixels in the image that were never sent
+            raise InvalidInput(f"input {key!r}: images of sizes {sizes} in one request; the images "
+                               "of a request must share a size (send the others separately)")
+        return np.stack([_decode_rgb(where, image) for where, image in opened])
     pixels = [_decode_image(where, image, source, spec) for where, image in opened]
     return np.stack(pixels).astype(NUMPY_DTYPES[spec.datatype])
 
 
-def _open_image(where: str, text: str):
+def _open_image(where: str, text: str, max_pixels: int = MAX_IMAGE_PIXELS):
     """``(where, image)`` with only the header read (Pillow opens lazily): a PNG or JPEG of at
-    most MAX_IMAGE_PIXELS declared pixels."""
+    most ``max_pixels`` declared pixels."""
     from PIL import Image, UnidentifiedImageError  # lazily: only image tasks need Pillow
 
     if text.startswith("data:") and "," in text:  # tolerate data URLs
@@ -266,13 +285,14 @@ def _open_image(where: str, text: str):
         image = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise InvalidInput(f"{where}: not a readable image, PNG or JPEG ({exc})") from exc
-    if image.width * image.height > MAX_IMAGE_PIXELS:
+    if image.width * image.height > max_pixels:
         raise InvalidInput(f"{where}: image of {image.width}x{image.height} is too large; at most "
-                           f"{MAX_IMAGE_PIXELS} pixels")
+                           f"{max_pixels} pixels")
     return where, image
 
 
-def _decode_image(where: str, image, source: dict, spec: TensorSpec) -> np.ndarray:
+def _loaded(where: str, image):
+    """The decoded image, transparent pixels flattened onto white (they are background)."""
     from PIL import Image
 
     try:
@@ -280,9 +300,21 @@ def _decode_image(where: str, image, source: dict, spec: TensorSpec) -> np.ndarr
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidInput(f"{where}: not a readable image ({exc})") from exc
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        # Transparent pixels are background: flatten onto white before dropping alpha.
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image
+
+
+def _decode_rgb(where: str, image) -> np.ndarray:
+    """``[H, W, 3]`` UINT8 at the size sent. NOTE: EXIF orientation is not applied: the pixels
+    are the ones stored, which is what coordinates in the result refer to."""
+    return np.asarray(_loaded(where, image).convert("RGB"), dtype=np.uint8)
+
+
+def _decode_image(where: str, image, source: dict, spec: TensorSpec) -> np.ndarray:
+    from PIL import Image
+
+    image = _loaded(where, image)
     gray = np.asarray(image.convert("L"), dtype=np.float64) / 255.0
     invert = source["invert"]
     if invert == "auto":

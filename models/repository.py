@@ -27,6 +27,8 @@ def create_model(
         from streaminfer.models.onnx_runtime import OnnxModel as runtime
     elif config.backend == "torch":
         from streaminfer.models.torch_runtime import TorchModel as runtime
+    elif config.backend == "python":
+        from streaminfer.models.python_runtime import PythonModel as runtime
     else:  # load_model_config already refuses this; kept for hand-built configs
         raise ModelConfigError(f"unknown backend {config.backend!r}")
     return runtime(config, version, device, intra_op_num_threads)
