@@ -1,4 +1,4 @@
-"""Builders of the three built-in tasks and their committed ``model.yaml`` templates.
+"""Builders of the built-in tasks and their committed ``model.yaml`` templates.
 
 ``build_all`` writes ``<repo>/<task>/model.yaml`` and ``<repo>/<task>/1/<artifact>`` plus a
 ``metrics.json``. Builders import torch, transformers and scikit-learn lazily, so importing this
@@ -40,6 +40,7 @@ BUILTIN_TASKS: dict[str, str] = {
     "text-embedding": "streaminfer.models.builtin.text_embedding",
     "image-classify": "streaminfer.models.builtin.image_classify",
     "tabular-classify": "streaminfer.models.builtin.tabular_classify",
+    "face-detect": "streaminfer.models.builtin.face_detect",
 }
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
 

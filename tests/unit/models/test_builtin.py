@@ -92,6 +92,11 @@ def test_templates_match_the_contract(tmp_path):
             [("label", "INT64", ()), ("probability", "FP32", ())],
             "onnxruntime",
         ),
+        "face-detect": (
+            [("image", "UINT8", (-1, -1, 3))],
+            [("faces_json", "BYTES", ())],
+            "python",
+        ),
     }
 
 
@@ -102,7 +107,7 @@ def test_tabular_template_lists_sklearn_feature_names_in_order(tmp_path):
 
 def test_batch_sizes(tmp_path):
     sizes = {task: _template(task, tmp_path).max_batch_size for task in BUILTIN_TASKS}
-    assert sizes == {"text-embedding": 32, "image-classify": 64, "tabular-classify": 64}
+    assert sizes == {"text-embedding": 32, "image-classify": 64, "tabular-classify": 64, "face-detect": 8}
 
 
 def test_importing_the_package_stays_light():
@@ -169,6 +174,7 @@ def test_metrics_meet_the_thresholds(built_repository):
     assert metrics["image-classify"]["accuracy"] >= 0.95
     assert metrics["tabular-classify"]["accuracy"] >= 0.93
     assert metrics["text-embedding"]["min_cosine_vs_transformers"] > 0.999
+    assert metrics["face-detect"]["faces_found"]["astronaut"] == 1
 
 
 def _accuracy(model, x: np.ndarray, y: np.ndarray, input_name: str) -> float:
