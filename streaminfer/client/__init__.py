@@ -11,16 +11,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .aio import AsyncClient
 from .errors import ClientError
-from .http import AsyncClient, Client
+from .http import Client
 from .results import ModelInfo, Result, ResultError
 from .retries import RetryPolicy
 
 if TYPE_CHECKING:
-    from .kafka import RequestProducer, ResultConsumer, build_request
+    from .kafka import RequestProducer, ResultConsumer
+    from .request_events import build_request
 
-__all__ = ["AsyncClient", "Client", "ClientError", "ModelInfo", "RequestProducer", "Result", "ResultConsumer",
-           "ResultError", "RetryPolicy", "build_request"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ClientError",
+    "ModelInfo",
+    "RequestProducer",
+    "Result",
+    "ResultConsumer",
+    "ResultError",
+    "RetryPolicy",
+    "build_request",
+]
 
 _KAFKA = {"RequestProducer", "ResultConsumer", "build_request"}
 
@@ -29,7 +41,7 @@ def __getattr__(name: str) -> Any:
     # NOTE: the Kafka side (aiokafka, the Avro codec) is imported only when asked for, so an
     # HTTP-only user does not load it.
     if name in _KAFKA:
-        from . import kafka
+        from . import kafka, request_events
 
-        return getattr(kafka, name)
+        return getattr(request_events if name == "build_request" else kafka, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

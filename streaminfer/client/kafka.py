@@ -7,91 +7,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from streaminfer.schemas import keys, topics
 from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.errors import RegistryUnavailable, SchemaError
-from streaminfer.schemas.records import InferenceRequest, InferenceResult, Priority, Tensor, now_ms
+from streaminfer.schemas.records import InferenceRequest, InferenceResult
 
 from .errors import KAFKA_ERROR, ClientError
+from .request_events import build_request
 from .results import Result
 
-__all__ = ["RequestProducer", "ResultConsumer", "build_request", "input_tensor"]
+__all__ = ["RequestProducer", "ResultConsumer"]
 
 logger = logging.getLogger(__name__)
 
 DECODE_RETRIES = 5
 """Registry look-ups tried for one result before it is skipped (the registry is away)."""
-
-
-def input_tensor(name: str, value: Any) -> Tensor:
-    """A request tensor from a plain value. A str, bytes, or (nested) list of them is BYTES; a
-    numpy array keeps its dtype; other array-likes become FP32 when they hold floats and INT64
-    when they hold integers (the datatypes models take; JSON-like lists have no dtype of their
-    own). The batch dimension is the caller's: ``[[...8x8...]]`` is one image."""
-    if _is_text(value):
-        array = np.array([value] if isinstance(value, str | bytes) else value, dtype=object)
-        if not all(isinstance(item, str | bytes) for item in array.reshape(-1)):
-            raise ValueError(f"input {name!r}: ragged lists of text")
-    elif isinstance(value, np.ndarray):
-        array = value
-    else:
-        try:
-            array = np.asarray(value)
-        except ValueError as exc:
-            raise ValueError(f"input {name!r}: not a rectangular array: {exc}") from exc
-        if array.dtype.kind in "USO":  # numpy made text (or objects) of values that are not all text
-            raise ValueError(f"input {name!r}: items must all be str or bytes, or all numbers")
-        if array.dtype.kind == "f":
-            array = array.astype(np.float32)
-        elif array.dtype.kind in "iu":
-            array = array.astype(np.int64)
-    if array.size == 0:
-        raise ValueError(f"input {name!r} is empty")
-    if array.dtype.kind == "O" and not all(isinstance(item, str | bytes) for item in array.reshape(-1)):
-        raise ValueError(f"input {name!r}: items of an object array must be str or bytes")
-    try:
-        return Tensor.from_numpy(name, array)
-    except SchemaError as exc:
-        raise ValueError(f"input {name!r}: {exc}") from exc
-
-
-def _is_text(value: Any) -> bool:
-    if isinstance(value, str | bytes):
-        return True
-    return isinstance(value, list | tuple) and bool(value) and all(_is_text(item) for item in value)
-
-
-def build_request(task: str, inputs: Mapping[str, Any], *, priority: str | int | Priority = "normal",
-                  deadline_ms: int | None = None, parameters: Mapping[str, Any] | None = None,
-                  request_id: str | None = None, model_version: str | None = None,
-                  client_id: str | None = None, created_at: int | None = None,
-                  traceparent: str | None = None) -> InferenceRequest:
-    """An ``InferenceRequest`` as the gateway would publish it; ``inputs`` maps input names to
-    values (see :func:`input_tensor`). ``created_at`` is epoch ms (default now); ``deadline_ms``
-    counts from it. Raises ValueError for anything the worker would refuse on sight."""
-    if not isinstance(task, str) or not topics.TASK_NAME_RE.match(task):
-        raise ValueError(f"invalid task name {task!r}")
-    if not isinstance(inputs, Mapping) or not inputs:
-        raise ValueError("inputs must be a non-empty mapping of input name to values")
-    if deadline_ms is not None and (isinstance(deadline_ms, bool) or not isinstance(deadline_ms, int)
-                                    or deadline_ms <= 0):
-        raise ValueError(f"deadline_ms must be a positive integer, not {deadline_ms!r}")
-    created = now_ms() if created_at is None else int(created_at)
-    return InferenceRequest(
-        request_id=request_id or str(uuid.uuid4()), task=task, model_version=model_version,
-        priority=Priority.parse(priority), inputs=[input_tensor(str(n), v) for n, v in inputs.items()],
-        parameters={str(k): str(v) for k, v in (parameters or {}).items()}, created_at=created,
-        deadline_at=None if deadline_ms is None else created + deadline_ms, client_id=client_id,
-        trace={keys.HEADER_TRACEPARENT: traceparent} if traceparent else {})
 
 
 def _kafka_error(what: str, exc: BaseException) -> ClientError:
@@ -108,8 +45,15 @@ class RequestProducer:
     option like the others). ``kafka_options`` go to ``AIOKafkaProducer`` (``security_protocol``, ``ssl_context``,
     ``sasl_*``, ``linger_ms``, ...)."""
 
-    def __init__(self, bootstrap_servers: str, *, prefix: str = "streaminfer", codec: AvroCodec | None = None,
-                 owner: str | None = None, **kafka_options: Any) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        prefix: str = "streaminfer",
+        codec: AvroCodec | None = None,
+        owner: str | None = None,
+        **kafka_options: Any,
+    ) -> None:
         self._bootstrap = bootstrap_servers
         self._prefix = prefix
         self._codec = codec
@@ -126,8 +70,12 @@ class RequestProducer:
         from ..settings import Settings
 
         settings = settings or Settings()
-        options = {"prefix": settings.topic_prefix, "codec": avro_codec(settings), **kafka_options(settings),
-                   **overrides}
+        options = {
+            "prefix": settings.topic_prefix,
+            "codec": avro_codec(settings),
+            **kafka_options(settings),
+            **overrides,
+        }
         return cls(settings.kafka_bootstrap_servers, **options)
 
     async def start(self) -> None:
@@ -159,14 +107,30 @@ class RequestProducer:
         options.setdefault("client_id", self._owner)
         return build_request(task, inputs, **options)
 
-    async def send(self, task: str, inputs: Mapping[str, Any], *, priority: str | int = "normal",
-                   deadline_ms: int | None = None, parameters: Mapping[str, Any] | None = None,
-                   request_id: str | None = None, model_version: str | None = None,
-                   traceparent: str | None = None) -> str:
+    async def send(
+        self,
+        task: str,
+        inputs: Mapping[str, Any],
+        *,
+        priority: str | int = "normal",
+        deadline_ms: int | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        model_version: str | None = None,
+        traceparent: str | None = None,
+    ) -> str:
         """Build a request, produce it, and return its request_id once the broker acknowledged it.
         ``inputs`` maps input names to array-likes; a str or a list of str is a BYTES tensor."""
-        request = self.build(task, inputs, priority=priority, deadline_ms=deadline_ms, parameters=parameters,
-                             request_id=request_id, model_version=model_version, traceparent=traceparent)
+        request = self.build(
+            task,
+            inputs,
+            priority=priority,
+            deadline_ms=deadline_ms,
+            parameters=parameters,
+            request_id=request_id,
+            model_version=model_version,
+            traceparent=traceparent,
+        )
         delivery = await self.produce(request)
         try:
             await delivery
@@ -183,8 +147,9 @@ class RequestProducer:
         trace = request.trace.get(keys.HEADER_TRACEPARENT)
         headers = [(keys.HEADER_TRACEPARENT, trace.encode())] if trace else None
         try:
-            return await self._producer.send(topic, self._codec.encode(request), key=request.request_id.encode(),
-                                             headers=headers)
+            return await self._producer.send(
+                topic, self._codec.encode(request), key=request.request_id.encode(), headers=headers
+            )
         except KafkaError as exc:
             raise _kafka_error(f"producing {request.request_id}", exc) from exc
 
@@ -197,16 +162,29 @@ class ResultConsumer:
     ``on_record`` is called with every decoded ``InferenceResult`` as it arrives (in the reading
     task; an exception there stops the consumer). ``kafka_options`` go to ``AIOKafkaConsumer``."""
 
-    def __init__(self, bootstrap_servers: str, task: str, *, prefix: str = "streaminfer",
-                 codec: AvroCodec | None = None, max_buffered: int = 10_000,
-                 on_record: Callable[[InferenceResult], None] | None = None, **kafka_options: Any) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        task: str,
+        *,
+        prefix: str = "streaminfer",
+        codec: AvroCodec | None = None,
+        max_buffered: int = 10_000,
+        on_record: Callable[[InferenceResult], None] | None = None,
+        **kafka_options: Any,
+    ) -> None:
         self._bootstrap = bootstrap_servers
         self.topic = topics.results_topic(prefix, task)
         self._codec = codec
         self._max_buffered = max(0, max_buffered)
         self._on_record = on_record
-        self._options = {"auto_offset_reset": "latest", "fetch_max_wait_ms": 50, **kafka_options,
-                         "group_id": None, "enable_auto_commit": False}
+        self._options = {
+            "auto_offset_reset": "latest",
+            "fetch_max_wait_ms": 50,
+            **kafka_options,
+            "group_id": None,
+            "enable_auto_commit": False,
+        }
         self._seen: OrderedDict[str, InferenceResult] = OrderedDict()
         self._claimed: dict[str, InferenceResult] = {}
         """Results of ids a wait() is waiting for: kept however many others arrive meanwhile."""
@@ -226,8 +204,13 @@ class ResultConsumer:
         from ..settings import Settings
 
         settings = settings or Settings()
-        options = {"prefix": settings.topic_prefix, "codec": avro_codec(settings), **kafka_options(settings),
-                   "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms, **overrides}
+        options = {
+            "prefix": settings.topic_prefix,
+            "codec": avro_codec(settings),
+            **kafka_options(settings),
+            "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+            **overrides,
+        }
         return cls(settings.kafka_bootstrap_servers, task, **options)
 
     async def start(self) -> None:
@@ -259,7 +242,9 @@ class ResultConsumer:
                 return [TopicPartition(self.topic, p) for p in sorted(found)]
             await consumer.topics()  # a metadata refresh
             await asyncio.sleep(0.1)
-        raise ClientError(f"no topic {self.topic} (no worker has served the task yet?)", error_code=KAFKA_ERROR)
+        raise ClientError(
+            f"no topic {self.topic} (no worker has served the task yet?)", error_code=KAFKA_ERROR
+        )
 
     @property
     def failure(self) -> BaseException | None:
@@ -315,12 +300,23 @@ class ResultConsumer:
             try:
                 return await self._codec.decode_async(message.value, InferenceResult)
             except RegistryUnavailable as exc:
-                logger.warning("schema registry unavailable decoding %s@%s: %r", message.partition,
-                               message.offset, exc)
-                await asyncio.sleep(0.2 * 2 ** attempt)
-            except SchemaError as exc:  # not ours to fix: the worker dead-letters requests, not results
-                logger.warning("undecodable result at %s %s@%s: %s", self.topic, message.partition,
-                               message.offset, exc)
+                logger.warning(
+                    "schema registry unavailable decoding %s@%s: %r",
+                    message.partition,
+                    message.offset,
+                    exc,
+                )
+                await asyncio.sleep(0.2 * 2**attempt)
+            except (
+                SchemaError
+            ) as exc:  # not ours to fix: the worker dead-letters requests, not results
+                logger.warning(
+                    "undecodable result at %s %s@%s: %s",
+                    self.topic,
+                    message.partition,
+                    message.offset,
+                    exc,
+                )
                 return None
         return None
 
@@ -353,7 +349,9 @@ class ResultConsumer:
             async with self._arrived:
                 while True:
                     if self._failure is not None:
-                        raise _kafka_error(f"reading {self.topic}", self._failure) from self._failure
+                        raise _kafka_error(
+                            f"reading {self.topic}", self._failure
+                        ) from self._failure
                     if all(self._found(i) is not None for i in ids):
                         break
                     remaining = deadline - loop.time()
@@ -363,7 +361,9 @@ class ResultConsumer:
                         await asyncio.wait_for(self._arrived.wait(), remaining)
                     except TimeoutError:
                         break
-            return {i: Result.from_record(found) for i in ids if (found := self._found(i)) is not None}
+            return {
+                i: Result.from_record(found) for i in ids if (found := self._found(i)) is not None
+            }
         finally:
             self._waiting.subtract(ids)
             for request_id in ids:

@@ -67,13 +67,21 @@ def _read_json(response: httpx.Response) -> Any:
     try:
         return response.json()
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise ClientError(f"the gateway answered {response.status_code} with a body that is not JSON: "
-                          f"{response.text[:200]!r}", error_code=INVALID_RESPONSE,
-                          status_code=response.status_code) from exc
+        raise ClientError(
+            f"the gateway answered {response.status_code} with a body that is not JSON: "
+            f"{response.text[:200]!r}",
+            error_code=INVALID_RESPONSE,
+            status_code=response.status_code,
+        ) from exc
 
 
-def _infer_body(inputs: Any, priority: str | int | None, deadline_ms: int | None,
-                parameters: Mapping[str, str | int | float | bool] | None, model_version: str | None) -> bytes:
+def _infer_body(
+    inputs: Any,
+    priority: str | int | None,
+    deadline_ms: int | None,
+    parameters: Mapping[str, str | int | float | bool] | None,
+    model_version: str | None,
+) -> bytes:
     body: dict[str, Any] = {"inputs": inputs}
     if priority is not None:
         body["priority"] = priority
@@ -100,59 +108,104 @@ class Operations:
 
     # -- /v1 ------------------------------------------------------------------------------
 
-    def infer(self, task: str, inputs: Any, *, wait: float, priority: str | int | None,
-              deadline_ms: int | None, parameters: Mapping[str, Any] | None, idempotency_key: str | None,
-              model_version: str | None) -> Op[Result]:
+    def infer(
+        self,
+        task: str,
+        inputs: Any,
+        *,
+        wait: float,
+        priority: str | int | None,
+        deadline_ms: int | None,
+        parameters: Mapping[str, Any] | None,
+        idempotency_key: str | None,
+        model_version: str | None,
+    ) -> Op[Result]:
         wait = max(0.0, float(wait or 0.0))
         deadline = time.monotonic() + wait
-        body = yield from self._post_infer(task, inputs, wait, priority, deadline_ms, parameters,
-                                           idempotency_key, model_version)
+        body = yield from self._post_infer(
+            task, inputs, wait, priority, deadline_ms, parameters, idempotency_key, model_version
+        )
         return (yield from self._until_done(body, deadline))
 
-    def submit(self, task: str, inputs: Any, *, priority: str | int | None, deadline_ms: int | None,
-               parameters: Mapping[str, Any] | None, idempotency_key: str | None,
-               model_version: str | None) -> Op[str]:
-        body = yield from self._post_infer(task, inputs, 0.0, priority, deadline_ms, parameters,
-                                           idempotency_key, model_version)
+    def submit(
+        self,
+        task: str,
+        inputs: Any,
+        *,
+        priority: str | int | None,
+        deadline_ms: int | None,
+        parameters: Mapping[str, Any] | None,
+        idempotency_key: str | None,
+        model_version: str | None,
+    ) -> Op[str]:
+        body = yield from self._post_infer(
+            task, inputs, 0.0, priority, deadline_ms, parameters, idempotency_key, model_version
+        )
         return body["request_id"]
 
     def result(self, request_id: str, *, wait: float | None) -> Op[Result]:
         wait = max(0.0, float(wait or 0.0))
         deadline = time.monotonic() + wait
-        response = yield Call("GET", f"/v1/results/{_segment(request_id)}",
-                               params={"wait": min(wait, MAX_WAIT_QUERY_S)} if wait else None, wait_s=wait)
+        response = yield Call(
+            "GET",
+            f"/v1/results/{_segment(request_id)}",
+            params={"wait": min(wait, MAX_WAIT_QUERY_S)} if wait else None,
+            wait_s=wait,
+        )
         return (yield from self._until_done(_read_json(response), deadline))
 
     def cancel(self, request_id: str) -> Op[str]:
         response = yield Call("DELETE", f"/v1/requests/{_segment(request_id)}")
         body = _read_json(response)
         if not isinstance(body, dict) or not isinstance(body.get("status"), str):
-            raise ClientError("the cancel answer has no status", error_code=INVALID_RESPONSE, body=body)
+            raise ClientError(
+                "the cancel answer has no status", error_code=INVALID_RESPONSE, body=body
+            )
         return body["status"]
 
     def tasks(self) -> Op[list[dict[str, Any]]]:
         body = _read_json((yield Call("GET", "/v1/tasks")))
         tasks = body.get("tasks") if isinstance(body, dict) else None
-        if not isinstance(tasks, list) or not all(isinstance(t, dict) and "task" in t for t in tasks):
-            raise ClientError("the tasks answer has no list of tasks", error_code=INVALID_RESPONSE, body=body)
+        if not isinstance(tasks, list) or not all(
+            isinstance(t, dict) and "task" in t for t in tasks
+        ):
+            raise ClientError(
+                "the tasks answer has no list of tasks", error_code=INVALID_RESPONSE, body=body
+            )
         self._signatures = {str(t["task"]): t for t in tasks}
         self._signatures_at = time.monotonic()
         return tasks
 
-    def _post_infer(self, task: str, inputs: Any, wait: float, priority: str | int | None,
-                    deadline_ms: int | None, parameters: Mapping[str, Any] | None,
-                    idempotency_key: str | None, model_version: str | None) -> Op[dict[str, Any]]:
+    def _post_infer(
+        self,
+        task: str,
+        inputs: Any,
+        wait: float,
+        priority: str | int | None,
+        deadline_ms: int | None,
+        parameters: Mapping[str, Any] | None,
+        idempotency_key: str | None,
+        model_version: str | None,
+    ) -> Op[dict[str, Any]]:
         # NOTE: one key per logical call, the same on every retry: the gateway then answers a
         # resent submission with the first one's request_id instead of publishing it twice.
         key = idempotency_key or str(uuid.uuid4())
         response = yield Call(
-            "POST", f"/v1/infer/{_segment(task)}", params={"wait": min(wait, MAX_WAIT_QUERY_S)} if wait else None,
+            "POST",
+            f"/v1/infer/{_segment(task)}",
+            params={"wait": min(wait, MAX_WAIT_QUERY_S)} if wait else None,
             body=_infer_body(inputs, priority, deadline_ms, parameters, model_version),
-            headers={"Content-Type": "application/json", "Idempotency-Key": key}, wait_s=wait)
+            headers={"Content-Type": "application/json", "Idempotency-Key": key},
+            wait_s=wait,
+        )
         body = _read_json(response)
         if not isinstance(body, dict) or not isinstance(body.get("request_id"), str):
-            raise ClientError("the infer answer has no request_id", error_code=INVALID_RESPONSE,
-                              status_code=response.status_code, body=body)
+            raise ClientError(
+                "the infer answer has no request_id",
+                error_code=INVALID_RESPONSE,
+                status_code=response.status_code,
+                body=body,
+            )
         return body
 
     def _until_done(self, body: Any, deadline: float) -> Op[Result]:
@@ -162,8 +215,12 @@ class Operations:
             if remaining <= 0.01:
                 break
             wait = min(remaining, MAX_WAIT_QUERY_S)
-            response = yield Call("GET", f"/v1/results/{_segment(body['request_id'])}",
-                                   params={"wait": round(wait, 3)}, wait_s=wait)
+            response = yield Call(
+                "GET",
+                f"/v1/results/{_segment(body['request_id'])}",
+                params={"wait": round(wait, 3)},
+                wait_s=wait,
+            )
             body = _read_json(response)
         signature = None
         if isinstance(body, dict) and body.get("outputs") and isinstance(body.get("task"), str):
@@ -176,15 +233,24 @@ class Operations:
             try:
                 yield from self.tasks()
             except ClientError as exc:  # the result is in hand: decode it without the datatypes
-                logger.warning("no task signatures (%s); outputs of %s decoded as JSON reads", exc, task)
+                logger.warning(
+                    "no task signatures (%s); outputs of %s decoded as JSON reads", exc, task
+                )
                 return self._signatures.get(task)
         return self._signatures.get(task)
 
     # -- /v2 (Open Inference Protocol) ---------------------------------------------------------
 
-    def model_infer(self, model: str, inputs: Mapping[str, Any], *, version: str | None,
-                    outputs: list[str] | None, parameters: Mapping[str, Any] | None,
-                    wait: float | None) -> Op[dict[str, np.ndarray]]:
+    def model_infer(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        version: str | None,
+        outputs: list[str] | None,
+        parameters: Mapping[str, Any] | None,
+        wait: float | None,
+    ) -> Op[dict[str, np.ndarray]]:
         payload: dict[str, Any] = {"inputs": encode_oip_inputs(inputs)}
         if outputs:
             payload["outputs"] = [{"name": name} for name in outputs]
@@ -194,23 +260,35 @@ class Operations:
         # NOTE: /v2 takes no Idempotency-Key, so a connection lost mid-call is not resent (it may
         # have been published); 429 and 503 are answered before anything runs, or after a
         # retriable failure, and are resent.
-        response = yield Call("POST", f"{self._model_path(model, version)}/infer", body=_json_body(payload),
-                               params={"wait": wait_s} if wait is not None else None,
-                               headers={"Content-Type": "application/json"}, idempotent=False, wait_s=wait_s)
+        response = yield Call(
+            "POST",
+            f"{self._model_path(model, version)}/infer",
+            body=_json_body(payload),
+            params={"wait": wait_s} if wait is not None else None,
+            headers={"Content-Type": "application/json"},
+            idempotent=False,
+            wait_s=wait_s,
+        )
         if response.headers.get("content-type", "").startswith("application/octet-stream"):
-            raise ClientError("binary tensor answers are not read by this client", error_code=INVALID_RESPONSE,
-                              status_code=response.status_code)
+            raise ClientError(
+                "binary tensor answers are not read by this client",
+                error_code=INVALID_RESPONSE,
+                status_code=response.status_code,
+            )
         return decode_oip_outputs(_read_json(response))
 
     def model_metadata(self, model: str, *, version: str | None) -> Op[dict[str, Any]]:
         body = _read_json((yield Call("GET", self._model_path(model, version))))
         if not isinstance(body, dict):
-            raise ClientError("model metadata is not a JSON object", error_code=INVALID_RESPONSE, body=body)
+            raise ClientError(
+                "model metadata is not a JSON object", error_code=INVALID_RESPONSE, body=body
+            )
         return body
 
     def model_ready(self, model: str, *, version: str | None) -> Op[bool]:
-        response = yield Call("GET", f"{self._model_path(model, version)}/ready", accept=frozenset({503}),
-                               retry=False)
+        response = yield Call(
+            "GET", f"{self._model_path(model, version)}/ready", accept=frozenset({503}), retry=False
+        )
         return response.status_code == 200
 
     def server_ready(self) -> Op[bool]:
@@ -224,7 +302,9 @@ class Operations:
     def server_metadata(self) -> Op[dict[str, Any]]:
         body = _read_json((yield Call("GET", "/v2")))
         if not isinstance(body, dict):
-            raise ClientError("server metadata is not a JSON object", error_code=INVALID_RESPONSE, body=body)
+            raise ClientError(
+                "server metadata is not a JSON object", error_code=INVALID_RESPONSE, body=body
+            )
         return body
 
     @staticmethod

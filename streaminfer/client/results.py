@@ -16,16 +16,29 @@ from streaminfer.schemas.records import InferenceResult
 
 from .errors import INVALID_RESPONSE, ClientError
 
-__all__ = ["PENDING", "ModelInfo", "Result", "ResultError", "datatype_of", "decode_oip_outputs",
-           "encode_oip_inputs"]
+__all__ = [
+    "PENDING",
+    "ModelInfo",
+    "Result",
+    "ResultError",
+    "datatype_of",
+    "decode_oip_outputs",
+    "encode_oip_inputs",
+]
 
 PENDING = frozenset({"queued", "running"})
 """Statuses of a request that has no result yet."""
 
 NUMPY_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(object),
 }
 """The contract's datatypes (schemas/io.streaminfer.v1.Tensor.avsc); BYTES as str objects."""
@@ -87,21 +100,30 @@ class Result:
             return self
         code = self.error.code if self.error else "INFERENCE_FAILED"
         message = self.error.message if self.error else f"the request was {self.status}"
-        raise ClientError(message, error_code=code, request_id=self.request_id,
-                          details={"status": self.status})
+        raise ClientError(
+            message, error_code=code, request_id=self.request_id, details={"status": self.status}
+        )
 
     @classmethod
     def from_record(cls, record: InferenceResult) -> Result:
         """The result as read from a results topic (tensor names as the model's outputs)."""
         return cls(
-            request_id=record.request_id, task=record.task, status=record.status.value.lower(),
+            request_id=record.request_id,
+            task=record.task,
+            status=record.status.value.lower(),
             outputs={tensor.name: tensor.to_numpy() for tensor in record.outputs},
             model=ModelInfo(record.model_name, record.model_version),
-            timings={"queued_ms": record.timings.queued_ms, "inference_ms": record.timings.inference_ms,
-                     "total_ms": record.timings.total_ms},
-            error=None if record.error is None else ResultError(
-                record.error.code, record.error.message, record.error.retriable),
-            batch_size=record.batch_size, attempts=record.attempts)
+            timings={
+                "queued_ms": record.timings.queued_ms,
+                "inference_ms": record.timings.inference_ms,
+                "total_ms": record.timings.total_ms,
+            },
+            error=None
+            if record.error is None
+            else ResultError(record.error.code, record.error.message, record.error.retriable),
+            batch_size=record.batch_size,
+            attempts=record.attempts,
+        )
 
     @classmethod
     def from_body(cls, body: Any, signature: Mapping[str, Any] | None = None) -> Result:
@@ -119,13 +141,29 @@ class Result:
         error = body.get("error")
         try:
             return cls(
-                request_id=body["request_id"], task=body.get("task"), status=status.lower(),
+                request_id=body["request_id"],
+                task=body.get("task"),
+                status=status.lower(),
                 outputs=decode_friendly_outputs(outputs, signature),
-                model=ModelInfo(model.get("name"), model.get("version")) if isinstance(model, dict) else None,
-                timings={str(k): float(v) for k, v in (body.get("timings") or {}).items() if v is not None},
-                error=None if not error else ResultError(str(error["code"]), str(error.get("message", "")),
-                                                         bool(error.get("retriable", False))),
-                batch_size=body.get("batch_size"), attempts=body.get("attempts"), raw=body)
+                model=ModelInfo(model.get("name"), model.get("version"))
+                if isinstance(model, dict)
+                else None,
+                timings={
+                    str(k): float(v)
+                    for k, v in (body.get("timings") or {}).items()
+                    if v is not None
+                },
+                error=None
+                if not error
+                else ResultError(
+                    str(error["code"]),
+                    str(error.get("message", "")),
+                    bool(error.get("retriable", False)),
+                ),
+                batch_size=body.get("batch_size"),
+                attempts=body.get("attempts"),
+                raw=body,
+            )
         except ClientError as exc:
             exc.body, exc.request_id = body, body["request_id"]
             raise
@@ -177,14 +215,19 @@ def _check_items(value: Any, dtype: np.dtype) -> None:
             raise ValueError(f"{item!r} is not a whole number")
 
 
-def decode_friendly_outputs(outputs: Mapping[str, Any], signature: Mapping[str, Any] | None
-                            ) -> dict[str, np.ndarray]:
+def decode_friendly_outputs(
+    outputs: Mapping[str, Any], signature: Mapping[str, Any] | None
+) -> dict[str, np.ndarray]:
     """``/v1`` outputs (one item unwrapped, several as a list per key) as arrays ``[N, *shape]``
     of the declared datatype, batch dimension restored."""
     specs: dict[str, Any] = {}
     friendly: dict[str, str] = {}
     if signature:
-        specs = {spec.get("name"): spec for spec in signature.get("outputs") or () if isinstance(spec, dict)}
+        specs = {
+            spec.get("name"): spec
+            for spec in signature.get("outputs") or ()
+            if isinstance(spec, dict)
+        }
         friendly = dict(signature.get("friendly_outputs") or {})
     decoded: dict[str, np.ndarray] = {}
     for key, value in outputs.items():
@@ -200,7 +243,8 @@ def decode_friendly_outputs(outputs: Mapping[str, Any], signature: Mapping[str, 
         if array.ndim == len(item_shape):  # one item, sent unwrapped
             array = array[np.newaxis]
         if array.ndim != len(item_shape) + 1 or any(
-                want >= 0 and want != got for want, got in zip(item_shape, array.shape[1:], strict=True)):
+            want >= 0 and want != got for want, got in zip(item_shape, array.shape[1:], strict=True)
+        ):
             raise _invalid(f"{where}: shape {list(array.shape)} does not match [N, *{item_shape}]")
         decoded[key] = array
     return decoded
@@ -227,15 +271,24 @@ def decode_oip_outputs(body: Any) -> dict[str, np.ndarray]:
             raise _invalid(f"output #{position} is not a named tensor", body)
         name, shape = tensor["name"], tensor.get("shape")
         where = f"output {name[:80]!r}"
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                  for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             raise _invalid(f"{where}: shape must be a list of non-negative integers", body)
         dtype = _dtype(tensor.get("datatype"), where)
         data = tensor.get("data")
         parameters = tensor.get("parameters") or {}
-        if dtype.kind == "O" and isinstance(parameters, dict) and parameters.get("content_type") == "base64":
+        if (
+            dtype.kind == "O"
+            and isinstance(parameters, dict)
+            and parameters.get("content_type") == "base64"
+        ):
             data = _unbase64(data, where)
-        array = _array(data, dtype, where) if dtype.kind != "O" or not _all_bytes(data) else _objects(data)
+        array = (
+            _array(data, dtype, where)
+            if dtype.kind != "O" or not _all_bytes(data)
+            else _objects(data)
+        )
         if array.size != math.prod(shape):
             raise _invalid(f"{where}: {array.size} values do not fill shape {shape}", body)
         arrays[name] = array.reshape(shape)
@@ -246,7 +299,10 @@ def _unbase64(data: Any, where: str) -> list:
     if not isinstance(data, list):
         raise _invalid(f"{where}: base64 data must be a list")
     try:
-        return [base64.b64decode(item, validate=True) if isinstance(item, str) else item for item in data]
+        return [
+            base64.b64decode(item, validate=True) if isinstance(item, str) else item
+            for item in data
+        ]
     except (binascii.Error, ValueError) as exc:
         raise _invalid(f"{where}: not valid base64") from exc
 
@@ -267,8 +323,10 @@ def datatype_of(array: np.ndarray) -> str:
         return "BYTES"
     name = _BY_KIND.get((array.dtype.kind, array.dtype.itemsize))
     if name is None:
-        raise ValueError(f"numpy dtype {array.dtype} has no datatype in the contract; "
-                         f"use one of {sorted(NUMPY_DTYPES)}")
+        raise ValueError(
+            f"numpy dtype {array.dtype} has no datatype in the contract; "
+            f"use one of {sorted(NUMPY_DTYPES)}"
+        )
     return name
 
 
@@ -285,5 +343,7 @@ def encode_oip_inputs(inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
             flat = [item.decode("utf-8") if isinstance(item, bytes) else item for item in flat]
             if not all(isinstance(item, str) for item in flat):
                 raise ValueError(f"input {name!r}: BYTES items must be str or UTF-8 bytes")
-        tensors.append({"name": str(name), "shape": list(array.shape), "datatype": datatype, "data": flat})
+        tensors.append(
+            {"name": str(name), "shape": list(array.shape), "datatype": datatype, "data": flat}
+        )
     return tensors

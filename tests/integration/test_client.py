@@ -19,7 +19,9 @@ pytestmark = pytest.mark.integration
 def test_infer_text_embedding_returns_float32_embeddings(stack):
     with Client(stack.gateway_url) as client:
         one = client.infer("text-embedding", {"text": "Kafka is a distributed log"}, wait=30)
-        two = client.infer("text-embedding", {"text": ["first text", "second text"]}, wait=30, priority="high")
+        two = client.infer(
+            "text-embedding", {"text": ["first text", "second text"]}, wait=30, priority="high"
+        )
     assert one.status == "succeeded" and one.error is None and one.model.name == "all-minilm-l6-v2"
     embedding = one.outputs["embedding"]
     assert embedding.dtype == np.float32 and embedding.shape == (1, 384)
@@ -42,8 +44,9 @@ def test_image_classify_outputs_keep_their_datatypes(stack):
 
 async def test_async_submit_then_result(stack):
     async with AsyncClient(stack.gateway_url) as client:
-        request_id = await client.submit("text-embedding", {"text": "submitted now, read later"},
-                                         parameters={"cache": "false"})
+        request_id = await client.submit(
+            "text-embedding", {"text": "submitted now, read later"}, parameters={"cache": "false"}
+        )
         result = await client.result(request_id, wait=30)
     uuid.UUID(request_id)
     assert result.request_id == request_id and result.status == "succeeded"
@@ -80,25 +83,38 @@ def test_tasks_and_an_unknown_task(stack):
         with pytest.raises(ClientError) as caught:
             client.infer("no-such-task", {"text": "x"})
     assert {"text-embedding", "image-classify", "tabular-classify"} <= set(tasks)
-    assert tasks["text-embedding"]["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [384]}]
+    assert tasks["text-embedding"]["outputs"] == [
+        {"name": "embedding", "datatype": "FP32", "shape": [384]}
+    ]
     error = caught.value
-    assert (error.error_code, error.status_code) == ("TASK_NOT_FOUND", 404) and "no-such-task" in error.message
+    assert (error.error_code, error.status_code) == (
+        "TASK_NOT_FOUND",
+        404,
+    ) and "no-such-task" in error.message
     assert error.attempts == 1 and not error.retriable
 
 
 def test_open_inference_protocol_calls(stack):
     pixels = np.zeros((1, 8, 8), dtype=np.float32)
     with Client(stack.gateway_url) as client:
-        assert client.server_live() and client.server_ready() and client.model_ready("image-classify")
+        assert (
+            client.server_live() and client.server_ready() and client.model_ready("image-classify")
+        )
         metadata = client.model_metadata("image-classify")
         outputs = client.model_infer("image-classify", {"pixels": pixels})
-        only = client.model_infer("text-embedding", {"text": np.array(["hello", "world"], dtype=object)},
-                                  outputs=["embedding"])
+        only = client.model_infer(
+            "text-embedding",
+            {"text": np.array(["hello", "world"], dtype=object)},
+            outputs=["embedding"],
+        )
         with pytest.raises(ClientError) as caught:
             client.model_infer("image-classify", {"pixels": np.zeros((1, 7, 8), dtype=np.float32)})
     assert metadata["name"] == "image-classify" and metadata["inputs"][0]["shape"] == [-1, 8, 8]
     assert outputs["label"].dtype == np.int64 and outputs["label"].shape == (1,)
-    assert outputs["probabilities"].dtype == np.float32 and outputs["probabilities"].shape == (1, 10)
+    assert outputs["probabilities"].dtype == np.float32 and outputs["probabilities"].shape == (
+        1,
+        10,
+    )
     assert set(only) == {"embedding"} and only["embedding"].shape == (2, 384)
     assert only["embedding"].dtype == np.float32
     assert (caught.value.error_code, caught.value.status_code) == ("INVALID_REQUEST", 422)
@@ -107,15 +123,26 @@ def test_open_inference_protocol_calls(stack):
 async def test_request_producer_and_result_consumer_round_trip_through_the_worker(stack):
     texts = ["straight to kafka", "another one", "and a third", "the last"]
     priorities = ["high", "normal", "low", 5]
-    async with ResultConsumer(stack.bootstrap, "text-embedding", prefix=stack.prefix) as consumer, \
-            RequestProducer(stack.bootstrap, prefix=stack.prefix, owner="client-test") as producer:
-        ids = [await producer.send("text-embedding", {"text": text}, priority=priority, parameters={"cache": "false"})
-               for text, priority in zip(texts, priorities, strict=True)]
-        image_id = await producer.send("image-classify", {"pixels": np.zeros((1, 8, 8))})  # another task's topic
+    async with (
+        ResultConsumer(stack.bootstrap, "text-embedding", prefix=stack.prefix) as consumer,
+        RequestProducer(stack.bootstrap, prefix=stack.prefix, owner="client-test") as producer,
+    ):
+        ids = [
+            await producer.send(
+                "text-embedding", {"text": text}, priority=priority, parameters={"cache": "false"}
+            )
+            for text, priority in zip(texts, priorities, strict=True)
+        ]
+        image_id = await producer.send(
+            "image-classify", {"pixels": np.zeros((1, 8, 8))}
+        )  # another task's topic
         results = await consumer.wait(ids, timeout=60)
         assert await consumer.wait([image_id], timeout=1) == {}
     assert set(results) == set(ids)
-    assert all(r.status == "succeeded" and r.outputs["embedding"].shape == (1, 384) for r in results.values())
+    assert all(
+        r.status == "succeeded" and r.outputs["embedding"].shape == (1, 384)
+        for r in results.values()
+    )
     with Client(stack.gateway_url) as client:  # the same model over HTTP: the same vector
         over_http = client.infer("text-embedding", {"text": texts[0]}, wait=30).outputs["embedding"]
         owned = client.result(ids[0])
@@ -127,11 +154,15 @@ async def test_result_consumer_keeps_results_that_arrive_before_the_wait(stack):
     """And both built from the settings (bootstrap servers, prefix, codec) with ``from_settings``."""
     arrived: list[str] = []
     settings = Settings(kafka_bootstrap_servers=stack.bootstrap, topic_prefix=stack.prefix)
-    async with ResultConsumer.from_settings("tabular-classify", settings,
-                                            on_record=lambda record: arrived.append(record.request_id)) as consumer, \
-            RequestProducer.from_settings(settings) as producer:
-        request_id = await producer.send("tabular-classify", {"features": np.ones((1, 30), dtype=np.float32)},
-                                         deadline_ms=30_000)
+    async with (
+        ResultConsumer.from_settings(
+            "tabular-classify", settings, on_record=lambda record: arrived.append(record.request_id)
+        ) as consumer,
+        RequestProducer.from_settings(settings) as producer,
+    ):
+        request_id = await producer.send(
+            "tabular-classify", {"features": np.ones((1, 30), dtype=np.float32)}, deadline_ms=30_000
+        )
         for _ in range(240):  # until the consumer has read it, without anyone waiting for it yet
             if request_id in arrived:
                 break
@@ -143,12 +174,17 @@ async def test_result_consumer_keeps_results_that_arrive_before_the_wait(stack):
 
 
 async def test_a_request_the_worker_refuses_comes_back_rejected(stack):
-    async with ResultConsumer(stack.bootstrap, "text-embedding", prefix=stack.prefix) as consumer, \
-            RequestProducer(stack.bootstrap, prefix=stack.prefix) as producer:
+    async with (
+        ResultConsumer(stack.bootstrap, "text-embedding", prefix=stack.prefix) as consumer,
+        RequestProducer(stack.bootstrap, prefix=stack.prefix) as producer,
+    ):
         # FP64 where the model takes BYTES: valid Avro that the worker refuses at intake
         request_id = await producer.send("text-embedding", {"text": np.zeros(1)})
         results = await consumer.wait([request_id], timeout=60)
-    assert results[request_id].status in ("rejected", "failed") and results[request_id].error is not None
+    assert (
+        results[request_id].status in ("rejected", "failed")
+        and results[request_id].error is not None
+    )
 
 
 async def test_api_keys_reach_a_gateway_with_auth_on(stack, make_stack):

@@ -24,9 +24,10 @@ from streaminfer.client import (
     RetryPolicy,
     build_request,
 )
+from streaminfer.client import aio as client_aio
 from streaminfer.client import http as client_http
 from streaminfer.client import kafka as client_kafka
-from streaminfer.client.kafka import input_tensor
+from streaminfer.client.request_events import input_tensor
 from streaminfer.client.retries import parse_retry_after
 from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.records import (
@@ -41,31 +42,57 @@ from streaminfer.schemas.records import (
 
 RID = "6f1c1f8e-4a53-4bd4-9d64-0f4d4c6a9f10"
 EMBEDDING_TASK = {
-    "task": "text-embedding", "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [384]}],
-    "friendly_outputs": {"embedding": "embedding"}}
+    "task": "text-embedding",
+    "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [384]}],
+    "friendly_outputs": {"embedding": "embedding"},
+}
 DIGITS_TASK = {
-    "task": "image-classify", "friendly_outputs": {"label": "label", "probabilities": "probabilities"},
-    "outputs": [{"name": "label", "datatype": "INT64", "shape": []},
-                {"name": "probabilities", "datatype": "FP32", "shape": [10]}]}
-TAGGER_TASK = {"task": "tagger", "outputs": [{"name": "tag", "datatype": "BYTES", "shape": []}],
-               "friendly_outputs": {"tag": "tag"}}
+    "task": "image-classify",
+    "friendly_outputs": {"label": "label", "probabilities": "probabilities"},
+    "outputs": [
+        {"name": "label", "datatype": "INT64", "shape": []},
+        {"name": "probabilities", "datatype": "FP32", "shape": [10]},
+    ],
+}
+TAGGER_TASK = {
+    "task": "tagger",
+    "outputs": [{"name": "tag", "datatype": "BYTES", "shape": []}],
+    "friendly_outputs": {"tag": "tag"},
+}
 
 
-def done_body(task: str, outputs: dict, status: str = "succeeded", error: dict | None = None) -> dict:
-    return {"request_id": RID, "task": task, "status": status, "model": {"name": "m", "version": "1"},
-            "outputs": outputs, "timings": {"queued_ms": 1.5, "inference_ms": 2.0, "total_ms": 4.0},
-            "batch_size": 1, "attempts": 1, "error": error}
+def done_body(
+    task: str, outputs: dict, status: str = "succeeded", error: dict | None = None
+) -> dict:
+    return {
+        "request_id": RID,
+        "task": task,
+        "status": status,
+        "model": {"name": "m", "version": "1"},
+        "outputs": outputs,
+        "timings": {"queued_ms": 1.5, "inference_ms": 2.0, "total_ms": 4.0},
+        "batch_size": 1,
+        "attempts": 1,
+        "error": error,
+    }
 
 
 def error_body(code: str, message: str = "no") -> dict:
-    return {"error_code": code, "message": message, "request_id": RID, "timestamp": "2026-12-01T00:00:00+00:00",
-            "details": {"why": "test"}}
+    return {
+        "error_code": code,
+        "message": message,
+        "request_id": RID,
+        "timestamp": "2026-12-01T00:00:00+00:00",
+        "details": {"why": "test"},
+    }
 
 
 class Gateway:
     """A scripted gateway: answers per (method, path) in order (the last one repeats); records requests."""
 
-    def __init__(self, script: dict[tuple[str, str], list], tasks: list[dict] | None = None) -> None:
+    def __init__(
+        self, script: dict[tuple[str, str], list], tasks: list[dict] | None = None
+    ) -> None:
         self.script = {key: list(answers) for key, answers in script.items()}
         self.tasks = tasks if tasks is not None else [EMBEDDING_TASK, DIGITS_TASK, TAGGER_TASK]
         self.requests: list[httpx.Request] = []
@@ -93,7 +120,7 @@ def sleeps(monkeypatch) -> list[float]:
     async def fake_async_sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    monkeypatch.setattr(client_http, "_async_sleep", fake_async_sleep)
+    monkeypatch.setattr(client_aio, "_async_sleep", fake_async_sleep)
     return slept
 
 
@@ -109,29 +136,66 @@ INFER = ("POST", "/v1/infer/text-embedding")
 
 def test_infer_decodes_an_embedding_as_float32_with_the_batch_dimension(sleeps):
     vector = np.linspace(-1, 1, 384, dtype=np.float32)
-    gateway = Gateway({INFER: [httpx.Response(200, json=done_body("text-embedding", {"embedding": vector.tolist()}))]})
+    gateway = Gateway(
+        {
+            INFER: [
+                httpx.Response(
+                    200, json=done_body("text-embedding", {"embedding": vector.tolist()})
+                )
+            ]
+        }
+    )
     with client_for(gateway, api_key="si_secret") as client:
-        result = client.infer("text-embedding", {"text": "hello"}, wait=5, priority="high", deadline_ms=900,
-                              parameters={"cache": False})
-    assert result.status == "succeeded" and result.request_id == RID and result.task == "text-embedding"
+        result = client.infer(
+            "text-embedding",
+            {"text": "hello"},
+            wait=5,
+            priority="high",
+            deadline_ms=900,
+            parameters={"cache": False},
+        )
+    assert (
+        result.status == "succeeded"
+        and result.request_id == RID
+        and result.task == "text-embedding"
+    )
     embedding = result.outputs["embedding"]
     assert embedding.dtype == np.float32 and embedding.shape == (1, 384)
     np.testing.assert_array_equal(embedding[0], vector)
     assert result.model.name == "m" and result.model.version == "1"
-    assert result.timings == {"queued_ms": 1.5, "inference_ms": 2.0, "total_ms": 4.0} and result.error is None
+    assert (
+        result.timings == {"queued_ms": 1.5, "inference_ms": 2.0, "total_ms": 4.0}
+        and result.error is None
+    )
     posted = gateway.sent(*INFER)[0]
     assert posted.headers["x-api-key"] == "si_secret" and posted.url.params["wait"] == "5.0"
-    assert json.loads(posted.content) == {"inputs": {"text": "hello"}, "priority": "high", "deadline_ms": 900,
-                                          "parameters": {"cache": False}}
+    assert json.loads(posted.content) == {
+        "inputs": {"text": "hello"},
+        "priority": "high",
+        "deadline_ms": 900,
+        "parameters": {"cache": False},
+    }
     assert len(posted.headers["idempotency-key"]) == 36
     assert sleeps == []
 
 
 def test_several_items_and_integer_and_text_outputs_keep_their_datatypes():
     probabilities = np.full((2, 10), 0.1, dtype=np.float32)
-    digits = Gateway({("POST", "/v1/infer/image-classify"): [httpx.Response(200, json=done_body(
-        "image-classify", {"label": [3, 7], "probabilities": probabilities.tolist()}))],
-        ("POST", "/v1/infer/tagger"): [httpx.Response(200, json=done_body("tagger", {"tag": "cat"}))]})
+    digits = Gateway(
+        {
+            ("POST", "/v1/infer/image-classify"): [
+                httpx.Response(
+                    200,
+                    json=done_body(
+                        "image-classify", {"label": [3, 7], "probabilities": probabilities.tolist()}
+                    ),
+                )
+            ],
+            ("POST", "/v1/infer/tagger"): [
+                httpx.Response(200, json=done_body("tagger", {"tag": "cat"}))
+            ],
+        }
+    )
     with client_for(digits) as client:
         result = client.infer("image-classify", {"pixels": np.zeros((2, 8, 8))})
         tagged = client.infer("tagger", {"text": "x"})
@@ -139,22 +203,48 @@ def test_several_items_and_integer_and_text_outputs_keep_their_datatypes():
     assert result.outputs["probabilities"].shape == (2, 10)
     assert tagged.outputs["tag"].dtype == object and tagged.outputs["tag"].tolist() == ["cat"]
     # numpy inputs are sent as JSON lists
-    assert json.loads(digits.sent("POST", "/v1/infer/image-classify")[0].content)["inputs"]["pixels"][1][7] == [0.0] * 8
+    assert (
+        json.loads(digits.sent("POST", "/v1/infer/image-classify")[0].content)["inputs"]["pixels"][
+            1
+        ][7]
+        == [0.0] * 8
+    )
     assert len(digits.sent("GET", "/v1/tasks")) == 1  # signatures fetched once, then kept
 
 
-@pytest.mark.parametrize(("outputs", "tasks", "problem"), [
-    ({"embedding": [0.5] * 383}, None, "does not match"),
-    ({"embedding": [[0.5] * 384, [0.5] * 3]}, None, "does not fit"),
-    ({"embedding": ["0.5"] * 384}, None, "str item"),
-    ({"embedding": [{"x": 1}] * 384}, None, "dict item"),
-    ({"embedding": [0.5] * 384}, [{**EMBEDDING_TASK, "outputs": [{"name": "embedding", "datatype": "FP128",
-                                                                 "shape": [384]}]}], "unknown datatype"),
-    ({"embedding": [0.5] * 384}, [{**EMBEDDING_TASK, "outputs": [{"name": "embedding", "datatype": "FP32",
-                                                                 "shape": "384"}]}], "no valid shape"),
-])
+@pytest.mark.parametrize(
+    ("outputs", "tasks", "problem"),
+    [
+        ({"embedding": [0.5] * 383}, None, "does not match"),
+        ({"embedding": [[0.5] * 384, [0.5] * 3]}, None, "does not fit"),
+        ({"embedding": ["0.5"] * 384}, None, "str item"),
+        ({"embedding": [{"x": 1}] * 384}, None, "dict item"),
+        (
+            {"embedding": [0.5] * 384},
+            [
+                {
+                    **EMBEDDING_TASK,
+                    "outputs": [{"name": "embedding", "datatype": "FP128", "shape": [384]}],
+                }
+            ],
+            "unknown datatype",
+        ),
+        (
+            {"embedding": [0.5] * 384},
+            [
+                {
+                    **EMBEDDING_TASK,
+                    "outputs": [{"name": "embedding", "datatype": "FP32", "shape": "384"}],
+                }
+            ],
+            "no valid shape",
+        ),
+    ],
+)
 def test_outputs_that_do_not_fit_the_signature_are_invalid_responses(outputs, tasks, problem):
-    gateway = Gateway({INFER: [httpx.Response(200, json=done_body("text-embedding", outputs))]}, tasks=tasks)
+    gateway = Gateway(
+        {INFER: [httpx.Response(200, json=done_body("text-embedding", outputs))]}, tasks=tasks
+    )
     with client_for(gateway) as client, pytest.raises(ClientError) as caught:
         client.infer("text-embedding", {"text": "x"})
     assert caught.value.error_code == "INVALID_RESPONSE" and caught.value.status_code is None
@@ -162,24 +252,40 @@ def test_outputs_that_do_not_fit_the_signature_are_invalid_responses(outputs, ta
 
 
 def test_null_floats_are_nan_but_null_or_fractional_labels_are_refused():
-    assert np.isnan(Result.from_body(done_body("t", {"embedding": [None] + [0.0] * 383}), EMBEDDING_TASK)
-                    .outputs["embedding"][0, 0])
+    assert np.isnan(
+        Result.from_body(
+            done_body("t", {"embedding": [None] + [0.0] * 383}), EMBEDDING_TASK
+        ).outputs["embedding"][0, 0]
+    )
     for labels in ([1, None], [1, 2.5]):
         with pytest.raises(ClientError, match="does not fit"):
-            Result.from_body(done_body("t", {"label": labels, "probabilities": [[0.1] * 10] * 2}), DIGITS_TASK)
+            Result.from_body(
+                done_body("t", {"label": labels, "probabilities": [[0.1] * 10] * 2}), DIGITS_TASK
+            )
     with pytest.raises(ClientError, match="ragged BYTES"):
         Result.from_body(done_body("t", {"tag": [["a"], ["b", "c"]]}), TAGGER_TASK)
 
 
 def test_outputs_of_a_task_without_a_signature_are_read_as_json_says():
-    result = Result.from_body(done_body("unknown-task", {"scores": [[1.0, 2.0]], "similar": [{"id": "a"}, {"id": "b", "x": 1}]}))
+    result = Result.from_body(
+        done_body(
+            "unknown-task", {"scores": [[1.0, 2.0]], "similar": [{"id": "a"}, {"id": "b", "x": 1}]}
+        )
+    )
     assert result.outputs["scores"].dtype == np.float64 and result.outputs["scores"].shape == (1, 2)
     assert [item["id"] for item in result.outputs["similar"]] == ["a", "b"]
 
 
-@pytest.mark.parametrize("body", [[], {"status": "succeeded"}, {"request_id": RID}, {"request_id": RID, "status": "x",
-                                                                                      "outputs": [1, 2]},
-                                  {"request_id": RID, "status": "failed", "error": {"message": "no code"}}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        {"status": "succeeded"},
+        {"request_id": RID},
+        {"request_id": RID, "status": "x", "outputs": [1, 2]},
+        {"request_id": RID, "status": "failed", "error": {"message": "no code"}},
+    ],
+)
 def test_malformed_result_bodies_are_invalid_responses(body):
     with pytest.raises(ClientError) as caught:
         Result.from_body(body, EMBEDDING_TASK)
@@ -194,10 +300,18 @@ def test_a_body_that_is_not_json_is_an_invalid_response():
 
 
 def test_a_failed_request_is_a_result_with_its_error_and_raise_for_error_raises_it():
-    body = done_body("text-embedding", {}, status="failed",
-                     error={"code": "INFERENCE_FAILED", "message": "model broke", "retriable": False})
+    body = done_body(
+        "text-embedding",
+        {},
+        status="failed",
+        error={"code": "INFERENCE_FAILED", "message": "model broke", "retriable": False},
+    )
     result = Result.from_body(body, EMBEDDING_TASK)
-    assert result.status == "failed" and result.outputs == {} and result.error.code == "INFERENCE_FAILED"
+    assert (
+        result.status == "failed"
+        and result.outputs == {}
+        and result.error.code == "INFERENCE_FAILED"
+    )
     with pytest.raises(ClientError) as caught:
         result.raise_for_error()
     assert caught.value.error_code == "INFERENCE_FAILED" and caught.value.message == "model broke"
@@ -206,26 +320,48 @@ def test_a_failed_request_is_a_result_with_its_error_and_raise_for_error_raises_
 
 
 def test_result_from_a_kafka_record_matches_the_http_form():
-    record = InferenceResult(request_id=RID, task="text-embedding", status=Status.FAILED, worker_id="w",
-                             model_name="mini", model_version="2",
-                             outputs=[Tensor.from_numpy("embedding", np.ones((1, 384), dtype=np.float32))],
-                             error=Error("X", "y", retriable=True), batch_size=3)
+    record = InferenceResult(
+        request_id=RID,
+        task="text-embedding",
+        status=Status.FAILED,
+        worker_id="w",
+        model_name="mini",
+        model_version="2",
+        outputs=[Tensor.from_numpy("embedding", np.ones((1, 384), dtype=np.float32))],
+        error=Error("X", "y", retriable=True),
+        batch_size=3,
+    )
     result = Result.from_record(record)
     assert result.status == "failed" and result.error.code == "X" and result.error.retriable
-    assert result.outputs["embedding"].dtype == np.float32 and result.outputs["embedding"].shape == (1, 384)
-    assert result.model.version == "2" and result.batch_size == 3 and set(result.timings) == {
-        "queued_ms", "inference_ms", "total_ms"}
+    assert result.outputs["embedding"].dtype == np.float32 and result.outputs[
+        "embedding"
+    ].shape == (1, 384)
+    assert (
+        result.model.version == "2"
+        and result.batch_size == 3
+        and set(result.timings) == {"queued_ms", "inference_ms", "total_ms"}
+    )
 
 
 # -- waiting ------------------------------------------------------------------------------
 
 
 def test_infer_long_polls_a_queued_request_until_it_is_done():
-    gateway = Gateway({
-        INFER: [httpx.Response(202, json={"request_id": RID, "task": "text-embedding", "status": "queued"})],
-        ("GET", f"/v1/results/{RID}"): [
-            httpx.Response(200, json={"request_id": RID, "task": "text-embedding", "status": "running"}),
-            httpx.Response(200, json=done_body("text-embedding", {"embedding": [0.0] * 384}))]})
+    gateway = Gateway(
+        {
+            INFER: [
+                httpx.Response(
+                    202, json={"request_id": RID, "task": "text-embedding", "status": "queued"}
+                )
+            ],
+            ("GET", f"/v1/results/{RID}"): [
+                httpx.Response(
+                    200, json={"request_id": RID, "task": "text-embedding", "status": "running"}
+                ),
+                httpx.Response(200, json=done_body("text-embedding", {"embedding": [0.0] * 384})),
+            ],
+        }
+    )
     with client_for(gateway) as client:
         result = client.infer("text-embedding", {"text": "x"}, wait=30)
     polls = gateway.sent("GET", f"/v1/results/{RID}")
@@ -234,7 +370,9 @@ def test_infer_long_polls_a_queued_request_until_it_is_done():
 
 
 def test_infer_without_wait_and_submit_return_at_once():
-    queued = httpx.Response(202, json={"request_id": RID, "task": "text-embedding", "status": "queued"})
+    queued = httpx.Response(
+        202, json={"request_id": RID, "task": "text-embedding", "status": "queued"}
+    )
     gateway = Gateway({INFER: [queued]})
     with client_for(gateway) as client:
         pending = client.infer("text-embedding", {"text": "x"}, wait=0)
@@ -246,10 +384,16 @@ def test_infer_without_wait_and_submit_return_at_once():
 
 
 def test_cancel_tasks_and_result():
-    gateway = Gateway({("DELETE", f"/v1/requests/{RID}"): [httpx.Response(200, json={"request_id": RID,
-                                                                                     "status": "cancelling"})],
-                       ("GET", f"/v1/results/{RID}"): [httpx.Response(200, json={"request_id": RID, "status": "queued",
-                                                                                 "task": "t"})]})
+    gateway = Gateway(
+        {
+            ("DELETE", f"/v1/requests/{RID}"): [
+                httpx.Response(200, json={"request_id": RID, "status": "cancelling"})
+            ],
+            ("GET", f"/v1/results/{RID}"): [
+                httpx.Response(200, json={"request_id": RID, "status": "queued", "task": "t"})
+            ],
+        }
+    )
     with client_for(gateway) as client:
         assert client.cancel(RID) == "cancelling"
         assert [t["task"] for t in client.tasks()] == ["text-embedding", "image-classify", "tagger"]
@@ -260,8 +404,12 @@ def test_cancel_tasks_and_result():
 
 
 def test_429_is_retried_after_retry_after_with_the_same_idempotency_key(sleeps):
-    limited = httpx.Response(429, json=error_body("RATE_LIMIT_EXCEEDED"), headers={"Retry-After": "2"})
-    gateway = Gateway({INFER: [limited, limited, httpx.Response(200, json=done_body("text-embedding", {}))]})
+    limited = httpx.Response(
+        429, json=error_body("RATE_LIMIT_EXCEEDED"), headers={"Retry-After": "2"}
+    )
+    gateway = Gateway(
+        {INFER: [limited, limited, httpx.Response(200, json=done_body("text-embedding", {}))]}
+    )
     with client_for(gateway) as client:
         assert client.infer("text-embedding", {"text": "x"}).succeeded
     keys = {r.headers["idempotency-key"] for r in gateway.sent(*INFER)}
@@ -269,20 +417,34 @@ def test_429_is_retried_after_retry_after_with_the_same_idempotency_key(sleeps):
 
 
 def test_a_huge_retry_after_is_capped(sleeps):
-    unavailable = httpx.Response(503, json=error_body("SERVICE_UNAVAILABLE"), headers={"Retry-After": "1e9"})
-    gateway = Gateway({INFER: [unavailable, httpx.Response(200, json=done_body("text-embedding", {}))]})
+    unavailable = httpx.Response(
+        503, json=error_body("SERVICE_UNAVAILABLE"), headers={"Retry-After": "1e9"}
+    )
+    gateway = Gateway(
+        {INFER: [unavailable, httpx.Response(200, json=done_body("text-embedding", {}))]}
+    )
     with client_for(gateway, retry=RetryPolicy(max_retry_after_s=7, max_total_s=60)) as client:
         assert client.infer("text-embedding", {"text": "x"}).succeeded
     assert sleeps == [7.0]
 
 
 def test_retries_stop_after_max_attempts_with_the_last_error(sleeps):
-    unavailable = httpx.Response(503, json=error_body("SERVICE_UNAVAILABLE", "broker away"), headers={"Retry-After": "1"})
+    unavailable = httpx.Response(
+        503, json=error_body("SERVICE_UNAVAILABLE", "broker away"), headers={"Retry-After": "1"}
+    )
     gateway = Gateway({INFER: [unavailable]})
-    with client_for(gateway, retry=RetryPolicy(max_attempts=3)) as client, pytest.raises(ClientError) as caught:
+    with (
+        client_for(gateway, retry=RetryPolicy(max_attempts=3)) as client,
+        pytest.raises(ClientError) as caught,
+    ):
         client.submit("text-embedding", {"text": "x"})
     error = caught.value
-    assert (error.error_code, error.status_code, error.attempts, error.retry_after_s) == ("SERVICE_UNAVAILABLE", 503, 3, 1.0)
+    assert (error.error_code, error.status_code, error.attempts, error.retry_after_s) == (
+        "SERVICE_UNAVAILABLE",
+        503,
+        3,
+        1.0,
+    )
     assert error.retriable and error.message == "broker away" and error.details == {"why": "test"}
     assert sleeps == [1.0, 1.0] and len(gateway.sent(*INFER)) == 3
 
@@ -290,16 +452,32 @@ def test_retries_stop_after_max_attempts_with_the_last_error(sleeps):
 def test_retries_stop_once_their_waits_would_pass_the_time_budget(sleeps):
     limited = httpx.Response(429, json=error_body("OVERLOADED"), headers={"Retry-After": "4"})
     gateway = Gateway({INFER: [limited]})
-    with client_for(gateway, retry=RetryPolicy(max_attempts=10, max_total_s=10)) as client, pytest.raises(ClientError):
+    with (
+        client_for(gateway, retry=RetryPolicy(max_attempts=10, max_total_s=10)) as client,
+        pytest.raises(ClientError),
+    ):
         client.submit("text-embedding", {"text": "x"})
     assert sleeps == [4.0, 4.0] and len(gateway.sent(*INFER)) == 3
 
 
 def test_without_retry_after_the_wait_backs_off(sleeps):
-    gateway = Gateway({INFER: [httpx.Response(503, json=error_body("SERVICE_UNAVAILABLE"), headers={"Retry-After": "soon"})]})
-    with client_for(gateway, retry=RetryPolicy(max_attempts=4, backoff_s=1)) as client, pytest.raises(ClientError):
+    gateway = Gateway(
+        {
+            INFER: [
+                httpx.Response(
+                    503, json=error_body("SERVICE_UNAVAILABLE"), headers={"Retry-After": "soon"}
+                )
+            ]
+        }
+    )
+    with (
+        client_for(gateway, retry=RetryPolicy(max_attempts=4, backoff_s=1)) as client,
+        pytest.raises(ClientError),
+    ):
         client.submit("text-embedding", {"text": "x"})
-    assert len(sleeps) == 3 and 0.5 <= sleeps[0] <= 1 and 1 <= sleeps[1] <= 2 and 2 <= sleeps[2] <= 4
+    assert (
+        len(sleeps) == 3 and 0.5 <= sleeps[0] <= 1 and 1 <= sleeps[1] <= 2 and 2 <= sleeps[2] <= 4
+    )
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 409, 422, 500, 504])
@@ -307,7 +485,11 @@ def test_other_errors_are_not_retried(sleeps, status):
     gateway = Gateway({INFER: [httpx.Response(status, json=error_body("SOME_CODE"))]})
     with client_for(gateway) as client, pytest.raises(ClientError) as caught:
         client.infer("text-embedding", {"text": "x"})
-    assert caught.value.status_code == status and caught.value.error_code == "SOME_CODE" and not caught.value.retriable
+    assert (
+        caught.value.status_code == status
+        and caught.value.error_code == "SOME_CODE"
+        and not caught.value.retriable
+    )
     assert sleeps == [] and len(gateway.requests) == 1
 
 
@@ -320,28 +502,54 @@ def test_an_error_body_that_is_not_the_gateways_is_http_status():
 
 def test_connection_errors_are_retried_only_where_resending_is_safe(sleeps):
     lost = httpx.ConnectError("connection refused")
-    gateway = Gateway({INFER: [lost, httpx.ReadTimeout("slow"), httpx.Response(202, json={"request_id": RID, "status": "queued"})],
-                       ("POST", "/v2/models/text-embedding/infer"): [lost]})
+    gateway = Gateway(
+        {
+            INFER: [
+                lost,
+                httpx.ReadTimeout("slow"),
+                httpx.Response(202, json={"request_id": RID, "status": "queued"}),
+            ],
+            ("POST", "/v2/models/text-embedding/infer"): [lost],
+        }
+    )
     with client_for(gateway) as client:
         assert client.submit("text-embedding", {"text": "x"}) == RID
         with pytest.raises(ClientError) as caught:
             client.model_infer("text-embedding", {"text": np.array(["x"], dtype=object)})
-    assert len({r.headers["idempotency-key"] for r in gateway.sent(*INFER)}) == 1 and len(sleeps) == 2
+    assert (
+        len({r.headers["idempotency-key"] for r in gateway.sent(*INFER)}) == 1 and len(sleeps) == 2
+    )
     assert caught.value.error_code == "CONNECTION_ERROR" and caught.value.status_code is None
     assert len(gateway.sent("POST", "/v2/models/text-embedding/infer")) == 1
 
 
 def test_a_probe_answers_false_on_503_without_retrying(sleeps):
-    gateway = Gateway({("GET", "/v2/health/ready"): [httpx.Response(503, json={"ready": False},
-                                                                    headers={"Retry-After": "1"})],
-                       ("GET", "/v2/models/text-embedding/ready"): [httpx.Response(200, json={"ready": True})]})
+    gateway = Gateway(
+        {
+            ("GET", "/v2/health/ready"): [
+                httpx.Response(503, json={"ready": False}, headers={"Retry-After": "1"})
+            ],
+            ("GET", "/v2/models/text-embedding/ready"): [httpx.Response(200, json={"ready": True})],
+        }
+    )
     with client_for(gateway) as client:
         assert client.server_ready() is False and client.model_ready("text-embedding") is True
     assert sleeps == [] and len(gateway.requests) == 2
 
 
-@pytest.mark.parametrize(("header", "seconds"), [("5", 5.0), ("0.25", 0.25), ("-3", 0.0), ("nan", None), ("soon", None),
-                                                 (None, None), ("inf", float("inf")), ("", None)])
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("5", 5.0),
+        ("0.25", 0.25),
+        ("-3", 0.0),
+        ("nan", None),
+        ("soon", None),
+        (None, None),
+        ("inf", float("inf")),
+        ("", None),
+    ],
+)
 def test_parse_retry_after(header, seconds):
     assert parse_retry_after(header) == seconds
 
@@ -359,7 +567,10 @@ def test_a_token_is_sent_as_a_bearer_and_both_credentials_are_refused():
     gateway = Gateway({})
     with client_for(gateway, token="a.b.c") as client:
         client.tasks()
-    assert gateway.requests[0].headers["authorization"] == "Bearer a.b.c" and "x-api-key" not in gateway.requests[0].headers
+    assert (
+        gateway.requests[0].headers["authorization"] == "Bearer a.b.c"
+        and "x-api-key" not in gateway.requests[0].headers
+    )
     with pytest.raises(ValueError, match="not both"):
         Client("http://x", api_key="k", token="t")
 
@@ -368,32 +579,67 @@ def test_a_token_is_sent_as_a_bearer_and_both_credentials_are_refused():
 
 
 def test_model_infer_sends_oip_tensors_and_decodes_the_answer():
-    answer = {"model_name": "image-classify", "id": "1", "outputs": [
-        {"name": "label", "datatype": "INT64", "shape": [2], "data": [4, 2]},
-        {"name": "probabilities", "datatype": "FP32", "shape": [2, 2], "data": [0.25, 0.75, 1.0, 0.0]},
-        {"name": "raw", "datatype": "BYTES", "shape": [1], "data": ["/w=="], "parameters": {"content_type": "base64"}}]}
-    gateway = Gateway({("POST", "/v2/models/image-classify/versions/1/infer"): [httpx.Response(200, json=answer)]})
+    answer = {
+        "model_name": "image-classify",
+        "id": "1",
+        "outputs": [
+            {"name": "label", "datatype": "INT64", "shape": [2], "data": [4, 2]},
+            {
+                "name": "probabilities",
+                "datatype": "FP32",
+                "shape": [2, 2],
+                "data": [0.25, 0.75, 1.0, 0.0],
+            },
+            {
+                "name": "raw",
+                "datatype": "BYTES",
+                "shape": [1],
+                "data": ["/w=="],
+                "parameters": {"content_type": "base64"},
+            },
+        ],
+    }
+    gateway = Gateway(
+        {("POST", "/v2/models/image-classify/versions/1/infer"): [httpx.Response(200, json=answer)]}
+    )
     with client_for(gateway) as client:
-        outputs = client.model_infer("image-classify", {"pixels": np.zeros((2, 8, 8), dtype=np.float32)},
-                                     version="1", outputs=["label", "probabilities", "raw"])
+        outputs = client.model_infer(
+            "image-classify",
+            {"pixels": np.zeros((2, 8, 8), dtype=np.float32)},
+            version="1",
+            outputs=["label", "probabilities", "raw"],
+        )
     assert outputs["label"].dtype == np.int64 and outputs["label"].tolist() == [4, 2]
     assert outputs["probabilities"].dtype == np.float32 and outputs["probabilities"].shape == (2, 2)
     assert outputs["raw"].tolist() == [b"\xff"]
     sent = json.loads(gateway.requests[0].content)
-    assert sent["inputs"] == [{"name": "pixels", "shape": [2, 8, 8], "datatype": "FP32", "data": [0.0] * 128}]
+    assert sent["inputs"] == [
+        {"name": "pixels", "shape": [2, 8, 8], "datatype": "FP32", "data": [0.0] * 128}
+    ]
     assert sent["outputs"] == [{"name": "label"}, {"name": "probabilities"}, {"name": "raw"}]
 
 
-@pytest.mark.parametrize("tensor", [
-    {"name": "x", "datatype": "FP32", "shape": [3], "data": [1.0, 2.0]},
-    {"name": "x", "datatype": "COMPLEX", "shape": [1], "data": [1]},
-    {"name": "x", "datatype": "FP32", "shape": [-1], "data": [1.0]},
-    {"name": "x", "datatype": "INT64", "shape": [1], "data": ["1"]},
-    {"name": "x", "datatype": "BYTES", "shape": [1], "data": ["%%"], "parameters": {"content_type": "base64"}},
-    {"datatype": "FP32", "shape": [1], "data": [1.0]},
-])
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        {"name": "x", "datatype": "FP32", "shape": [3], "data": [1.0, 2.0]},
+        {"name": "x", "datatype": "COMPLEX", "shape": [1], "data": [1]},
+        {"name": "x", "datatype": "FP32", "shape": [-1], "data": [1.0]},
+        {"name": "x", "datatype": "INT64", "shape": [1], "data": ["1"]},
+        {
+            "name": "x",
+            "datatype": "BYTES",
+            "shape": [1],
+            "data": ["%%"],
+            "parameters": {"content_type": "base64"},
+        },
+        {"datatype": "FP32", "shape": [1], "data": [1.0]},
+    ],
+)
 def test_hostile_oip_answers_are_invalid_responses(tensor):
-    gateway = Gateway({("POST", "/v2/models/m/infer"): [httpx.Response(200, json={"outputs": [tensor]})]})
+    gateway = Gateway(
+        {("POST", "/v2/models/m/infer"): [httpx.Response(200, json={"outputs": [tensor]})]}
+    )
     with client_for(gateway) as client, pytest.raises(ClientError) as caught:
         client.model_infer("m", {"x": np.ones(1, dtype=np.float32)})
     assert caught.value.error_code == "INVALID_RESPONSE"
@@ -411,15 +657,31 @@ async def test_async_client_retries_and_decodes_like_the_sync_one(sleeps):
     async def handler(request: httpx.Request) -> httpx.Response:
         return gateway(request)
 
-    gateway = Gateway({INFER: [httpx.Response(503, json=error_body("SERVICE_UNAVAILABLE"), headers={"Retry-After": "3"}),
-                               httpx.Response(200, json=done_body("text-embedding", {"embedding": [0.5] * 384}))],
-                       ("GET", f"/v1/results/{RID}"): [httpx.Response(404, json=error_body("REQUEST_NOT_FOUND"))]})
-    async with AsyncClient("http://gateway.test", api_key="k", transport=httpx.MockTransport(handler)) as client:
+    gateway = Gateway(
+        {
+            INFER: [
+                httpx.Response(
+                    503, json=error_body("SERVICE_UNAVAILABLE"), headers={"Retry-After": "3"}
+                ),
+                httpx.Response(200, json=done_body("text-embedding", {"embedding": [0.5] * 384})),
+            ],
+            ("GET", f"/v1/results/{RID}"): [
+                httpx.Response(404, json=error_body("REQUEST_NOT_FOUND"))
+            ],
+        }
+    )
+    async with AsyncClient(
+        "http://gateway.test", api_key="k", transport=httpx.MockTransport(handler)
+    ) as client:
         result = await client.infer("text-embedding", {"text": "x"})
         with pytest.raises(ClientError) as caught:
             await client.result(RID, wait=1)
-    assert result.outputs["embedding"].dtype == np.float32 and result.outputs["embedding"].shape == (1, 384)
-    assert sleeps == [3.0] and len({r.headers["idempotency-key"] for r in gateway.sent(*INFER)}) == 1
+    assert result.outputs["embedding"].dtype == np.float32 and result.outputs[
+        "embedding"
+    ].shape == (1, 384)
+    assert (
+        sleeps == [3.0] and len({r.headers["idempotency-key"] for r in gateway.sent(*INFER)}) == 1
+    )
     assert caught.value.error_code == "REQUEST_NOT_FOUND" and caught.value.status_code == 404
 
 
@@ -427,38 +689,60 @@ async def test_async_client_retries_and_decodes_like_the_sync_one(sleeps):
 
 
 def test_build_request_makes_tensors_as_the_gateway_would():
-    request = build_request("image-classify", {"pixels": [[[1.5] * 8] * 8]}, priority=8, deadline_ms=500,
-                            parameters={"cache": False}, created_at=1_000, client_id="me", traceparent="00-ab-cd-01")
+    request = build_request(
+        "image-classify",
+        {"pixels": [[[1.5] * 8] * 8]},
+        priority=8,
+        deadline_ms=500,
+        parameters={"cache": False},
+        created_at=1_000,
+        client_id="me",
+        traceparent="00-ab-cd-01",
+    )
     (pixels,) = request.inputs
     assert (pixels.datatype, pixels.shape) == (DataType.FP32, [1, 8, 8])
-    assert request.priority is Priority.HIGH and request.deadline_at == 1_500 and request.parameters == {"cache": "False"}
+    assert (
+        request.priority is Priority.HIGH
+        and request.deadline_at == 1_500
+        and request.parameters == {"cache": "False"}
+    )
     assert request.client_id == "me" and request.trace == {"traceparent": "00-ab-cd-01"}
     codec = AvroCodec()
     assert codec.decode(codec.encode(request), InferenceRequest) == request
 
 
-@pytest.mark.parametrize(("value", "datatype", "shape"), [
-    ("hello", DataType.BYTES, [1]), (["a", "b"], DataType.BYTES, [2]), ([b"\x00\xff"], DataType.BYTES, [1]),
-    ([[1, 2], [3, 4]], DataType.INT64, [2, 2]), (np.arange(3, dtype=np.int16), DataType.INT16, [3]),
-    (np.zeros((1, 2), dtype=np.float64), DataType.FP64, [1, 2]), ([True, False], DataType.BOOL, [2]),
-])
+@pytest.mark.parametrize(
+    ("value", "datatype", "shape"),
+    [
+        ("hello", DataType.BYTES, [1]),
+        (["a", "b"], DataType.BYTES, [2]),
+        ([b"\x00\xff"], DataType.BYTES, [1]),
+        ([[1, 2], [3, 4]], DataType.INT64, [2, 2]),
+        (np.arange(3, dtype=np.int16), DataType.INT16, [3]),
+        (np.zeros((1, 2), dtype=np.float64), DataType.FP64, [1, 2]),
+        ([True, False], DataType.BOOL, [2]),
+    ],
+)
 def test_input_tensor_datatypes(value, datatype, shape):
     tensor = input_tensor("x", value)
     assert (tensor.datatype, tensor.shape) == (datatype, shape)
 
 
-@pytest.mark.parametrize(("task", "inputs", "options", "message"), [
-    ("Bad Task", {"text": "x"}, {}, "invalid task"),
-    ("text-embedding", {}, {}, "non-empty mapping"),
-    ("text-embedding", {"text": []}, {}, "empty"),
-    ("text-embedding", {"text": [["a"], ["b", "c"]]}, {}, "ragged"),
-    ("text-embedding", {"text": ["a", 1]}, {}, "all be str or bytes"),
-    ("text-embedding", {"x": np.array(["a", 1], dtype=object)}, {}, "str or bytes"),
-    ("text-embedding", {"x": [[1.0], [2.0, 3.0]]}, {}, "rectangular"),
-    ("text-embedding", {"text": "x"}, {"priority": "urgent"}, "priority"),
-    ("text-embedding", {"text": "x"}, {"deadline_ms": 0}, "deadline_ms"),
-    ("text-embedding", {"text": "x"}, {"deadline_ms": True}, "deadline_ms"),
-])
+@pytest.mark.parametrize(
+    ("task", "inputs", "options", "message"),
+    [
+        ("Bad Task", {"text": "x"}, {}, "invalid task"),
+        ("text-embedding", {}, {}, "non-empty mapping"),
+        ("text-embedding", {"text": []}, {}, "empty"),
+        ("text-embedding", {"text": [["a"], ["b", "c"]]}, {}, "ragged"),
+        ("text-embedding", {"text": ["a", 1]}, {}, "all be str or bytes"),
+        ("text-embedding", {"x": np.array(["a", 1], dtype=object)}, {}, "str or bytes"),
+        ("text-embedding", {"x": [[1.0], [2.0, 3.0]]}, {}, "rectangular"),
+        ("text-embedding", {"text": "x"}, {"priority": "urgent"}, "priority"),
+        ("text-embedding", {"text": "x"}, {"deadline_ms": 0}, "deadline_ms"),
+        ("text-embedding", {"text": "x"}, {"deadline_ms": True}, "deadline_ms"),
+    ],
+)
 def test_build_request_refuses_what_the_worker_would(task, inputs, options, message):
     with pytest.raises(ValueError, match=message):
         build_request(task, inputs, **options)
@@ -511,8 +795,11 @@ def message(value: bytes, offset: int = 0):
 
 
 def encoded_result(request_id: str) -> bytes:
-    return AvroCodec().encode(InferenceResult(request_id=request_id, task="text-embedding", status=Status.SUCCEEDED,
-                                              worker_id="w"))
+    return AvroCodec().encode(
+        InferenceResult(
+            request_id=request_id, task="text-embedding", status=Status.SUCCEEDED, worker_id="w"
+        )
+    )
 
 
 @pytest.fixture
@@ -531,15 +818,26 @@ def fake_kafka(monkeypatch):
 async def test_result_consumer_keeps_what_it_waits_for_however_many_others_arrive(fake_kafka):
     batches, made = fake_kafka
     seen: list[str] = []
-    async with ResultConsumer("broker:9092", "text-embedding", prefix="p", max_buffered=2,
-                              on_record=lambda r: seen.append(r.request_id)) as consumer:
-        assert made[0].options["group_id"] is None and made[0].options["auto_offset_reset"] == "latest"
+    async with ResultConsumer(
+        "broker:9092",
+        "text-embedding",
+        prefix="p",
+        max_buffered=2,
+        on_record=lambda r: seen.append(r.request_id),
+    ) as consumer:
+        assert (
+            made[0].options["group_id"] is None and made[0].options["auto_offset_reset"] == "latest"
+        )
         batches.put_nowait([message(encoded_result("early"))])
-        assert (await consumer.wait(["early"], timeout=5))["early"].status == "succeeded"  # arrived first
+        assert (await consumer.wait(["early"], timeout=5))[
+            "early"
+        ].status == "succeeded"  # arrived first
         waiting = asyncio.create_task(consumer.wait(["a", "b"], timeout=5))
         await asyncio.sleep(0)
-        batches.put_nowait([message(encoded_result("a")), message(b"\xc3\x01 not avro")]
-                           + [message(encoded_result(f"other-{i}")) for i in range(5)])  # evicts "a"
+        batches.put_nowait(
+            [message(encoded_result("a")), message(b"\xc3\x01 not avro")]
+            + [message(encoded_result(f"other-{i}")) for i in range(5)]
+        )  # evicts "a"
         batches.put_nowait([message(encoded_result("b"))])
         results = await waiting
         assert set(results) == {"a", "b"} and "undecodable" not in seen and len(seen) == 8
@@ -555,4 +853,6 @@ async def test_result_consumer_waiters_fail_when_reading_fails(fake_kafka):
         batches.put_nowait(KafkaConnectionError("broker gone"))
         with pytest.raises(ClientError) as caught:
             await asyncio.wait_for(waiting, 5)
-    assert caught.value.error_code == "KAFKA_ERROR" and isinstance(consumer.failure, KafkaConnectionError)
+    assert caught.value.error_code == "KAFKA_ERROR" and isinstance(
+        consumer.failure, KafkaConnectionError
+    )
