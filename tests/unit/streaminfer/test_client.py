@@ -856,3 +856,64 @@ async def test_result_consumer_waiters_fail_when_reading_fails(fake_kafka):
     assert caught.value.error_code == "KAFKA_ERROR" and isinstance(
         consumer.failure, KafkaConnectionError
     )
+
+
+# -- streaminfer submit ---------------------------------------------------------------------
+
+
+def run_submit(monkeypatch, capsys, gateway: Gateway, *argv: str) -> tuple[int, str, str]:
+    import streaminfer.client as client_package
+    from streaminfer import cli
+
+    class MockedClient(Client):
+        def __init__(self, base_url: str, **options) -> None:
+            super().__init__(base_url, transport=httpx.MockTransport(gateway), **options)
+
+    monkeypatch.setattr(client_package, "Client", MockedClient)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["submit", *argv, "--url", "http://gateway.test"])
+    out, err = capsys.readouterr()
+    return exited.value.code, out, err
+
+
+def test_submit_prints_the_gateways_result_body(monkeypatch, capsys):
+    body = done_body("text-embedding", {"embedding": [0.25] * 384})
+    gateway = Gateway({INFER: [httpx.Response(200, json=body)]})
+    code, out, _ = run_submit(
+        monkeypatch,
+        capsys,
+        gateway,
+        "text-embedding",
+        "--text",
+        "a",
+        "b",
+        "--priority",
+        "low",
+        "--api-key",
+        "si_k",
+    )
+    assert code == 0 and json.loads(out) == body
+    sent = gateway.sent(*INFER)[0]
+    assert json.loads(sent.content) == {"inputs": {"text": ["a", "b"]}, "priority": "low"}
+    assert sent.headers["x-api-key"] == "si_k" and sent.headers["idempotency-key"]
+
+
+def test_submit_prints_error_bodies_and_exits_1(monkeypatch, capsys):
+    refused = Gateway(
+        {("POST", "/v1/infer/nope"): [httpx.Response(404, json=error_body("TASK_NOT_FOUND"))]}
+    )
+    code, out, _ = run_submit(monkeypatch, capsys, refused, "nope", "--text", "x")
+    assert code == 1 and json.loads(out)["error_code"] == "TASK_NOT_FOUND"
+    unreachable = Gateway({("POST", "/v1/infer/nope"): [httpx.ConnectError("refused")]})
+    monkeypatch.setattr(client_http, "_sleep", lambda s: None)
+    code, out, _ = run_submit(monkeypatch, capsys, unreachable, "nope", "--text", "x")
+    assert code == 1 and json.loads(out)["error_code"] == "CONNECTION_ERROR"
+
+
+@pytest.mark.parametrize(
+    "body", ['{"inputs": {"text": "x"}, "bogus": 1}', '["not", "an", "object"]', "{}"]
+)
+def test_submit_refuses_a_body_it_cannot_send(monkeypatch, capsys, body):
+    gateway = Gateway({})
+    code, _, err = run_submit(monkeypatch, capsys, gateway, "text-embedding", "--json", body)
+    assert code == 2 and "inputs" in err and gateway.requests == []
