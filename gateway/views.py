@@ -22,12 +22,20 @@ def result_body(result: InferenceResult, config: ModelConfig | None) -> dict:
         "model": {"name": result.model_name, "version": result.model_version},
         "outputs": outputs,
         "timings": {"queued_ms": result.timings.queued_ms, "inference_ms": result.timings.inference_ms,
-                    "total_ms": result.timings.total_ms},
+                    "total_ms": result.timings.total_ms, **_lookup_timings(result)},
         "batch_size": result.batch_size,
         "attempts": result.attempts,
         "error": None if result.error is None else {
             "code": result.error.code, "message": result.error.message, "retriable": result.error.retriable},
     }
+
+
+def _lookup_timings(result: InferenceResult) -> dict:
+    """Feature lookup tasks: how long the lookup took and whether it came from the cache."""
+    if result.timings.feature_source is None:
+        return {}
+    return {"feature_lookup_ms": result.timings.feature_lookup_ms,
+            "feature_source": result.timings.feature_source}
 
 
 def pending_body(request_id: str, status: dict[str, str]) -> dict:

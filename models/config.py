@@ -24,6 +24,7 @@ from streaminfer.models.config_sections import (
     parse_python,
 )
 from streaminfer.models.errors import ModelConfigError, ModelVersionNotFound
+from streaminfer.models.features import parse_features
 
 __all__ = [
     "BACKENDS",
@@ -105,6 +106,8 @@ class ModelConfig:
     """Deadline of a request that sets none (from its ``created_at``); None = no deadline."""
     python: dict = field(default_factory=dict, hash=False)
     """``backend: python`` only: ``{"class": name or None, "parameters": {...}}``."""
+    features: dict = field(default_factory=dict, hash=False)
+    """Where features come from for requests naming an entity (models/features.py); {} = none."""
 
     @property
     def served_versions(self) -> tuple[str, ...]:
@@ -225,6 +228,7 @@ def _parse(raw: Any, model_dir: Path) -> ModelConfig:
         "max_batch_size", "max_batch_delay_ms", "instances", "device", "warmup",
         "version_policy", "preprocess", "friendly", "default_deadline_ms", "python",
     }  # fmt: skip
+    known.add("features")  # where features come from (models/features.py)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ModelConfigError(f"unknown keys {unknown}; known keys are {sorted(known)}")
@@ -286,6 +290,7 @@ def _parse(raw: Any, model_dir: Path) -> ModelConfig:
         version_policy=version_policy,
         default_deadline_ms=default_deadline_ms,
         python=parse_python(raw.get("python"), backend),
+        features=parse_features(raw.get("features"), inputs, raw.get("friendly")),
     )
 
 

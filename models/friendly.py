@@ -29,6 +29,7 @@ import numpy as np
 
 from streaminfer.models.config import NUMPY_DTYPES, ModelConfig, TensorSpec
 from streaminfer.models.errors import InvalidInput, ModelConfigError
+from streaminfer.models.features import ENTITY_KEY, check_entity_ids, entity_ids
 
 __all__ = ["friendly_to_tensors", "tensors_to_friendly", "validate_tensors"]
 
@@ -49,6 +50,11 @@ def friendly_to_tensors(config: ModelConfig, inputs: Any) -> dict[str, np.ndarra
     ``friendly.bare_key`` source (the first declared one unless set).
     """
     sources: dict[str, dict] = config.friendly["inputs"]
+    if config.features and isinstance(inputs, Mapping) and ENTITY_KEY in inputs:
+        # an entity instead of its features, which the worker looks up (models/features.py)
+        if len(inputs) > 1:
+            raise InvalidInput(f"task {config.task!r}: give either {ENTITY_KEY!r} or the inputs, not both")
+        return {ENTITY_KEY: entity_ids(inputs[ENTITY_KEY], config.max_batch_size)}
     if not isinstance(inputs, Mapping):
         inputs = {config.friendly["bare_key"]: inputs}
     unknown = sorted(str(key) for key in inputs if key not in sources)
@@ -82,6 +88,9 @@ def validate_tensors(config: ModelConfig, tensors: Mapping[str, np.ndarray]) -> 
     """Raise InvalidInput unless ``tensors`` match the model's input signature exactly."""
     if not isinstance(tensors, Mapping):
         raise InvalidInput(f"inputs must be a mapping of tensor name to array, got {type(tensors)}")
+    if config.features and list(tensors) == [ENTITY_KEY]:  # looked up by the worker
+        check_entity_ids(tensors[ENTITY_KEY], config.max_batch_size)
+        return
     expected = [spec.name for spec in config.inputs]
     missing = [name for name in expected if name not in tensors]
     extra = sorted(str(name) for name in tensors if name not in expected)

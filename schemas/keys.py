@@ -21,6 +21,7 @@ __all__ = [
     "api_client_key",
     "api_key_key",
     "cache_key",
+    "feature_key",
     "rate_limit_key",
     "cancel_key",
     "dead_letter_key",
@@ -126,6 +127,11 @@ def cache_key(prefix: str, task: str, model_version: str | int | None, digest: s
     """Content cache entry for identical inputs (`input_digest`) to one model version."""
     version = _DEFAULT_VERSION if model_version is None else model_version
     return f"{prefix}:cache:{task}:{version}:{digest}"
+
+
+def feature_key(prefix: str, task: str, entity_id: str) -> str:
+    """Cached features (JSON, column -> value) of one entity of a feature lookup task."""
+    return f"{prefix}:features:{task}:{entity_id}"
 
 
 def worker_key(prefix: str, worker_id: str) -> str:

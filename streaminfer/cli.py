@@ -141,6 +141,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         kafka_options=kafka_options(settings, ssl_context), broker_credentials=faust_credentials(settings, ssl_context),
         cache_scope=settings.content_cache_scope, scheduling=settings.worker_scheduling,
         follow_repository=not chosen,  # no explicit list: tasks dropped into the repository are served too
+        feature_store_url=settings.feature_store_url.get_secret_value() if settings.feature_store_url else None,
     ), ensure_topics=lambda new: _ensure_topics(settings, new))
     worker = faust.Worker(app, runtime, loop=loop, loglevel=args.log_level.lower(), quiet=True,
                           redirect_stdouts=False, logging_config=logging_config(args.log_level))

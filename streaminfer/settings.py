@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     client's (``shared``: identical inputs from anyone; a hit then tells a client that someone
     sent them)."""
 
+    # --- feature lookup ---
+    feature_store_url: SecretStr | None = None
+    """SQLAlchemy URL of the database every feature lookup task reads instead of its model.yaml's
+    ``features.url`` (docs/features.md); may hold a password, hence secret."""
+
     # --- models ---
     model_repository: Path = Field(default_factory=default_repository)
     """Model repository: ``<repo>/<model>/model.yaml`` and ``<repo>/<model>/<version>/``. Default:
@@ -193,11 +198,13 @@ class Settings(BaseSettings):
             data[name] = None if getattr(self, name) is None else REDACTED
         data["redis_url"] = redact_url(self.redis_url.get_secret_value())
         data["schema_registry_url"] = redact_url(self.schema_registry_url)
+        if self.feature_store_url is not None:
+            data["feature_store_url"] = redact_url(self.feature_store_url.get_secret_value())
         return data  # jwt_public_keys left out: PEM text, not a summary
 
 
 REDACTED = "***"
-SECRET_FIELDS = ("redis_url", "kafka_sasl_password", "schema_registry_password")
+SECRET_FIELDS = ("redis_url", "kafka_sasl_password", "schema_registry_password", "feature_store_url")
 
 
 def redact_url(url: str | None) -> str | None:

@@ -74,6 +74,8 @@ class WorkerOptions:
     """An httpx client for the schema registry, with its auth and TLS."""
     schema_registry_subject_strategy: str = "record"
     """``record``, ``topic`` or ``topic_record`` (subjects of the tasks' topics)."""
+    feature_store_url: str | None = None
+    """The database of every feature lookup task instead of its model.yaml's (may hold a password)."""
 
 
 class WorkerRuntime(mode.Service):
@@ -205,7 +207,8 @@ def create_worker(options: WorkerOptions,
     processor = RequestProcessor(repository=repository, publisher=publisher, codec=codec,
                                  prefix=options.topic_prefix, worker_id=options.worker_id,
                                  tasks=options.tasks, max_queued=options.max_queued,
-                                 cache_scope=options.cache_scope, scheduling=options.scheduling)
+                                 cache_scope=options.cache_scope, scheduling=options.scheduling,
+                                 feature_store_url=options.feature_store_url)
     app = WorkerApp(
         options.group_id,
         broker=[f"kafka://{server.strip()}" for server in options.bootstrap_servers.split(",")],

@@ -22,6 +22,7 @@ from streaminfer.schemas.records import AuditType, Error, InferenceResult, Statu
 
 from . import metrics, spans
 from .costs import BatchCost
+from .features import FeatureLookup, names_entities, stamp
 from .merging import merge_inputs, split_outputs
 from .outcomes import Letter, Outcome, OutcomeWriter
 from .publisher import ResultPublisher
@@ -44,7 +45,8 @@ class Instances:
 class BatchRunner:
     def __init__(self, publisher: ResultPublisher, codec: AvroCodec, outcomes: OutcomeWriter,
                  pool: Callable[[], Executor], max_attempts: int = 3, retry_backoff_s: float = 0.05,
-                 cache_scope: str = "client") -> None:
+                 cache_scope: str = "client", features: FeatureLookup | None = None) -> None:
+        self._features = features
         self._cache_shared = cache_scope == "shared"
         self._publisher = publisher
         self._codec = codec
@@ -83,6 +85,7 @@ class BatchRunner:
         started = now_ms()
         for p in batch:
             opted_out = p.request.parameters.get("cache", "true").lower() == "false"
+            opted_out = opted_out or names_entities(p.request)  # features change, the id does not
             p.cache_key = None if opted_out else self._publisher.cache_key(
                 p.request.task, model.version, p.digest if self._cache_shared else _scoped(p))
         priors = await self._publisher.lookup([p.request.request_id for p in batch], [p.cache_key for p in batch])
@@ -113,6 +116,14 @@ class BatchRunner:
                 finished.append(outcome)
             else:
                 runnable.append(item)
+        looked = {}
+        if runnable and self._features is not None:  # entities' features, before model time
+            failed, looked = await self._features.fill(model, runnable)
+            for item in (item for item in runnable if id(item) in failed):
+                error = Error(failed[id(item)].code, str(failed[id(item)])[:2000], False)
+                finished.append(self._outcome(item, self._outcomes.result(
+                    item.request, Status.FAILED, model=model, error=error)))
+            runnable = [item for item in runnable if id(item) not in failed]
         marks = None
         if runnable:
             async with compute:
@@ -135,6 +146,7 @@ class BatchRunner:
                     for outcome in computed:
                         outcome.batch = batch_span
                     finished += computed
+        stamp(finished, looked)
         # NOTE: the model is free from here: the writes go on in the background (bounded), so the
         # next batch computes while this one's results travel to Redis and Kafka.
         await self._outcomes.submit(finished, before=marks,

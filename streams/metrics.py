@@ -30,6 +30,11 @@ QUEUED = Gauge("inference_batcher_queued", "Requests waiting in a model's batche
 BATCH_COST = Gauge("inference_batch_cost_ms", "Fitted time of a batch, per term: fixed, per item, per input "
                    "unit (text byte or tensor element) of compute; delivery (results written)",
                    ["model", "version", "term"], registry=REGISTRY)
+FEATURE_LOOKUP_SECONDS = Histogram(
+    "inference_feature_lookup_seconds", "Feature lookup per request of a batch: source cache (all rows from Redis) or db",
+    ["task", "source"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
 SERVICE_SECONDS = Gauge("inference_service_seconds_per_item", "Smoothed compute seconds per item",
                         ["model", "version"], registry=REGISTRY)
 

@@ -279,6 +279,9 @@ class OutcomeWriter:
         metrics.REQUESTS.labels(result.task, result.status.value.lower()).inc()
         metrics.REQUEST_SECONDS.labels(result.task).observe(max(0, result.completed_at - result.created_at) / 1000.0)
         details = {"status": result.status.value}
+        if result.timings.feature_source is not None:  # what its feature lookup took (streams/features.py)
+            details.update(feature_source=result.timings.feature_source,
+                           feature_lookup_ms=f"{result.timings.feature_lookup_ms or 0.0:.3f}")
         if result.error is not None:
             details["error_code"] = result.error.code
             metrics.ERRORS.labels(result.task, result.error.code).inc()

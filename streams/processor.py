@@ -23,6 +23,7 @@ from .batcher import InferenceBatcher
 from .batches import BatchRunner, Instances
 from .costs import BatchCost
 from .errors import BatcherClosed
+from .features import FeatureLookup
 from .intake import Admitted, Intake, Refusal, checked
 from .ledger import Ack, AckLedger, Entry
 from .outcomes import Letter, Outcome, OutcomeWriter, is_transient
@@ -38,7 +39,7 @@ class RequestProcessor:
         self, *, repository: ModelRepository, publisher: ResultPublisher, codec: AvroCodec,
         prefix: str, worker_id: str, tasks: Sequence[str], max_queued: int = 1024,
         max_attempts: int = 3, retry_backoff_s: float = 0.05, cache_scope: str = "client",
-        scheduling: str = "deadline",
+        scheduling: str = "deadline", feature_store_url: str | None = None,
     ) -> None:
         self._repository = repository
         self._codec = codec
@@ -49,9 +50,11 @@ class RequestProcessor:
         self.ledger = AckLedger()
         self._outcomes = OutcomeWriter(publisher, codec, worker_id, self.ledger)
         self._intake = Intake(codec, repository, prefix)
+        # NOTE: the publisher's Redis client exists once it is started, before any batch runs
+        self._features = FeatureLookup(lambda: publisher.redis, prefix, feature_store_url)
         self._runner = BatchRunner(publisher, codec, self._outcomes, lambda: self._pool,
                                    max_attempts=max_attempts, retry_backoff_s=retry_backoff_s,
-                                   cache_scope=cache_scope)
+                                   cache_scope=cache_scope, features=self._features)
         self._batchers: dict[tuple[str, str], InferenceBatcher[PendingRequest]] = {}
         self._instances: dict[tuple[str, str], Instances] = {}
         """(task, version) -> its model, free instances (batches computing at once) and batch cost."""
@@ -91,6 +94,7 @@ class RequestProcessor:
                 self.ledger.give_up(item.entry)
         await self._outcomes.flush()
         self._pool.shutdown(wait=True)
+        self._features.close()
 
     def new_tasks(self) -> list[str]:
         """Tasks built in the repository (as last read) that this worker does not serve yet."""

@@ -29,6 +29,8 @@ REQUIRES = {
 }
 ARTIFACT = "model.onnx"
 MIN_ACCURACY = 0.93
+FEATURE_TABLE = "features.sqlite"
+"""The example feature table (docs/features.md): every row of the data set, ids "0".."568"."""
 
 
 class LogisticModel(nn.Module):
@@ -86,10 +88,36 @@ def build(version_dir: Path) -> dict:
         raise ModelBuildFailed(f"breast-cancer held-out accuracy {accuracy:.4f} < {MIN_ACCURACY}")
     if max_difference > 1e-4:
         raise ModelBuildFailed(f"ONNX and scikit-learn disagree by {max_difference}")
+    rows = build_feature_table(version_dir / FEATURE_TABLE)
     return {
+        "feature_table_rows": rows,
         "data_set": "sklearn.datasets.load_breast_cancer",
         "accuracy": round(accuracy, 4),
         "n_train": len(split.y_train),
         "n_test": len(split.y_test),
         "max_probability_difference_vs_sklearn": max_difference,
     }
+
+
+def build_feature_table(path: Path, table: str = "features", key_column: str = "entity_id") -> int:
+    """The data set's rows as a SQLite table keyed by row number ("0".."568"), one REAL column
+    per feature named as ``feature_names`` (the template's named_features); returns the rows."""
+    import sqlalchemy as sa
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    names = [str(name) for name in data.feature_names]
+    metadata = sa.MetaData()
+    features = sa.Table(table, metadata, sa.Column(key_column, sa.Text, primary_key=True),
+                        *(sa.Column(name, sa.Float) for name in names))
+    path.unlink(missing_ok=True)
+    engine = sa.create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as connection:
+            metadata.create_all(connection)
+            connection.execute(features.insert(), [
+                {key_column: str(index), **dict(zip(names, map(float, row), strict=True))}
+                for index, row in enumerate(data.data)])
+    finally:
+        engine.dispose()
+    return len(data.data)

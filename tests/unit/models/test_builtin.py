@@ -143,7 +143,7 @@ def test_build_skip_and_force(tmp_path):
     assert not first["skipped"] and first["accuracy"] >= 0.93
     model_dir = tmp_path / "tabular-classify"
     assert sorted(p.name for p in model_dir.iterdir()) == ["1", "model.yaml"]  # no staging left
-    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["metrics.json", "model.onnx"]
+    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["features.sqlite", "metrics.json", "model.onnx"]
     assert is_built(tmp_path, "tabular-classify")
 
     artifact = model_dir / "1" / "model.onnx"
