@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -210,10 +211,15 @@ class FeatureLookup:
         engine = self._engines.get(url)
         if engine is None:
             parsed = sa.make_url(url)
-            if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
-                    and not Path(parsed.database).is_file():  # sqlite would create an empty one
-                raise FeatureStoreUnavailable(f"the feature table file {Path(parsed.database).name} does not exist")
-            engine = self._engines[url] = sa.create_engine(parsed, pool_pre_ping=True)
+            if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+                # read-only: a missing file is an outage (retried), never an empty database made
+                # in its place, and the worker cannot write to the table it reads
+                uri = f"{Path(parsed.database).resolve().as_uri()}?mode=ro"
+                engine = sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(
+                    uri, uri=True, check_same_thread=False))
+            else:
+                engine = sa.create_engine(parsed, pool_pre_ping=True)
+            self._engines[url] = engine
         return engine
 
     def _table_columns(self, engine, url: str, table: str) -> frozenset[str]:
