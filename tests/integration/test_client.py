@@ -148,6 +148,12 @@ async def test_request_producer_and_result_consumer_round_trip_through_the_worke
         owned = client.result(ids[0])
     np.testing.assert_allclose(results[ids[0]].outputs["embedding"], over_http, atol=1e-5)
     assert owned.status == "succeeded"
+    # a consumer started later reads them again from the start of the topic when told so
+    async with ResultConsumer(
+        stack.bootstrap, "text-embedding", prefix=stack.prefix, auto_offset_reset="earliest"
+    ) as replay:
+        again = await replay.wait(ids, timeout=30)
+    assert {i: r.status for i, r in again.items()} == {i: "succeeded" for i in ids}
 
 
 async def test_result_consumer_keeps_results_that_arrive_before_the_wait(stack):
