@@ -1,11 +1,14 @@
 """face-detect end to end: HTTP -> gateway (decodes the image) -> Kafka -> worker (the python
-backend runs model.py) -> Redis -> HTTP, on the photographs scikit-image's wheel ships."""
+backend runs model.py) -> Redis -> HTTP, on the photographs scikit-image's wheel ships; and the
+python backend's versions, hot reload and retries in a running worker."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import io
+import shutil
+import time
 
 import httpx
 import numpy as np
@@ -96,3 +99,74 @@ async def test_hostile_images_are_refused_before_publishing(stack, image, fragme
         response = await client.post(f"/v1/infer/{TASK}", params={"wait": 5}, json={"inputs": {"image": image}})
     assert response.status_code == 422, response.text
     assert fragment in response.text
+
+
+@pytest.fixture
+def face_repo(model_repository, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repository / TASK, repo / TASK)
+    return repo
+
+
+def _drop_version(task_dir, version: str, old: str, new: str) -> None:
+    """Version ``version``: version 1 with ``old`` replaced by ``new`` in its model.py, moved
+    into place atomically (copy aside, then rename), as a deploy tool would."""
+    staging = task_dir / f"tmp-{version}"
+    shutil.copytree(task_dir / "1", staging)
+    source = (staging / "model.py").read_text()
+    assert old in source
+    (staging / "model.py").write_text(source.replace(old, new))
+    staging.rename(task_dir / version)
+
+
+async def test_new_python_code_takes_traffic_and_versions_coexist(make_stack, redis_server, face_repo):
+    stack = make_stack(redis_url=redis_server, STREAMINFER_MODEL_REPOSITORY=str(face_repo),
+                       STREAMINFER_TASKS=TASK, STREAMINFER_WORKER_MODEL_POLL_S="0.5")
+    worker = stack.add_worker()
+    stack.add_gateway()
+    body = {"inputs": {"image": _png(skimage_data.astronaut())}, "parameters": {"cache": "false"}}
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
+        async def infer(**extra) -> dict:
+            response = await client.post(f"/v1/infer/{TASK}", params={"wait": 30}, json={**body, **extra})
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        async def until_version(version: str) -> dict:
+            deadline = time.monotonic() + 30
+            served = await infer()
+            while served["model"]["version"] != version and time.monotonic() < deadline:
+                await asyncio.sleep(0.3)
+                served = await infer()
+            assert served["model"]["version"] == version, served
+            return served
+
+        first = await infer()
+        assert first["model"]["version"] == "1"
+        assert first["outputs"]["faces"][0]["confidence"] == pytest.approx(0.9994, abs=1e-4)
+
+        # version 2: new code (confidence to 2 places) in the same worker process
+        task_dir = face_repo / TASK
+        _drop_version(task_dir, "2", "round(confidence(weight), 6)", "round(confidence(weight), 2)")
+        second = await until_version("2")
+        assert second["outputs"]["faces"][0]["confidence"] == 1.0
+        assert second["outputs"]["faces"][0]["box"] == first["outputs"]["faces"][0]["box"]
+        pinned = await infer(model_version="1")
+        assert pinned["model"]["version"] == "1", "the old code still serves beside the new"
+        assert pinned["outputs"]["faces"][0]["confidence"] == first["outputs"]["faces"][0]["confidence"]
+
+        # version 3: predict_batch raises on real photos (its warm-up images are 96x128)
+        _drop_version(task_dir, "3", "        height, width = image.shape[:2]\n",
+                      "        height, width = image.shape[:2]\n"
+                      "        if width > 200:\n            raise RuntimeError('broken release')\n")
+        deadline = time.monotonic() + 30
+        failed = await client.post(f"/v1/infer/{TASK}", params={"wait": 30}, json=body)
+        while failed.json()["model"]["version"] != "3" and time.monotonic() < deadline:
+            await asyncio.sleep(0.3)
+            failed = await client.post(f"/v1/infer/{TASK}", params={"wait": 30}, json=body)
+        result = failed.json()
+        assert result["status"] == "failed" and result["model"]["version"] == "3", result
+        assert result["error"]["code"] == "INFERENCE_FAILED" and "broken release" in result["error"]["message"]
+        assert result["error"]["retriable"] is True and result["attempts"] == 3, "retried as any backend"
+        rollback = await infer(model_version="2")
+        assert rollback["status"] == "succeeded" and len(rollback["outputs"]["faces"]) == 1
+    assert worker.poll() is None, "no restart"
