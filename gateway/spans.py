@@ -22,16 +22,22 @@ from opentelemetry.trace import SpanKind
 from streaminfer.schemas.keys import KAFKA_HEADERS
 
 TRACER_NAME = "streaminfer.gateway"
-_tracer: tuple[Any, trace.Tracer] | None = None
+_NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_tracer: tuple[Any, trace.Tracer, bool] | None = None
 
 
-def tracer() -> trace.Tracer:
-    """The gateway's tracer from the provider installed now (tests install and remove them)."""
+def tracer() -> tuple[trace.Tracer, bool]:
+    """The gateway's tracer from the provider installed now (tests install and remove them),
+    and whether one is installed at all: without one no span is made (the submit path's cost)."""
     global _tracer
     provider = trace.get_tracer_provider()
     if _tracer is None or _tracer[0] is not provider:
-        _tracer = (provider, provider.get_tracer(TRACER_NAME))
-    return _tracer[1]
+        _tracer = (provider, provider.get_tracer(TRACER_NAME), not isinstance(provider, _NO_SDK))
+    return _tracer[1], _tracer[2]
+
+
+def _traced() -> bool:
+    return trace.get_current_span().get_span_context().is_valid
 
 
 def continued(endpoint: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -41,9 +47,10 @@ def continued(endpoint: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitabl
 
     @functools.wraps(endpoint)
     async def route(*args: Any, **kwargs: Any) -> Any:
-        if trace.get_current_span().get_span_context().is_valid:
+        headers = kwargs["request"].headers
+        if _traced() or not any(name in headers for name in propagate.get_global_textmap().fields):
             return await endpoint(*args, **kwargs)
-        token = context.attach(propagate.extract(kwargs["request"].headers))
+        token = context.attach(propagate.extract(headers))
         try:
             return await endpoint(*args, **kwargs)
         finally:
@@ -56,7 +63,8 @@ def trace_context() -> dict[str, str]:
     """The current context as the propagators write it (``traceparent``, ...): the request's
     Avro ``trace`` map. Empty when there is no valid context."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    if _traced():
+        propagate.inject(carrier)
     return carrier
 
 
@@ -71,7 +79,14 @@ def response_headers() -> dict[str, str]:
 def producing(topic: str, request_id: str, partition: int | None) -> Iterator[list[tuple[str, bytes]]]:
     """A PRODUCER span ``send <topic>`` for the request's event; yields the Kafka headers that
     carry its context (an empty list: none)."""
-    with tracer().start_as_current_span(f"send {topic}", kind=SpanKind.PRODUCER) as span:
+    tracer_, enabled = tracer()
+    if not enabled:  # no span; the context that is current (the caller's) goes on
+        headers: list[tuple[str, bytes]] = []
+        if _traced():
+            propagate.inject(headers, setter=KAFKA_HEADERS)
+        yield headers
+        return
+    with tracer_.start_as_current_span(f"send {topic}", kind=SpanKind.PRODUCER) as span:
         if span.is_recording():
             span.set_attributes({
                 "messaging.system": "kafka", "messaging.operation.type": "send",
@@ -79,16 +94,20 @@ def producing(topic: str, request_id: str, partition: int | None) -> Iterator[li
                 "messaging.kafka.message.key": request_id, "streaminfer.request_id": request_id})
             if partition is not None:
                 span.set_attribute("messaging.destination.partition.id", str(partition))
-        headers: list[tuple[str, bytes]] = []
-        propagate.inject(headers, setter=KAFKA_HEADERS)
-        yield headers
+        carried: list[tuple[str, bytes]] = []
+        propagate.inject(carried, setter=KAFKA_HEADERS)
+        yield carried
 
 
 @contextmanager
 def waiting(request_id: str, timeout_s: float) -> Iterator[Callable[[object], None]]:
     """The HTTP wait for the result, ``wait result``; yields a function to call with the result
     (None: none within the wait)."""
-    with tracer().start_as_current_span("wait result") as span:
+    tracer_, enabled = tracer()
+    if not enabled:
+        yield _ignore
+        return
+    with tracer_.start_as_current_span("wait result") as span:
         recording = span.is_recording()
         if recording:
             span.set_attributes({"streaminfer.request_id": request_id, "streaminfer.wait_s": timeout_s})
@@ -101,3 +120,7 @@ def waiting(request_id: str, timeout_s: float) -> Iterator[Callable[[object], No
                     span.set_attribute("streaminfer.result.status", status)
 
         yield found
+
+
+def _ignore(result: object) -> None:
+    pass

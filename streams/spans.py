@@ -90,10 +90,9 @@ def end_queue_wait(item: PendingRequest, end_ns: int | None = None) -> SpanConte
     if not enabled:
         return None
     source = item.source
-    span = tracer_.start_span(f"queue wait {source.topic}", context=item.context or Context(),
-                              kind=SpanKind.CONSUMER, start_time=item.received_ns or None)
-    if span.is_recording():
-        span.set_attributes({
+    span = tracer_.start_span(
+        f"queue wait {source.topic}", context=item.context or Context(), kind=SpanKind.CONSUMER,
+        start_time=item.received_ns or None, attributes={
             "messaging.system": "kafka", "messaging.operation.type": "receive",
             "messaging.destination.name": source.topic,
             "messaging.destination.partition.id": str(source.partition),
@@ -142,14 +141,13 @@ def start_writes(outcomes: Sequence[Outcome]) -> list[Span]:
     started = []
     for outcome in outcomes:
         links = [Link(outcome.batch)] if outcome.batch is not None and outcome.batch.is_valid else None
-        parent = outcome.context or outcome.root or Context()
-        span = tracer_.start_span("write result", context=parent, links=links)
-        if span.is_recording():
-            span.set_attribute("streaminfer.request_id", outcome.request_id)
-            if outcome.result is not None:
-                span.set_attribute("streaminfer.result.status", outcome.result.status.value)
-            if outcome.letter is not None:
-                span.set_attribute("streaminfer.dead_letter.code", outcome.letter.code)
+        attributes = {"streaminfer.request_id": outcome.request_id}
+        if outcome.result is not None:
+            attributes["streaminfer.result.status"] = outcome.result.status.value
+        if outcome.letter is not None:
+            attributes["streaminfer.dead_letter.code"] = outcome.letter.code
+        span = tracer_.start_span("write result", context=outcome.context or outcome.root or Context(),
+                                  links=links, attributes=attributes)
         outcome.span = span
         started.append(span)
     return started
