@@ -167,10 +167,17 @@ class AsyncClient(ClientBase):
         outputs: list[str] | None = None,
         parameters: Mapping[str, Any] | None = None,
         wait: float | None = None,
+        binary: bool = False,
     ) -> dict[str, np.ndarray]:
         return await self._run(
             self._ops.model_infer(
-                model, inputs, version=version, outputs=outputs, parameters=parameters, wait=wait
+                model,
+                inputs,
+                version=version,
+                outputs=outputs,
+                parameters=parameters,
+                wait=wait,
+                binary=binary,
             )
         )
 

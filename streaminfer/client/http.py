@@ -183,12 +183,21 @@ class Client(ClientBase):
         outputs: list[str] | None = None,
         parameters: Mapping[str, Any] | None = None,
         wait: float | None = None,
+        binary: bool = False,
     ) -> dict[str, np.ndarray]:
         """``POST /v2/models/{model}/infer``: input tensors by name (numpy arrays; the batch
-        dimension included) -> output tensors by name (only ``outputs`` when given)."""
+        dimension included) -> output tensors by name (only ``outputs`` when given). With
+        ``binary``, tensors travel as raw bytes both ways (the binary tensor data extension):
+        no JSON lists of numbers to build and parse."""
         return self._run(
             self._ops.model_infer(
-                model, inputs, version=version, outputs=outputs, parameters=parameters, wait=wait
+                model,
+                inputs,
+                version=version,
+                outputs=outputs,
+                parameters=parameters,
+                wait=wait,
+                binary=binary,
             )
         )
 

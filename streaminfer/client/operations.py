@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 
 from .errors import INVALID_RESPONSE, ClientError
+from .oip_binary import HEADER, MEDIA_TYPE, binary_request, split_answer
 from .results import PENDING, Result, decode_oip_outputs, encode_oip_inputs
 
 logger = logging.getLogger(__name__)
@@ -250,12 +251,21 @@ class Operations:
         outputs: list[str] | None,
         parameters: Mapping[str, Any] | None,
         wait: float | None,
+        binary: bool = False,
     ) -> Op[dict[str, np.ndarray]]:
-        payload: dict[str, Any] = {"inputs": encode_oip_inputs(inputs)}
+        header: dict[str, Any] = {}
         if outputs:
-            payload["outputs"] = [{"name": name} for name in outputs]
-        if parameters:
-            payload["parameters"] = dict(parameters)
+            header["outputs"] = [{"name": name} for name in outputs]
+        if parameters or binary:
+            header["parameters"] = {
+                **(parameters or {}),
+                **({"binary_data_output": True} if binary else {}),
+            }
+        if binary:
+            body, headers = binary_request(inputs, header)
+        else:
+            body = _json_body({**header, "inputs": encode_oip_inputs(inputs)})
+            headers = {"Content-Type": "application/json"}
         wait_s = V2_WAIT_S if wait is None else max(0.0, float(wait))
         # NOTE: /v2 takes no Idempotency-Key, so a connection lost mid-call is not resent (it may
         # have been published); 429 and 503 are answered before anything runs, or after a
@@ -263,18 +273,14 @@ class Operations:
         response = yield Call(
             "POST",
             f"{self._model_path(model, version)}/infer",
-            body=_json_body(payload),
+            body=body,
             params={"wait": wait_s} if wait is not None else None,
-            headers={"Content-Type": "application/json"},
+            headers=headers,
             idempotent=False,
             wait_s=wait_s,
         )
-        if response.headers.get("content-type", "").startswith("application/octet-stream"):
-            raise ClientError(
-                "binary tensor answers are not read by this client",
-                error_code=INVALID_RESPONSE,
-                status_code=response.status_code,
-            )
+        if response.headers.get("content-type", "").startswith(MEDIA_TYPE):
+            return split_answer(response.content, response.headers.get(HEADER))
         return decode_oip_outputs(_read_json(response))
 
     def model_metadata(self, model: str, *, version: str | None) -> Op[dict[str, Any]]:

@@ -120,6 +120,23 @@ def test_open_inference_protocol_calls(stack):
     assert (caught.value.error_code, caught.value.status_code) == ("INVALID_REQUEST", 422)
 
 
+def test_model_infer_with_binary_tensors_gives_what_json_gives(stack):
+    texts = np.array(["binary tensors", "bytes on the wire"], dtype=object)
+    pixels = np.random.default_rng(7).uniform(0, 16, (3, 8, 8)).astype(np.float32)
+    with Client(stack.gateway_url) as client:
+        as_json = client.model_infer("text-embedding", {"text": texts})
+        as_bytes = client.model_infer("text-embedding", {"text": texts}, binary=True)
+        digits = client.model_infer("image-classify", {"pixels": pixels}, binary=True)
+        digits_json = client.model_infer("image-classify", {"pixels": pixels})
+    assert as_bytes["embedding"].dtype == np.float32 and as_bytes["embedding"].shape == (2, 384)
+    np.testing.assert_allclose(as_bytes["embedding"], as_json["embedding"], atol=1e-6)
+    assert (
+        digits["label"].dtype == np.int64
+        and digits["label"].tolist() == digits_json["label"].tolist()
+    )
+    np.testing.assert_allclose(digits["probabilities"], digits_json["probabilities"], atol=1e-6)
+
+
 async def test_request_producer_and_result_consumer_round_trip_through_the_worker(stack):
     texts = ["straight to kafka", "another one", "and a third", "the last"]
     priorities = ["high", "normal", "low", 5]

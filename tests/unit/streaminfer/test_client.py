@@ -917,3 +917,96 @@ def test_submit_refuses_a_body_it_cannot_send(monkeypatch, capsys, body):
     gateway = Gateway({})
     code, _, err = run_submit(monkeypatch, capsys, gateway, "text-embedding", "--json", body)
     assert code == 2 and "inputs" in err and gateway.requests == []
+
+
+# -- /v2 binary tensor data -----------------------------------------------------------------
+
+
+def test_binary_requests_are_what_the_gateway_reads_and_its_binary_answers_decode():
+    from streaminfer.client.oip_binary import HEADER as CLIENT_HEADER
+    from streaminfer.gateway.oip_binary import HEADER, binary_response, raw_bytes, split_request
+
+    captured: list[httpx.Request] = []
+    embedding = np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3)
+    tags = raw_bytes(np.array(["cat", b"\xff"], dtype=object), "BYTES")  # not UTF-8: stays bytes
+    answer = binary_response(
+        {
+            "model_name": "m",
+            "outputs": [
+                {
+                    "name": "embedding",
+                    "datatype": "FP32",
+                    "shape": [2, 3],
+                    "parameters": {"binary_data_size": embedding.nbytes},
+                },
+                {
+                    "name": "tag",
+                    "datatype": "BYTES",
+                    "shape": [2],
+                    "parameters": {"binary_data_size": len(tags)},
+                },
+                {"name": "label", "datatype": "INT64", "shape": [2], "data": [1, 2]},
+            ],
+        },
+        [raw_bytes(embedding, "FP32"), tags],
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        captured.append(request)
+        return httpx.Response(200, content=answer.body, headers=dict(answer.headers))
+
+    with Client("http://gateway.test", transport=httpx.MockTransport(handler)) as client:
+        outputs = client.model_infer(
+            "m",
+            {
+                "text": np.array(["héllo", "x"], dtype=object),
+                "pixels": np.ones((2, 2), dtype=np.float16),
+            },
+            binary=True,
+        )
+    np.testing.assert_array_equal(outputs["embedding"], embedding)
+    assert outputs["embedding"].dtype == np.float32 and outputs["label"].tolist() == [1, 2]
+    assert outputs["tag"].tolist() == ["cat", b"\xff"]
+    sent = captured[0]
+    assert CLIENT_HEADER == HEADER and sent.headers["content-type"] == "application/octet-stream"
+    parsed = split_request(sent.content, sent.headers[HEADER])  # the gateway's own reader
+    assert parsed["parameters"] == {"binary_data_output": True}
+    assert [t["data"] for t in parsed["inputs"]] == [["héllo", "x"], [1.0] * 4]
+
+
+@pytest.mark.parametrize(
+    ("content", "length"),
+    [
+        (b'{"outputs": []}', "99"),
+        (b'{"outputs": []}', "-1"),
+        (b"{nope}", "6"),
+        (
+            b'{"outputs": [{"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}]}abcd',
+            None,
+        ),
+        (
+            b'{"outputs": [{"name": "x", "datatype": "FP32", "shape": [3], "parameters": {"binary_data_size": 8}}]}abcdefgh',
+            None,
+        ),
+        (
+            b'{"outputs": [{"name": "x", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 4}}]}abcdEXTRA',
+            None,
+        ),
+        (
+            b'{"outputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 6}}]}\x09\x00\x00\x00ab',
+            None,
+        ),
+        (
+            b'{"outputs": [{"name": "x", "datatype": "ODD", "shape": [1], "parameters": {"binary_data_size": 1}}]}a',
+            None,
+        ),
+    ],
+)
+def test_hostile_binary_answers_are_invalid_responses(content, length):
+    from streaminfer.client.oip_binary import split_answer
+
+    if length is None:
+        length = str(content.index(b"]}") + 2)
+    with pytest.raises(ClientError) as caught:
+        split_answer(content, length)
+    assert caught.value.error_code == "INVALID_RESPONSE"
