@@ -14,7 +14,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streaminfer.schemas import keys, topics
+from streaminfer.schemas import topics
 from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.errors import RegistryUnavailable, SchemaError
 from streaminfer.schemas.records import InferenceRequest, InferenceResult
@@ -37,7 +37,7 @@ def _kafka_error(what: str, exc: BaseException) -> ClientError:
 
 class RequestProducer:
     """Produces inference requests to ``<prefix>.requests.<task>.<priority>``, keyed by request_id,
-    with the ``traceparent`` header when the request carries one; an async context manager.
+    with its trace context (``traceparent``, ...) as headers; an async context manager.
 
     ``codec`` frames the events (default: single-object encoding; pass the deployment's codec,
     e.g. ``connectivity.avro_codec(settings)``, for a schema registry). ``owner`` is the events'
@@ -144,8 +144,8 @@ class RequestProducer:
         if self._producer is None or self._closed:
             raise RuntimeError("the RequestProducer is not started")
         topic = topics.request_topic(self._prefix, request.task, request.priority)
-        trace = request.trace.get(keys.HEADER_TRACEPARENT)
-        headers = [(keys.HEADER_TRACEPARENT, trace.encode())] if trace else None
+        # the trace map's entries (traceparent, tracestate, baggage) as headers, as the gateway sends
+        headers = [(name, str(value).encode()) for name, value in request.trace.items()] or None
         try:
             return await self._producer.send(
                 topic, self._codec.encode(request), key=request.request_id.encode(), headers=headers

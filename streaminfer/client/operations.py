@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import INVALID_RESPONSE, ClientError
 from .oip_binary import HEADER, MEDIA_TYPE, binary_request, split_answer
+from .propagation import trace_headers
 from .results import PENDING, Result, decode_oip_outputs, encode_oip_inputs
 
 logger = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ class Operations:
             f"/v1/infer/{_segment(task)}",
             params={"wait": min(wait, MAX_WAIT_QUERY_S)} if wait else None,
             body=_infer_body(inputs, priority, deadline_ms, parameters, model_version),
-            headers={"Content-Type": "application/json", "Idempotency-Key": key},
+            headers={**trace_headers(), "Content-Type": "application/json", "Idempotency-Key": key},
             wait_s=wait,
         )
         body = _read_json(response)
@@ -275,7 +276,7 @@ class Operations:
             f"{self._model_path(model, version)}/infer",
             body=body,
             params={"wait": wait_s} if wait is not None else None,
-            headers=headers,
+            headers={**trace_headers(), **headers},
             idempotent=False,
             wait_s=wait_s,
         )

@@ -13,6 +13,8 @@ from streaminfer.schemas import keys, topics
 from streaminfer.schemas.errors import SchemaError
 from streaminfer.schemas.records import InferenceRequest, Priority, Tensor, now_ms
 
+from .propagation import trace_headers
+
 __all__ = ["build_request", "input_tensor"]
 
 
@@ -73,7 +75,9 @@ def build_request(
 ) -> InferenceRequest:
     """An ``InferenceRequest`` as the gateway would publish it; ``inputs`` maps input names to
     values (see :func:`input_tensor`). ``created_at`` is epoch ms (default now); ``deadline_ms``
-    counts from it. Raises ValueError for anything the worker would refuse on sight."""
+    counts from it. The ``trace`` map carries ``traceparent`` when given, else the caller's
+    current OpenTelemetry context (none outside a span). Raises ValueError for anything the
+    worker would refuse on sight."""
     if not isinstance(task, str) or not topics.TASK_NAME_RE.match(task):
         raise ValueError(f"invalid task name {task!r}")
     if not isinstance(inputs, Mapping) or not inputs:
@@ -93,5 +97,5 @@ def build_request(
         created_at=created,
         deadline_at=None if deadline_ms is None else created + deadline_ms,
         client_id=client_id,
-        trace={keys.HEADER_TRACEPARENT: traceparent} if traceparent else {},
+        trace={keys.HEADER_TRACEPARENT: traceparent} if traceparent else trace_headers(),
     )

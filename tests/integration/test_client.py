@@ -221,3 +221,29 @@ async def test_api_keys_reach_a_gateway_with_auth_on(stack, make_stack):
             await client.tasks()
     assert result.succeeded and result.outputs["embedding"].shape == (1, 384)
     assert (caught.value.error_code, caught.value.status_code) == ("UNAUTHORIZED", 401)
+
+
+async def test_the_callers_span_reaches_the_request_event_and_its_result(stack):
+    from helpers.kafka import collect
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("client-test")
+    async with (
+        ResultConsumer(stack.bootstrap, "text-embedding", prefix=stack.prefix) as consumer,
+        RequestProducer(stack.bootstrap, prefix=stack.prefix) as producer,
+    ):
+        with tracer.start_as_current_span("upstream") as span:
+            request_id = await producer.send("text-embedding", {"text": "traced"}, priority="high")
+        assert (await consumer.wait([request_id], timeout=60))[request_id].succeeded
+    trace_id = format(span.get_span_context().trace_id, "032x")
+
+    def mine(messages):
+        return [m for m in messages if m.key == request_id.encode()]
+
+    for topic in (
+        f"{stack.prefix}.requests.text-embedding.high",
+        f"{stack.prefix}.results.text-embedding",
+    ):
+        (message,) = mine(await collect(stack.bootstrap, topic, mine, timeout_s=30))
+        headers = {name: value.decode() for name, value in message.headers}
+        assert headers["traceparent"].split("-")[1] == trace_id, topic

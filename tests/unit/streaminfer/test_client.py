@@ -1010,3 +1010,30 @@ def test_hostile_binary_answers_are_invalid_responses(content, length):
     with pytest.raises(ClientError) as caught:
         split_answer(content, length)
     assert caught.value.error_code == "INVALID_RESPONSE"
+
+
+# -- OpenTelemetry context ------------------------------------------------------------------
+
+
+def test_the_callers_trace_context_goes_on_submissions_and_kafka_events():
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("test")
+    gateway = Gateway({INFER: [httpx.Response(202, json={"request_id": RID, "status": "queued"})]})
+    with client_for(gateway) as client:
+        client.submit("text-embedding", {"text": "outside any span"})
+        with tracer.start_as_current_span("caller") as span:
+            client.submit("text-embedding", {"text": "inside"})
+            request = build_request("text-embedding", {"text": "x"})
+            pinned = build_request(
+                "text-embedding",
+                {"text": "x"},
+                traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01",
+            )
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    outside, inside = gateway.sent(*INFER)
+    assert "traceparent" not in outside.headers
+    assert inside.headers["traceparent"].split("-")[1] == trace_id
+    assert request.trace["traceparent"].split("-")[1] == trace_id
+    assert pinned.trace == {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
+    assert build_request("text-embedding", {"text": "x"}).trace == {}
