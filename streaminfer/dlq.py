@@ -222,7 +222,7 @@ class DlqReader:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.kafka_bootstrap_servers, group_id=None,
             enable_auto_commit=False, fetch_max_wait_ms=FETCH_WAIT_MS,
-            **kafka_options(self._settings))
+            auto_offset_reset="earliest", **kafka_options(self._settings))
         try:
             await self._consumer.start()
             self.existing_topics = set(await self._consumer.topics())
@@ -257,11 +257,11 @@ class DlqReader:
         for tp in tps:
             if stop is not None:
                 ends[tp] = min(ends[tp], stop)
-            if start is not None and start > begins[tp]:
-                consumer.seek(tp, start)
-                begins[tp] = start
-            else:
-                await consumer.seek_to_beginning(tp)
+            # NOTE: an explicit seek, not seek_to_beginning(): that is one more offset reset,
+            # racing the one assign() started, and the last to finish wins (seen here: the
+            # position jumped to the end, records unread).
+            begins[tp] = max(begins[tp], start or 0)
+            consumer.seek(tp, begins[tp])
         pending = {tp for tp in tps if begins[tp] < ends[tp]}
         self.total = sum(max(0, ends[tp] - begins[tp]) for tp in pending)
         if self._progress:
