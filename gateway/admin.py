@@ -51,7 +51,10 @@ async def stats(request: Request, principal: Caller) -> dict:
             }
         tasks[task] = {"priorities": per_priority,
                        "live_workers": sorted(w for w, served in workers.items() if task in served)}
-    return {"tasks": tasks, "workers": len(workers), "at": now_ms}
+    body = {"tasks": tasks, "workers": len(workers), "at": now_ms}
+    if (breakers := getattr(request.app.state, "breakers", None)) is not None:
+        body["circuits"] = breakers.describe()
+    return body
 
 
 @router.post("/cleanup")

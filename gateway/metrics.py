@@ -20,3 +20,5 @@ CONSUMER_LAG = Gauge("inference_consumer_lag", "Requests not yet committed by th
 DRAIN_SECONDS = Gauge("inference_drain_seconds", "Seconds the live instances take to work off the lag: lag x "
                       "smoothed per-item service time / live instances (NaN: no live worker has timed a batch)",
                       ["task", "priority"], registry=REGISTRY)
+CIRCUIT_STATE = Gauge("inference_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+                      ["name"], registry=REGISTRY)

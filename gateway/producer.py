@@ -19,6 +19,7 @@ from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.records import AuditEvent, InferenceRequest
 
 from . import spans
+from .breakers import KAFKA, REGISTRY, guarded
 from .errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,10 @@ PARTITIONS_REFRESH_S = 5.0
 
 
 class RequestProducer:
+    breakers = None
+    """The gateway's circuit breakers (set by the app): encodes go through ``registry``,
+    publishes through ``kafka``."""
+
     def __init__(self, bootstrap_servers: str, codec: AvroCodec, prefix: str,
                  linger_ms: int = 2, request_timeout_ms: int = 10_000, probe_timeout_s: float = 2.0,
                  probe_cache_s: float = 1.0, kafka_options: dict | None = None) -> None:
@@ -123,13 +128,16 @@ class RequestProducer:
                 carried = {k: v.decode() for k, v in headers}
                 if carried != request.trace:
                     request = dataclasses.replace(request, trace={**request.trace, **carried})
-                async with asyncio.timeout(self._timeout_s):
-                    sent = await self._producer.send(topic, self._codec.encode(request), key=key,
-                                                     headers=headers or None, partition=partition)
-                    audit = topics.audit_topic(self._prefix)
-                    audited = await self._producer.send(audit, self._codec.encode(accepted), key=key,
-                                                        partition=self._partition(audit, key))
-                    await asyncio.gather(sent, audited)
+                with guarded(self.breakers, REGISTRY):
+                    value, accepted_value = self._codec.encode(request), self._codec.encode(accepted)
+                with guarded(self.breakers, KAFKA):
+                    async with asyncio.timeout(self._timeout_s):
+                        sent = await self._producer.send(topic, value, key=key,
+                                                         headers=headers or None, partition=partition)
+                        audit = topics.audit_topic(self._prefix)
+                        audited = await self._producer.send(audit, accepted_value, key=key,
+                                                            partition=self._partition(audit, key))
+                        await asyncio.gather(sent, audited)
         except (KafkaError, TimeoutError) as exc:
             logger.warning("publishing %s to %s failed: %r", request.request_id, topic, exc)
             raise ServiceUnavailable("the message broker is not reachable; retry later",

@@ -18,6 +18,7 @@ from streaminfer.schemas import keys
 from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.records import InferenceResult
 
+from .breakers import REDIS, guarded
 from .errors import reaching
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ class IdempotencyClaim:
 
 
 class ResultStore:
+    breakers = None
+    """The gateway's circuit breakers (set by the app): calls go through ``redis``."""
+
     def __init__(self, redis_url: str, codec: AvroCodec, prefix: str, ttl_s: int) -> None:
         self._redis_url = redis_url
         self._codec = codec
@@ -88,8 +92,12 @@ class ResultStore:
             return False
 
     async def _call(self, coro):
-        with reaching("result store"):
-            return await coro
+        try:
+            with guarded(self.breakers, REDIS), reaching("result store"):
+                return await coro
+        finally:
+            if hasattr(coro, "close"):
+                coro.close()  # never awaited when the breaker refused the call; a no-op otherwise
 
     async def live_workers(self) -> dict[str, list[str]]:
         """worker_id -> tasks, from the workers' heartbeats: the members of the workers' index
@@ -97,7 +105,7 @@ class ResultStore:
         trips of the fleet's size; never a SCAN of the keyspace, whatever else it holds."""
         index = keys.workers_key(self._prefix)
         since = int(time.time() * 1000) - keys.WORKER_INDEX_GRACE_MS
-        with reaching("result store"):
+        with guarded(self.breakers, REDIS), reaching("result store"):
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zremrangebyscore(index, "-inf", f"({since}")
                 pipe.zrangebyscore(index, since, "+inf")
@@ -152,6 +160,10 @@ class ResultStore:
         has it. The statuses of requests submitted meanwhile go in the same pipeline: one round
         trip (and one pass through the client's pool) for all of them, the gateway's largest
         saving per submission (measured: about a third of its CPU went into these writes)."""
+        with guarded(self.breakers, REDIS):
+            await self._queue_status(request_id, task, client_id)
+
+    async def _queue_status(self, request_id: str, task: str, client_id: str | None) -> None:
         fut = asyncio.get_running_loop().create_future()
         self._queued.append((request_id, task, client_id, fut))
         if self._writer is None:

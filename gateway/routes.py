@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, ValidationError
 from . import metrics, spans
 from .apikeys import Principal
 from .auth import ANONYMOUS, require
+from .breakers import KAFKA, REDIS, probed
 from .errors import RETRY_AFTER_S, UNREACHABLE, NotFound, ServiceUnavailable
 from .service import InferenceService, Submission, body_digest
 from .views import links, pending_body, result_body
@@ -194,9 +195,13 @@ class Readiness(BaseModel):
 
     status: str = Field(..., examples=["ready", "not ready"])
     checks: dict[str, bool] = Field(..., description="kafka, redis and worker:<task> for every task")
+    circuits: dict[str, dict] | None = Field(None, description=(
+        "circuit breakers by name (redis, kafka, registry): state closed|half-open|open, value "
+        "0|1|2 (as inference_circuit_state), failures in a row, retry_after_s until it probes"))
 
 
-@router.get("/ready", tags=["operations"], response_model=Readiness, responses={
+@router.get("/ready", tags=["operations"], response_model=Readiness, response_model_exclude_none=True,
+            responses={
     503: {"model": Readiness, "description": "not ready: the checks that failed are false (see Retry-After)"}})
 async def ready(request: Request, response: Response) -> dict:
     """Readiness: Kafka answers a metadata request (checked at most once a second), Redis
@@ -217,7 +222,13 @@ async def ready(request: Request, response: Response) -> dict:
     response.status_code = 200 if ok else 503
     if not ok:
         response.headers["Retry-After"] = str(RETRY_AFTER_S)
-    return {"status": "ready" if ok else "not ready", "checks": checks}
+    breakers = getattr(request.app.state, "breakers", None)
+    probed(breakers, REDIS, redis)
+    probed(breakers, KAFKA, kafka)
+    body = {"status": "ready" if ok else "not ready", "checks": checks}
+    if breakers is not None:
+        body["circuits"] = breakers.describe()
+    return body
 
 
 @router.get("/metrics", tags=["operations"], response_class=PlainTextResponse)

@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     """Most entries in ``parameters`` (422 beyond)."""
     max_lag_per_task: int = Field(10_000, ge=0)
     """Consumer lag (requests not yet done) past which the gateway answers 429 OVERLOADED; 0 = no bound."""
+    circuit_failures: int = Field(5, ge=1)
+    """Failures in a row of a dependency (Redis, Kafka, schema registry, feature store) or a
+    model after which its circuit breaker opens: requests needing it fail fast (gateway: 503
+    with Retry-After; worker: its task's partitions pause)."""
+    circuit_reset_s: float = Field(5.0, gt=0, le=3600)
+    """Seconds an open circuit breaker waits before letting a probe through (half-open)."""
     max_wait_s: float = Field(60.0, gt=0)
     """Upper bound on ``?wait=S`` and ``Prefer: wait=S``."""
     default_deadline_ms: int | None = Field(None, ge=1, le=366 * 24 * 3600 * 1000)
