@@ -33,7 +33,7 @@ def traceparent() -> tuple[str, str, str]:
 
 
 def features(i: int) -> list[float]:
-    return [float(i % 7) + 0.5] * 30
+    return [float(i) + 0.5] * 30  # distinct inputs: a content-cache hit would run in no batch
 
 
 async def produce_direct(bootstrap: str, prefix: str, requests: list[tuple[InferenceRequest, list | None]]) -> None:
@@ -50,8 +50,9 @@ async def produce_direct(bootstrap: str, prefix: str, requests: list[tuple[Infer
 
 
 def direct_request(**fields) -> InferenceRequest:
+    value = np.random.default_rng().uniform(0, 20)
     return InferenceRequest(request_id=str(uuid.uuid4()), task=TASK, inputs=[
-        Tensor.from_numpy("features", np.full((1, 30), 1.5, dtype=np.float32))], **fields)
+        Tensor.from_numpy("features", np.full((1, 30), value, dtype=np.float32))], **fields)
 
 
 async def test_one_trace_from_http_to_result_with_batches_linking_their_requests(make_stack, redis_server):
