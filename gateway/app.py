@@ -12,14 +12,15 @@ from typing import Any
 from fastapi import FastAPI
 
 from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.collections import CollectionStore
 from streaminfer.schemas.errors import RegistryUnavailable
 from streaminfer.schemas.registry import RegistryClient
 
 from .admin import router as admin_router
 from .apikeys import ApiKeyStore
 from .auth import Authenticator, RateLimiter, load_public_keys
-from .breakers import make_breakers
 from .capacity import read_service
+from .collections import router as collections_router
 from .errors import ERROR_RESPONSES, install_error_handlers
 from .inputs import InputLimits
 from .lag import LagMonitor
@@ -110,9 +111,6 @@ def create_app(settings: Any, *, kafka_options: dict[str, Any] | None = None,
                                    request_timeout_ms=settings.kafka_request_timeout_ms,
                                    kafka_options=kafka_options)
         store = ResultStore(settings.redis_dsn, codec, settings.topic_prefix, settings.result_ttl_s)
-        breakers = make_breakers(getattr(settings, "circuit_failures", 5),
-                                 getattr(settings, "circuit_reset_s", 5.0))
-        app.state.breakers = store.breakers = producer.breakers = breakers
         service = build_service(settings, producer, store)
         async def capacity(tasks: list[str]) -> dict[str, dict]:  # store.redis exists once it started
             return await read_service(store.redis, settings.topic_prefix, tasks)
@@ -125,6 +123,7 @@ def create_app(settings: Any, *, kafka_options: dict[str, Any] | None = None,
                 stack.push_async_callback(component.stop)
             service.lag = lag
             app.state.service = service
+            app.state.collections = CollectionStore(store.redis, settings.topic_prefix)
             app.state.capacity = capacity
             authenticator.api_keys = ApiKeyStore(store.redis, settings.topic_prefix)
             app.state.rate_limiter = None if authenticator.disabled else RateLimiter(
@@ -146,6 +145,7 @@ def create_app(settings: Any, *, kafka_options: dict[str, Any] | None = None,
     app.include_router(router)
     app.include_router(admin_router)
     app.include_router(oip_router)
+    app.include_router(collections_router)
 
     app.add_middleware(RequestIdHeader)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)

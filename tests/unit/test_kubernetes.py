@@ -17,12 +17,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from streaminfer.models import builtin
 from streaminfer.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
 K8S_VERSION = "1.30.0"  # kubernetes-validate ships this version's schemas (no network needed)
-BUILTIN_TASKS = {"text-embedding", "image-classify", "tabular-classify"}
+BUILTIN_TASKS = set(builtin.BUILTIN_TASKS)
 CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
 
 
