@@ -19,6 +19,7 @@ from streaminfer.schemas.registry import RegistryClient
 from .admin import router as admin_router
 from .apikeys import ApiKeyStore
 from .auth import Authenticator, RateLimiter, load_public_keys
+from .breakers import make_breakers
 from .capacity import read_service
 from .collections import router as collections_router
 from .errors import ERROR_RESPONSES, install_error_handlers
@@ -111,6 +112,9 @@ def create_app(settings: Any, *, kafka_options: dict[str, Any] | None = None,
                                    request_timeout_ms=settings.kafka_request_timeout_ms,
                                    kafka_options=kafka_options)
         store = ResultStore(settings.redis_dsn, codec, settings.topic_prefix, settings.result_ttl_s)
+        breakers = make_breakers(getattr(settings, "circuit_failures", 5),
+                                 getattr(settings, "circuit_reset_s", 5.0))
+        app.state.breakers = store.breakers = producer.breakers = breakers
         service = build_service(settings, producer, store)
         async def capacity(tasks: list[str]) -> dict[str, dict]:  # store.redis exists once it started
             return await read_service(store.redis, settings.topic_prefix, tasks)
