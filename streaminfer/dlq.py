@@ -422,7 +422,14 @@ async def replay_letters(settings: Settings, where: LetterFilter, *, limit: int 
 
     from .connectivity import kafka_options
 
-    bar = tqdm(file=err, unit="letter", desc="dry run" if dry_run else "replaying", mininterval=0.5)
+    bars: list = []
+
+    def progress(step: int) -> None:  # the first call, once the total is known, opens the bar
+        if not bars:
+            bars.append(tqdm(total=reader.total, file=err, unit="letter", mininterval=0.5,
+                             desc="dry run" if dry_run else "replaying"))
+        bars[0].update(step)
+
     redis = Redis.from_url(settings.redis_dsn)
     producer = None
     try:
@@ -431,7 +438,7 @@ async def replay_letters(settings: Settings, where: LetterFilter, *, limit: int 
                                         **kafka_options(settings))
             await producer.start()
         replayer = Replayer(settings, redis, producer, dry_run=dry_run, max_replays=max_replays)
-        reader = DlqReader(settings, lambda n: bar.update(n) if n else bar.reset(reader.total))
+        reader = DlqReader(settings, progress)
         async with reader:
             taken = 0
             async with contextlib.aclosing(reader.entries()) as entries:
@@ -443,7 +450,8 @@ async def replay_letters(settings: Settings, where: LetterFilter, *, limit: int 
                         line = await replayer.handle(entry, reader.existing_topics)
                         print(json.dumps(line), file=out, flush=True)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
         if producer is not None:
             await producer.stop()
         await redis.aclose()
