@@ -1,7 +1,8 @@
 """OpenTelemetry across the real gateway and worker processes: both export over OTLP/HTTP to a
 receiver in the test (tests/helpers/otlp.py); one trace runs from the HTTP request to the result,
 each batch span links every request it ran, and Kafka-direct producers that set only a
-``traceparent`` header (or only the Avro ``trace`` map) have their traces continued."""
+``traceparent`` header (or only the Avro ``trace`` map) have their traces continued. Every span
+arrives through each process's flush at shutdown."""
 
 from __future__ import annotations
 
@@ -57,12 +58,11 @@ def direct_request(**fields) -> InferenceRequest:
 
 async def test_one_trace_from_http_to_result_with_batches_linking_their_requests(make_stack, redis_server):
     with OtlpReceiver() as receiver:
+        # the batch processors wait a minute: only their flush at shutdown delivers the spans
         stack = make_stack(redis_url=redis_server, STREAMINFER_TASKS=TASK,
-                           OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="200")
+                           OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="60000")
         stack.add_worker()
-        # the gateway's batch processor waits a minute: only its flush at exit delivers its spans
-        stack.add_gateway(OTEL_BSP_SCHEDULE_DELAY="60000")
-        gateway = stack.gateways[0]
+        stack.add_gateway()
 
         callers = [traceparent() for _ in range(HTTP_REQUESTS)]
         async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
@@ -86,8 +86,10 @@ async def test_one_trace_from_http_to_result_with_batches_linking_their_requests
         results = {m.key.decode(): m for m in messages if m.key.decode() in direct_ids}
         assert set(results) == direct_ids
 
-        stack.gateways.remove(gateway)
-        stop(gateway)  # SIGTERM: uvicorn shuts the app down (its lifespan flushes the spans)
+        assert receiver.received() == [], "nothing exported before shutdown"
+        for proc in stack.gateways + stack.workers:  # SIGTERM: each flushes its spans as it stops
+            stop(proc)
+        stack.gateways.clear(), stack.workers.clear()
         everything = set(ids) | direct_ids
 
         def complete(spans) -> bool:
