@@ -136,12 +136,14 @@ class Entry:
             out["error"] = f"not a dead letter: {self.error}"
             return out
         out.update({
-            "error_code": letter.error_code, "error_message": letter.error_message,
+            "error_code": _capped(letter.error_code),
+            "error_message": _capped(letter.error_message),
             "source": {"topic": letter.source_topic, "partition": letter.partition,
                        "offset": letter.offset},
             "request_id": self.request.request_id if self.request else None,
             "at": iso(letter.at) if 0 <= letter.at < 253402300800000 else letter.at,
-            "key": None if letter.key is None else letter.key.decode("utf-8", "backslashreplace"),
+            "key": (None if letter.key is None
+                    else _capped(letter.key.decode("utf-8", "backslashreplace"))),
             "payload_length": (len(letter.payload) if letter.payload_length is None
                                else letter.payload_length),
             "truncated": letter.truncated,
@@ -159,6 +161,11 @@ class Entry:
             out["payload_base64"] = base64.b64encode(self.letter.payload).decode()
             out["request"] = request_summary(self.request) if self.request else None
         return out
+
+
+def _capped(text: str, most: int = 2000) -> str:
+    """A hostile letter's text fields may be huge; a listing line stays readable."""
+    return text if len(text) <= most else text[:most] + "…"
 
 
 def request_summary(request: InferenceRequest) -> dict[str, Any]:

@@ -425,3 +425,30 @@ async def test_show_reads_one_offset_of_one_partition(codec):
     consumer = FakeConsumer({0: [b"a", b"b", b"c"], 1: [b"d"]})
     entries = [e async for e in fake_reader(codec, consumer).entries(0, 1, 2)]
     assert [(e.partition, e.offset) for e in entries] == [(0, 1)]
+
+
+async def test_huge_text_in_a_hostile_letter_is_capped_in_the_listing_not_in_show(codec):
+    letter = DeadLetter(TOPIC, 0, 1, b"x", "C" * 10_000, "m" * 100_000, key=b"k" * 50_000)
+    entry = await reader_with(codec)._decode(record(codec.encode(letter)))
+    summary = entry.summary()
+    assert len(summary["error_message"]) == 2001 and len(summary["key"]) == 2001
+    assert len(summary["error_code"]) == 2001
+    assert base64.b64decode(entry.detail()["key_base64"]) == letter.key
+
+
+def test_an_unreachable_broker_is_one_line_and_exit_2(monkeypatch, capsys):
+    import socket
+
+    from streaminfer.dlq import command
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("STREAMINFER_KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{port}")
+    for argv in (["dlq", "list"], ["dlq", "replay", "--dry-run"]):
+        assert command(build_parser().parse_args(argv)) == 2
+        err = capsys.readouterr().err
+        assert f"streaminfer {' '.join(argv[:2])}: KafkaConnectionError" in err
+        assert "Traceback" not in err
+    assert command(build_parser().parse_args(["dlq", "show", "x:y"])) == 2
+    assert "expected <partition>:<offset>" in capsys.readouterr().err
