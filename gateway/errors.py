@@ -5,6 +5,7 @@
     ├── Unauthorized            401
     ├── Forbidden               403
     ├── NotFound                404 TASK_NOT_FOUND / REQUEST_NOT_FOUND / MODEL_VERSION_NOT_FOUND
+    │                               / COLLECTION_NOT_FOUND / ITEM_NOT_FOUND
     ├── IdempotencyConflict     409
     ├── PayloadTooLarge         413
     ├── TooManyRequests         429 RATE_LIMIT_EXCEEDED / OVERLOADED (with Retry-After)
@@ -33,6 +34,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streaminfer.models.errors import ModelError, ModelNotFound, ModelVersionNotFound
+from streaminfer.schemas.collections import CollectionError
 
 from . import metrics
 
@@ -113,8 +115,10 @@ class ErrorBody(BaseModel):
 
 _DESCRIPTIONS = {
     400: "malformed request (INVALID_REQUEST)", 401: "UNAUTHORIZED", 403: "FORBIDDEN",
-    404: "TASK_NOT_FOUND, REQUEST_NOT_FOUND or MODEL_VERSION_NOT_FOUND", 405: "method not allowed",
-    409: "IDEMPOTENCY_CONFLICT", 413: "PAYLOAD_TOO_LARGE", 422: "INVALID_REQUEST",
+    404: "TASK_NOT_FOUND, REQUEST_NOT_FOUND, MODEL_VERSION_NOT_FOUND, COLLECTION_NOT_FOUND or "
+         "ITEM_NOT_FOUND", 405: "method not allowed",
+    409: "IDEMPOTENCY_CONFLICT", 413: "PAYLOAD_TOO_LARGE",
+    422: "INVALID_REQUEST, COLLECTION_DIMENSION_MISMATCH or COLLECTION_LIMIT_EXCEEDED",
     429: "RATE_LIMIT_EXCEEDED or OVERLOADED (see Retry-After)", 500: "INTERNAL_ERROR",
     503: "SERVICE_UNAVAILABLE (see Retry-After): Redis or Kafka not reachable, or no worker has served "
          "the task yet", 504: "INFERENCE_TIMEOUT",
@@ -141,6 +145,22 @@ def from_model_error(exc: ModelError) -> GatewayError:
     if isinstance(exc, ModelVersionNotFound):
         return NotFound(str(exc), code="MODEL_VERSION_NOT_FOUND")
     return InvalidRequest(str(exc))
+
+
+_COLLECTION_STATUS = {"COLLECTION_NOT_FOUND": 404, "ITEM_NOT_FOUND": 404}
+"""Every other collection error (invalid input, wrong dimension, a limit) is 422."""
+
+
+@contextmanager
+def collection_errors() -> Iterator[None]:
+    """A refused collection call (``schemas.collections.CollectionError``) as its HTTP error;
+    Redis not answering as 503."""
+    try:
+        with reaching("collection store"):
+            yield
+    except CollectionError as exc:
+        raise GatewayError(exc.message, code=exc.code, status=_COLLECTION_STATUS.get(exc.code, 422),
+                           details=exc.details) from None
 
 
 def request_id_of(request: Request) -> str | None:

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streaminfer.models.config import MAX_DEADLINE_MS, ModelConfig, load_repository_configs
+from streaminfer.schemas.collections import CollectionError, collection_parameters
 from streaminfer.schemas.records import (
     AuditEvent,
     AuditType,
     InferenceRequest,
     InferenceResult,
     Priority,
+    Status,
     Tensor,
     input_digest,
     now_ms,
@@ -28,7 +30,9 @@ from streaminfer.schemas.topics import request_topics, results_topic
 from . import metrics
 from .apikeys import Principal
 from .errors import (
+    GatewayError,
     IdempotencyConflict,
+    InferenceTimeout,
     InvalidRequest,
     NotFound,
     ServiceUnavailable,
@@ -48,6 +52,8 @@ DECODE_SLOTS = 4
 and memory spent on decoding, and keeps it off the event loop."""
 UNSERVED_RETRY_AFTER_S = 5
 """Retry-After for a task no worker has served yet: starting a worker takes seconds."""
+EMBEDDING_TASK = "text-embedding"
+"""The task that embeds the ``text`` of collection calls."""
 
 
 @dataclass
@@ -122,6 +128,11 @@ class InferenceService:
         except ValueError as exc:
             raise InvalidRequest(f"priority must be high, normal, low or 0-10: {exc}") from exc
         check_limits(config, sub.inputs, sub.parameters, self.limits)
+        try:
+            collection_parameters({str(k): str(v) for k, v in sub.parameters.items()})
+        except CollectionError as exc:  # the worker checks again (Kafka-direct requests)
+            raise InvalidRequest(exc.message, details={"parameters": ["collection", "item_id", "similar_k"]}
+                                 ) from None
         arrays = tensors_from_body(config, sub.inputs)
         created = now_ms()
         deadline = None
@@ -242,6 +253,23 @@ class InferenceService:
         if result is not None and result.task in self.configs:
             metrics.REQUEST_SECONDS.labels(result.task).observe(max(0, result.completed_at - result.created_at) / 1000)
         return result
+
+    async def embed(self, text: str, client_id: str | None) -> list[float]:
+        """``text``'s vector from the EMBEDDING_TASK, through the normal path (Kafka, a worker),
+        waited for up to ``max_wait_s``."""
+        request = await self.prepare_request(Submission(task=EMBEDDING_TASK, inputs={"text": text},
+                                                        client_id=client_id))
+        await self.submit_once(request, None, "")
+        result = await self.wait(request.request_id, self.max_wait_s)
+        if result is None:
+            raise InferenceTimeout(f"no embedding within {self.max_wait_s:g} s",
+                                   details={"request_id": request.request_id})
+        if result.status is not Status.SUCCEEDED or not result.outputs:
+            error = result.error
+            raise GatewayError(f"embedding the text failed: {error.message if error else result.status.value}",
+                               code=error.code if error else "INFERENCE_FAILED", status=502,
+                               details={"request_id": request.request_id})
+        return result.outputs[0].to_numpy().reshape(-1).tolist()
 
     def describe_tasks(self) -> list[dict]:
         return [

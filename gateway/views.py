@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from streaminfer.models.config import ModelConfig
 from streaminfer.models.friendly import tensors_to_friendly
 from streaminfer.schemas.records import InferenceResult
@@ -15,6 +17,9 @@ def result_body(result: InferenceResult, config: ModelConfig | None) -> dict:
         arrays = {t.name: t.to_numpy() for t in result.outputs}
         outputs = tensors_to_friendly(config, arrays) if config is not None else {
             name: array.tolist() for name, array in arrays.items()}
+    if result.similar is not None:  # parameters.similar_k (SPEC §9)
+        outputs["similar"] = [{"id": m["id"], "score": m["score"], "metadata": json.loads(m["metadata"])}
+                              for m in result.similar]
     return {
         "request_id": result.request_id,
         "task": result.task,

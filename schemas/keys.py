@@ -24,6 +24,8 @@ __all__ = [
     "feature_key",
     "rate_limit_key",
     "cancel_key",
+    "collection_keys",
+    "collections_key",
     "dead_letter_key",
     "idempotency_key",
     "latency_key",
@@ -191,3 +193,21 @@ def idempotency_key(prefix: str, client_id: str | None, key: str) -> str:
     """
     hashed = hashlib.sha256(key.encode("utf-8")).hexdigest()
     return f"{prefix}:idempotency:{client_id or 'anonymous'}:{hashed}"
+
+
+def _namespace(client_id: str | None) -> str:
+    # fixed-length hex: client ids are arbitrary text (colons too); None = auth disabled
+    return hashlib.sha256((client_id or "").encode("utf-8")).hexdigest()[:32]
+
+
+def collections_key(prefix: str, client_id: str | None) -> str:
+    """Hash: a client's collections, name -> ``{"dimension", "created_at"}`` as JSON."""
+    return f"{prefix}:collections:{_namespace(client_id)}"
+
+
+def collection_keys(prefix: str, client_id: str | None, name: str) -> tuple[str, str, str]:
+    """A client's collection ``name`` (names hold no colon): its items hash (id -> metadata
+    JSON, newline, float32 vector), its changelog sorted set (id -> sequence number of its last
+    write) and that sequence's counter (see ``schemas.collections``)."""
+    base = f"{prefix}:collection:{_namespace(client_id)}:{name}"
+    return f"{base}:items", f"{base}:changes", f"{base}:seq"

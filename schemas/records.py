@@ -246,6 +246,9 @@ class InferenceResult:
     attempts: int = 1
     created_at: int = field(default_factory=now_ms)
     completed_at: int = field(default_factory=now_ms)
+    similar: list[dict[str, Any]] | None = None
+    """``parameters.similar_k``: ``{"id", "score", "metadata"}`` dicts (metadata as JSON text,
+    ``io.streaminfer.v1.SimilarItem``), best first; None when not asked."""
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -262,6 +265,7 @@ class InferenceResult:
             "worker_id": self.worker_id,
             "created_at": self.created_at,
             "completed_at": self.completed_at,
+            "similar": self.similar,
         }
 
     @classmethod
@@ -281,6 +285,7 @@ class InferenceResult:
             attempts=d["attempts"],
             created_at=_to_ms(d["created_at"]),
             completed_at=_to_ms(d["completed_at"]),
+            similar=d.get("similar"),  # absent when read with schema version 2 or older
         )
 
 

@@ -196,6 +196,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 2
     if args.priority:
         body["priority"] = args.priority
+    collection = {"collection": args.collection, "item_id": args.item_id, "similar_k": args.similar_k}
+    if any(v is not None for v in collection.values()):  # the gateway checks that they go together
+        body["parameters"] = {**(body.get("parameters") or {}),
+                              **{k: str(v) for k, v in collection.items() if v is not None}}
     try:
         with Client(url, api_key=args.api_key) as client:
             result = client.infer(args.task, body["inputs"], wait=args.wait, priority=body.get("priority"),
@@ -334,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(tasks with a features section, e.g. tabular-classify: 0 ... 568)")
     submit.add_argument("--json", help="the whole body as JSON")
     submit.add_argument("--priority")
+    submit.add_argument("--collection", help="a collection to store the embedding in (with --item-id) or "
+                                             "to find its neighbours in (with --similar-k)")
+    submit.add_argument("--item-id", help="store the embedding under this id in --collection")
+    submit.add_argument("--similar-k", type=int, help="add the k nearest items of --collection to the result")
     submit.add_argument("--wait", type=float, default=10.0)
     submit.add_argument("--url")
     submit.add_argument("--api-key", default=os.environ.get("STREAMINFER_API_KEY"))
@@ -362,8 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=None)
     bench.add_argument("--output", default="bench-results")
     bench.add_argument("--scenario", choices=["codec", "batching", "priority", "http", "gateway", "load", "scaleout",
-                                              "deadlines", "light", "all"],
-                       default="all", help="all: every scenario in turn (about 15 minutes on 2 cores)")
+                                              "deadlines", "light", "collections", "all"],
+                       default="all", help="all: every scenario in turn (about 15 minutes on 2 cores) but "
+                                           "collections (the vector index alone, in-process)")
+    bench.add_argument("--collection-sizes", type=lambda v: [int(x) for x in v.split(",")],
+                       default=[10_000, 100_000], help="collections: comma-separated numbers of vectors")
+    bench.add_argument("--collection-kinds", type=lambda v: v.split(","), default=["random", "clustered"],
+                       help="collections: random and/or clustered 384-d vectors")
     bench.add_argument("--rates", type=_fractions_arg, default=(0.25, 0.5, 0.75, 0.85, 0.9),
                        help="load: comma-separated fractions of the saturation throughput to offer")
     bench.add_argument("--duration", type=float, default=None,

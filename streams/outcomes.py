@@ -41,6 +41,7 @@ from streaminfer.schemas.records import (
 )
 
 from . import metrics, spans
+from .collections import collect
 from .ledger import AckLedger, Entry
 from .publisher import Latency, Publication, ResultPublisher, StoredResult
 from .requests import SourceEvent
@@ -192,6 +193,9 @@ class OutcomeWriter:
     async def write(self, outcomes: Sequence[Outcome]) -> None:
         """One pass over ``outcomes``; safe to call again after it raised."""
         await self._write_letters([o for o in outcomes if o.letter is not None and not o.lettered])
+        # items stored and neighbours found (parameters.collection) before the result is
+        await collect(getattr(self._publisher, "collections", None),
+                      [o for o in outcomes if o.stored is None and o.result is not None])
         await self._store([o for o in outcomes if o.stored is None and o.result is not None])
         # events naming another client's request_id: a dead letter instead of their result
         await self._write_letters([o for o in outcomes if o.letter is not None and not o.lettered])

@@ -23,6 +23,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from streaminfer.schemas import keys, topics
 from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.collections import CollectionStore
 from streaminfer.schemas.records import AuditEvent, DeadLetter
 
 from . import metrics
@@ -121,6 +122,7 @@ class ResultPublisher:
                                                socket_connect_timeout=2, socket_timeout=10)
         self.redis = Redis.from_pool(pool)  # owns the pool: aclose() disconnects it
         self._store_owned = self.redis.register_script(_STORE_OWNED)
+        self.collections = CollectionStore(self.redis, self._prefix)
         self._closed = False
 
     async def stop(self) -> None:

@@ -114,6 +114,14 @@ def bench_gateway_submit(kafka: str, redis_url: str, repository: Path, texts: li
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.scenario == "collections":  # in-process, on the index alone: no models, no broker
+        from .collections import bench_collections
+
+        out_dir = Path(args.output)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rows = bench_collections(args.collection_sizes, args.collection_kinds)
+        (out_dir / "collections.json").write_text(json.dumps(rows, indent=2))
+        return 0
     settings = Settings()
     repository = Path(settings.model_repository)
     from streaminfer.models.builtin import build_all

@@ -124,6 +124,7 @@ def test_every_file_is_one_named_record_after_its_full_name() -> None:
             "DeadLetter",
             "Error",
             "Timings",
+            "SimilarItem",
         )
     )
     for path in SCHEMA_DIR.glob("*.avsc"):
@@ -171,7 +172,7 @@ def test_inference_result_matches_spec() -> None:
     f = _fields("InferenceResult")
     assert list(f) == [
         "request_id", "task", "status", "model_name", "model_version", "outputs", "error",
-        "timings", "batch_size", "attempts", "worker_id", "created_at", "completed_at",
+        "timings", "batch_size", "attempts", "worker_id", "created_at", "completed_at", "similar",
     ]  # fmt: skip
     assert f["status"]["type"]["symbols"] == [
         "SUCCEEDED",
@@ -273,6 +274,7 @@ def test_load_schemas() -> None:
             "DeadLetter",
             "Error",
             "Timings",
+            "SimilarItem",
         )
     }
     assert schemas[f"{NS}.InferenceResult"]["fields"][5]["type"]["items"]["name"] == f"{NS}.Tensor"
