@@ -21,6 +21,7 @@ from streaminfer.schemas.registry import RegistryClient, record_topics
 
 from . import metrics
 from .agents import register_agents, start_task_agents
+from .breakers import PartitionPause, make_breakers
 from .processor import RequestProcessor
 from .publisher import ResultPublisher
 from .transport import WorkerApp
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_TTL_S = 6.0
 FETCH_WAIT_CHECK_S = 0.1
+PAUSE_CHECK_S = 0.1
+"""How soon the partitions pause after a dependency breaker opens (and resume after it closes)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,10 @@ class WorkerOptions:
     """``record``, ``topic`` or ``topic_record`` (subjects of the tasks' topics)."""
     feature_store_url: str | None = None
     """The database of every feature lookup task instead of its model.yaml's (may hold a password)."""
+    circuit_failures: int = 5
+    """Failures in a row after which a dependency's circuit breaker opens (streams/breakers.py)."""
+    circuit_reset_s: float = 5.0
+    """Seconds an open breaker waits before a probe."""
 
 
 class WorkerRuntime(mode.Service):
@@ -85,7 +92,9 @@ class WorkerRuntime(mode.Service):
                  options: WorkerOptions, is_consuming: Callable[[], bool] = lambda: True,
                  set_fetch_wait: Callable[[int], None] = lambda ms: None,
                  codec: AvroCodec | None = None,
-                 add_task: Callable[[str], Awaitable[None]] | None = None, **kwargs) -> None:
+                 add_task: Callable[[str], Awaitable[None]] | None = None,
+                 pause: PartitionPause | None = None, **kwargs) -> None:
+        self.pause = pause
         self.codec = codec
         self.add_task = add_task
         self.is_consuming = is_consuming
@@ -142,6 +151,11 @@ class WorkerRuntime(mode.Service):
     @mode.Service.timer(FETCH_WAIT_CHECK_S)
     async def _fetch_wait_timer(self) -> None:
         self.adapt_fetch_wait()
+
+    @mode.Service.timer(PAUSE_CHECK_S)
+    async def _pause_timer(self) -> None:
+        if self.pause is not None and self.is_consuming():
+            self.pause.sync()
 
     def adapt_fetch_wait(self) -> None:
         # NOTE: a short fetch wait keeps an idle worker's latency low, but on brokers that hold
@@ -204,6 +218,7 @@ def create_worker(options: WorkerOptions,
     publisher = ResultPublisher(options.bootstrap_servers, options.redis_url, codec, options.topic_prefix,
                                 options.result_ttl_s, linger_ms=options.linger_ms,
                                 kafka_options=dict(options.kafka_options))
+    publisher.breakers = make_breakers(options.circuit_failures, options.circuit_reset_s)
     processor = RequestProcessor(repository=repository, publisher=publisher, codec=codec,
                                  prefix=options.topic_prefix, worker_id=options.worker_id,
                                  tasks=options.tasks, max_queued=options.max_queued,
@@ -236,6 +251,10 @@ def create_worker(options: WorkerOptions,
         await processor.add_task(task)
         await start_task_agents(app, processor, options.topic_prefix, task)
 
+    pause = PartitionPause(publisher.breakers, lambda: app.consumer.assignment(),
+                           lambda tps: app.consumer.pause_partitions(tps),
+                           lambda tps: app.consumer.resume_partitions(tps))
     runtime = WorkerRuntime(processor, publisher, options, is_consuming=lambda: _has_partitions(app),
-                            set_fetch_wait=app.set_fetch_max_wait, codec=codec, add_task=add_task)
+                            set_fetch_wait=app.set_fetch_max_wait, codec=codec, add_task=add_task,
+                            pause=pause)
     return app, runtime

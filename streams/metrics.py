@@ -49,3 +49,7 @@ def watch_cost(model: str, version: str, cost) -> None:
 
 def _or_nan(value: float | None) -> float:
     return float("nan") if value is None else value
+CIRCUIT_STATE = Gauge("inference_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+                      ["name"], registry=REGISTRY)
+PARTITIONS_PAUSED = Gauge("inference_partitions_paused", "Request partitions paused while a circuit breaker is open",
+                          registry=REGISTRY)

@@ -41,6 +41,7 @@ from streaminfer.schemas.records import (
 )
 
 from . import metrics, spans
+from .breakers import dependency_of, open_dependencies, wait_s
 from .collections import collect
 from .ledger import AckLedger, Entry
 from .publisher import Latency, Publication, ResultPublisher, StoredResult
@@ -171,13 +172,24 @@ class OutcomeWriter:
 
     async def until_written(self, what: str, write: Callable[[], Awaitable[object]]) -> bool:
         """Run ``write`` to the end, waiting and running it again while Redis, Kafka or the
-        registry fail. On shutdown it gives up (returns False): the events are redelivered."""
+        registry fail. On shutdown it gives up (returns False): the events are redelivered.
+        Each failure counts against its dependency's circuit breaker (streams/breakers.py);
+        while one is open no attempt is made until it is due for a probe."""
         delay_s = 0.1
+        breakers = getattr(self._publisher, "breakers", None)
+        touched: set[str] = set()  # breakers this write failed on or waited for: its success closes them
         while True:
+            if breakers is not None and not await self._wait_for_breakers(what, breakers, touched):
+                return False
             try:
                 await write()
+                for name in touched:
+                    breakers.record(name)
                 return True
             except Exception as exc:
+                if breakers is not None and (name := dependency_of(exc)) is not None:
+                    breakers.record(name, exc)
+                    touched.add(name)
                 if not is_transient(exc):
                     # NOTE: a bug, not an outage; retrying keeps the promise (nothing acked
                     # unwritten) and the log says where. Each step builds its own input safely.
@@ -189,6 +201,17 @@ class OutcomeWriter:
                                what, exc, delay_s)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
+
+    async def _wait_for_breakers(self, what: str, breakers, touched: set[str]) -> bool:
+        """Wait while a dependency breaker is open and not yet due for a probe; False if the
+        worker stops meanwhile (the events are redelivered)."""
+        while (pause_s := wait_s(breakers)) > 0:
+            if self.closed:
+                logger.warning("stopping with %s unwritten (circuit open); they will be redelivered", what)
+                return False
+            touched.update(open_dependencies(breakers))
+            await asyncio.sleep(min(pause_s, 0.5))
+        return True
 
     async def write(self, outcomes: Sequence[Outcome]) -> None:
         """One pass over ``outcomes``; safe to call again after it raised."""
