@@ -354,6 +354,16 @@ async def show_letter(settings: Settings, ref: str, out=sys.stdout) -> int:
     raise DlqError(f"no record at {reader.topic}:{partition}:{offset}")
 
 
+def _key_as_id(key: bytes | None) -> str | None:
+    """The request id an undecodable payload's key stands for (Kafka-direct producers key
+    requests by it): once a newer worker decodes the payload, its result is under that id."""
+    try:
+        text = key.decode() if key else ""
+    except UnicodeDecodeError:
+        return None
+    return text if 0 < len(text) <= 200 and text.isprintable() else None
+
+
 class Replayer:
     """Decides, letter by letter, whether to replay it, and does (unless ``dry_run``).
 
@@ -385,7 +395,7 @@ class Replayer:
         digest = hashlib.sha256(entry.letter.payload).hexdigest()
         if digest in self._seen:
             return "duplicate-payload"
-        rid = entry.request.request_id if entry.request else None
+        rid = entry.request.request_id if entry.request else _key_as_id(entry.letter.key)
         if rid and await self._redis.exists(keys.result_key(self._prefix, rid)):
             return "has-result"  # any status: the worker answers a second one as a DUPLICATE
         count_key = replay_count_key(self._prefix, digest)

@@ -452,3 +452,14 @@ def test_an_unreachable_broker_is_one_line_and_exit_2(monkeypatch, capsys):
         assert "Traceback" not in err
     assert command(build_parser().parse_args(["dlq", "show", "x:y"])) == 2
     assert "expected <partition>:<offset>" in capsys.readouterr().err
+
+
+async def test_an_undecodable_payload_keyed_by_a_request_with_a_result_is_skipped(codec):
+    redis = FakeRedis()
+    redis.results.add(f"{PREFIX}:result:newer-schema-id")
+    one = replayer(redis, FakeProducer())
+    keyed = an_entry(codec, payload=b"\xc3\x01written with a newer schema", key=b"newer-schema-id")
+    assert (await one.handle(keyed, EXISTING))["reason"] == "has-result"
+    for key in (b"other-id", b"\xff\xfe", b"x" * 201, b"a\nb", None):
+        entry = an_entry(codec, payload=b"junk " + (key or b"none"), key=key)
+        assert (await one.handle(entry, EXISTING))["action"] == "replayed", key
