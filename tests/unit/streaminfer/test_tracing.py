@@ -490,3 +490,18 @@ def test_without_the_sdk_no_span_is_made_on_the_hot_path():
     with worker_spans.batch("m", "1", [item], 1) as batch:
         assert batch is None
 
+
+
+def test_gateway_and_streams_import_only_the_opentelemetry_api():
+    import ast
+
+    imported = set()
+    for package in ("gateway", "streams", "schemas"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                imported |= {(package, n) for n in names if n.startswith("opentelemetry")}
+    assert imported, "the spans are made with the API"
+    assert not [(p, n) for p, n in imported if n.startswith(("opentelemetry.sdk", "opentelemetry.exporter"))]
+    assert not [p for p, _ in imported if p == "schemas"], "the Kafka carrier is duck-typed"
