@@ -136,13 +136,16 @@ class VectorIndex:
         return self._exact(q, k, None, exclude)
 
     def _exact(self, q: np.ndarray, k: int, rows: np.ndarray | None, exclude: str | None) -> list[Match]:
+        scores = self._matrix[: len(self._ids)] @ q  # a view: no copy of the matrix
         if rows is None:
-            rows = np.arange(len(self._ids))
+            rows = np.arange(scores.size)
+        else:
+            scores = scores[rows]
         if exclude is not None and (skip := self._rows.get(exclude)) is not None:
-            rows = rows[rows != skip]
+            keep = rows != skip
+            rows, scores = rows[keep], scores[keep]
         if rows.size == 0:
             return []
-        scores = self._matrix[rows] @ q
         take = min(k, rows.size)
         best = np.argpartition(-scores, take - 1)[:take] if take < rows.size else np.arange(rows.size)
         best = best[np.argsort(-scores[best], kind="stable")]
