@@ -136,3 +136,50 @@ async def test_hostile_collection_calls(authed) -> None:
     # ... and in the worker: a 384-d embedding cannot join a 3-d collection; the request fails alone
     failed = await embed(client, alice, "hello", collection=name, item_id="b")
     assert failed["status"] == "failed" and failed["error"]["code"] == "COLLECTION_DIMENSION_MISMATCH"
+
+
+async def test_the_redis_store_across_two_processes_indexes(redis_server, monkeypatch) -> None:
+    """Two CollectionStores on one real Redis stand for two processes: each index catches up
+    with the other's puts, replacements and deletes; the Lua scripts hold the dimension and
+    the limits under concurrent writers."""
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from streaminfer.schemas import collections as module
+    from streaminfer.schemas.collections import CollectionError, CollectionStore
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    redis = Redis.from_url(redis_server)
+    gateway, worker = CollectionStore(redis, prefix), CollectionStore(redis, prefix)
+    try:
+        await gateway.put("alice", "c", "a", [1.0, 0.0], {"n": 1})
+        await gateway.put("alice", "c", "b", [0.0, 1.0])
+        assert [m.id for m in await worker.search("alice", "c", [1.0, 0.1], 5)] == ["a", "b"]
+        await gateway.put("alice", "c", "a", [0.0, -1.0], {"n": 2})  # replaced
+        await gateway.delete("alice", "c", "b")
+        found = await worker.search("alice", "c", [1.0, 0.1], 5)
+        assert [(m.id, m.metadata) for m in found] == [("a", {"n": 2})] and found[0].score < 0
+        assert await worker.get("alice", "c", "a") == {"id": "a", "embedding": [0.0, -1.0], "metadata": {"n": 2}}
+        assert await worker.list("alice") == [{"name": "c", "dimension": 2, "count": 1}]
+        assert await worker.list("bob") == [] and await worker.list(None) == []
+        with pytest.raises(CollectionError) as caught:
+            await worker.search("bob", "c", [1.0, 0.0], 1)
+        assert caught.value.code == "COLLECTION_NOT_FOUND"
+
+        # concurrent first writes of two dimensions: one wins, the other is refused
+        outcomes = await asyncio.gather(gateway.put("alice", "race", "x", [1.0] * 3),
+                                        worker.put("alice", "race", "y", [1.0] * 4), return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, CollectionError)]
+        assert len(refused) == 1 and refused[0].code == "COLLECTION_DIMENSION_MISMATCH"
+
+        monkeypatch.setattr(module, "MAX_ITEMS", 2)
+        monkeypatch.setattr(module, "MAX_COLLECTIONS", 2)
+        await gateway.put("alice", "c", "b", [1.0, 1.0])
+        await gateway.put("alice", "c", "a", [1.0, 1.0])  # a replacement is no new item
+        for call in (gateway.put("alice", "c", "third", [1.0, 1.0]), gateway.put("alice", "new", "a", [1.0])):
+            with pytest.raises(CollectionError) as caught:
+                await call
+            assert caught.value.code == "COLLECTION_LIMIT_EXCEEDED"
+    finally:
+        await redis.aclose()
