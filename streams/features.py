@@ -109,16 +109,22 @@ class FeatureLookup:
         started = time.perf_counter()
         task = model.config.task
         ids = {item_id: None for item in wanted for item_id in _ids(item.inputs[ENTITY_KEY])}
-        rows = await self._from_cache(task, section, list(ids))
+        # entity -> its values in column order, or why its row is no row of numbers
+        rows: dict[str, list[float] | FeatureValidationFailed] = await self._from_cache(task, section, list(ids))
         missing = [entity for entity in ids if entity not in rows]
-        from_db: dict[str, dict] = {}
+        from_db: set[str] = set()
         if missing:
             try:
-                from_db = await self._from_db(model, section, missing)
+                found = await self._from_db(model, section, missing)
             except FeatureValidationFailed as exc:  # the table lacks declared columns: all fail
                 return {id(item): exc for item in wanted}, {}
-            await self._to_cache(task, section, from_db)
-        rows.update(from_db)
+            for entity, row in found.items():
+                try:
+                    rows[entity] = _values(row, section["columns"], entity)
+                except FeatureValidationFailed as exc:
+                    rows[entity] = exc
+            from_db = set(found)
+            await self._to_cache(task, section, {e: rows[e] for e in found})
         ms = (time.perf_counter() - started) * 1000.0
 
         failed: dict[int, Exception] = {}
@@ -135,16 +141,15 @@ class FeatureLookup:
                     f"no features for {ENTITY_KEY} {', '.join(repr(e[:40]) for e in unknown[:5])}"
                     + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
                 continue
-            try:
-                values = [_values(rows[e], section["columns"], e) for e in entities]
-            except FeatureValidationFailed as exc:
-                failed[id(item)] = exc
+            bad = next((rows[e] for e in entities if isinstance(rows[e], FeatureValidationFailed)), None)
+            if bad is not None:
+                failed[id(item)] = bad
                 continue
-            item.inputs = {section["input"]: np.asarray(values, dtype=np.float64).astype(dtype)}
+            item.inputs = {section["input"]: np.asarray([rows[e] for e in entities], dtype=dtype)}
         return failed, looked
 
     # --- the cache ---
-    async def _from_cache(self, task: str, section: dict, ids: list[str]) -> dict[str, dict]:
+    async def _from_cache(self, task: str, section: dict, ids: list[str]) -> dict[str, list[float]]:
         if not section["cache_ttl_s"]:
             return {}
         found = await self._redis().mget([keys.feature_key(self._prefix, task, e) for e in ids])
@@ -152,28 +157,21 @@ class FeatureLookup:
         for entity, raw in zip(ids, found, strict=True):
             if raw is None:
                 continue
-            try:
-                row = json.loads(raw)
-                _values(row, section["columns"], entity)  # an entry of other columns is no entry
+            try:  # an entry of other columns, or of no numbers, is no entry
+                rows[entity] = _values(json.loads(raw), section["columns"], entity)
             except (ValueError, TypeError, FeatureValidationFailed):
                 continue
-            rows[entity] = row
         return rows
 
-    async def _to_cache(self, task: str, section: dict, rows: dict[str, dict]) -> None:
-        ttl = section["cache_ttl_s"]
-        good = {}
-        for entity, row in rows.items():  # a bad row is not cached: fixing it takes effect at once
-            try:
-                good[entity] = dict(zip(section["columns"], _values(row, section["columns"], entity),
-                                        strict=True))
-            except FeatureValidationFailed:
-                continue
-        if not ttl or not good:
+    async def _to_cache(self, task: str, section: dict, rows: dict[str, list[float] | Exception]) -> None:
+        # a bad row is not cached: fixing it takes effect at once
+        good = {e: v for e, v in rows.items() if not isinstance(v, Exception)}
+        if not section["cache_ttl_s"] or not good:
             return
         async with self._redis().pipeline(transaction=False) as pipe:
-            for entity, row in good.items():
-                pipe.set(keys.feature_key(self._prefix, task, entity), json.dumps(row), ex=ttl)
+            for entity, values in good.items():
+                row = dict(zip(section["columns"], values, strict=True))
+                pipe.set(keys.feature_key(self._prefix, task, entity), json.dumps(row), ex=section["cache_ttl_s"])
             await pipe.execute()
 
     # --- the database ---

@@ -151,7 +151,8 @@ class Result:
                 timings={
                     str(k): float(v)
                     for k, v in (body.get("timings") or {}).items()
-                    if v is not None
+                    # numbers only: feature_source ("cache" or "db") stays in raw
+                    if isinstance(v, int | float) and not isinstance(v, bool)
                 },
                 error=None
                 if not error

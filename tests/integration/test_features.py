@@ -178,7 +178,7 @@ def test_streaminfer_submit_entity_id(feature_stack) -> None:
     out = subprocess.run([sys.executable, "-m", "streaminfer", "submit", TASK, "--entity-id", "0", "1",
                           "--wait", "30", "--url", feature_stack.gateway_url],
                          capture_output=True, text=True, timeout=60, env=feature_stack.env)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr
     body = json.loads(out.stdout)
     assert body["status"] == "succeeded" and body["outputs"]["label"] == [0, 0], body
     assert body["timings"]["feature_source"] in ("db", "cache")
