@@ -30,6 +30,7 @@ import json
 import math
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,9 @@ MAX_ITEMS = 1_000_000
 """Per collection: each process that searches it holds it in memory."""
 MAX_COLLECTIONS = 100
 """Per client."""
+MAX_CACHED_ITEMS = 2_000_000
+"""Items one process keeps indexed (about 3 GB at 384-d); past it, the collections searched
+least recently are dropped and loaded again at their next search."""
 
 
 class CollectionError(Exception):
@@ -224,7 +228,7 @@ class CollectionStore:
     def __init__(self, redis: Any, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
-        self._cached: dict[tuple[str, str], _Cached] = {}
+        self._cached: OrderedDict[tuple[str, str], _Cached] = OrderedDict()  # least recent first
         self._upsert = redis.register_script(_UPSERT)
         self._delete = redis.register_script(_DELETE)
 
@@ -301,11 +305,21 @@ class CollectionStore:
         cached = self._cached.get(key)
         if cached is None or cached.index.dimension != dimension:
             cached = self._cached[key] = _Cached(dimension)
+        self._cached.move_to_end(key)
         async with cached.lock:  # no search while the index changes, and one catch-up at a time
             await self._catch_up(cached, client_id, name)
+            self._evict(key)
             if len(cached.index) > 10_000 or where:  # a few ms of numpy: off the event loop
                 return await asyncio.to_thread(cached.index.search, vector, k, where=where, exclude=exclude)
             return cached.index.search(vector, k, where=where, exclude=exclude)
+
+    def _evict(self, keep: tuple[str, str]) -> None:
+        total = sum(len(c.index) for c in self._cached.values())
+        for key in list(self._cached):
+            if total <= MAX_CACHED_ITEMS:
+                break
+            if key != keep and not self._cached[key].lock.locked():
+                total -= len(self._cached.pop(key).index)
 
     async def _catch_up(self, cached: _Cached, client_id: str | None, name: str) -> None:
         """Apply to this process's index every write since it last looked."""

@@ -173,6 +173,15 @@ async def test_the_redis_store_across_two_processes_indexes(redis_server, monkey
         refused = [o for o in outcomes if isinstance(o, CollectionError)]
         assert len(refused) == 1 and refused[0].code == "COLLECTION_DIMENSION_MISMATCH"
 
+        # a process past its indexed items drops the least recently searched index, reloads it later
+        monkeypatch.setattr(module, "MAX_CACHED_ITEMS", 1)
+        await gateway.put("alice", "d", "z", [1.0, 1.0])
+        await worker.search("alice", "c", [1.0, 0.0], 1)
+        await worker.search("alice", "d", [1.0, 0.0], 1)
+        assert list(worker._cached) == [("alice", "d")]
+        assert [m.id for m in await worker.search("alice", "c", [0.0, -1.0], 1)] == ["a"]
+        assert list(worker._cached) == [("alice", "c")]
+
         monkeypatch.setattr(module, "MAX_ITEMS", 2)
         monkeypatch.setattr(module, "MAX_COLLECTIONS", 2)
         await gateway.put("alice", "c", "b", [1.0, 1.0])
