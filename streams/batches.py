@@ -23,7 +23,7 @@ from streaminfer.schemas.records import AuditType, Error, InferenceResult, Statu
 from . import metrics, spans
 from .costs import BatchCost
 from .features import FeatureLookup, names_entities, stamp
-from .merging import merge_inputs, split_outputs
+from .merging import merge_inputs, shape_groups, split_outputs
 from .outcomes import Letter, Outcome, OutcomeWriter
 from .publisher import ResultPublisher
 from .requests import PendingRequest
@@ -167,17 +167,11 @@ class BatchRunner:
         batch_items = sum(p.size for p in items)
         metrics.BATCH_SIZE.labels(model.name).observe(batch_items)
         t0 = time.perf_counter()
-        try:
-            outputs = await self._predict(model, merge_inputs([p.inputs for p in items]))
-            parts: list[dict | Exception] = split_outputs(outputs, [p.size for p in items])
-            instances.cost.observe(batch_items, sum(p.units for p in items), (time.perf_counter() - t0) * 1000.0)
-        except Exception as exc:
-            if len(items) == 1:
-                parts = [exc]
-            else:  # isolate whoever broke the batch: the others must not fail with it
-                logger.warning("batch of %d on %s failed (%s); running its requests one by one",
-                               len(items), model.name, exc)
-                parts = [await self._run_alone(model, item) for item in items]
+        parts: list[dict | Exception] = [{}] * len(items)
+        for group in shape_groups([p.inputs for p in items]):  # one group unless sizes differ
+            for index, part in zip(group, await self._infer_group(instances, [items[i] for i in group]),
+                                   strict=True):
+                parts[index] = part
         inference_ms = (time.perf_counter() - t0) * 1000.0
         metrics.COMPUTE_SECONDS.labels(model.name, model.version).observe(inference_ms / 1000.0)
         finished = []
@@ -201,6 +195,24 @@ class BatchRunner:
                         "RESULT_UNENCODABLE", str(exc)[:2000], False)))
             finished.append(outcome)
         return finished
+
+    async def _infer_group(self, instances: Instances, items: list[PendingRequest]) -> list[dict | Exception]:
+        """Outputs (or the error) per request of one batch whose inputs concatenate."""
+        model = instances.model
+        t0 = time.perf_counter()
+        try:
+            outputs = await self._predict(model, merge_inputs([p.inputs for p in items]))
+            parts: list[dict | Exception] = split_outputs(outputs, [p.size for p in items])
+        except Exception as exc:
+            if len(items) == 1:
+                return [exc]
+            # isolate whoever broke the batch: the others must not fail with it
+            logger.warning("batch of %d on %s failed (%s); running its requests one by one",
+                           len(items), model.name, exc)
+            return [await self._run_alone(model, item) for item in items]
+        instances.cost.observe(sum(p.size for p in items), sum(p.units for p in items),
+                               (time.perf_counter() - t0) * 1000.0)
+        return parts
 
     async def _run_alone(self, model: Model, item: PendingRequest) -> dict | Exception:
         try:

@@ -18,6 +18,17 @@ def merge_inputs(requests: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndar
     return {name: np.concatenate([r[name] for r in requests], axis=0) for name in names}
 
 
+def shape_groups(requests: Sequence[dict[str, np.ndarray]]) -> list[list[int]]:
+    """Indices of ``requests`` grouped so that each group's inputs concatenate: the same names,
+    and per name the same dtype and shape past the batch dimension (images sent at their own
+    size, as face-detect takes them, differ there). First-seen order, within and across groups."""
+    groups: dict[tuple, list[int]] = {}
+    for index, inputs in enumerate(requests):
+        signature = tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items()))
+        groups.setdefault(signature, []).append(index)
+    return list(groups.values())
+
+
 def split_outputs(outputs: dict[str, np.ndarray], sizes: Sequence[int]) -> list[dict[str, np.ndarray]]:
     """Slice every output back into ``len(sizes)`` parts of the given first-dimension sizes."""
     total = sum(sizes)

@@ -47,6 +47,26 @@ async def test_batch_with_a_breaking_request_fails_only_that_one(codec):
     assert publisher.letters, "a request out of retries is dead-lettered"
 
 
+async def test_requests_of_different_sizes_in_one_batch_run_as_one_batch_per_size(codec, caplog):
+    """Images at their own size (face-detect) do not concatenate: each size runs as its own batch,
+    with no failed batch and no one-by-one fallback."""
+    model, publisher = FakeModel(), FakePublisher()
+    processor = make(model, publisher, codec)
+    spec = processor._repository.configs[TASK].inputs[0]
+    processor._repository.configs[TASK] = dataclasses.replace(
+        processor._repository.configs[TASK], inputs=(dataclasses.replace(spec, shape=(-1,)),),
+        outputs=(dataclasses.replace(spec, name="y", shape=(-1,)),))
+    events = [event(codec, [[1, 2]], 0), event(codec, [[1, 2, 3]], 1), event(codec, [[3, 4]], 2)]
+    with caplog.at_level("WARNING"):
+        acked = await run(processor, [e for e, _ in events])
+    assert sorted(acked) == [0, 1, 2]
+    by_id = {r.request_id: r for r in publisher.results}
+    assert [by_id[r.request_id].outputs[0].to_numpy().tolist() for _, r in events] == [
+        [[2, 4]], [[2, 4, 6]], [[6, 8]]]
+    assert sorted(model.calls) == [1, 2], "one batch of the two pairs, one of the triple"
+    assert "failed" not in caplog.text
+
+
 async def test_transient_failure_is_retried(codec):
     model, publisher = FakeModel(transient_failures=1), FakePublisher()
     source, request = event(codec, [[1, 1]])
