@@ -170,6 +170,9 @@ class ModelConfig:
                 "max_batch_delay_ms": self.max_batch_delay_ms,
             },
             "default_deadline_ms": self.default_deadline_ms,
+            # requests may name an entity instead (docs/features.md); never the URL: it may hold a password
+            "feature_lookup": {"input": "entity_id", "fills": self.features["input"],
+                               "columns": len(self.features["columns"])} if self.features else None,
             "instances": self.instances,
             "device": self.device,
         }

@@ -157,3 +157,13 @@ def test_the_example_table_holds_every_row_under_its_number(tmp_path: Path) -> N
     assert sorted(rows, key=int) == [str(i) for i in range(569)]
     data = load_breast_cancer().data
     assert np.array_equal(np.asarray(rows["0"]), data[0]) and np.array_equal(np.asarray(rows["568"]), data[568])
+
+
+def test_the_task_signature_says_it_takes_entity_ids_and_never_the_url(config, tmp_path: Path) -> None:
+    signature = config.signature()  # what GET /v1/tasks shows
+    assert signature["feature_lookup"] == {"input": "entity_id", "fills": "features", "columns": 30}
+    assert "sqlite" not in str(signature)
+    plain = copy.deepcopy(TEMPLATE)
+    del plain["features"]
+    (tmp_path / "plain").mkdir()
+    assert _load(tmp_path / "plain", plain).signature()["feature_lookup"] is None
