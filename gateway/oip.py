@@ -201,6 +201,10 @@ def _failure(result: InferenceResult) -> GatewayError:
         return InferenceTimeout(message, details=details)
     if code == "INVALID_INPUT":
         return InvalidRequest(message, details=details)
+    if code == "FEATURE_VALIDATION_FAILED":  # the entity's row is no row of numbers (docs/features.md)
+        return InvalidRequest(message, code=code, details=details)
+    if code == "FEATURES_NOT_FOUND":  # no row for the entity named
+        return NotFound(message, code=code, details=details)
     if code in ("TASK_NOT_FOUND", "MODEL_VERSION_NOT_FOUND"):
         return NotFound(message, code=code, details=details)
     if result.error is not None and result.error.retriable:

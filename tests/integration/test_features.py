@@ -182,3 +182,19 @@ def test_streaminfer_submit_entity_id(feature_stack) -> None:
     body = json.loads(out.stdout)
     assert body["status"] == "succeeded" and body["outputs"]["label"] == [0, 0], body
     assert body["timings"]["feature_source"] in ("db", "cache")
+
+
+async def test_open_inference_protocol_with_an_entity_id(feature_stack) -> None:
+    def body(*ids: str) -> dict:
+        return {"inputs": [{"name": "entity_id", "datatype": "BYTES", "shape": [len(ids)], "data": list(ids)}]}
+
+    async with httpx.AsyncClient(base_url=feature_stack.gateway_url, timeout=40) as client:
+        ok = await client.post(f"/v2/models/{TASK}/infer", json=body("0", "9"))
+        unknown = await client.post(f"/v2/models/{TASK}/infer", json=body("99999"))
+        broken = await client.post(f"/v2/models/{TASK}/infer", json=body(BROKEN))
+        direct = await infer(client, {"features": [row(0), row(9)]})
+    assert ok.status_code == 200, ok.text
+    labels = next(o for o in ok.json()["outputs"] if o["name"] == "label")
+    assert labels["shape"] == [2] and labels["data"] == direct["outputs"]["label"]
+    assert assert_error(unknown, 404, "FEATURES_NOT_FOUND")["details"]["status"] == "failed"
+    assert_error(broken, 422, "FEATURE_VALIDATION_FAILED")
