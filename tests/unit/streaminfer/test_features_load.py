@@ -55,3 +55,12 @@ def test_load_without_a_target_or_a_section_is_a_clear_error(repository: Path, m
     with pytest.raises(SystemExit) as exited:
         cli.main(["features", "load", "--task", "text-embedding", "--url", "sqlite://"])
     assert exited.value.code == 2 and "not built with a features section" in capsys.readouterr().err
+
+
+def test_the_feature_store_url_is_a_secret_setting() -> None:
+    from streaminfer.settings import Settings
+
+    settings = Settings(feature_store_url="postgresql+psycopg://app:s3cret@db.example:5432/features")
+    assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.summary())
+    assert settings.summary()["feature_store_url"] == "postgresql+psycopg://app:***@db.example:5432/features"
+    assert Settings().summary()["feature_store_url"] is None
