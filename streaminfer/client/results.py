@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from streaminfer.models.config import NUMPY_DTYPES  # the contract's datatypes; BYTES as objects
 from streaminfer.schemas.records import InferenceResult
 
 from .errors import INVALID_RESPONSE, ClientError
@@ -29,19 +30,6 @@ __all__ = [
 PENDING = frozenset({"queued", "running"})
 """Statuses of a request that has no result yet."""
 
-NUMPY_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
-}
-"""The contract's datatypes (schemas/io.streaminfer.v1.Tensor.avsc); BYTES as str objects."""
 _BY_KIND = {(dt.kind, dt.itemsize): name for name, dt in NUMPY_DTYPES.items() if name != "BYTES"}
 
 
