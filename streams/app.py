@@ -18,6 +18,7 @@ from streaminfer.models.repository import ModelRepository
 from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.errors import SchemaError
 from streaminfer.schemas.registry import RegistryClient, record_topics
+from streaminfer.schemas.topics import request_topics
 
 from . import metrics
 from .agents import register_agents, start_task_agents
@@ -253,7 +254,8 @@ def create_worker(options: WorkerOptions,
 
     pause = PartitionPause(publisher.breakers, lambda: app.consumer.assignment(),
                            lambda tps: app.consumer.pause_partitions(tps),
-                           lambda tps: app.consumer.resume_partitions(tps))
+                           lambda tps: app.consumer.resume_partitions(tps),
+                           topics_of=lambda task: request_topics(options.topic_prefix, task))
     runtime = WorkerRuntime(processor, publisher, options, is_consuming=lambda: _has_partitions(app),
                             set_fetch_wait=app.set_fetch_max_wait, codec=codec, add_task=add_task,
                             pause=pause)

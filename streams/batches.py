@@ -21,6 +21,7 @@ from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.records import AuditType, Error, InferenceResult, Status, now_ms
 
 from . import metrics, spans
+from .breakers import judge_batch, refuse_if_open
 from .costs import BatchCost
 from .features import FeatureLookup, names_entities, stamp
 from .merging import merge_inputs, shape_groups, split_outputs
@@ -163,6 +164,7 @@ class BatchRunner:
         return self._outcome(item, self._outcomes.result(item.request, Status.EXPIRED, model=model, error=error))
 
     async def _infer(self, instances: Instances, items: list[PendingRequest], started: int) -> list[Outcome]:
+        refuse_if_open(getattr(self._publisher, "breakers", None), items[0].request.task)
         model = instances.model
         batch_items = sum(p.size for p in items)
         metrics.BATCH_SIZE.labels(model.name).observe(batch_items)
@@ -194,6 +196,8 @@ class BatchRunner:
                     outcome = self._outcome(item, build(Status.FAILED, error=Error(
                         "RESULT_UNENCODABLE", str(exc)[:2000], False)))
             finished.append(outcome)
+        # a model that fails every request: not answered while its breaker is open (streams/breakers.py)
+        judge_batch(getattr(self._publisher, "breakers", None), items[0].request.task, finished)
         return finished
 
     async def _infer_group(self, instances: Instances, items: list[PendingRequest]) -> list[dict | Exception]:

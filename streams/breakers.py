@@ -17,7 +17,7 @@ Once every breaker is closed again the partitions resume from where they stopped
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
@@ -34,9 +34,62 @@ REDIS, KAFKA, REGISTRY, FEATURE_STORE = "redis", "kafka", "registry", "feature-s
 DEPENDENCIES = (REDIS, KAFKA, REGISTRY, FEATURE_STORE)
 
 
+MODEL_PREFIX = "model:"
+MODEL_DOWN_CODE = "INFERENCE_FAILED"
+
+
+def model_breaker(task: str) -> str:
+    """The breaker of a task's model: ``model:<task>``."""
+    return MODEL_PREFIX + task
+
+
+class ModelDown(Exception):
+    """Every request of a batch failed with INFERENCE_FAILED: the model, not a request, fails."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.breaker = name
+
+
+class ModelCircuitOpen(ModelDown):
+    """The model's breaker is open: the batch is not answered; it runs again after the probe
+    is due (the retry loop waits), and its requests are neither failed nor dead-lettered."""
+
+
+def judge_batch(breakers: Breakers | None, task: str, outcomes: Sequence) -> None:
+    """Feed a computed batch to its model's breaker: a batch of two or more requests that all
+    failed with INFERENCE_FAILED (each already retried alone) counts against the model, any
+    other a success. Raises :class:`ModelCircuitOpen` instead of answering a failed batch while
+    the breaker is open.
+
+    NOTE: a batch of one that fails says nothing of the model (it may be one poisonous request,
+    which must fail alone, not hold the task's partitions for ever)."""
+    if breakers is None or not outcomes:
+        return
+    name = model_breaker(task)
+    failed = sum(1 for o in outcomes if o.result is not None and o.result.error is not None
+                 and o.result.error.code == MODEL_DOWN_CODE)
+    if len(outcomes) >= 2 and failed == len(outcomes):
+        breakers.record(name, ModelDown(name, f"all {failed} requests of a batch failed on {task}"))
+        if breakers.is_open(name):
+            raise ModelCircuitOpen(name, f"the model of {task} keeps failing (circuit breaker open)")
+    elif not breakers.is_open(name):  # open: only the probe (a batch run once it is due) says
+        breakers.record(name)
+
+
+def refuse_if_open(breakers: Breakers | None, task: str) -> None:
+    """Before a batch takes model time: :class:`ModelCircuitOpen` while the model's breaker is
+    open and not yet due for a probe (its requests wait, no retry is burnt on the model)."""
+    name = model_breaker(task)
+    if breakers is not None and breakers.retry_after_s(name) > 0:
+        raise ModelCircuitOpen(name, f"the model of {task} keeps failing (circuit breaker open)")
+
+
 def dependency_of(exc: BaseException) -> str | None:
     """The dependency an error says is away; None for anything else (a bug, a bad input, or a
     bare socket error that names no dependency)."""
+    if isinstance(exc, ModelDown):
+        return exc.breaker
     if isinstance(exc, FeatureStoreUnavailable):
         return FEATURE_STORE
     if isinstance(exc, SchemaError):
@@ -64,37 +117,53 @@ def open_dependencies(breakers: Breakers) -> list[str]:
     return [name for name in DEPENDENCIES if breakers.is_open(name)]
 
 
-def wait_s(breakers: Breakers) -> float:
-    """How long a write should wait before its next attempt: until the last open breaker is
-    due for a probe; 0 when none is open."""
-    return max((breakers.retry_after_s(name) for name in DEPENDENCIES), default=0.0)
+def open_models(breakers: Breakers) -> list[str]:
+    """Tasks whose model breaker is open."""
+    return [name.removeprefix(MODEL_PREFIX) for name in breakers.names()
+            if name.startswith(MODEL_PREFIX) and breakers.is_open(name)]
+
+
+def wait_s(breakers: Breakers, touched: Iterable[str] = ()) -> float:
+    """How long a write should wait before its next attempt: until the last open dependency
+    breaker, or breaker in ``touched`` (a model breaker the write ran into), is due for a probe;
+    0 when none is open. Another task's open model breaker holds nothing here."""
+    return max((breakers.retry_after_s(name) for name in {*DEPENDENCIES, *touched}), default=0.0)
 
 
 class PartitionPause:
-    """Pauses the consumer's partitions while a dependency breaker is open; resumes the ones it
-    paused once all are closed. :meth:`sync` runs on a timer, so partitions assigned in a
-    rebalance meanwhile are paused too."""
+    """Pauses the consumer's partitions while a breaker is open: all of them for a dependency
+    (every task needs Redis and Kafka), those of the task's request topics (``topics_of``) for
+    a model; resumes the ones it paused once their breakers are closed. :meth:`sync` runs on a
+    timer, so partitions assigned in a rebalance meanwhile are paused too."""
 
     def __init__(self, breakers: Breakers, assignment: Callable[[], Iterable],
-                 pause: Callable[[set], None], resume: Callable[[set], None]) -> None:
+                 pause: Callable[[set], None], resume: Callable[[set], None],
+                 topics_of: Callable[[str], Iterable[str]] = lambda task: ()) -> None:
         self._breakers = breakers
         self._assignment = assignment
         self._pause = pause
         self._resume = resume
+        self._topics_of = topics_of
         self.paused: set = set()
 
+    def _wanted(self, assigned: set) -> tuple[set, list[str]]:
+        if opened := open_dependencies(self._breakers):
+            return assigned, opened
+        if not (models := open_models(self._breakers)):
+            return set(), []
+        topics = {topic for task in models for topic in self._topics_of(task)}
+        return {tp for tp in assigned if tp.topic in topics}, [model_breaker(t) for t in models]
+
     def sync(self) -> None:
-        opened = open_dependencies(self._breakers)
-        if opened:
-            assigned = set(self._assignment())
-            new = assigned - self.paused
-            self.paused &= assigned  # revoked meanwhile: no longer ours to resume
-            if new:
-                self._pause(new)
-                self.paused |= new
-                logger.warning("circuit open for %s: paused %d partitions", ",".join(opened), len(new))
-        elif self.paused:
-            resumed, self.paused = self.paused & set(self._assignment()), set()
-            self._resume(resumed)
-            logger.info("circuits closed: resumed %d partitions", len(resumed))
+        assigned = set(self._assignment())
+        self.paused &= assigned  # revoked meanwhile: no longer ours to resume
+        wanted, opened = self._wanted(assigned)
+        if new := wanted - self.paused:
+            self._pause(new)
+            self.paused |= new
+            logger.warning("circuit open for %s: paused %d partitions", ",".join(opened), len(new))
+        if done := self.paused - wanted:
+            self._resume(done)
+            self.paused -= done
+            logger.info("circuits closed: resumed %d partitions", len(done))
         metrics.PARTITIONS_PAUSED.set(len(self.paused))

@@ -41,7 +41,7 @@ from streaminfer.schemas.records import (
 )
 
 from . import metrics, spans
-from .breakers import dependency_of, open_dependencies, wait_s
+from .breakers import ModelDown, dependency_of, open_dependencies, wait_s
 from .collections import collect
 from .ledger import AckLedger, Entry
 from .publisher import Latency, Publication, ResultPublisher, StoredResult
@@ -62,7 +62,8 @@ Before = tuple[asyncio.Task, Callable[[], Awaitable[object]]]
 
 
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, DEPENDENCY_ERRORS) or (isinstance(exc, SchemaError) and exc.retriable)
+    return (isinstance(exc, (*DEPENDENCY_ERRORS, ModelDown))
+            or (isinstance(exc, SchemaError) and exc.retriable))
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +206,7 @@ class OutcomeWriter:
     async def _wait_for_breakers(self, what: str, breakers, touched: set[str]) -> bool:
         """Wait while a dependency breaker is open and not yet due for a probe; False if the
         worker stops meanwhile (the events are redelivered)."""
-        while (pause_s := wait_s(breakers)) > 0:
+        while (pause_s := wait_s(breakers, touched)) > 0:
             if self.closed:
                 logger.warning("stopping with %s unwritten (circuit open); they will be redelivered", what)
                 return False

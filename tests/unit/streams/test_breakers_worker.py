@@ -11,13 +11,21 @@ import time
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError
+from helpers.worker_fakes import FakeModel, FakePublisher, event, make, until_acked
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from streaminfer.schemas.breakers import CLOSED, OPEN
 from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.errors import RegistryUnavailable
 from streaminfer.streams import metrics
-from streaminfer.streams.breakers import PartitionPause, dependency_of, make_breakers
+from streaminfer.streams.breakers import (
+    ModelCircuitOpen,
+    ModelDown,
+    PartitionPause,
+    dependency_of,
+    judge_batch,
+    make_breakers,
+)
 from streaminfer.streams.features import FeatureStoreUnavailable
 from streaminfer.streams.outcomes import OutcomeWriter
 
@@ -101,6 +109,17 @@ async def test_a_write_waiting_on_an_open_breaker_gives_up_on_shutdown():
     assert len(write.attempts) == 1
 
 
+class TP(tuple):
+    """faust's TP: (topic, partition) with ``.topic``."""
+
+    topic = property(lambda self: self[0])
+
+
+@pytest.fixture
+def codec() -> AvroCodec:
+    return AvroCodec()
+
+
 class Consumer:
     def __init__(self, assigned) -> None:
         self.assigned = set(assigned)
@@ -115,19 +134,102 @@ class Consumer:
 
 def test_partitions_pause_while_open_and_resume_once_closed():
     breakers = make_breakers(1, 0.05)
-    consumer = Consumer({("t", 0), ("t", 1)})
+    consumer = Consumer({TP(("t", 0)), TP(("t", 1))})
     pause = PartitionPause(breakers, lambda: consumer.assigned, consumer.pause, consumer.resume)
     pause.sync()
     assert consumer.paused == set()
     breakers.record("feature-store", FeatureStoreUnavailable("no db"))
     pause.sync()
-    assert consumer.paused == {("t", 0), ("t", 1)}
+    assert consumer.paused == {TP(("t", 0)), TP(("t", 1))}
     assert metrics.REGISTRY.get_sample_value("inference_partitions_paused") == 2
-    consumer.assigned = {("t", 1), ("t", 2)}  # a rebalance meanwhile
+    consumer.assigned = {TP(("t", 1)), TP(("t", 2))}  # a rebalance meanwhile
     pause.sync()
-    assert ("t", 2) in consumer.paused and pause.paused == {("t", 1), ("t", 2)}
+    assert TP(("t", 2)) in consumer.paused and pause.paused == {TP(("t", 1)), TP(("t", 2))}
     time.sleep(0.06)
     breakers.record("feature-store")  # a good probe
     pause.sync()
-    assert consumer.paused == {("t", 0)}, "only what it paused and still holds is resumed"
+    assert consumer.paused == {TP(("t", 0))}, "only what it paused and still holds is resumed"
     assert metrics.REGISTRY.get_sample_value("inference_partitions_paused") == 0
+
+
+def test_a_model_breaker_pauses_only_its_tasks_partitions():
+    breakers = make_breakers(1, 30.0)
+    a0, a1, b0 = TP(("unit.requests.a.normal", 0)), TP(("unit.requests.a.high", 1)), TP(("unit.requests.b.normal", 0))
+    consumer = Consumer({a0, a1, b0})
+    topics = {"a": {"unit.requests.a.normal", "unit.requests.a.high"}, "b": {"unit.requests.b.normal"}}
+    pause = PartitionPause(breakers, lambda: consumer.assigned, consumer.pause, consumer.resume,
+                           topics_of=topics.__getitem__)
+    breakers.record("model:a", ModelDown("model:a", "all failed"))
+    pause.sync()
+    assert consumer.paused == {a0, a1}
+    breakers.record("redis", RedisConnectionError("refused"))  # a dependency: everything
+    pause.sync()
+    assert consumer.paused == {a0, a1, b0}
+
+
+class Result:
+    def __init__(self, code: str | None) -> None:
+        self.error = None if code is None else type("E", (), {"code": code})()
+
+
+class Done:
+    def __init__(self, code: str | None) -> None:
+        self.result = Result(code)
+
+
+def test_judge_batch_counts_only_batches_where_every_request_failed_on_the_model():
+    breakers = make_breakers(2, 30.0)
+    judge_batch(breakers, "a", [Done("INFERENCE_FAILED"), Done("INFERENCE_FAILED")])
+    judge_batch(breakers, "a", [Done("INFERENCE_FAILED"), Done(None)])  # one request broke: a success
+    judge_batch(breakers, "a", [Done("INFERENCE_FAILED")] * 2)
+    assert not breakers.is_open("model:a")
+    for _ in range(5):
+        judge_batch(breakers, "a", [Done("INFERENCE_FAILED")])  # alone: maybe a poisonous request
+    judge_batch(breakers, "a", [Done("INVALID_INPUT")] * 3)
+    assert not breakers.is_open("model:a")
+    judge_batch(breakers, "a", [Done("INFERENCE_FAILED")] * 3)
+    with pytest.raises(ModelCircuitOpen):
+        judge_batch(breakers, "a", [Done("INFERENCE_FAILED")] * 3)
+    assert breakers.is_open("model:a")
+
+
+async def test_a_model_that_keeps_failing_opens_its_breaker_and_its_requests_wait_not_fail(codec):
+    """Through the real processor: a batch all of whose requests fail on the model opens the
+    breaker (threshold 1); the batch is not answered, no dead letter is written; after the reset
+    the batch runs again (the probe) on the recovered model and every request succeeds once."""
+    model, publisher = FakeModel(transient_failures=10**6), FakePublisher()
+    publisher.breakers = breakers = make_breakers(1, 0.3)
+    processor = make(model, publisher, codec)
+    events = [event(codec, [[1, 2]], i) for i in range(3)]
+    acked: list[int] = []
+    await processor.start()
+    try:
+        for source, _ in events:
+            async def ack(offset=source.offset):
+                acked.append(offset)
+            await processor.handle(source, ack)
+        deadline = time.monotonic() + 5
+        while not breakers.is_open("model:echo") and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        assert breakers.is_open("model:echo") and gauge("model:echo") == OPEN
+        model.transient_failures = 0  # the model recovers while its breaker is open
+        await until_acked(acked, 3, timeout_s=5)
+    finally:
+        await processor.stop()
+    assert sorted(acked) == [0, 1, 2]
+    assert publisher.letters == [], "never dead-lettered because the breaker opened"
+    assert sorted(r.status.value for r in publisher.results) == ["SUCCEEDED"] * 3
+    assert len(publisher.results) == 3, "each answered once"
+    assert breakers.value("model:echo") == CLOSED
+
+
+def test_an_open_model_breaker_refuses_a_batch_before_it_takes_model_time():
+    from streaminfer.streams.breakers import refuse_if_open
+
+    breakers = make_breakers(1, 30.0)
+    refuse_if_open(breakers, "a")
+    breakers.record("model:a", ModelDown("model:a", "all failed"))
+    with pytest.raises(ModelCircuitOpen):
+        refuse_if_open(breakers, "a")
+    refuse_if_open(breakers, "b")  # another task's model: runs
+    refuse_if_open(None, "a")
