@@ -333,3 +333,27 @@ def test_values_that_are_no_finite_number_fail_validation(value, what: str) -> N
     with pytest.raises(FeatureValidationFailed, match="is missing"):
         _values({"a": 1.0}, COLUMNS, "e")
     assert _values({"a": 1, "b b": Decimal("2.5")}, COLUMNS, "e") == [1.0, 2.5]
+
+
+async def test_hostile_kafka_entity_ids_fail_at_intake_and_the_worker_goes_on(model: ScoringModel) -> None:
+    codec, publisher = AvroCodec(), RedisPublisher()
+    worker = processor(model, publisher, codec)
+    hostile = [entity_event(codec, 0, ""), entity_event(codec, 1, "x" * 129),
+               entity_event(codec, 2, "a\x00b"), entity_event(codec, 3, "1")]
+    bad_utf8 = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK,
+                                inputs=[Tensor.from_numpy("entity_id", np.array([b"\xff\xfe"], dtype=object))])
+    hostile.append((SourceEvent(f"{PREFIX}.requests.{TASK}.normal", 0, 4, bad_utf8.request_id.encode(),
+                                codec.encode(bad_utf8)), bad_utf8))
+    acked: list[int] = []
+    await worker.start()
+    try:
+        await feed(worker, [e for e, _ in hostile], acked)
+    finally:
+        await worker.stop()
+    assert sorted(acked) == [0, 1, 2, 3, 4]
+    by_id = {r.request_id: r for r in publisher.results}
+    for _, request in hostile[:3] + hostile[4:]:
+        result = by_id[request.request_id]
+        assert (result.status, result.error.code) == (Status.FAILED, "INVALID_INPUT"), result.error
+    assert by_id[hostile[3][1].request_id].status is Status.SUCCEEDED
+    assert model.calls and all(batch.shape[1] == 2 for batch in model.calls)  # only real features ran
