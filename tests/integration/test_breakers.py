@@ -5,6 +5,8 @@ the client's socket timeout) under a gateway with a threshold of 3 and a reset o
 failures the gateway answers 503 SERVICE_UNAVAILABLE with Retry-After at once, the breaker shows
 open (2) on /metrics and in /ready; Redis resumed: half-open, closed, requests succeed again.
 
+The broker frozen under a gateway (publish timeout 1.5 s): the same with the ``kafka`` breaker.
+
 Worker: its Redis stopped (terminated) while requests keep arriving on Kafka: the redis breaker
 opens, the worker pauses its partitions (requests produced meanwhile are not fetched: its
 batchers' queues stop growing), resumes once Redis is back, and answers every request once.
@@ -171,3 +173,43 @@ async def test_worker_pauses_its_partitions_while_redis_is_away_and_answers_ever
     assert all(len(answers) == 1 for answers in results.values()), "each answered once"
     print(f"\nworker, Redis stopped: breaker open and partitions paused {open_s:.2f} s after; "
           f"Redis back -> closed and resumed in {resume_s:.2f} s; {len(ids)} requests answered once")
+
+
+async def test_gateway_fails_fast_while_the_broker_is_frozen_and_closes_once_it_is_back(
+        make_stack, own_kafka, redis_server):
+    from streaminfer.embedded import bootstrap_address
+
+    stack = make_stack(bootstrap=bootstrap_address(own_kafka), redis_url=redis_server, STREAMINFER_TASKS=TASK)
+    stack.add_worker()
+    url = stack.add_gateway(STREAMINFER_KAFKA_REQUEST_TIMEOUT_MS="1500", **GATEWAY_BREAKER)
+    body = features_body()
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        assert (await client.post(f"/v1/infer/{TASK}", params={"wait": 30}, json=body)).status_code == 200
+        os.kill(own_kafka.proc.pid, signal.SIGSTOP)
+        try:
+            async def timed_post():
+                started = time.monotonic()
+                response = await client.post(f"/v1/infer/{TASK}", json=body)
+                return response, time.monotonic() - started
+
+            closed = await asyncio.gather(*(timed_post() for _ in range(3)))
+            for response, elapsed in closed:
+                assert_error(response, 503, "SERVICE_UNAVAILABLE")
+                assert elapsed > 1.0, "closed: the publish timeout is waited out"
+            response, elapsed = await timed_post()
+            assert_error(response, 503, "SERVICE_UNAVAILABLE")
+            assert response.json()["details"]["circuit"] == "kafka" and elapsed < 0.5, elapsed
+            assert int(response.headers["retry-after"]) >= 1
+            metrics = (await client.get("/metrics")).text
+            assert sample(metrics, "inference_circuit_state", 'name="kafka"') == 2.0
+            assert sample(metrics, "inference_circuit_state", 'name="redis"') == 0.0
+        finally:
+            os.kill(own_kafka.proc.pid, signal.SIGCONT)
+
+        async def succeeded():
+            response = await client.post(f"/v1/infer/{TASK}", params={"wait": 30}, json=body)
+            return response if response.status_code == 200 else None
+
+        assert await until(succeeded, timeout_s=60, interval_s=0.2), "the broker is back: requests succeed"
+        states = (await client.get("/ready")).json()["circuits"]
+        assert states["kafka"]["state"] == "closed"
