@@ -15,3 +15,19 @@ def test_a_result_with_lookup_timings_is_read() -> None:
     result = Result.from_body(body)
     assert result.succeeded and result.timings["feature_lookup_ms"] == 0.4
     assert "feature_source" not in result.timings and result.raw["timings"]["feature_source"] == "cache"
+
+
+def test_request_producer_inputs_make_an_entity_tensor_the_worker_accepts(tmp_path) -> None:
+    import shutil
+
+    from streaminfer.client.request_events import input_tensor
+    from streaminfer.models.builtin import template_path
+    from streaminfer.models.config import load_model_config
+    from streaminfer.models.friendly import validate_tensors
+
+    shutil.copyfile(template_path("tabular-classify"), tmp_path / "model.yaml")
+    config = load_model_config(tmp_path)
+    for value in ("0", ["0", "568"]):  # RequestProducer.send(task, {"entity_id": value})
+        tensor = input_tensor("entity_id", value)
+        assert tensor.datatype.value == "BYTES"
+        validate_tensors(config, {"entity_id": tensor.to_numpy()})  # what intake checks
