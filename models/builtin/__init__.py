@@ -7,8 +7,10 @@ package (e.g. for ``default_repository``) stays cheap.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -80,13 +82,27 @@ def _builder(task: str):
 
 
 def is_built(repo: Path, task: str) -> bool:
-    """Whether ``task`` has its model.yaml, artifact and metrics in ``repo``."""
+    """Whether ``task`` has its model.yaml, artifact and metrics in ``repo``, built by the recipe
+    of this code (a checkout that pulled a changed builder or template rebuilds that task)."""
     version_dir = Path(repo) / task / VERSION
-    return (
+    if not (
         (Path(repo) / task / "model.yaml").is_file()
         and (version_dir / _builder(task).ARTIFACT).is_file()
         and (version_dir / METRICS_FILE).is_file()
-    )
+    ):
+        return False
+    try:
+        built = json.loads((version_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    except ValueError:
+        return False
+    return built.get("recipe_sha256") == recipe_digest(task)
+
+
+def recipe_digest(task: str) -> str:
+    """SHA-256 of what a built task comes from: its builder module and its model.yaml template."""
+    digest = hashlib.sha256(Path(inspect.getsourcefile(_builder(task))).read_bytes())
+    digest.update(template_path(task).read_bytes())
+    return digest.hexdigest()
 
 
 def build_task(repo: Path, task: str, force: bool = False) -> dict:
@@ -111,6 +127,7 @@ def build_task(repo: Path, task: str, force: bool = False) -> dict:
     try:
         metrics = builder.build(staging)
         metrics["build_seconds"] = round(time.perf_counter() - started, 2)
+        metrics["recipe_sha256"] = recipe_digest(task)
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         if version_dir.exists():
             shutil.rmtree(version_dir)

@@ -156,6 +156,18 @@ def test_build_skip_and_force(tmp_path):
     assert not forced["skipped"] and artifact.stat().st_mtime_ns != mtime
 
 
+def test_a_task_built_by_another_recipe_is_rebuilt(tmp_path, monkeypatch):
+    """A checkout that pulls a changed builder or template gets that task rebuilt by `make models`."""
+    build_task(tmp_path, "tabular-classify")
+    assert build_task(tmp_path, "tabular-classify")["skipped"]
+    import streaminfer.models.builtin as builtin
+
+    monkeypatch.setattr(builtin, "recipe_digest", lambda task: "another recipe")
+    assert not is_built(tmp_path, "tabular-classify")
+    assert not build_task(tmp_path, "tabular-classify")["skipped"]
+    assert build_task(tmp_path, "tabular-classify")["skipped"], "built by the new recipe now"
+
+
 def test_cli_builds_and_prints_accuracy(tmp_path, capsys):
     assert main(["--repo", str(tmp_path), "--tasks", "tabular-classify"]) == 0
     out = capsys.readouterr().out
