@@ -5,8 +5,7 @@ until the breaker probes) at once, instead of waiting out the dependency's timeo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
@@ -43,21 +42,30 @@ def make_breakers(failures: int = DEFAULT_FAILURES, reset_s: float = DEFAULT_RES
     return breakers
 
 
-@contextmanager
-def guarded(breakers: Breakers | None, name: str) -> Iterator[None]:
+def guarded(breakers: Breakers | None, name: str) -> _Guarded | nullcontext:
     """Run the block through breaker ``name`` (nothing without breakers); open: 503 at once."""
-    if breakers is None:
-        yield
-        return
-    try:
-        with breakers.guard(name):
-            yield
-    except CircuitOpen as exc:
-        raise ServiceUnavailable(
-            f"{WHAT.get(name, name)} failed repeatedly; not tried again for "
-            f"{exc.retry_after_s:.1f} s (circuit breaker open)",
-            headers={"Retry-After": breakers.retry_after_header(name)},
-            details={"circuit": name, "state": "open"}) from None
+    return nullcontext() if breakers is None else _Guarded(breakers, name)
+
+
+class _Guarded:
+    __slots__ = ("_breakers", "_name", "_guard")
+
+    def __init__(self, breakers: Breakers, name: str) -> None:
+        self._breakers, self._name = breakers, name
+
+    def __enter__(self) -> None:
+        self._guard = self._breakers.guard(self._name)
+        try:
+            self._guard.__enter__()
+        except CircuitOpen as exc:
+            raise ServiceUnavailable(
+                f"{WHAT.get(self._name, self._name)} failed repeatedly; not tried again for "
+                f"{exc.retry_after_s:.1f} s (circuit breaker open)",
+                headers={"Retry-After": self._breakers.retry_after_header(self._name)},
+                details={"circuit": self._name, "state": "open"}) from None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        return self._guard.__exit__(exc_type, exc, tb)
 
 
 def probed(breakers: Breakers | None, name: str, answered: bool) -> None:

@@ -157,3 +157,19 @@ def test_describe_for_ready_and_stats(breakers, clock):
 def test_hostile_settings_are_refused(failures, reset_s):
     with pytest.raises(ValueError):
         Breakers(failures, reset_s)
+
+
+async def test_guard_holds_across_awaits_and_concurrent_blocks(breakers):
+    import asyncio
+
+    async def call(fails: bool):
+        with breakers.guard("redis"):
+            await asyncio.sleep(0.01)
+            if fails:
+                raise Down("refused")
+
+    outcomes = await asyncio.gather(*(call(True) for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(o, Down) for o in outcomes), "each keeps its own error"
+    assert breakers.is_open("redis")
+    with pytest.raises(CircuitOpen):
+        await call(False)
