@@ -255,7 +255,9 @@ def create_worker(options: WorkerOptions,
     pause = PartitionPause(publisher.breakers, lambda: app.consumer.assignment(),
                            lambda tps: app.consumer.pause_partitions(tps),
                            lambda tps: app.consumer.resume_partitions(tps),
-                           topics_of=lambda task: request_topics(options.topic_prefix, task))
+                           topics_of=lambda task: request_topics(options.topic_prefix, task),
+                           feature_tasks=lambda: [t for t in processor.tasks
+                                                  if repository.get_config(t).features])
     runtime = WorkerRuntime(processor, publisher, options, is_consuming=lambda: _has_partitions(app),
                             set_fetch_wait=app.set_fetch_max_wait, codec=codec, add_task=add_task,
                             pause=pause)

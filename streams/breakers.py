@@ -6,8 +6,9 @@ dependency that failed (:func:`dependency_of`). While a breaker is open:
 
 - the loop does not try again until the breaker is due for a probe (its reset time), instead
   of burning retries against a dependency that is away; the first attempt after it is the probe;
-- :class:`PartitionPause` pauses every request partition the consumer holds, so no new event is
-  fetched. Events fetched before stay where they are (queued in a batcher, or waiting for their
+- :class:`PartitionPause` pauses the request partitions that need it (every one for Redis, Kafka
+  and the registry; those of the tasks that use it for the feature store or a model), so no
+  new event is fetched for them. Events fetched before stay where they are (queued in a batcher, or waiting for their
   write) and are answered once the dependency is back: nothing is dead-lettered or acked
   because a breaker opened, and commits still stop at the lowest unanswered offset.
 
@@ -32,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 REDIS, KAFKA, REGISTRY, FEATURE_STORE = "redis", "kafka", "registry", "feature-store"
 DEPENDENCIES = (REDIS, KAFKA, REGISTRY, FEATURE_STORE)
+SHARED = (REDIS, KAFKA, REGISTRY)
+"""What every task needs: one of these open holds every write and pauses every partition. The
+feature store (as a model) holds only the writes that failed on it and pauses only the
+partitions of the tasks that use it."""
 
 
 MODEL_PREFIX = "model:"
@@ -114,7 +119,8 @@ def make_breakers(failures: int = DEFAULT_FAILURES, reset_s: float = DEFAULT_RES
 
 
 def open_dependencies(breakers: Breakers) -> list[str]:
-    return [name for name in DEPENDENCIES if breakers.is_open(name)]
+    """The open breakers of dependencies every task needs (SHARED)."""
+    return [name for name in SHARED if breakers.is_open(name)]
 
 
 def open_models(breakers: Breakers) -> list[str]:
@@ -124,21 +130,24 @@ def open_models(breakers: Breakers) -> list[str]:
 
 
 def wait_s(breakers: Breakers, touched: Iterable[str] = ()) -> float:
-    """How long a write should wait before its next attempt: until the last open dependency
-    breaker, or breaker in ``touched`` (a model breaker the write ran into), is due for a probe;
+    """How long a write should wait before its next attempt: until the last open SHARED
+    breaker, or breaker in ``touched`` (the feature store or a model the write failed on), is due for a probe;
     0 when none is open. Another task's open model breaker holds nothing here."""
-    return max((breakers.retry_after_s(name) for name in {*DEPENDENCIES, *touched}), default=0.0)
+    return max((breakers.retry_after_s(name) for name in {*SHARED, *touched}), default=0.0)
 
 
 class PartitionPause:
-    """Pauses the consumer's partitions while a breaker is open: all of them for a dependency
-    (every task needs Redis and Kafka), those of the task's request topics (``topics_of``) for
-    a model; resumes the ones it paused once their breakers are closed. :meth:`sync` runs on a
+    """Pauses the consumer's partitions while a breaker is open: all of them for a SHARED
+    dependency (every task needs Redis and Kafka), those of the task's request topics
+    (``topics_of``) for a model, and for the feature store those of the tasks that use it
+    (``feature_tasks``); resumes the ones it paused once their breakers are closed. :meth:`sync` runs on a
     timer, so partitions assigned in a rebalance meanwhile are paused too."""
 
     def __init__(self, breakers: Breakers, assignment: Callable[[], Iterable],
                  pause: Callable[[set], None], resume: Callable[[set], None],
-                 topics_of: Callable[[str], Iterable[str]] = lambda task: ()) -> None:
+                 topics_of: Callable[[str], Iterable[str]] = lambda task: (),
+                 feature_tasks: Callable[[], Iterable[str]] = lambda: ()) -> None:
+        self._feature_tasks = feature_tasks
         self._breakers = breakers
         self._assignment = assignment
         self._pause = pause
@@ -149,10 +158,15 @@ class PartitionPause:
     def _wanted(self, assigned: set) -> tuple[set, list[str]]:
         if opened := open_dependencies(self._breakers):
             return assigned, opened
-        if not (models := open_models(self._breakers)):
-            return set(), []
-        topics = {topic for task in models for topic in self._topics_of(task)}
-        return {tp for tp in assigned if tp.topic in topics}, [model_breaker(t) for t in models]
+        tasks = set(models := open_models(self._breakers))
+        why = [model_breaker(t) for t in models]
+        if self._breakers.is_open(FEATURE_STORE):
+            tasks.update(self._feature_tasks())
+            why.append(FEATURE_STORE)
+        if not tasks:
+            return set(), why
+        topics = {topic for task in tasks for topic in self._topics_of(task)}
+        return {tp for tp in assigned if tp.topic in topics}, why
 
     def sync(self) -> None:
         assigned = set(self._assignment())

@@ -138,7 +138,7 @@ def test_partitions_pause_while_open_and_resume_once_closed():
     pause = PartitionPause(breakers, lambda: consumer.assigned, consumer.pause, consumer.resume)
     pause.sync()
     assert consumer.paused == set()
-    breakers.record("feature-store", FeatureStoreUnavailable("no db"))
+    breakers.record("redis", RedisConnectionError("refused"))
     pause.sync()
     assert consumer.paused == {TP(("t", 0)), TP(("t", 1))}
     assert metrics.REGISTRY.get_sample_value("inference_partitions_paused") == 2
@@ -146,7 +146,7 @@ def test_partitions_pause_while_open_and_resume_once_closed():
     pause.sync()
     assert TP(("t", 2)) in consumer.paused and pause.paused == {TP(("t", 1)), TP(("t", 2))}
     time.sleep(0.06)
-    breakers.record("feature-store")  # a good probe
+    breakers.record("redis")  # a good probe
     pause.sync()
     assert consumer.paused == {TP(("t", 0))}, "only what it paused and still holds is resumed"
     assert metrics.REGISTRY.get_sample_value("inference_partitions_paused") == 0
@@ -233,3 +233,19 @@ def test_an_open_model_breaker_refuses_a_batch_before_it_takes_model_time():
         refuse_if_open(breakers, "a")
     refuse_if_open(breakers, "b")  # another task's model: runs
     refuse_if_open(None, "a")
+
+
+def test_a_feature_store_breaker_pauses_only_the_tasks_that_use_it_and_holds_only_their_writes():
+    from streaminfer.streams.breakers import wait_s
+
+    breakers = make_breakers(1, 30.0)
+    f0, p0 = TP(("unit.requests.tabular.normal", 0)), TP(("unit.requests.text.normal", 0))
+    consumer = Consumer({f0, p0})
+    topics = {"tabular": {"unit.requests.tabular.normal"}, "text": {"unit.requests.text.normal"}}
+    pause = PartitionPause(breakers, lambda: consumer.assigned, consumer.pause, consumer.resume,
+                           topics_of=topics.__getitem__, feature_tasks=lambda: ["tabular"])
+    breakers.record("feature-store", FeatureStoreUnavailable("no db"))
+    pause.sync()
+    assert consumer.paused == {f0}
+    assert wait_s(breakers) == 0.0, "a write that never touched the feature store goes on"
+    assert wait_s(breakers, {"feature-store"}) > 29
