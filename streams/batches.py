@@ -197,7 +197,8 @@ class BatchRunner:
                         "RESULT_UNENCODABLE", str(exc)[:2000], False)))
             finished.append(outcome)
         # a model that fails every request: not answered while its breaker is open (streams/breakers.py)
-        judge_batch(getattr(self._publisher, "breakers", None), items[0].request.task, finished)
+        await judge_batch(getattr(self._publisher, "breakers", None), items[0].request.task, finished,
+                          model, self._predict)
         return finished
 
     async def _infer_group(self, instances: Instances, items: list[PendingRequest]) -> list[dict | Exception]:

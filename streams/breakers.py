@@ -18,11 +18,12 @@ Once every breaker is closed again the partitions resume from where they stopped
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
+from streaminfer.models.base import dummy_inputs
 from streaminfer.schemas.breakers import DEFAULT_FAILURES, DEFAULT_RESET_S, Breakers
 from streaminfer.schemas.errors import SchemaError
 
@@ -61,25 +62,39 @@ class ModelCircuitOpen(ModelDown):
     is due (the retry loop waits), and its requests are neither failed nor dead-lettered."""
 
 
-def judge_batch(breakers: Breakers | None, task: str, outcomes: Sequence) -> None:
-    """Feed a computed batch to its model's breaker: a batch of two or more requests that all
-    failed with INFERENCE_FAILED (each already retried alone) counts against the model, any
-    other a success. Raises :class:`ModelCircuitOpen` instead of answering a failed batch while
-    the breaker is open.
-
-    NOTE: a batch of one that fails says nothing of the model (it may be one poisonous request,
-    which must fail alone, not hold the task's partitions for ever)."""
+async def judge_batch(breakers: Breakers | None, task: str, outcomes: Sequence, model,
+                      predict: Callable[[object, dict], Awaitable[object]]) -> None:
+    """Feed a computed batch to its model's breaker. A batch all of whose requests failed with
+    INFERENCE_FAILED (each already retried alone) counts against the model only if the model
+    also fails its warm-up input (``dummy_inputs``, one item, through ``predict``): otherwise
+    the requests, not the model, are at fault (poisonous inputs fail alone with their dead
+    letters, as before, and can never hold a task's partitions). Any other batch is a success.
+    Raises :class:`ModelCircuitOpen` instead of answering a failed batch while the breaker is
+    open: the retry loop runs it again once the probe is due."""
     if breakers is None or not outcomes:
         return
     name = model_breaker(task)
     failed = sum(1 for o in outcomes if o.result is not None and o.result.error is not None
                  and o.result.error.code == MODEL_DOWN_CODE)
-    if len(outcomes) >= 2 and failed == len(outcomes):
+    if failed == len(outcomes) and not await _healthy(model, predict):
         breakers.record(name, ModelDown(name, f"all {failed} requests of a batch failed on {task}"))
         if breakers.is_open(name):
             raise ModelCircuitOpen(name, f"the model of {task} keeps failing (circuit breaker open)")
-    elif not breakers.is_open(name):  # open: only the probe (a batch run once it is due) says
+    else:
         breakers.record(name)
+
+
+async def _healthy(model, predict) -> bool:
+    """Whether ``model`` runs its warm-up input; a model without a config (a test double): no."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return False
+    try:
+        await predict(model, dummy_inputs(config, 1))
+    except Exception as exc:
+        logger.warning("model %s fails its warm-up input too: %r", getattr(model, "name", "?"), exc)
+        return False
+    return True
 
 
 def refuse_if_open(breakers: Breakers | None, task: str) -> None:

@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaTimeoutError
 from helpers.worker_fakes import FakeModel, FakePublisher, event, make, until_acked
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from streaminfer.models.errors import InferenceFailed
 from streaminfer.schemas.breakers import CLOSED, OPEN
 from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.errors import RegistryUnavailable
@@ -177,19 +178,35 @@ class Done:
         self.result = Result(code)
 
 
-def test_judge_batch_counts_only_batches_where_every_request_failed_on_the_model():
+class Model:
+    """A model with a config; ``healthy``: whether it runs its warm-up input."""
+
+    def __init__(self, healthy: bool) -> None:
+        from helpers.worker_fakes import config
+
+        self.config, self.name, self.healthy, self.warmups = config(), "echo-model", healthy, 0
+
+    async def predict(self, model, inputs):
+        assert model is self and set(inputs) == {"x"}
+        self.warmups += 1
+        if not self.healthy:
+            raise InferenceFailed("the GPU is gone")
+        return {"y": inputs["x"]}
+
+
+async def test_a_failed_batch_counts_against_the_model_only_if_its_warmup_input_fails_too():
     breakers = make_breakers(2, 30.0)
-    judge_batch(breakers, "a", [Done("INFERENCE_FAILED"), Done("INFERENCE_FAILED")])
-    judge_batch(breakers, "a", [Done("INFERENCE_FAILED"), Done(None)])  # one request broke: a success
-    judge_batch(breakers, "a", [Done("INFERENCE_FAILED")] * 2)
-    assert not breakers.is_open("model:a")
-    for _ in range(5):
-        judge_batch(breakers, "a", [Done("INFERENCE_FAILED")])  # alone: maybe a poisonous request
-    judge_batch(breakers, "a", [Done("INVALID_INPUT")] * 3)
-    assert not breakers.is_open("model:a")
-    judge_batch(breakers, "a", [Done("INFERENCE_FAILED")] * 3)
+    healthy, broken = Model(True), Model(False)
+    failed = [Done("INFERENCE_FAILED")] * 3
+    for _ in range(5):  # poisonous requests: the model runs its warm-up input
+        await judge_batch(breakers, "a", failed, healthy, healthy.predict)
+    assert not breakers.is_open("model:a") and healthy.warmups == 5
+    await judge_batch(breakers, "a", [Done("INFERENCE_FAILED"), Done(None)], broken, broken.predict)
+    await judge_batch(breakers, "a", [Done("INVALID_INPUT")] * 2, broken, broken.predict)
+    assert broken.warmups == 0, "checked only when every request failed on the model"
+    await judge_batch(breakers, "a", [Done("INFERENCE_FAILED")], broken, broken.predict)  # one counts
     with pytest.raises(ModelCircuitOpen):
-        judge_batch(breakers, "a", [Done("INFERENCE_FAILED")] * 3)
+        await judge_batch(breakers, "a", failed, broken, broken.predict)
     assert breakers.is_open("model:a")
 
 
@@ -197,7 +214,10 @@ async def test_a_model_that_keeps_failing_opens_its_breaker_and_its_requests_wai
     """Through the real processor: a batch all of whose requests fail on the model opens the
     breaker (threshold 1); the batch is not answered, no dead letter is written; after the reset
     the batch runs again (the probe) on the recovered model and every request succeeds once."""
+    from helpers.worker_fakes import config
+
     model, publisher = FakeModel(transient_failures=10**6), FakePublisher()
+    model.config = config()  # its warm-up input fails too: the model, not the requests
     publisher.breakers = breakers = make_breakers(1, 0.3)
     processor = make(model, publisher, codec)
     events = [event(codec, [[1, 2]], i) for i in range(3)]
@@ -249,3 +269,30 @@ def test_a_feature_store_breaker_pauses_only_the_tasks_that_use_it_and_holds_onl
     assert consumer.paused == {f0}
     assert wait_s(breakers) == 0.0, "a write that never touched the feature store goes on"
     assert wait_s(breakers, {"feature-store"}) > 29
+
+
+async def test_a_batch_of_poisonous_requests_fails_alone_and_never_opens_the_model_breaker(codec):
+    """Every request of the batch breaks the model, but the model runs its warm-up input: the
+    requests fail with their dead letters as before, and the breaker stays closed (a client
+    sending poison cannot hold a task's partitions)."""
+    from helpers.worker_fakes import config
+
+    model, publisher = FakeModel(), FakePublisher()
+    model.config = config()
+    publisher.breakers = breakers = make_breakers(1, 30.0)
+    processor = make(model, publisher, codec)
+    events = [event(codec, [[-1, 0]], i) for i in range(4)]
+    acked: list[int] = []
+    await processor.start()
+    try:
+        for source, _ in events:
+            async def ack(offset=source.offset):
+                acked.append(offset)
+            await processor.handle(source, ack)
+        await until_acked(acked, 4, timeout_s=5)
+    finally:
+        await processor.stop()
+    assert sorted(acked) == [0, 1, 2, 3]
+    assert sorted(r.status.value for r in publisher.results) == ["FAILED"] * 4
+    assert len(publisher.letters) == 4
+    assert breakers.value("model:echo") == CLOSED
