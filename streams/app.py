@@ -22,7 +22,7 @@ from streaminfer.schemas.topics import request_topics
 
 from . import metrics
 from .agents import register_agents, start_task_agents
-from .breakers import PartitionPause, make_breakers
+from .breakers import PartitionPause, make_breakers, pause_fetching
 from .processor import RequestProcessor
 from .publisher import ResultPublisher
 from .transport import WorkerApp
@@ -253,7 +253,7 @@ def create_worker(options: WorkerOptions,
         await start_task_agents(app, processor, options.topic_prefix, task)
 
     pause = PartitionPause(publisher.breakers, lambda: app.consumer.assignment(),
-                           lambda tps: app.consumer.pause_partitions(tps),
+                           lambda tps: pause_fetching(app.consumer, tps),
                            lambda tps: app.consumer.resume_partitions(tps),
                            topics_of=lambda task: request_topics(options.topic_prefix, task),
                            feature_tasks=lambda: [t for t in processor.tasks

@@ -196,3 +196,15 @@ class PartitionPause:
             self.paused -= done
             logger.info("circuits closed: resumed %d partitions", len(done))
         metrics.PARTITIONS_PAUSED.set(len(self.paused))
+
+
+def pause_fetching(consumer, tps: set) -> None:
+    """Stop fetching ``tps`` on a faust consumer, delivering what it fetched already.
+
+    NOTE: not ``consumer.pause_partitions()``: that removes them from the very set a running
+    ``getmany()`` checks each fetched record against, and faust then skips the records it has
+    fetched (aiokafka's position is already past them: they would come back only after a
+    rebalance, an event unanswered). A new set leaves that iteration its own; the next fetch
+    reads the new one. ``resume_partitions()`` undoes both."""
+    consumer._active_partitions = set(consumer._get_active_partitions()) - set(tps)
+    consumer._paused_partitions.update(tps)

@@ -213,3 +213,115 @@ async def test_gateway_fails_fast_while_the_broker_is_frozen_and_closes_once_it_
         assert await until(succeeded, timeout_s=60, interval_s=0.2), "the broker is back: requests succeed"
         states = (await client.get("/ready")).json()["circuits"]
         assert states["kafka"]["state"] == "closed"
+
+
+FRAGILE_MODEL = '''
+from pathlib import Path
+
+
+class Fragile:
+    """Doubles its input; fails every call while the flag file exists (a device gone)."""
+
+    def __init__(self, flag=""):
+        self.flag = Path(flag)
+
+    def load(self):
+        pass
+
+    def warmup(self):
+        pass
+
+    def predict_batch(self, inputs):
+        if self.flag.exists():
+            raise RuntimeError("the device is gone")
+        return {"y": inputs["x"] * 2}
+'''
+
+
+def fragile_repository(root, flag) -> str:
+    import yaml
+
+    (root / "fragile" / "1").mkdir(parents=True)
+    (root / "fragile" / "1" / "model.py").write_text(FRAGILE_MODEL)
+    (root / "fragile" / "model.yaml").write_text(yaml.safe_dump({
+        "task": "fragile", "name": "fragile-doubler", "backend": "python", "max_batch_size": 16,
+        "max_batch_delay_ms": 50, "instances": 1, "device": "cpu", "warmup": True,
+        "python": {"class": "Fragile", "parameters": {"flag": str(flag)}},
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [2]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [2]}]}))
+    return str(root)
+
+
+async def produce_x(bootstrap: str, prefix: str, count: int) -> list[str]:
+    import uuid
+
+    import numpy as np
+    from aiokafka import AIOKafkaProducer
+
+    from streaminfer.schemas.codec import AvroCodec
+    from streaminfer.schemas.records import InferenceRequest, Priority, Tensor
+    from streaminfer.schemas.topics import request_topic
+
+    codec, ids = AvroCodec(), []
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for i in range(count):
+            request = InferenceRequest(request_id=str(uuid.uuid4()), task="fragile", priority=Priority.NORMAL,
+                                       inputs=[Tensor.from_numpy("x", np.array([[i, 1.0]], dtype=np.float32))])
+            ids.append(request.request_id)
+            await (await producer.send(request_topic(prefix, "fragile", Priority.NORMAL), codec.encode(request),
+                                       key=request.request_id.encode()))
+    finally:
+        await producer.stop()
+    return ids
+
+
+async def test_a_model_that_fails_everything_opens_its_breaker_and_its_requests_wait(
+        make_stack, redis_server, tmp_path):
+    """A real worker on a python-backend model whose device is 'gone' (every call fails, its
+    warm-up input too): after 5 failing batches (the worker's default threshold) the model's
+    breaker opens and the task's partitions pause; requests sent meanwhile are neither failed nor
+    dead-lettered; once the device is back they succeed, each answered once."""
+    from streaminfer.schemas.records import InferenceResult
+    from streaminfer.schemas.topics import results_topic
+
+    flag = tmp_path / "broken"
+    repo = fragile_repository(tmp_path / "repo", flag)
+    stack = make_stack(redis_url=redis_server, STREAMINFER_MODEL_REPOSITORY=repo, STREAMINFER_TASKS="fragile")
+    stack.add_worker()
+    port = stack.metrics_ports[0]
+    flag.write_text("x")
+    early: list[str] = []
+
+    async def opened():
+        early.extend(await produce_x(stack.bootstrap, stack.prefix, 1))
+        text = await worker_metrics(port)
+        return sample(text, "inference_circuit_state", 'name="model:fragile"') == 2.0
+
+    assert await until(opened, timeout_s=90, interval_s=0.5), "the model's breaker opened"
+    text = await until(lambda: _paused(port), timeout_s=5, interval_s=0.1)
+    assert text, "the task's partitions paused"
+    held = await produce_x(stack.bootstrap, stack.prefix, 10)
+    await asyncio.sleep(3.0)
+    flag.unlink()  # the device is back
+    back = time.monotonic()
+    ids = early + held
+    from helpers.kafka import read_records
+
+    results = await read_records(stack.bootstrap, results_topic(stack.prefix, "fragile"), InferenceResult,
+                                 {i.encode() for i in ids}, lambda g: len(g) >= len(ids), timeout_s=90)
+    recovered_s = time.monotonic() - back
+    assert set(results) == set(ids), f"{len(set(ids) - set(results))} unanswered"
+    assert all(len(r) == 1 for r in results.values()), "each answered once"
+    assert {results[i][0].status.value for i in held} == {"SUCCEEDED"}, "held, not failed"
+    failed = [i for i in early if results[i][0].status.value == "FAILED"]
+    assert failed, "the batches before it opened failed as before"
+    assert sample(await worker_metrics(port), "inference_circuit_state", 'name="model:fragile"') == 0.0
+    print(f"\nmodel breaker: opened after {len(failed)} failed requests; held requests succeeded "
+          f"{recovered_s:.1f} s after the model recovered")
+
+
+async def _paused(port: int):
+    text = await worker_metrics(port)
+    return text if (sample(text, "inference_partitions_paused") or 0) > 0 else None

@@ -296,3 +296,32 @@ async def test_a_batch_of_poisonous_requests_fails_alone_and_never_opens_the_mod
     assert sorted(r.status.value for r in publisher.results) == ["FAILED"] * 4
     assert len(publisher.letters) == 4
     assert breakers.value("model:echo") == CLOSED
+
+
+def test_pausing_leaves_the_running_fetch_its_own_set_so_fetched_records_are_delivered():
+    """faust's getmany() checks every record it fetched against the active set it read at the
+    start; pausing must not empty that set under it (those records would be skipped, lost)."""
+    from faust.transport.consumer import Consumer as FaustConsumer
+    from faust.types import TP as FaustTP
+
+    from streaminfer.streams.breakers import pause_fetching
+
+    class Fake:
+        _get_active_partitions = FaustConsumer._get_active_partitions
+        resume_partitions = FaustConsumer.resume_partitions
+
+        def __init__(self):
+            self._active_partitions = {FaustTP("t", 0), FaustTP("t", 1)}
+            self._paused_partitions = set()
+
+        def assignment(self):
+            return {FaustTP("t", 0), FaustTP("t", 1)}
+
+    consumer = Fake()
+    in_flight = consumer._get_active_partitions()  # what a running getmany() holds
+    pause_fetching(consumer, {FaustTP("t", 0)})
+    assert FaustTP("t", 0) in in_flight, "the running fetch still delivers what it fetched"
+    assert consumer._get_active_partitions() == {FaustTP("t", 1)}, "the next fetch skips it"
+    consumer.resume_partitions({FaustTP("t", 0)})
+    assert consumer._get_active_partitions() == {FaustTP("t", 0), FaustTP("t", 1)}
+    assert consumer._paused_partitions == set()
