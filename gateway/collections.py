@@ -6,12 +6,21 @@ first: a ``text-embedding`` request through the normal path (Kafka, a worker), a
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from streaminfer.schemas.collections import ITEM_ID_PATTERN, MAX_K, NAME_PATTERN, CollectionStore
+from streaminfer.schemas.collections import (
+    ITEM_ID_PATTERN,
+    MAX_DIMENSION,
+    MAX_K,
+    MAX_METADATA_BYTES,
+    NAME_PATTERN,
+    CollectionStore,
+)
 
 from .apikeys import Principal
 from .auth import ANONYMOUS, require
@@ -20,13 +29,30 @@ from .routes import Caller, service
 
 router = APIRouter(tags=["collections"])
 
-Name = Annotated[str, Path(description=f"the collection's name, {NAME_PATTERN.pattern}")]
-ItemId = Annotated[str, Path(description=f"the item's id, {ITEM_ID_PATTERN.pattern}")]
+def _schema_pattern(pattern: re.Pattern) -> str:
+    """The pattern in the OpenAPI document's dialect (ECMA 262 has no ``\\Z``)."""
+    return pattern.pattern.replace("\\Z", "$")
+
+
+Name = Annotated[str, Path(pattern=_schema_pattern(NAME_PATTERN), description="the collection's name")]
+ItemId = Annotated[str, Path(pattern=_schema_pattern(ITEM_ID_PATTERN), description="the item's id")]
+FLOAT32_MAX = 3.4028234e38
+NOT_BLANK = r"[^\s\x1c-\x1f\x85]"
+Scalar = str | float | bool | None
+"""A metadata value: flat, so that filters compare values."""
 
 
 class _TextOrEmbedding(BaseModel):
-    text: str | None = Field(None, description="embedded by the text-embedding task first")
-    embedding: list[float] | None = Field(None, description="the vector itself")
+    # exactly one of the two: the validator says so, and the schema too (oneOf), so generated and
+    # hand-written clients see it; SkipJsonSchema keeps "null" out of the documented types
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["embedding"]}]})
+
+    # not blank: a character that Python's str.strip keeps (ECMA's \s, \x1c-\x1f and \x85 it drops)
+    text: str | SkipJsonSchema[None] = Field(None, pattern=NOT_BLANK, json_schema_extra={"pattern": NOT_BLANK},
+                                             description="embedded by the text-embedding task first")
+    embedding: list[Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]] | SkipJsonSchema[None] = Field(
+        None, min_length=1, max_length=MAX_DIMENSION, description="the vector itself: finite, not all zero",
+        json_schema_extra={"contains": {"not": {"const": 0}}})
 
     @model_validator(mode="after")
     def _one_of(self):
@@ -38,15 +64,17 @@ class _TextOrEmbedding(BaseModel):
 class ItemBody(_TextOrEmbedding):
     """Body of ``PUT /v1/collections/{name}/items/{id}``."""
 
-    metadata: dict[str, Any] | None = Field(
-        None, description="a flat JSON object (strings, numbers, booleans, nulls), at most 4096 bytes")
+    metadata: dict[str, Scalar] | SkipJsonSchema[None] = Field(
+        None, description=f"a flat JSON object, at most {MAX_METADATA_BYTES} bytes",
+        json_schema_extra={"maxProperties": 32})
 
 
 class SearchBody(_TextOrEmbedding):
     """Body of ``POST /v1/collections/{name}/search``."""
 
-    k: int = Field(10, description=f"how many matches; at most {MAX_K} are returned")
-    filter: dict[str, Any] | None = Field(None, description="metadata keys that must equal these values")
+    k: int = Field(10, ge=1, description=f"how many matches; at most {MAX_K} are returned")
+    filter: dict[str, Scalar] | SkipJsonSchema[None] = Field(
+        None, description="metadata keys that must equal these values")
 
 
 class Stored(BaseModel):
@@ -103,10 +131,12 @@ def _owner(principal: Principal) -> str | None:
 async def _vector(request: Request, body: _TextOrEmbedding, principal: Principal) -> list[float]:
     if body.embedding is not None:
         return body.embedding
-    if not body.text:
+    if not body.text or not body.text.strip():
         raise InvalidRequest("text is empty")
     require(principal, "inference:submit")
-    return await service(request).embed(body.text, _owner(principal))
+    # JSON may carry lone surrogates ("\ud800"), which no text model takes: U+FFFD instead
+    text = body.text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return await service(request).embed(text, _owner(principal))
 
 
 @router.get("/v1/collections", response_model=Collections, summary="The caller's collections")

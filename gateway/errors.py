@@ -148,8 +148,9 @@ def from_model_error(exc: ModelError) -> GatewayError:
     return InvalidRequest(str(exc))
 
 
-_COLLECTION_STATUS = {"COLLECTION_NOT_FOUND": 404, "ITEM_NOT_FOUND": 404}
-"""Every other collection error (invalid input, wrong dimension, a limit) is 422."""
+_COLLECTION_STATUS = {"COLLECTION_NOT_FOUND": 404, "ITEM_NOT_FOUND": 404, "COLLECTION_DIMENSION_MISMATCH": 409}
+"""A vector of another length than the collection's is a conflict with its state (409); every
+other collection error (invalid input, a limit) is 422."""
 
 
 @contextmanager

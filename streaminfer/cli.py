@@ -136,6 +136,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         result_ttl_s=settings.result_ttl_s, max_queued=settings.worker_queue_items,
         metrics_host=settings.worker_metrics_host, metrics_port=settings.worker_metrics_port, device=settings.device, threads=settings.worker_threads,
         model_poll_s=settings.worker_model_poll_s,
+        circuit_failures=settings.circuit_failures, circuit_reset_s=settings.circuit_reset_s,
         schema_registry_url=registry_url(settings), registry_http=registry_client(settings),
         schema_registry_subject_strategy=settings.schema_registry_subject_strategy,
         kafka_options=kafka_options(settings, ssl_context), broker_credentials=faust_credentials(settings, ssl_context),

@@ -107,7 +107,7 @@ async def test_hostile_collection_calls(authed) -> None:
         assert response.json()["error_code"] == code
 
     items = f"/v1/collections/{name}/items"
-    await refused("PUT", f"{items}/b", {"embedding": [1.0, 0.0]}, "COLLECTION_DIMENSION_MISMATCH")
+    await refused("PUT", f"{items}/b", {"embedding": [1.0, 0.0]}, "COLLECTION_DIMENSION_MISMATCH", 409)
     await refused("PUT", f"{items}/b", {"embedding": [0.0, 0.0, 0.0]}, "INVALID_REQUEST")
     await refused("PUT", f"{items}/b", {"embedding": []}, "INVALID_REQUEST")
     await refused("PUT", f"{items}/b", {"embedding": [1.0, 1e39, 0.0]}, "INVALID_REQUEST")  # inf in float32

@@ -53,7 +53,7 @@ def test_another_client_sees_nothing_and_gets_404_not_403(api) -> None:
 
 
 @pytest.mark.parametrize(("path", "body", "status", "code"), [
-    ("/v1/collections/s/items/a", {"embedding": [1, 0, 0, 0]}, 422, "COLLECTION_DIMENSION_MISMATCH"),
+    ("/v1/collections/s/items/a", {"embedding": [1, 0, 0, 0]}, 409, "COLLECTION_DIMENSION_MISMATCH"),
     ("/v1/collections/s/items/a", {"embedding": [0, 0, 0]}, 422, "INVALID_REQUEST"),
     ("/v1/collections/s/items/a", {"embedding": []}, 422, "INVALID_REQUEST"),
     ("/v1/collections/s/items/a", {}, 422, "INVALID_REQUEST"),
