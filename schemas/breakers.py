@@ -11,6 +11,10 @@ and it re-raises one shared exception object whose traceback grows with every fa
 
 NOTE: pybreaker lets every call through while half-open, not one: concurrent probes are
 possible, and the first to fail opens the breaker again.
+
+NOTE: pybreaker times the reset on the wall clock (``datetime.now``); a clock step would make it
+disagree with :meth:`Breakers.retry_after_s` (monotonic) and drop a probe's outcome. So the
+open-to-half-open move is made here, by the monotonic clock, before pybreaker sees the call.
 """
 
 from __future__ import annotations
@@ -83,8 +87,11 @@ class Breakers:
         """Feed the outcome of a call made without :meth:`guard` (a worker's write touches
         several dependencies; it learns which one failed from the error) into breaker ``name``.
         While open and not yet due for a probe, nothing is recorded."""
+        breaker = self.breaker(name)
+        if not self._admit(name, breaker):
+            return
         try:
-            with self.breaker(name).calling():
+            with breaker.calling():
                 if error is not None:
                     raise error
         except pybreaker.CircuitBreakerError:
@@ -92,6 +99,27 @@ class Breakers:
         except BaseException as exc:
             if exc is not error:
                 raise
+
+    def reset(self, name: str) -> None:
+        """Close breaker ``name`` (what it judged is gone, e.g. a model version replaced)."""
+        breaker = self.breaker(name)
+        if breaker.current_state != pybreaker.STATE_CLOSED:
+            breaker.close()
+
+    def forget(self, name: str) -> bool:
+        """Drop breaker ``name`` (what it judged is gone); whether there was one."""
+        self._opened_at.pop(name, None)
+        return self._breakers.pop(name, None) is not None
+
+    def _admit(self, name: str, breaker: pybreaker.CircuitBreaker) -> bool:
+        """Whether a call may go through ``breaker``: not while open and not yet due by this
+        clock; once due, it is moved to half-open (see the NOTE above) and the call probes."""
+        if breaker.current_state != pybreaker.STATE_OPEN:
+            return True
+        if self.retry_after_s(name) > 0:
+            return False
+        breaker.half_open()
+        return True
 
     def value(self, name: str) -> int:
         return STATE_VALUES[self.breaker(name).current_state]
@@ -143,10 +171,12 @@ class _Guard:
         if breaker.current_state == pybreaker.STATE_CLOSED:
             self._slow = None
             return
+        if not self._breakers._admit(self._name, breaker):
+            raise CircuitOpen(self._name, self._breakers.retry_after_s(self._name))
         self._slow = breaker.calling()
         try:
             self._slow.__enter__()
-        except pybreaker.CircuitBreakerError:
+        except pybreaker.CircuitBreakerError:  # reopened by a concurrent probe meanwhile
             raise CircuitOpen(self._name, self._breakers.retry_after_s(self._name)) from None
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -22,7 +22,7 @@ from streaminfer.schemas.topics import request_topics
 
 from . import metrics
 from .agents import register_agents, start_task_agents
-from .breakers import PartitionPause, make_breakers, pause_fetching
+from .breakers import PartitionPause, make_breakers, pause_fetching, paused_partitions
 from .processor import RequestProcessor
 from .publisher import ResultPublisher
 from .transport import WorkerApp
@@ -256,8 +256,7 @@ def create_worker(options: WorkerOptions,
                            lambda tps: pause_fetching(app.consumer, tps),
                            lambda tps: app.consumer.resume_partitions(tps),
                            topics_of=lambda task: request_topics(options.topic_prefix, task),
-                           feature_tasks=lambda: [t for t in processor.tasks
-                                                  if repository.get_config(t).features])
+                           paused_now=lambda: paused_partitions(app.consumer), serving=processor.serving)
     runtime = WorkerRuntime(processor, publisher, options, is_consuming=lambda: _has_partitions(app),
                             set_fetch_wait=app.set_fetch_max_wait, codec=codec, add_task=add_task,
                             pause=pause)

@@ -21,9 +21,16 @@ from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.records import AuditType, Error, InferenceResult, Status, now_ms
 
 from . import metrics, spans
-from .breakers import judge_batch, refuse_if_open
+from .breakers import FeatureStoreDown, feature_breaker, judge_batch, model_breaker, refuse_if_open
 from .costs import BatchCost
-from .features import FeatureLookup, names_entities, stamp
+from .features import (
+    FeatureLookup,
+    FeatureStoreUnavailable,
+    Looked,
+    lookup_request,
+    names_entities,
+    stamp,
+)
 from .merging import merge_inputs, shape_groups, split_outputs
 from .outcomes import Letter, Outcome, OutcomeWriter
 from .publisher import ResultPublisher
@@ -41,6 +48,9 @@ class Instances:
     compute: asyncio.Semaphore
     """Held while a batch computes: ``count`` batches at once."""
     cost: BatchCost
+    retiring: bool = False
+    """Set once the version is no longer served: its batches are answered as they come out,
+    never held by the model's breaker (which judges the version serving now)."""
 
 
 class BatchRunner:
@@ -119,7 +129,7 @@ class BatchRunner:
                 runnable.append(item)
         looked = {}
         if runnable and self._features is not None:  # entities' features, before model time
-            failed, looked = await self._features.fill(model, runnable)
+            failed, looked = await self._lookup_features(model, runnable)
             for item in (item for item in runnable if id(item) in failed):
                 error = Error(failed[id(item)].code, str(failed[id(item)])[:2000], False)
                 finished.append(self._outcome(item, self._outcomes.result(
@@ -153,6 +163,23 @@ class BatchRunner:
         await self._outcomes.submit(finished, before=marks,
                                     written=instances.cost.observe_delivery if runnable else None)
 
+    async def _lookup_features(self, model: Model, items: list[PendingRequest]
+                               ) -> tuple[dict[int, Exception], dict[str, Looked]]:
+        """``FeatureLookup.fill`` through the task's ``feature-store:<task>`` breaker: refused at
+        once while it is open (the batch waits for the probe), fed each database outcome."""
+        if not any(lookup_request(item.inputs) for item in items):
+            return {}, {}
+        breakers = getattr(self._publisher, "breakers", None)
+        name = feature_breaker(items[0].request.task)
+        refuse_if_open(breakers, name)
+        try:
+            failed, looked = await self._features.fill(model, items)
+        except FeatureStoreUnavailable as exc:
+            raise FeatureStoreDown(name, str(exc)) from exc
+        if breakers is not None and any(found.source == "db" for found in looked.values()):
+            breakers.record(name)  # the database answered (a cache hit says nothing of it)
+        return failed, looked
+
     def _outcome(self, item: PendingRequest, result: InferenceResult | None, **fields) -> Outcome:
         spans.end_queue_wait(item)  # answered without running: its wait ends here
         return Outcome(source=item.source, entry=item.entry, request=item.request, result=result,
@@ -164,8 +191,10 @@ class BatchRunner:
         return self._outcome(item, self._outcomes.result(item.request, Status.EXPIRED, model=model, error=error))
 
     async def _infer(self, instances: Instances, items: list[PendingRequest], started: int) -> list[Outcome]:
-        refuse_if_open(getattr(self._publisher, "breakers", None), items[0].request.task)
         model = instances.model
+        breaker = model_breaker(items[0].request.task, model.version)
+        if not instances.retiring:
+            refuse_if_open(getattr(self._publisher, "breakers", None), breaker)
         batch_items = sum(p.size for p in items)
         metrics.BATCH_SIZE.labels(model.name).observe(batch_items)
         t0 = time.perf_counter()
@@ -197,8 +226,8 @@ class BatchRunner:
                         "RESULT_UNENCODABLE", str(exc)[:2000], False)))
             finished.append(outcome)
         # a model that fails every request: not answered while its breaker is open (streams/breakers.py)
-        await judge_batch(getattr(self._publisher, "breakers", None), items[0].request.task, finished,
-                          model, self._predict)
+        await judge_batch(getattr(self._publisher, "breakers", None), breaker, finished, model,
+                          self._predict, hold=not instances.retiring)
         return finished
 
     async def _infer_group(self, instances: Instances, items: list[PendingRequest]) -> list[dict | Exception]:

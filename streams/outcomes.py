@@ -41,7 +41,7 @@ from streaminfer.schemas.records import (
 )
 
 from . import metrics, spans
-from .breakers import ModelDown, dependency_of, open_dependencies, wait_s
+from .breakers import SHARED, TaskDependencyDown, dependency_of, wait_s
 from .collections import collect
 from .ledger import AckLedger, Entry
 from .publisher import Latency, Publication, ResultPublisher, StoredResult
@@ -55,6 +55,9 @@ MAX_TIMESTAMP_MS = 253_402_300_799_999
 # Failures of Redis, Kafka or the schema registry that pass: the write waits and runs again.
 DEPENDENCY_ERRORS = (RedisError, KafkaError, OSError, TimeoutError)
 
+# An attempt of a write taking longer than this is logged with where it is (a pager's clue).
+SLOW_ATTEMPT_S = 15.0
+
 # Writes (a batch's outcomes, or one rejection) on their way at once, per worker.
 MAX_WRITES = 8
 
@@ -62,7 +65,7 @@ Before = tuple[asyncio.Task, Callable[[], Awaitable[object]]]
 
 
 def is_transient(exc: BaseException) -> bool:
-    return (isinstance(exc, (*DEPENDENCY_ERRORS, ModelDown))
+    return (isinstance(exc, (*DEPENDENCY_ERRORS, TaskDependencyDown))
             or (isinstance(exc, SchemaError) and exc.retriable))
 
 
@@ -127,6 +130,8 @@ class OutcomeWriter:
         self._writing: set[asyncio.Task] = set()
         self.closed = False
         """Once set, a failing write gives up (its events are redelivered) instead of waiting."""
+        self._generation = 0
+        """Bumped by :meth:`release_held`: writes that began before it give up where held."""
 
     # --- writing ---
     async def submit(self, outcomes: Sequence[Outcome], before: Before | None = None,
@@ -175,22 +180,26 @@ class OutcomeWriter:
         """Run ``write`` to the end, waiting and running it again while Redis, Kafka or the
         registry fail. On shutdown it gives up (returns False): the events are redelivered.
         Each failure counts against its dependency's circuit breaker (streams/breakers.py);
-        while one is open no attempt is made until it is due for a probe."""
+        while one is open no attempt is made until it is due for a probe, and a write held so
+        is given up when :meth:`release_held` is called (a rebalance)."""
         delay_s = 0.1
         breakers = getattr(self._publisher, "breakers", None)
-        touched: set[str] = set()  # breakers this write failed on or waited for: its success closes them
+        failed_on: set[str] = set()  # breakers an attempt failed on: where this write waits
+        generation = self._generation
         while True:
-            if breakers is not None and not await self._wait_for_breakers(what, breakers, touched):
+            if breakers is not None and not await self._wait_for_breakers(
+                    what, breakers, failed_on, generation):
                 return False
             try:
-                await write()
-                for name in touched:
+                await self._watched(what, write())
+                # the attempt used these again; a task's own breakers are judged where used
+                for name in failed_on & set(SHARED):
                     breakers.record(name)
                 return True
             except Exception as exc:
                 if breakers is not None and (name := dependency_of(exc)) is not None:
                     breakers.record(name, exc)
-                    touched.add(name)
+                    failed_on.add(name)
                 if not is_transient(exc):
                     # NOTE: a bug, not an outage; retrying keeps the promise (nothing acked
                     # unwritten) and the log says where. Each step builds its own input safely.
@@ -203,16 +212,37 @@ class OutcomeWriter:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
 
-    async def _wait_for_breakers(self, what: str, breakers, touched: set[str]) -> bool:
-        """Wait while a dependency breaker is open and not yet due for a probe; False if the
-        worker stops meanwhile (the events are redelivered)."""
-        while (pause_s := wait_s(breakers, touched)) > 0:
-            if self.closed:
-                logger.warning("stopping with %s unwritten (circuit open); they will be redelivered", what)
+    def release_held(self) -> None:
+        """Give up every write now held by an open breaker (their events are redelivered): a
+        rebalance must not wait for a dependency that may be away for long, nor for a model
+        that keeps failing; whoever owns the partitions next runs them again."""
+        self._generation += 1
+
+    async def _wait_for_breakers(self, what: str, breakers, failed_on: set[str], generation: int) -> bool:
+        """Wait while a breaker that holds this write is open and not yet due for a probe; False
+        if the worker stops or the held writes are released meanwhile (redelivered)."""
+        while (pause_s := wait_s(breakers, failed_on)) > 0:
+            if self.closed or generation != self._generation:
+                logger.warning("giving %s up (circuit open, %s); they will be redelivered", what,
+                               "stopping" if self.closed else "rebalancing")
                 return False
-            touched.update(open_dependencies(breakers))
             await asyncio.sleep(min(pause_s, 0.5))
         return True
+
+    async def _watched(self, what: str, attempt: Awaitable[object]) -> None:
+        """Await one attempt, logging where it is if it takes longer than ``SLOW_ATTEMPT_S``
+        (every call under it has its own timeout: this says which one does not)."""
+        task = asyncio.ensure_future(attempt)
+        try:
+            while True:
+                done, _ = await asyncio.wait([task], timeout=SLOW_ATTEMPT_S)
+                if done:
+                    return task.result()
+                logger.warning("%s: an attempt is running for over %.0f s, at %s", what, SLOW_ATTEMPT_S,
+                               " <- ".join(reversed(_awaiting(task.get_coro()))))
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
 
     async def write(self, outcomes: Sequence[Outcome]) -> None:
         """One pass over ``outcomes``; safe to call again after it raised."""
@@ -354,6 +384,18 @@ class OutcomeWriter:
         await self._publisher.mark_running([(r.request_id, r.client_id) for r, _ in items], self.worker_id)
         await self._publisher.audit(self.audit_event(r, AuditType.STARTED, {"batch_items": str(batch_items)},
                                                      digest) for r, digest in items)
+
+
+def _awaiting(coro) -> list[str]:
+    """Where a suspended coroutine is, down its chain of awaits (a task's own stack shows only
+    its top frame)."""
+    found = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            found.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})")
+        coro = getattr(coro, "cr_await", None)
+    return found
 
 
 def _clip(text: str, limit: int = 2000) -> str:

@@ -21,6 +21,7 @@ from streaminfer.schemas.records import Error, Status, input_digest
 from . import metrics, spans
 from .batcher import InferenceBatcher
 from .batches import BatchRunner, Instances
+from .breakers import feature_breaker, forget, model_breaker
 from .costs import BatchCost
 from .errors import BatcherClosed
 from .features import FeatureLookup
@@ -43,6 +44,7 @@ class RequestProcessor:
     ) -> None:
         self._repository = repository
         self._codec = codec
+        self._breakers = getattr(publisher, "breakers", None)
         self.worker_id = worker_id
         self.tasks = list(tasks)
         self._max_queued = max_queued
@@ -131,6 +133,8 @@ class RequestProcessor:
                 continue
             self._active[task] = wanted
             switched.append((task, wanted))
+            if self._breakers is not None:
+                self._breakers.reset(feature_breaker(task))  # the new version may read another database
             logger.info("task %s now served by version %s (was %s)", task, wanted, current)
         for key in [k for k in self._batchers if k[1] not in self._repository.get_config(k[0]).served_versions]:
             retiring = asyncio.create_task(self._retire(key, self._batchers.pop(key)))
@@ -140,11 +144,16 @@ class RequestProcessor:
 
     async def _retire(self, key: tuple[str, str], batcher: InferenceBatcher[PendingRequest]) -> None:
         """A version no longer served: what is queued for it finishes, then it is unloaded."""
+        if (instances := self._instances.get(key)) is not None:
+            instances.retiring = True  # a batch its failing model holds is answered now
+            if self._breakers is not None:
+                self._breakers.reset(model_breaker(*key))  # ... without waiting for the probe
         await batcher.drain()
         for item in await batcher.stop():
             self.ledger.give_up(item.entry)
         self._repository.unload(*key)
         self._instances.pop(key, None)
+        forget(self._breakers, model_breaker(*key))
         logger.info("task %s: version %s unloaded (served now: %s)", key[0], key[1],
                     list(self._repository.get_config(key[0]).served_versions))
 
@@ -257,6 +266,10 @@ class RequestProcessor:
         for batcher in self._batchers.values():
             batcher.resume()
 
+    def serving(self, task: str) -> str | None:
+        """The version serving ``task``'s requests that name none."""
+        return self._active.get(task)
+
     def service(self) -> dict[str, dict]:
         """task -> what its serving version's batches cost here (the fit) and its instances:
         what gateways show in ``/v1/tasks`` and turn into drain times."""
@@ -274,6 +287,7 @@ class RequestProcessor:
         """On shutdown or a rebalance: give up requests queued but not started, unacknowledged, so
         the consumer commits only what is done and moves on once the running batches finish; the
         rest is fetched again from the committed offsets by whoever owns the partitions next."""
+        self._outcomes.release_held()  # batches a breaker holds go back too: see OutcomeWriter
         shed = [item for batcher in self._batchers.values() for item in batcher.shed()]
         for item in shed:
             self.ledger.give_up(item.entry)

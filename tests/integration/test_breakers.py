@@ -297,7 +297,7 @@ async def test_a_model_that_fails_everything_opens_its_breaker_and_its_requests_
     async def opened():
         early.extend(await produce_x(stack.bootstrap, stack.prefix, 1))
         text = await worker_metrics(port)
-        return sample(text, "inference_circuit_state", 'name="model:fragile"') == 2.0
+        return sample(text, "inference_circuit_state", 'name="model:fragile:1"') == 2.0
 
     assert await until(opened, timeout_s=90, interval_s=0.5), "the model's breaker opened"
     text = await until(lambda: _paused(port), timeout_s=5, interval_s=0.1)
@@ -317,7 +317,7 @@ async def test_a_model_that_fails_everything_opens_its_breaker_and_its_requests_
     assert {results[i][0].status.value for i in held} == {"SUCCEEDED"}, "held, not failed"
     failed = [i for i in early if results[i][0].status.value == "FAILED"]
     assert failed, "the batches before it opened failed as before"
-    assert sample(await worker_metrics(port), "inference_circuit_state", 'name="model:fragile"') == 0.0
+    assert sample(await worker_metrics(port), "inference_circuit_state", 'name="model:fragile:1"') == 0.0
     print(f"\nmodel breaker: opened after {len(failed)} failed requests; held requests succeeded "
           f"{recovered_s:.1f} s after the model recovered")
 

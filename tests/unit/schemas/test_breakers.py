@@ -173,3 +173,40 @@ async def test_guard_holds_across_awaits_and_concurrent_blocks(breakers):
     assert breakers.is_open("redis")
     with pytest.raises(CircuitOpen):
         await call(False)
+
+
+@pytest.mark.parametrize("wall_step_s", [-3600.0, 3600.0])
+def test_the_reset_is_timed_on_our_clock_whatever_the_wall_clock_does(clock, states, monkeypatch, wall_step_s):
+    """pybreaker times its reset on the wall clock: stepped back during an outage, it would
+    refuse the probe our (monotonic) clock says is due and drop its success; stepped forward,
+    it would let calls through early. Only our clock counts."""
+    wall = {"now": clock.now}
+
+    class WallDatetime(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.fromtimestamp(wall["now"], tz)
+
+    monkeypatch.setattr(pybreaker, "datetime", WallDatetime)
+    breakers = Breakers(1, 5.0, is_failure=lambda exc: True,
+                        on_state=lambda name, value: states.append((name, value)), clock=clock)
+    breakers.record("redis", Down("refused"))
+    assert breakers.is_open("redis")
+    wall["now"] += wall_step_s
+    clock.now += 1.0
+    with pytest.raises(CircuitOpen):
+        succeed(breakers)
+    breakers.record("redis")
+    assert breakers.is_open("redis"), "not due by our clock: nothing recorded"
+    clock.now += 4.5
+    breakers.record("redis")  # the probe, due by our clock
+    assert breakers.value("redis") == CLOSED
+    assert states[-2:] == [("redis", HALF_OPEN), ("redis", CLOSED)]
+
+
+def test_reset_closes_an_open_breaker(breakers):
+    for _ in range(3):
+        fail(breakers)
+    assert breakers.is_open("redis")
+    breakers.reset("redis")
+    assert breakers.value("redis") == CLOSED and succeed(breakers)

@@ -20,6 +20,7 @@ from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.errors import RegistryUnavailable
 from streaminfer.streams import metrics
 from streaminfer.streams.breakers import (
+    FeatureStoreDown,
     ModelCircuitOpen,
     ModelDown,
     PartitionPause,
@@ -56,12 +57,14 @@ def gauge(name: str) -> float:
 
 @pytest.mark.parametrize(("error", "name"), [
     (RedisConnectionError("refused"), "redis"), (KafkaTimeoutError(), "kafka"),
-    (RegistryUnavailable("down"), "registry"), (FeatureStoreUnavailable("no db"), "feature-store")])
+    (RegistryUnavailable("down"), "registry"), (FeatureStoreDown("feature-store:tab", "no db"), "feature-store:tab"),
+    (ModelDown("model:a:1", "all failed"), "model:a:1")])
 def test_each_dependency_error_names_its_breaker(error, name):
     assert dependency_of(error) == name
 
 
-@pytest.mark.parametrize("error", [ValueError("bug"), OSError("which one?"), KeyError("x")])
+@pytest.mark.parametrize("error", [ValueError("bug"), OSError("which one?"), KeyError("x"),
+                                   FeatureStoreUnavailable("which task's?")])
 def test_other_errors_name_no_breaker(error):
     assert dependency_of(error) is None
 
@@ -160,7 +163,7 @@ def test_a_model_breaker_pauses_only_its_tasks_partitions():
     topics = {"a": {"unit.requests.a.normal", "unit.requests.a.high"}, "b": {"unit.requests.b.normal"}}
     pause = PartitionPause(breakers, lambda: consumer.assigned, consumer.pause, consumer.resume,
                            topics_of=topics.__getitem__)
-    breakers.record("model:a", ModelDown("model:a", "all failed"))
+    breakers.record("model:a:1", ModelDown("model:a:1", "all failed"))
     pause.sync()
     assert consumer.paused == {a0, a1}
     breakers.record("redis", RedisConnectionError("refused"))  # a dependency: everything
@@ -199,15 +202,15 @@ async def test_a_failed_batch_counts_against_the_model_only_if_its_warmup_input_
     healthy, broken = Model(True), Model(False)
     failed = [Done("INFERENCE_FAILED")] * 3
     for _ in range(5):  # poisonous requests: the model runs its warm-up input
-        await judge_batch(breakers, "a", failed, healthy, healthy.predict)
-    assert not breakers.is_open("model:a") and healthy.warmups == 5
-    await judge_batch(breakers, "a", [Done("INFERENCE_FAILED"), Done(None)], broken, broken.predict)
-    await judge_batch(breakers, "a", [Done("INVALID_INPUT")] * 2, broken, broken.predict)
+        await judge_batch(breakers, "model:a:1", failed, healthy, healthy.predict)
+    assert not breakers.is_open("model:a:1") and healthy.warmups == 5
+    await judge_batch(breakers, "model:a:1", [Done("INFERENCE_FAILED"), Done(None)], broken, broken.predict)
+    await judge_batch(breakers, "model:a:1", [Done("INVALID_INPUT")] * 2, broken, broken.predict)
     assert broken.warmups == 0, "checked only when every request failed on the model"
-    await judge_batch(breakers, "a", [Done("INFERENCE_FAILED")], broken, broken.predict)  # one counts
+    await judge_batch(breakers, "model:a:1", [Done("INFERENCE_FAILED")], broken, broken.predict)  # one counts
     with pytest.raises(ModelCircuitOpen):
-        await judge_batch(breakers, "a", failed, broken, broken.predict)
-    assert breakers.is_open("model:a")
+        await judge_batch(breakers, "model:a:1", failed, broken, broken.predict)
+    assert breakers.is_open("model:a:1")
 
 
 async def test_a_model_that_keeps_failing_opens_its_breaker_and_its_requests_wait_not_fail(codec):
@@ -229,9 +232,9 @@ async def test_a_model_that_keeps_failing_opens_its_breaker_and_its_requests_wai
                 acked.append(offset)
             await processor.handle(source, ack)
         deadline = time.monotonic() + 5
-        while not breakers.is_open("model:echo") and time.monotonic() < deadline:
+        while not breakers.is_open("model:echo:1") and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
-        assert breakers.is_open("model:echo") and gauge("model:echo") == OPEN
+        assert breakers.is_open("model:echo:1") and gauge("model:echo:1") == OPEN
         model.transient_failures = 0  # the model recovers while its breaker is open
         await until_acked(acked, 3, timeout_s=5)
     finally:
@@ -240,35 +243,161 @@ async def test_a_model_that_keeps_failing_opens_its_breaker_and_its_requests_wai
     assert publisher.letters == [], "never dead-lettered because the breaker opened"
     assert sorted(r.status.value for r in publisher.results) == ["SUCCEEDED"] * 3
     assert len(publisher.results) == 3, "each answered once"
-    assert breakers.value("model:echo") == CLOSED
+    assert breakers.value("model:echo:1") == CLOSED
 
 
 def test_an_open_model_breaker_refuses_a_batch_before_it_takes_model_time():
-    from streaminfer.streams.breakers import refuse_if_open
+    from streaminfer.streams.breakers import TaskCircuitOpen, refuse_if_open
 
     breakers = make_breakers(1, 30.0)
-    refuse_if_open(breakers, "a")
-    breakers.record("model:a", ModelDown("model:a", "all failed"))
+    refuse_if_open(breakers, "model:a:1")
+    breakers.record("model:a:1", ModelDown("model:a:1", "all failed"))
     with pytest.raises(ModelCircuitOpen):
-        refuse_if_open(breakers, "a")
-    refuse_if_open(breakers, "b")  # another task's model: runs
-    refuse_if_open(None, "a")
+        refuse_if_open(breakers, "model:a:1")
+    refuse_if_open(breakers, "model:b:1")  # another task's model: runs
+    refuse_if_open(None, "model:a:1")
+    breakers.record("feature-store:a", FeatureStoreDown("feature-store:a", "no db"))
+    with pytest.raises(TaskCircuitOpen) as refused:
+        refuse_if_open(breakers, "feature-store:a")
+    assert not isinstance(refused.value, ModelDown)
 
 
-def test_a_feature_store_breaker_pauses_only_the_tasks_that_use_it_and_holds_only_their_writes():
+def test_a_feature_store_breaker_pauses_only_its_tasks_partitions_and_holds_only_its_writes():
+    """One breaker per task's feature store: tasks may read different databases, and one whose
+    database is gone for good must not hold another's partitions (no probe of B's would ever
+    close a shared breaker that A's held batch keeps failing)."""
     from streaminfer.streams.breakers import wait_s
 
     breakers = make_breakers(1, 30.0)
-    f0, p0 = TP(("unit.requests.tabular.normal", 0)), TP(("unit.requests.text.normal", 0))
-    consumer = Consumer({f0, p0})
-    topics = {"tabular": {"unit.requests.tabular.normal"}, "text": {"unit.requests.text.normal"}}
+    f0, g0, p0 = (TP(("unit.requests.tabular.normal", 0)), TP(("unit.requests.churn.normal", 0)),
+                  TP(("unit.requests.text.normal", 0)))
+    consumer = Consumer({f0, g0, p0})
+    topics = {"tabular": {"unit.requests.tabular.normal"}, "churn": {"unit.requests.churn.normal"},
+              "text": {"unit.requests.text.normal"}}
     pause = PartitionPause(breakers, lambda: consumer.assigned, consumer.pause, consumer.resume,
-                           topics_of=topics.__getitem__, feature_tasks=lambda: ["tabular"])
-    breakers.record("feature-store", FeatureStoreUnavailable("no db"))
+                           topics_of=topics.__getitem__)
+    breakers.record("feature-store:tabular", FeatureStoreDown("feature-store:tabular", "no db"))
     pause.sync()
-    assert consumer.paused == {f0}
+    assert consumer.paused == {f0}, "churn reads another database: it goes on"
     assert wait_s(breakers) == 0.0, "a write that never touched the feature store goes on"
-    assert wait_s(breakers, {"feature-store"}) > 29
+    assert wait_s(breakers, {"feature-store:churn"}) == 0.0
+    assert wait_s(breakers, {"feature-store:tabular"}) > 29
+
+
+def test_partitions_fetch_again_once_the_probe_is_due_so_new_events_can_probe():
+    """A breaker with no held batch left (a rebalance released them) must still get a probe:
+    once due, its partitions fetch again; a failed probe pauses them again."""
+    breakers = make_breakers(1, 0.05)
+    a0 = TP(("unit.requests.a.normal", 0))
+    consumer = Consumer({a0})
+    pause = PartitionPause(breakers, lambda: consumer.assigned, consumer.pause, consumer.resume,
+                           topics_of=lambda task: {"unit.requests.a.normal"})
+    breakers.record("model:a:1", ModelDown("model:a:1", "all failed"))
+    pause.sync()
+    assert consumer.paused == {a0}
+    time.sleep(0.06)
+    pause.sync()
+    assert consumer.paused == set(), "due for a probe: fetching again"
+    breakers.record("model:a:1", ModelDown("model:a:1", "the probe failed"))
+    pause.sync()
+    assert consumer.paused == {a0}
+
+
+def test_a_pause_undone_by_the_consumer_is_made_again():
+    """faust forgets its paused set in an eager rebalance, and its flow control
+    (``on_buffer_drop``) makes a partition active again: the next sync pauses it again."""
+    breakers = make_breakers(1, 30.0)
+    t0, t1 = TP(("t", 0)), TP(("t", 1))
+    consumer = Consumer({t0, t1})
+    pause = PartitionPause(breakers, lambda: consumer.assigned, consumer.pause, consumer.resume,
+                           paused_now=lambda: consumer.paused)
+    breakers.record("redis", RedisConnectionError("refused"))
+    pause.sync()
+    assert consumer.paused == {t0, t1}
+    consumer.paused = set()  # a rebalance gave the same partitions back, unpaused
+    pause.sync()
+    assert consumer.paused == {t0, t1}
+    consumer.paused.discard(t1)  # flow control resumed one
+    pause.sync()
+    assert consumer.paused == {t0, t1}
+
+
+def test_paused_partitions_reads_what_a_faust_consumer_really_skips():
+    from faust.transport.consumer import Consumer as FaustConsumer
+    from faust.types import TP as FaustTP
+
+    from streaminfer.streams.breakers import pause_fetching, paused_partitions
+
+    class Fake:
+        _get_active_partitions = FaustConsumer._get_active_partitions
+        on_buffer_drop = FaustConsumer.on_buffer_drop
+
+        def __init__(self):
+            self._active_partitions = {FaustTP("t", 0), FaustTP("t", 1)}
+            self._paused_partitions = set()
+            self._buffered_partitions = {FaustTP("t", 0)}
+
+    consumer = Fake()
+    pause_fetching(consumer, {FaustTP("t", 0)})
+    assert paused_partitions(consumer) == {FaustTP("t", 0)}
+    consumer.on_buffer_drop(FaustTP("t", 0))  # faust's flow control makes it active again
+    assert paused_partitions(consumer) == set()
+
+
+async def test_success_closes_only_the_shared_breakers_the_write_failed_on():
+    """A Redis-only write that failed on Redis and then succeeded says nothing of Kafka, nor of
+    a task's model (a held batch answered from the cache ran no model)."""
+    breakers = make_breakers(1, 0.2)
+    breakers.record("kafka", KafkaTimeoutError())
+    breakers.record("model:a:1", ModelDown("model:a:1", "all failed"))
+    writer = OutcomeWriter(Publisher(breakers), AvroCodec(), "w1")
+    errors = [RedisConnectionError("refused"), ModelCircuitOpen("model:a:1", "held")]
+
+    async def write():
+        if errors:
+            raise errors.pop(0)
+
+    assert await asyncio.wait_for(writer.until_written("a lookup", write), 5) is True
+    assert breakers.value("redis") == CLOSED
+    assert breakers.is_open("kafka"), "the write never used Kafka"
+    assert breakers.is_open("model:a:1"), "judged by judge_batch only, where the model ran"
+
+
+async def test_release_held_gives_up_the_writes_a_breaker_holds_but_not_later_ones():
+    """A rebalance must not wait for a breaker: the held write gives up (its events are
+    redelivered by whoever owns the partitions next); a write begun after it waits as usual."""
+    breakers = make_breakers(1, 60.0)
+    writer = OutcomeWriter(Publisher(breakers), AvroCodec(), "w1")
+    held = Flaky(ModelDown("model:a:1", "all failed"))
+    task = asyncio.create_task(writer.until_written("a held batch", held))
+    while not breakers.is_open("model:a:1"):
+        await asyncio.sleep(0.01)
+    writer.release_held()
+    assert await asyncio.wait_for(task, 2) is False
+    later = Flaky(ModelDown("model:a:1", "all failed"))
+    task = asyncio.create_task(writer.until_written("a later batch", later))
+    await asyncio.sleep(0.1)
+    assert not task.done(), "begun after the release: held as usual"
+    writer.closed = True
+    assert await asyncio.wait_for(task, 2) is False
+
+
+async def test_a_slow_attempt_is_logged_with_where_it_waits(monkeypatch, caplog):
+    from streaminfer.streams import outcomes
+
+    monkeypatch.setattr(outcomes, "SLOW_ATTEMPT_S", 0.05)
+    writer = OutcomeWriter(Publisher(make_breakers()), AvroCodec(), "w1")
+
+    async def stuck_in_redis():
+        await asyncio.sleep(0.12)
+
+    async def write():
+        await stuck_in_redis()
+
+    with caplog.at_level("WARNING"):
+        assert await writer.until_written("a slow write", write) is True
+    slow = [r.getMessage() for r in caplog.records if "running for over" in r.getMessage()]
+    assert slow and "stuck_in_redis" in slow[0]
 
 
 async def test_a_batch_of_poisonous_requests_fails_alone_and_never_opens_the_model_breaker(codec):
@@ -295,7 +424,7 @@ async def test_a_batch_of_poisonous_requests_fails_alone_and_never_opens_the_mod
     assert sorted(acked) == [0, 1, 2, 3]
     assert sorted(r.status.value for r in publisher.results) == ["FAILED"] * 4
     assert len(publisher.letters) == 4
-    assert breakers.value("model:echo") == CLOSED
+    assert breakers.value("model:echo:1") == CLOSED
 
 
 def test_pausing_leaves_the_running_fetch_its_own_set_so_fetched_records_are_delivered():
@@ -325,3 +454,136 @@ def test_pausing_leaves_the_running_fetch_its_own_set_so_fetched_records_are_del
     consumer.resume_partitions({FaustTP("t", 0)})
     assert consumer._get_active_partitions() == {FaustTP("t", 0), FaustTP("t", 1)}
     assert consumer._paused_partitions == set()
+
+
+class Versioned(FakeModel):
+    def __init__(self, version: str, failing: bool) -> None:
+        from helpers.worker_fakes import config
+
+        super().__init__(transient_failures=10**6 if failing else 0)
+        self.version, self.config = version, config()  # with a config: its warm-up input fails too
+
+
+class TwoVersions:
+    """A repository whose default version moves from ``1`` (a model whose device is gone) to
+    ``2`` (healthy) and then ``3`` (healthy), as a rollout does."""
+
+    def __init__(self) -> None:
+        from helpers.worker_fakes import TASK, config
+
+        self.models = {"1": Versioned("1", True), "2": Versioned("2", False), "3": Versioned("3", False)}
+        self.configs = {TASK: config()}
+        self.unloaded: list[str] = []
+
+    def deploy(self, *versions: str) -> None:
+        import dataclasses
+
+        from helpers.worker_fakes import TASK
+
+        self.configs[TASK] = dataclasses.replace(self.configs[TASK], versions=versions,
+                                                 default_version=versions[-1])
+
+    def get_config(self, task):
+        return self.configs[task]
+
+    def load(self, task, version=None):
+        return self.models[version or "1"]
+
+    def refresh(self) -> None:
+        pass
+
+    def unload(self, task, version):
+        self.unloaded.append(version)
+
+
+async def test_a_new_version_is_not_held_by_the_old_ones_breaker_and_retiring_answers_its_batch(codec):
+    """v1's device is gone: its batch is held by ``model:echo:1``. v2 rolls out and serves at
+    once (its own breaker); the task's partitions are not paused for v1 any more. When v1 is
+    retired (v3 rolls out), its held batch is answered FAILED as it came out (dead letters as
+    before the breakers) and v1 is unloaded: nothing waits for a version no longer served."""
+    from helpers.worker_fakes import PREFIX, TASK
+
+    from streaminfer.streams.processor import RequestProcessor
+
+    repository, publisher = TwoVersions(), FakePublisher()
+    publisher.breakers = breakers = make_breakers(1, 60.0)
+    processor = RequestProcessor(repository=repository, publisher=publisher, codec=codec, prefix=PREFIX,
+                                 worker_id="w1", tasks=[TASK], retry_backoff_s=0.001)
+    pause = PartitionPause(breakers, lambda: {TP(("unit.requests.echo.normal", 0))}, lambda tps: None,
+                           lambda tps: None, topics_of=lambda task: {"unit.requests.echo.normal"},
+                           serving=processor.serving)
+    acked: list[int] = []
+
+    async def send(offset: int) -> None:
+        source, _ = event(codec, [[1, 2]], offset)
+
+        async def ack(offset=offset):
+            acked.append(offset)
+        await processor.handle(source, ack)
+
+    await processor.start()
+    try:
+        await send(0)
+        deadline = time.monotonic() + 5
+        while not breakers.is_open("model:echo:1") and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        pause.sync()
+        assert pause.paused, "v1 serves the task: its partitions pause"
+        repository.deploy("1", "2")
+        await processor.reload_models()
+        pause.sync()
+        assert not pause.paused, "v2 serves now: v1's breaker pauses nothing"
+        await send(1)
+        deadline = time.monotonic() + 5
+        while not publisher.results and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert [(r.model_version, r.status.value) for r in publisher.results] == [("2", "SUCCEEDED")]
+        assert acked == [], "answered, but acked only after offset 0 (commits stop at the lowest)"
+        repository.deploy("1", "2", "3")  # v1 is no longer served
+        await processor.reload_models()
+        await until_acked(acked, 2, timeout_s=5)
+        for _ in range(100):
+            if repository.unloaded:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await processor.stop()
+    assert sorted(acked) == [0, 1]
+    v1 = [r for r in publisher.results if r.model_version == "1"]
+    assert [r.status.value for r in v1] == ["FAILED"] and v1[0].error.code == "INFERENCE_FAILED"
+    assert len(publisher.letters) == 1
+    assert repository.unloaded == ["1"]
+    assert "model:echo:1" not in breakers.names(), "an unloaded version's breaker is gone"
+
+
+async def test_a_rebalance_releases_the_batches_a_breaker_holds(codec):
+    """faust waits on a rebalance until every delivered event is acked or given up: a batch held
+    by an open breaker must be given up (redelivered to the next owner), not waited for."""
+    from helpers.worker_fakes import config
+
+    model, publisher = FakeModel(transient_failures=10**6), FakePublisher()
+    model.config = config()
+    publisher.breakers = breakers = make_breakers(1, 60.0)
+    processor = make(model, publisher, codec)
+    released: list[int] = []
+    acked: list[int] = []
+    await processor.start()
+    try:
+        for offset in range(2):
+            source, _ = event(codec, [[1, 2]], offset)
+
+            async def ack(offset=offset):
+                acked.append(offset)
+            await processor.handle(source, ack, lambda offset=offset: released.append(offset))
+        deadline = time.monotonic() + 5
+        while not breakers.is_open("model:echo:1") and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        await processor.shed_queued()  # faust's on_partitions_revoked, via WorkerApp.on_draining
+        deadline = time.monotonic() + 3
+        while len(released) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert sorted(released) == [0, 1] and acked == []
+        await processor.resume()
+    finally:
+        await processor.stop()
+    assert publisher.results == [] and publisher.letters == [], "nothing answered: redelivered"
