@@ -19,7 +19,7 @@ from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.records import InferenceResult
 
 from .breakers import REDIS, guarded
-from .errors import reaching
+from .errors import ServiceUnavailable, reaching
 
 logger = logging.getLogger(__name__)
 
@@ -233,23 +233,46 @@ class ResultStore:
 
     async def wait(self, request_id: str, timeout_s: float) -> InferenceResult | None:
         """The result once stored, or None after ``timeout_s``."""
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters[request_id].add(fut)
-        try:
-            result = await self.result(request_id)  # stored before we listened?
-            if result is not None or timeout_s <= 0:
-                return result
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        looked = False
+        while True:
+            fut = loop.create_future()
+            self._waiters[request_id].add(fut)
             try:
-                await asyncio.wait_for(fut, timeout_s)
-            except TimeoutError:
-                pass  # look once more: a notification may have been lost to a reconnect
-            return await self.result(request_id)
-        finally:
-            waiters = self._waiters.get(request_id)
-            if waiters is not None:
-                waiters.discard(fut)
-                if not waiters:
-                    del self._waiters[request_id]
+                try:
+                    result = await self.result(request_id)  # stored before we listened?
+                except ServiceUnavailable:
+                    if not looked:
+                        raise
+                    # woken as Redis came back: a pooled connection may still be the old one's
+                    result = None
+                    fut.cancel()
+                    await asyncio.sleep(0.1)
+                looked = True
+                remaining = deadline - loop.time()
+                if result is not None or remaining <= 0:
+                    return result
+                if fut.cancelled():
+                    continue
+                try:
+                    await asyncio.wait_for(fut, remaining)
+                except TimeoutError:
+                    return await self.result(request_id)
+                # notified, or woken by a resubscription (a notification may have been lost
+                # while the subscription was down): look again
+            finally:
+                waiters = self._waiters.get(request_id)
+                if waiters is not None:
+                    waiters.discard(fut)
+                    if not waiters:
+                        del self._waiters[request_id]
+
+    def _wake_all(self) -> None:
+        for futures in list(self._waiters.values()):
+            for fut in futures:
+                if not fut.done():
+                    fut.set_result(None)
 
     async def _listen(self) -> None:
         pattern = keys.result_channel(self._prefix, "*")
@@ -258,8 +281,15 @@ class ResultStore:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.psubscribe(pattern)
+                rejoined = not self._subscribed.is_set()
                 self._subscribed.set()
                 async for message in pubsub.listen():
+                    if message.get("type") == "psubscribe" and rejoined:
+                        # subscribed (confirmed) again: results stored while we were away were
+                        # announced to nobody, so every waiter looks again (before, each waited
+                        # out its whole ?wait=)
+                        rejoined = False
+                        self._wake_all()
                     if message.get("type") != "pmessage":
                         continue
                     request_id = message["channel"][prefix_len:].decode()

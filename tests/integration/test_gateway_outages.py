@@ -5,6 +5,7 @@ until the broker acknowledged the request."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -50,11 +51,6 @@ async def restore(redis_url: str, dumped: dict[bytes, bytes]) -> None:
         await redis.aclose()
 
 
-# NOTE: a known defect, not a flaky check: 1 of 3 runs at 7f5c4cb the worker, after Redis came back,
-# logged "lookups of a batch of 1 wait for Redis ..." once and then answered nothing for 30 s (the
-# request after the outage timed out). Suspect the worker's breaker/pause path (streams/breakers.py,
-# OutcomeWriter.until_written); fix it, then drop this mark.
-@pytest.mark.xfail(reason="worker can stall after a Redis restart (breaker/pause path); see NOTE", strict=False)
 async def test_redis_outage_with_auth_on_is_503_with_retry_after_then_2xx(make_stack, own_redis):
     from streaminfer.embedded import redis_address
 
@@ -181,4 +177,41 @@ async def test_idempotency_claims_stay_bound_until_the_publish_is_confirmed(redi
                 await raw.delete(*stale)
         finally:
             await raw.aclose()
+        await store.stop()
+
+
+async def test_a_result_stored_while_the_subscription_was_down_ends_the_wait_once_it_is_back(own_redis):
+    """A worker may store (and announce) a result while the gateway's result subscription is
+    still reconnecting after a Redis restart: nobody hears that announcement. The waiter must
+    look again once subscribed, not wait out its whole ?wait= (seen: a 30 s wait timed out)."""
+    from redis.asyncio import Redis
+
+    from streaminfer.embedded import redis_address
+    from streaminfer.gateway.results import ResultStore
+    from streaminfer.schemas import keys
+    from streaminfer.schemas.codec import AvroCodec
+    from streaminfer.schemas.records import InferenceResult, Status
+
+    url, codec = redis_address(own_redis), AvroCodec()
+    store = ResultStore(url, codec, "t-rejoin-" + os.urandom(4).hex(), ttl_s=60)
+    await store.start()
+    try:
+        async def subscribed(up: bool = True) -> bool:
+            return store._subscribed.is_set() == up
+
+        assert await until(subscribed, timeout_s=10)
+        waiting = asyncio.create_task(store.wait("rid-1", 20.0))
+        await asyncio.sleep(0.2)
+        own_redis._terminate(5.0)
+        assert await until(lambda: subscribed(False), timeout_s=10, interval_s=0.02)
+        own_redis.restart()
+        result = InferenceResult(request_id="rid-1", task=TASK, status=Status.SUCCEEDED, worker_id="w")
+        async with Redis.from_url(url) as redis:  # the worker's store and announcement, at once
+            await redis.hset(keys.result_key(store._prefix, "rid-1"), keys.RESULT_FIELD_AVRO, codec.encode(result))
+            await redis.publish(keys.result_channel(store._prefix, "rid-1"), b"1")
+        started = time.monotonic()
+        found = await asyncio.wait_for(waiting, 25)
+        assert found is not None and found.request_id == "rid-1"
+        assert time.monotonic() - started < 5, "found once subscribed again, not after the whole wait"
+    finally:
         await store.stop()
