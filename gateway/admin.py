@@ -12,8 +12,8 @@ from fastapi import APIRouter, Query, Request
 from streaminfer.schemas.topics import PRIORITIES
 
 from .apikeys import Principal
+from .dependencies import Caller, service
 from .errors import Forbidden
-from .routes import Caller, service
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
