@@ -9,15 +9,11 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Query, Request
 
-from streaminfer.schemas import keys
-from streaminfer.schemas.codec import AvroCodec
-from streaminfer.schemas.errors import SchemaError
-from streaminfer.schemas.records import InferenceResult
 from streaminfer.schemas.topics import PRIORITIES
 
 from .apikeys import Principal
+from .dependencies import Caller, service
 from .errors import Forbidden
-from .routes import Caller, service
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -33,7 +29,6 @@ async def stats(request: Request, principal: Caller) -> dict:
     end-to-end latency percentiles (ms), and the live workers."""
     require_admin(principal)
     svc = service(request)
-    redis = svc.store.redis
     now_ms = int(time.time() * 1000)
     workers = await svc.live_workers()
     tasks = {}
@@ -41,8 +36,7 @@ async def stats(request: Request, principal: Caller) -> dict:
         per_priority = {}
         for priority in PRIORITIES:
             level = priority.topic_suffix
-            members = await redis.zrangebyscore(keys.latency_key(svc.prefix, task, level), now_ms - 60_000, "+inf")
-            latencies = np.array([float(m.rsplit(b":", 1)[1]) for m in members]) if members else np.array([])
+            latencies = np.array(await svc.store.recent_latencies(task, level, now_ms - 60_000))
             per_priority[level] = {
                 "lag": svc.lag.lag.get((task, priority), 0) if svc.lag is not None else None,
                 "throughput_per_s": round(len(latencies) / 60.0, 3),
@@ -65,21 +59,6 @@ async def cleanup(request: Request, principal: Caller,
     """Purge stored results (and their status) completed more than ``older_than_s`` ago; at most
     ``limit`` per call. Results also expire by themselves after the result TTL."""
     require_admin(principal)
-    svc = service(request)
-    redis = svc.store.redis
-    codec = AvroCodec()
     cutoff = int(time.time() * 1000 - older_than_s * 1000)
-    scanned = purged = 0
-    async for key in redis.scan_iter(match=keys.result_key(svc.prefix, "*"), count=500):
-        if scanned >= limit:
-            break
-        scanned += 1
-        avro = await redis.hget(key, keys.RESULT_FIELD_AVRO)
-        try:
-            result = codec.decode(avro, InferenceResult) if avro else None
-        except SchemaError:
-            result = None
-        if result is None or result.completed_at < cutoff:
-            request_id = key.decode().rsplit(":", 1)[1]
-            purged += await redis.delete(key, keys.status_key(svc.prefix, request_id))
+    scanned, purged = await service(request).store.purge_results(cutoff, limit)
     return {"scanned": scanned, "purged_keys": purged, "older_than_s": older_than_s}

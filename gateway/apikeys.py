@@ -70,7 +70,9 @@ class ApiKeyStore:
         clients = []
         async for name in self._redis.scan_iter(match=keys.api_client_key(self._prefix, "*")):
             name = name.decode() if isinstance(name, bytes) else name
-            client = name.rsplit(":", 1)[1]
+            client = keys.client_of_api_client_key(self._prefix, name)
+            if client is None:  # matched the pattern's glob, yet not one of our keys
+                continue
             digests = await self._redis.smembers(name)
             entries = [await self._redis.hgetall(keys.api_key_key(self._prefix, d.decode())) for d in digests]
             entries = [e for e in entries if e]

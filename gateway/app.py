@@ -18,14 +18,14 @@ from streaminfer.schemas.registry import RegistryClient
 
 from .admin import router as admin_router
 from .apikeys import ApiKeyStore
-from .auth import Authenticator, RateLimiter, load_public_keys
+from .auth import Authenticator, load_public_keys
 from .breakers import make_breakers
 from .capacity import read_service
 from .collections import router as collections_router
 from .errors import ERROR_RESPONSES, install_error_handlers
 from .inputs import InputLimits
 from .lag import LagMonitor
-from .limits import BodySizeLimit
+from .limits import BodySizeLimit, RateLimiter
 from .oip import router as oip_router
 from .producer import RequestProducer
 from .request_ids import RequestIdHeader

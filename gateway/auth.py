@@ -1,6 +1,5 @@
 """Who is calling: bearer JWTs (ES256/RS256, public keys from settings) and API keys (X-API-Key, or
-as a bearer token), per ``STREAMINFER_AUTH``; plus the per-client token bucket kept in Redis so
-the limit holds across gateway instances."""
+as a bearer token), per ``STREAMINFER_AUTH``. How often they may call is ``limits.RateLimiter``."""
 
 from __future__ import annotations
 
@@ -13,12 +12,9 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from fastapi import Request
-from redis.asyncio import Redis
-
-from streaminfer.schemas import keys
 
 from .apikeys import SCOPES, ApiKeyStore, Principal
-from .errors import Forbidden, TooManyRequests, Unauthorized, reaching
+from .errors import Forbidden, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -129,40 +125,3 @@ def _scope_claim(claims: dict, name: str) -> frozenset[str]:
 def require(principal: Principal, scope: str) -> None:
     if not principal.can(scope):
         raise Forbidden(f"client {principal.client_id!r} lacks the {scope} permission")
-
-
-# Token bucket, atomically in Redis: refill by elapsed time, take one token or say how long to wait.
-# NOTE: "now" is Redis' clock (TIME), not the gateway's: gateways whose clocks disagree would
-# otherwise refill each other's buckets (one running ahead grants a burst at every call).
-_BUCKET = """
-if redis.replicate_commands then pcall(redis.replicate_commands) end  -- TIME before writes, Redis < 7
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
-local allowed, wait = 0, (1 - tokens) / rate
-if tokens >= 1 then tokens = tokens - 1; allowed = 1; wait = 0 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
-return {allowed, tostring(wait)}
-"""
-
-
-class RateLimiter:
-    def __init__(self, redis: Redis, prefix: str, per_s: float, burst: int) -> None:
-        self._script = redis.register_script(_BUCKET)
-        self._prefix = prefix
-        self._per_s = per_s
-        self._burst = burst
-
-    async def check(self, principal: Principal) -> None:
-        with reaching("rate limit store"):
-            allowed, wait = await self._script(keys=[keys.rate_limit_key(self._prefix, principal.client_id)],
-                                               args=[self._per_s, self._burst])
-        if not int(allowed):
-            retry = max(1, int(float(wait) + 0.999))
-            raise TooManyRequests(f"rate limit of {self._per_s:g}/s (burst {self._burst}) exceeded",
-                                  headers={"Retry-After": str(retry)},
-                                  details={"limit_per_s": self._per_s, "burst": self._burst})

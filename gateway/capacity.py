@@ -5,7 +5,6 @@ lag × smoothed per-item service time ÷ live instances, the signal an autoscale
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -33,7 +32,7 @@ async def read_service(redis: Redis, prefix: str, tasks: Sequence[str]) -> dict[
         workers = {}
         for worker, value in entries.items():
             try:
-                figures = json.loads(value)
+                figures = keys.decode_service(value)
                 if float(figures["at"]) >= fresh and int(figures["instances"]) >= 1:
                     workers[worker.decode() if isinstance(worker, bytes) else worker] = figures
             except (ValueError, KeyError, TypeError) as exc:  # a foreign or old entry: not counted

@@ -169,19 +169,24 @@ def request_id_of(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
+def error_json(error: GatewayError, request_id: str | None) -> JSONResponse:
+    """``error`` as its response: SPEC §5's body, its status and headers."""
+    body = {
+        "error_code": error.code,
+        "message": error.message,
+        "request_id": request_id,
+        "timestamp": datetime.now(UTC).isoformat(),
+        "details": error.details,
+    }
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+
 def error_response(request: Request, error: GatewayError) -> JSONResponse:
     task = request.path_params.get("task", "") if request.scope.get("type") == "http" else ""
     if task and task not in getattr(getattr(request.app.state, "service", None), "task_names", ()):
         task = "unknown"  # keep label values bounded
     metrics.ERRORS.labels(task, error.code).inc()
-    body = {
-        "error_code": error.code,
-        "message": error.message,
-        "request_id": request_id_of(request),
-        "timestamp": datetime.now(UTC).isoformat(),
-        "details": error.details,
-    }
-    return JSONResponse(body, status_code=error.status, headers=error.headers)
+    return error_json(error, request_id_of(request))
 
 
 _STARLETTE_CODES = {400: InvalidRequest, 404: NotFound, 405: InvalidRequest, 413: PayloadTooLarge}

@@ -22,10 +22,10 @@ from streaminfer.schemas.records import InferenceResult, Status, Tensor
 from . import spans
 from .apikeys import Principal
 from .auth import ANONYMOUS, require
+from .dependencies import Caller, service
 from .errors import (
     ERROR_RESPONSES,
     RETRY_AFTER_S,
-    UNREACHABLE,
     ErrorBody,
     GatewayError,
     InferenceTimeout,
@@ -35,8 +35,7 @@ from .errors import (
 )
 from .oip_binary import HEADER, MEDIA_TYPE, binary_response, raw_bytes
 from .oip_route import OIPRoute
-from .routes import Caller, service
-from .service import InferenceService, Submission
+from .service import InferenceService, Submission, check_version
 from .views import links
 
 router = APIRouter(tags=["open inference protocol"], route_class=OIPRoute)
@@ -148,12 +147,6 @@ ERRORS = {**OIP_ERRORS, **{code: {"model": OIPErrorBody, "description": text} fo
               (503, "SERVICE_UNAVAILABLE (see Retry-After): Redis or Kafka not reachable, no worker has "
                     "served the task yet, or a retriable worker failure"),
               (504, "INFERENCE_TIMEOUT"))}}
-
-
-def _version_of(config: ModelConfig, version: str | None) -> None:
-    if version is not None and version not in config.served_versions:
-        raise NotFound(f"task {config.task!r} serves no model version {version!r}",
-                       code="MODEL_VERSION_NOT_FOUND", details={"versions": list(config.served_versions)})
 
 
 def _submission(task: str, body: InferRequest, version: str | None, principal: Principal) -> Submission:
@@ -310,22 +303,11 @@ async def model_version_metadata(task: str, version: str, request: Request, prin
 
 
 def _metadata(config: ModelConfig, version: str | None) -> dict:
-    _version_of(config, version)
+    check_version(config, version)
     return {"name": config.task, "versions": list(config.versions),
             "platform": PLATFORMS.get(config.backend, config.backend),
             "inputs": [{**spec.to_dict(), "shape": [-1, *spec.shape]} for spec in config.inputs],
             "outputs": [{**spec.to_dict(), "shape": [-1, *spec.shape]} for spec in config.outputs]}
-
-
-async def _served_tasks(svc: InferenceService) -> set[str] | None:
-    """Tasks with a live worker, or None when Redis does not answer."""
-    if not await svc.store.ping():
-        return None
-    try:
-        workers = await svc.live_workers()
-    except (ServiceUnavailable, *UNREACHABLE):  # Redis went away since the ping
-        return None
-    return {task for tasks in workers.values() for task in tasks}
 
 
 @router.get("/v2/models/{task}/ready", **READY)
@@ -341,8 +323,8 @@ async def model_version_ready(task: str, version: str, request: Request) -> dict
 
 
 async def _model_ready(svc: InferenceService, task: str, version: str | None) -> dict:
-    _version_of(svc.config(task), version)
-    served = await _served_tasks(svc)
+    check_version(svc.config(task), version)
+    served = await svc.live_tasks()
     if served is None:
         raise ServiceUnavailable("the result store is not reachable", details={"task": task})
     if task not in served:
@@ -361,9 +343,7 @@ async def live() -> dict:
 async def ready(request: Request, response: Response) -> dict:
     """Readiness: Kafka answering a metadata request, Redis answering and a live worker for
     every task."""
-    svc = service(request)
-    served = await _served_tasks(svc) if await svc.producer.is_reachable() else None
-    ok = served is not None and set(svc.configs) <= served
+    ok = (await service(request).readiness()).is_ready
     response.status_code = 200 if ok else 503
     if not ok:
         response.headers["Retry-After"] = str(RETRY_AFTER_S)

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from streaminfer.schemas import keys
 from streaminfer.schemas.codec import AvroCodec
+from streaminfer.schemas.errors import SchemaError
 from streaminfer.schemas.records import InferenceResult
 
 from .breakers import REDIS, guarded
@@ -29,8 +30,8 @@ MAX_QUEUED_PER_WRITE = 256
 # Lua: a request's status as queued, with its task and owner, kept ``ttl`` seconds; one command
 # where HSETNX, HSET and EXPIRE were three (the client's cost is per command). HSETNX: a request
 # published again (an Idempotency-Key retry) keeps the state a worker may have moved it to.
-_MARK_QUEUED = """
-redis.call('HSETNX', KEYS[1], 'status', 'queued')
+_MARK_QUEUED = f"""
+redis.call('HSETNX', KEYS[1], '{keys.STATUS_FIELD}', '{keys.RequestState.QUEUED}')
 redis.call('HSET', KEYS[1], 'task', ARGV[1], 'client_id', ARGV[2])
 return redis.call('EXPIRE', KEYS[1], ARGV[3])
 """
@@ -115,8 +116,8 @@ class ResultStore:
         workers = {}
         for value in values:
             if value:
-                beat = json.loads(value)
-                workers[beat["worker_id"]] = beat["tasks"]
+                beat = keys.Heartbeat.decode(value)
+                workers[beat.worker_id] = beat.tasks
         return workers
 
     async def served_tasks(self, seen: Iterable[str] = ()) -> set[str]:
@@ -224,8 +225,37 @@ class ResultStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(keys.cancel_key(self._prefix, request_id), b"1", ex=self._ttl_s)
             # only while the status is there: after it expired, HSET would re-create it without a TTL
-            pipe.eval(keys.HSET_IF_EXISTS, 1, keys.status_key(self._prefix, request_id), "status", "cancelling")
+            pipe.eval(keys.HSET_IF_EXISTS, 1, keys.status_key(self._prefix, request_id), keys.STATUS_FIELD,
+                      keys.RequestState.CANCELLING.value)
             await self._call(pipe.execute())
+
+    async def recent_latencies(self, task: str, priority: str, since_ms: int) -> list[float]:
+        """End-to-end latencies (ms) of the task's results at ``priority`` (a topic suffix)
+        completed since ``since_ms``, as the workers record them for /admin/stats."""
+        members = await self.redis.zrangebyscore(keys.latency_key(self._prefix, task, priority), since_ms, "+inf")
+        return [keys.decode_latency(m) for m in members]
+
+    async def purge_results(self, completed_before_ms: int, limit: int) -> tuple[int, int]:
+        """Delete stored results (and their status) completed before ``completed_before_ms``, or
+        unreadable, looking at ``limit`` results at most; returns (looked at, keys deleted)."""
+        # NOTE: a codec without the registry: a purge never waits on registry look-ups, and a
+        # result it cannot read is purged
+        codec = AvroCodec()
+        scanned = purged = 0
+        async for key in self.redis.scan_iter(match=keys.result_key(self._prefix, "*"), count=500):
+            if scanned >= limit:
+                break
+            scanned += 1
+            avro = await self.redis.hget(key, FIELD_AVRO)
+            try:
+                result = codec.decode(avro, InferenceResult) if avro else None
+            except SchemaError:
+                result = None
+            if result is None or result.completed_at < completed_before_ms:
+                request_id = keys.request_id_of_result_key(self._prefix, key)
+                status = [keys.status_key(self._prefix, request_id)] if request_id is not None else []
+                purged += await self.redis.delete(key, *status)
+        return scanned, purged
 
     async def delete(self, request_id: str) -> int:
         return await self._call(self.redis.delete(keys.result_key(self._prefix, request_id),

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, ValidationError
 
 from . import metrics, spans
-from .apikeys import Principal
 from .auth import ANONYMOUS, require
 from .breakers import KAFKA, REDIS, probed
-from .errors import RETRY_AFTER_S, UNREACHABLE, NotFound, ServiceUnavailable
-from .service import InferenceService, Submission, body_digest
+from .dependencies import Caller, service
+from .errors import RETRY_AFTER_S, UNREACHABLE, NotFound
+from .service import Submission, body_digest
 from .views import links, pending_body, result_body
 
 router = APIRouter()
@@ -32,23 +31,6 @@ class InferBody(BaseModel):
     model_version: str | None = Field(None, description="a version of the task's model; default the newest")
     deadline_ms: int | None = Field(None, description="expire unless run within this many ms")
     parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
-
-
-def service(request: Request) -> InferenceService:
-    return request.app.state.service
-
-
-async def caller(request: Request) -> Principal:
-    """The authenticated principal of this request, within its rate limit."""
-    principal = await request.app.state.auth.authenticate(request)
-    limiter = getattr(request.app.state, "rate_limiter", None)
-    if limiter is not None:
-        await limiter.check(principal)
-    request.state.principal = principal
-    return principal
-
-
-Caller = Annotated[Principal, Depends(caller)]
 
 
 WaitQuery = Annotated[float | None, Query(ge=0, le=3600, description="seconds to wait for the result")]
@@ -206,26 +188,15 @@ class Readiness(BaseModel):
 async def ready(request: Request, response: Response) -> dict:
     """Readiness: Kafka answers a metadata request (checked at most once a second), Redis
     answers, and a live worker serves every task."""
-    svc = service(request)
-    kafka, redis = await asyncio.gather(svc.producer.is_reachable(), svc.store.ping())
-    checks: dict[str, bool] = {"kafka": kafka, "redis": redis}
-    served: set[str] = set()
-    if redis:
-        try:
-            workers = await svc.live_workers()
-        except (ServiceUnavailable, *UNREACHABLE):  # Redis went away since the ping
-            checks["redis"] = False
-        else:
-            served = {task for tasks in workers.values() for task in tasks}
-    checks.update({f"worker:{task}": task in served for task in svc.configs})
-    ok = all(checks.values())
+    state = await service(request).readiness()
+    ok = state.is_ready
     response.status_code = 200 if ok else 503
     if not ok:
         response.headers["Retry-After"] = str(RETRY_AFTER_S)
     breakers = getattr(request.app.state, "breakers", None)
-    probed(breakers, REDIS, redis)
-    probed(breakers, KAFKA, kafka)
-    body = {"status": "ready" if ok else "not ready", "checks": checks}
+    probed(breakers, REDIS, state.redis)
+    probed(breakers, KAFKA, state.kafka)
+    body = {"status": "ready" if ok else "not ready", "checks": state.checks}
     if breakers is not None:
         body["circuits"] = breakers.describe()
     return body

@@ -30,6 +30,7 @@ from streaminfer.schemas.topics import request_topics, results_topic
 from . import metrics
 from .apikeys import Principal
 from .errors import (
+    UNREACHABLE,
     GatewayError,
     IdempotencyConflict,
     InferenceTimeout,
@@ -120,9 +121,7 @@ class InferenceService:
 
     def build_request(self, sub: Submission) -> InferenceRequest:
         config = self.config(sub.task)
-        if sub.model_version is not None and sub.model_version not in config.served_versions:
-            raise NotFound(f"task {sub.task!r} serves no model version {sub.model_version!r}",
-                           code="MODEL_VERSION_NOT_FOUND", details={"versions": list(config.served_versions)})
+        check_version(config, sub.model_version)
         try:
             priority = Priority.parse(sub.priority if sub.priority is not None else "normal")
         except ValueError as exc:
@@ -198,6 +197,26 @@ class InferenceService:
         workers = await self.store.live_workers()
         await self.served.observe(workers)
         return workers
+
+    async def live_tasks(self) -> set[str] | None:
+        """Tasks a live worker serves now, or None when Redis does not answer."""
+        if not await self.store.ping():
+            return None
+        return await self._tasks_of_live_workers()
+
+    async def _tasks_of_live_workers(self) -> set[str] | None:
+        try:
+            workers = await self.live_workers()
+        except (ServiceUnavailable, *UNREACHABLE):  # Redis went away since the ping
+            return None
+        return {task for tasks in workers.values() for task in tasks}
+
+    async def readiness(self) -> Readiness:
+        """Whether Kafka answers a metadata request (checked at most once a second), Redis a
+        ping, and which tasks a live worker serves: what both readiness routes answer from."""
+        kafka, redis = await asyncio.gather(self.producer.is_reachable(), self.store.ping())
+        served = await self._tasks_of_live_workers() if redis else None
+        return Readiness(kafka, redis, served, tuple(self.configs))
 
     async def submit_once(self, request: InferenceRequest, idempotency_key: str | None,
                           body_digest: str) -> str:
@@ -277,6 +296,35 @@ class InferenceService:
              "topics": {"requests": request_topics(self.prefix, task), "results": results_topic(self.prefix, task)}}
             for task, config in sorted(self.configs.items())
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    kafka: bool
+    redis: bool
+    """Redis answered a ping (what the redis breaker is probed with)."""
+    served: set[str] | None
+    """Tasks a live worker serves; None when the heartbeats could not be read."""
+    tasks: tuple[str, ...]
+    """The tasks this gateway serves."""
+
+    @property
+    def checks(self) -> dict[str, bool]:
+        """kafka, redis (answered, heartbeats read) and worker:<task> for every task."""
+        served = self.served or set()
+        return {"kafka": self.kafka, "redis": self.served is not None,
+                **{f"worker:{task}": task in served for task in self.tasks}}
+
+    @property
+    def is_ready(self) -> bool:
+        return all(self.checks.values())
+
+
+def check_version(config: ModelConfig, version: str | None) -> None:
+    """MODEL_VERSION_NOT_FOUND unless ``version`` (None: the task's default) is one the task serves."""
+    if version is not None and version not in config.served_versions:
+        raise NotFound(f"task {config.task!r} serves no model version {version!r}",
+                       code="MODEL_VERSION_NOT_FOUND", details={"versions": list(config.served_versions)})
 
 
 def body_digest(task: str, body: dict) -> str:

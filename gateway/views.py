@@ -6,6 +6,7 @@ import json
 
 from streaminfer.models.config import ModelConfig
 from streaminfer.models.friendly import tensors_to_friendly
+from streaminfer.schemas.keys import STATUS_FIELD, RequestState
 from streaminfer.schemas.records import InferenceResult
 
 STATUS_NAMES = {"queued", "running", "succeeded", "failed", "expired", "cancelled", "rejected"}
@@ -44,9 +45,12 @@ def _lookup_timings(result: InferenceResult) -> dict:
 
 
 def pending_body(request_id: str, status: dict[str, str]) -> dict:
-    state = status.get("status", "queued")
+    # a result published but not yet readable here is still "running"; no state (or one no
+    # writer writes) is "queued"
+    state = RequestState.decode(status.get(STATUS_FIELD))
+    running = state in (RequestState.RUNNING, RequestState.DONE)
     return {"request_id": request_id, "task": status.get("task"),
-            "status": "running" if state in ("running", "done") else "queued"}
+            "status": (RequestState.RUNNING if running else RequestState.QUEUED).value}
 
 
 def links(request_id: str) -> dict[str, str]:

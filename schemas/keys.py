@@ -4,7 +4,11 @@ they are spelled. Every key starts with the deployment's prefix (the topic prefi
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 
 logger = logging.getLogger(__name__)
 
@@ -17,8 +21,16 @@ __all__ = [
     "RESULT_FIELD_AVRO",
     "RESULT_FIELD_PUBLISHED",
     "SERVICE_STALE_MS",
+    "STATUS_FIELD",
     "WORKER_INDEX_GRACE_MS",
+    "Heartbeat",
+    "RequestState",
     "api_client_key",
+    "client_of_api_client_key",
+    "decode_latency",
+    "decode_service",
+    "encode_latency",
+    "encode_service",
     "api_key_key",
     "cache_key",
     "feature_key",
@@ -29,6 +41,7 @@ __all__ = [
     "dead_letter_key",
     "idempotency_key",
     "latency_key",
+    "request_id_of_result_key",
     "result_channel",
     "result_key",
     "served_tasks_key",
@@ -82,6 +95,31 @@ KAFKA_HEADERS = KafkaHeaders()
 RESULT_FIELD_AVRO = "avro"
 RESULT_FIELD_PUBLISHED = "published"
 
+# The field of the status hash (status_key) that holds the request's state.
+STATUS_FIELD = "status"
+
+
+class RequestState(StrEnum):
+    """A request's state in its status hash, as the gateway and workers write it: the gateway
+    marks it queued (and cancelling when asked to), a worker running, then done once its result
+    is published. A request with no state (or one no writer knows) is treated as queued."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLING = "cancelling"
+
+    @classmethod
+    def decode(cls, value: str | bytes | None) -> RequestState | None:
+        """The state a status hash holds; None when it holds none, or text no writer writes."""
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        try:
+            return cls(value)
+        except ValueError:
+            return None
+
+
 # Lua: HSET field value on a hash only while it exists. A plain HSET after the hash expired would
 # re-create it holding that one field and no TTL, kept for ever.
 HSET_IF_EXISTS = """
@@ -115,6 +153,18 @@ def status_key(prefix: str, request_id: str) -> str:
     return f"{prefix}:status:{request_id}"
 
 
+def request_id_of_result_key(prefix: str, key: str | bytes) -> str | None:
+    """The request a ``result_key`` belongs to; None for a key of something else."""
+    return _tail(result_key(prefix, ""), key)
+
+
+def _tail(head: str, key: str | bytes) -> str | None:
+    # the key's part after ``head``: the id as given (ids may hold colons), never a split on ":"
+    if isinstance(key, bytes):
+        key = key.decode("utf-8", "replace")
+    return key[len(head):] if key.startswith(head) and len(key) > len(head) else None
+
+
 def cancel_key(prefix: str, request_id: str) -> str:
     """Flag set when a client cancels a request that has not run yet."""
     return f"{prefix}:cancel:{request_id}"
@@ -141,6 +191,30 @@ def worker_key(prefix: str, worker_id: str) -> str:
     return f"{prefix}:worker:{worker_id}"
 
 
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """A live worker's heartbeat (the value under ``worker_key``): who it is and what it serves."""
+
+    worker_id: str
+    tasks: list[str]
+
+    def encode(self) -> str:
+        return json.dumps({"worker_id": self.worker_id, "tasks": list(self.tasks)})
+
+    @classmethod
+    def decode(cls, value: str | bytes) -> Heartbeat:
+        """Raises ValueError for anything but a heartbeat ``encode`` wrote."""
+        try:
+            beat = json.loads(value)
+            worker_id, tasks = beat["worker_id"], beat["tasks"]
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # NOTE: JSONDecodeError is a ValueError
+            raise ValueError(f"not a worker heartbeat: {exc!r}") from None
+        if not isinstance(worker_id, str) or not isinstance(tasks, list) \
+                or not all(isinstance(t, str) for t in tasks):
+            raise ValueError("not a worker heartbeat: worker_id must be text and tasks a list of text")
+        return cls(worker_id, tasks)
+
+
 def workers_key(prefix: str) -> str:
     """Sorted set: the workers that sent a heartbeat, member = worker_id, score = when that
     heartbeat expires (ms since the epoch). The index readers use instead of scanning for
@@ -164,6 +238,24 @@ def service_key(prefix: str, task: str) -> str:
     return f"{prefix}:service:{task}"
 
 
+def encode_service(figures: Mapping[str, object], at_ms: int) -> str:
+    """A worker's entry in a ``service_key`` hash: its figures (batch-cost fit, ``instances``)
+    and when it said so."""
+    return json.dumps({**figures, "at": at_ms})
+
+
+def decode_service(value: str | bytes) -> dict:
+    """The figures of a ``service_key`` entry, ``at`` among them; ValueError unless it is a JSON
+    object (whose fields the reader still checks: a foreign or old entry may lack some)."""
+    try:
+        figures = json.loads(value)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise ValueError(f"not a service entry: {exc!r}") from None
+    if not isinstance(figures, dict):
+        raise ValueError(f"not a service entry: a JSON {type(figures).__name__}, not an object")
+    return figures
+
+
 def api_key_key(prefix: str, key_digest: str) -> str:
     """Hash: an API key's client, scopes and admin flag, under the SHA-256 of the key (never the key)."""
     return f"{prefix}:apikey:{key_digest}"
@@ -172,6 +264,11 @@ def api_key_key(prefix: str, key_digest: str) -> str:
 def api_client_key(prefix: str, client: str) -> str:
     """Set: the digests of a client's API keys (to list and revoke them)."""
     return f"{prefix}:apiclient:{client}"
+
+
+def client_of_api_client_key(prefix: str, key: str | bytes) -> str | None:
+    """The client an ``api_client_key`` names; None for a key of something else."""
+    return _tail(api_client_key(prefix, ""), key)
 
 
 def rate_limit_key(prefix: str, client: str) -> str:
@@ -183,6 +280,22 @@ def latency_key(prefix: str, task: str, priority: str) -> str:
     """Sorted set: recent results of a task and priority (score = completion time in ms,
     member = ``request_id:total_ms``), kept for a few minutes for /admin/stats."""
     return f"{prefix}:latency:{task}:{priority}"
+
+
+def encode_latency(request_id: str, total_ms: float) -> str:
+    """A member of a ``latency_key`` sorted set."""
+    return f"{request_id}:{total_ms:.1f}"
+
+
+def decode_latency(member: str | bytes) -> float:
+    """The ``total_ms`` of a ``latency_key`` member; ValueError for one ``encode_latency``
+    did not write."""
+    if isinstance(member, bytes):
+        member = member.decode("utf-8", "replace")
+    _, colon, total_ms = member.rpartition(":")
+    if not colon:
+        raise ValueError(f"not a latency member: {member[:80]!r}")
+    return float(total_ms)
 
 
 def idempotency_key(prefix: str, client_id: str | None, key: str) -> str:

@@ -11,7 +11,6 @@ dead-lettered twice.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -174,7 +173,7 @@ class ResultPublisher:
         async with self.redis.pipeline(transaction=False) as pipe:
             for rid, client_id in requests:
                 key = keys.status_key(self._prefix, rid)
-                pipe.hset(key, mapping={"status": "running", "worker_id": worker_id})
+                pipe.hset(key, mapping={keys.STATUS_FIELD: keys.RequestState.RUNNING.value, "worker_id": worker_id})
                 pipe.hsetnx(key, "client_id", client_id or "")  # the first owner stays the owner
                 pipe.expire(key, self._ttl_s)
             await pipe.execute()
@@ -183,7 +182,7 @@ class ResultPublisher:
                         service: Mapping[str, dict] | None = None) -> None:
         """Tell gateways this worker is alive, which tasks it serves and (``service``: task ->
         fit, instances) what their batches cost it."""
-        payload = json.dumps({"worker_id": worker_id, "tasks": list(tasks)})
+        payload = keys.Heartbeat(worker_id, list(tasks)).encode()
         ttl_ms = int(ttl_s * 1000)
         now = int(time.time() * 1000)
         index = keys.workers_key(self._prefix)
@@ -197,7 +196,7 @@ class ResultPublisher:
                 pipe.sadd(keys.served_tasks_key(self._prefix), *tasks)
             for task, figures in (service or {}).items():
                 key = keys.service_key(self._prefix, task)
-                pipe.hset(key, worker_id, json.dumps({**figures, "at": now}))
+                pipe.hset(key, worker_id, keys.encode_service(figures, now))
                 pipe.pexpire(key, keys.WORKER_INDEX_GRACE_MS)
             await pipe.execute()
 
@@ -248,7 +247,8 @@ class ResultPublisher:
         # stored would otherwise come back as a one-field hash without a TTL, kept for ever.
         for rid in request_ids:
             pipe.eval(keys.HSET_IF_EXISTS, 1, keys.result_key(self._prefix, rid), FIELD_PUBLISHED, b"1")
-            pipe.eval(keys.HSET_IF_EXISTS, 1, keys.status_key(self._prefix, rid), "status", "done")
+            pipe.eval(keys.HSET_IF_EXISTS, 1, keys.status_key(self._prefix, rid), keys.STATUS_FIELD,
+                      keys.RequestState.DONE.value)
             pipe.expire(keys.status_key(self._prefix, rid), self._ttl_s)
             pipe.publish(keys.result_channel(self._prefix, rid), b"1")
 
@@ -260,7 +260,7 @@ class ResultPublisher:
         touched = set()
         for p in items:
             key = keys.latency_key(self._prefix, p.task, p.latency.priority)
-            pipe.zadd(key, {f"{p.request_id}:{p.latency.total_ms:.1f}": p.latency.completed_at})
+            pipe.zadd(key, {keys.encode_latency(p.request_id, p.latency.total_ms): p.latency.completed_at})
             touched.add(key)
         for key in touched:
             pipe.zremrangebyscore(key, 0, now - LATENCY_WINDOW_MS)

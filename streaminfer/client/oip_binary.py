@@ -1,25 +1,31 @@
-"""The binary tensor data extension of the Open Inference Protocol, client side: a body of
-``Inference-Header-Content-Length`` bytes of JSON, then each binary tensor's raw bytes in order
-(little-endian, row-major; a BYTES element is a 4-byte little-endian length and its bytes)."""
+"""The binary tensor data extension of the Open Inference Protocol, client side (the wire format
+is :mod:`streaminfer.schemas.oip_binary`): requests whose inputs travel as binary data, and
+binary answers read back into numpy arrays."""
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from streaminfer.schemas.errors import DecodeError
+from streaminfer.schemas.oip_binary import (
+    HEADER,
+    MEDIA_TYPE,
+    fixed_bytes,
+    fixed_values,
+    frame,
+    pack_bytes,
+    split,
+    unpack_bytes,
+)
+
 from .errors import INVALID_RESPONSE, ClientError
 from .results import NUMPY_DTYPES, datatype_of, decode_oip_outputs
 
 __all__ = ["HEADER", "MEDIA_TYPE", "binary_request", "split_answer"]
-
-HEADER = "Inference-Header-Content-Length"
-MEDIA_TYPE = "application/octet-stream"
-_LENGTH = struct.Struct("<I")
 
 
 def _invalid(message: str) -> ClientError:
@@ -28,15 +34,15 @@ def _invalid(message: str) -> ClientError:
 
 def _raw(name: str, array: np.ndarray, datatype: str) -> bytes:
     if datatype != "BYTES":
-        return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-    chunks = []
+        return fixed_bytes(array)
+    items = []
     for item in array.reshape(-1).tolist():
         if isinstance(item, str):
             item = item.encode("utf-8")
         if not isinstance(item, bytes):
             raise ValueError(f"input {name!r}: BYTES items must be str or bytes")
-        chunks.append(_LENGTH.pack(len(item)) + item)
-    return b"".join(chunks)
+        items.append(item)
+    return pack_bytes(items)
 
 
 def binary_request(
@@ -60,42 +66,27 @@ def binary_request(
             }
         )
         chunks.append(raw)
-    head = json.dumps({**header, "inputs": tensors}, separators=(",", ":")).encode()
-    headers = {"Content-Type": MEDIA_TYPE, HEADER: str(len(head))}
-    return head + b"".join(chunks), headers
+    body, length = frame({**header, "inputs": tensors}, chunks)
+    return body, {"Content-Type": MEDIA_TYPE, HEADER: str(length)}
 
 
 def split_answer(content: bytes, header_length: str | None) -> dict[str, np.ndarray]:
     """The output tensors of a binary infer answer: those with ``binary_data_size`` from the bytes
     after the JSON header, the others from their JSON ``data``; in the answer's order."""
-    text = (header_length or "").strip()
-    length = int(text) if text.isdigit() else -1
-    if not 0 <= length <= len(content):
-        raise _invalid(f"{HEADER} {header_length!r} is not a byte count within the answer")
     try:
-        header = json.loads(content[:length])
-    except (ValueError, RecursionError) as exc:
-        raise _invalid(f"the answer's first {length} bytes are not JSON") from exc
-    tensors = header.get("outputs") if isinstance(header, dict) else None
-    if not isinstance(tensors, list) or not all(isinstance(t, dict) for t in tensors):
-        raise _invalid("the binary answer's header has no outputs list")
-    offset, arrays = length, {}
-    for tensor in tensors:
-        parameters = tensor.get("parameters")
-        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
-        if size is None:
-            arrays.update(decode_oip_outputs({"outputs": [tensor]}))
-            continue
-        if type(size) is not int or size < 0 or offset + size > len(content):
-            raise _invalid(
-                f"output {str(tensor.get('name'))[:80]!r}: binary_data_size {size!r} "
-                f"does not fit the {len(content) - offset} bytes left"
-            )
-        arrays[str(tensor.get("name"))] = _array(tensor, content[offset : offset + size])
-        offset += size
-    if offset != len(content):
-        raise _invalid(f"{len(content) - offset} bytes after the outputs' binary data")
-    return arrays
+        header, tensors = split(content, header_length, "outputs", what="answer")
+        outputs = header.get("outputs") if isinstance(header, dict) else None
+        if not isinstance(outputs, list) or not all(isinstance(t, dict) for t in outputs):
+            raise _invalid("the binary answer's header has no outputs list")
+        arrays = {}
+        for tensor, raw in tensors:
+            if raw is None:
+                arrays.update(decode_oip_outputs({"outputs": [tensor]}))
+            else:
+                arrays[str(tensor.get("name"))] = _array(tensor, raw)
+        return arrays
+    except DecodeError as exc:  # the answer does not frame, or a tensor's bytes are wrong
+        raise _invalid(str(exc)) from None
 
 
 def _array(tensor: dict[str, Any], raw: bytes) -> np.ndarray:
@@ -110,20 +101,14 @@ def _array(tensor: dict[str, Any], raw: bytes) -> np.ndarray:
     if dtype is None:
         raise _invalid(f"output {name!r}: unknown datatype {str(datatype)[:40]!r}")
     count = math.prod(shape)
+    label = f"output {name!r}"
     if dtype.kind != "O":
-        if len(raw) != count * dtype.itemsize:
+        values = fixed_values(raw, dtype, label, datatype)
+        if values.size != count:
             raise _invalid(f"output {name!r}: {len(raw)} bytes do not hold {datatype} {shape}")
-        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-    items, offset = [], 0
-    while offset < len(raw):
-        if offset + _LENGTH.size > len(raw):
-            raise _invalid(f"output {name!r}: a BYTES element's length is cut off")
-        (size,) = _LENGTH.unpack_from(raw, offset)
-        offset += _LENGTH.size
-        if offset + size > len(raw):
-            raise _invalid(f"output {name!r}: a BYTES element runs past its data")
-        item = raw[offset : offset + size]
-        offset += size
+        return values.reshape(shape)
+    items = []
+    for item in unpack_bytes(raw, label):
         try:
             items.append(item.decode("utf-8"))
         except UnicodeDecodeError:

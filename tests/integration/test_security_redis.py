@@ -78,8 +78,8 @@ async def test_the_rate_limit_holds_across_gateways_whose_clocks_disagree(redis,
     """Two gateways sharing a bucket, one of them an hour ahead: the bucket refills by Redis'
     clock, so the fast clock grants nothing extra (finding 7)."""
     from streaminfer.gateway.apikeys import Principal
-    from streaminfer.gateway.auth import RateLimiter
     from streaminfer.gateway.errors import TooManyRequests
+    from streaminfer.gateway.limits import RateLimiter
 
     principal = Principal(f"c{uuid.uuid4().hex[:8]}", frozenset())
     limiter = RateLimiter(redis, f"t{uuid.uuid4().hex[:8]}", per_s=0.01, burst=2)

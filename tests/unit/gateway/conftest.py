@@ -83,6 +83,9 @@ class MemoryStore:
         self.results.pop(request_id, None)
         return 1
 
+    async def recent_latencies(self, task, priority, since_ms):
+        return []
+
 
 @pytest.fixture
 def repository(tmp_path) -> Path:

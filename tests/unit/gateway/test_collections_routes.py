@@ -9,7 +9,7 @@ import pytest
 from helpers.collections import MemoryCollections
 
 from streaminfer.gateway.apikeys import SCOPES, Principal
-from streaminfer.gateway.routes import caller
+from streaminfer.gateway.dependencies import caller
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from helpers.http import assert_error
 
 from streaminfer.gateway.apikeys import ApiKeyStore, Principal
-from streaminfer.gateway.auth import RateLimiter
+from streaminfer.gateway.limits import RateLimiter
 
 # what redis-py raises when Redis is stopped, hangs, or the socket fails underneath it
 OUTAGES = [

@@ -3,6 +3,7 @@ out (the request may have been delivered), and the retry publishes it again unde
 
 from __future__ import annotations
 
+import pytest
 from helpers.http import assert_error
 
 from streaminfer.gateway.errors import ServiceUnavailable
@@ -82,3 +83,34 @@ def test_without_a_key_each_submission_is_its_own_request(gateway):
     assert ok.status_code == 202
     first, second = (r.request_id for r, _ in gateway.producer.sent)
     assert ok.json()["request_id"] == second != first
+
+
+@pytest.mark.parametrize("kafka, redis, workers, ready", [
+    (True, True, {"w1": ["tiny"]}, True),
+    (False, True, {"w1": ["tiny"]}, False),
+    (True, False, {"w1": ["tiny"]}, False),
+    (True, True, {"w1": ["other"]}, False),
+    (True, True, {}, False),
+])
+def test_both_readiness_routes_answer_from_one_check(gateway, kafka, redis, workers, ready):
+    gateway.producer.reachable = kafka
+    gateway.store.workers = workers
+
+    async def ping():
+        return redis
+
+    gateway.store.ping = ping
+    v1, v2 = gateway.get("/ready"), gateway.get("/v2/health/ready")
+    assert v1.status_code == v2.status_code == (200 if ready else 503)
+    assert v2.json() == {"ready": ready}
+    served = redis and any("tiny" in tasks for tasks in workers.values())
+    assert v1.json()["checks"] == {"kafka": kafka, "redis": redis, "worker:tiny": served}
+
+
+def test_an_unknown_version_is_the_same_404_on_v1_and_v2(gateway):
+    v1 = assert_error(gateway.post("/v1/infer/tiny", json={**BODY, "model_version": "9"}), 404,
+                      "MODEL_VERSION_NOT_FOUND")
+    v2 = assert_error(gateway.get("/v2/models/tiny/versions/9"), 404, "MODEL_VERSION_NOT_FOUND")
+    assert v1["message"] == v2["message"] == "task 'tiny' serves no model version '9'"
+    assert v1["details"] == {"versions": ["1"]}
+    assert v2["details"] == v1["details"]
