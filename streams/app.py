@@ -5,7 +5,9 @@ batches are still acknowledged while faust waits for its streams to empty and co
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
+import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -198,6 +200,14 @@ class WorkerRuntime(mode.Service):
             self._metrics_server.server_close()
 
 
+def _private_datadir() -> str:
+    """A temporary directory for faust's data, removed when the process exits (faust keeps no
+    table here that must outlive the worker: its state is in Kafka and Redis)."""
+    path = tempfile.mkdtemp(prefix="streaminfer-worker-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def _has_partitions(app: WorkerApp) -> bool:
     try:
         return bool(app.consumer.assignment())
@@ -232,7 +242,7 @@ def create_worker(options: WorkerOptions,
         broker_credentials=options.broker_credentials,
         topic_disable_leader=True,
         # NOTE: a private datadir: several workers share a host with nothing fixed but their metrics port.
-        datadir=tempfile.mkdtemp(prefix="streaminfer-worker-"),
+        datadir=_private_datadir(),
         consumer_auto_offset_reset="earliest",
         topic_partitions=options.topic_partitions,
         broker_commit_interval=options.commit_interval_s,
