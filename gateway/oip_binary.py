@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from starlette.responses import Response
 
-from streaminfer.models.config import NUMPY_DTYPES
+from streaminfer.models.signature import NUMPY_DTYPES
 
 from .errors import InvalidRequest
 
