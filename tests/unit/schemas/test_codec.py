@@ -18,7 +18,6 @@ from streaminfer.schemas.bench import codec_roundtrips_per_second, typical_reque
 from streaminfer.schemas.binary import _write_long
 from streaminfer.schemas.codec import (
     CONFLUENT_MAGIC,
-    PYTHON_TYPES,
     SCHEMA_DIR,
     SINGLE_OBJECT_MAGIC,
     AvroCodec,
@@ -31,6 +30,7 @@ from streaminfer.schemas.errors import (
     SchemaError,
     UnknownSchema,
 )
+from streaminfer.schemas.records import AVRO_TYPES as PYTHON_TYPES
 from streaminfer.schemas.records import (
     AuditEvent,
     AuditType,
