@@ -14,7 +14,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
 from helpers.registry import RegistryState, fake_registry
 
-from streaminfer.schemas.bench import codec_roundtrips_per_second, typical_request
+from streaminfer.bench.codec import codec_roundtrips_per_second, typical_request
 from streaminfer.schemas.binary import _write_long
 from streaminfer.schemas.codec import (
     CONFLUENT_MAGIC,
