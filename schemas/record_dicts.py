@@ -5,15 +5,15 @@ dataclass fields and its `.avsc` file, so that no field list is written out twic
 epoch milliseconds). `from_avro()` takes such a dict, with timestamps as int milliseconds or as
 the `datetime` fastavro produces for `timestamp-millis` (always stored as int ms), enums as
 their symbols, and lets a field be absent when its schema gives it a default (data an older
-writer wrote): the dataclass default, which is the same value, applies. A field without a schema
-default must be there (KeyError otherwise).
+writer wrote): that default applies, the same value as the dataclass default (a test checks).
+A field without a schema default must be there (KeyError otherwise).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
@@ -57,29 +57,19 @@ def bind_dicts(record_type: type, types: Mapping[str, type]) -> None:
     # NOTE: compiled to straight-line code, as schemas/binary.py does: a loop over the fields
     # took 2-3 times as long as the hand-written methods this replaces.
     source = _Source(namespace, types)
-    items, arguments = [], []
+    items, arguments = [], {}
     for schema_field in schema_fields:
         name = schema_field["name"]
         to_avro, from_avro = source.converters(schema_field["type"])
         items.append(f"{name!r}: {to_avro(f'self.{name}')}")
-        value = from_avro(f"d[{name!r}]")
-        if "default" not in schema_field:
-            arguments.append(f"{name}={value}")
-            continue
-        field = class_fields[name]
-        if field.default_factory is not MISSING:
-            default = source.const(field.default_factory, "factory") + "()"
-        elif field.default is not MISSING:
-            default = source.const(field.default, "default")
+        if "default" in schema_field:  # the Avro value, converted as a value given would be
+            raw = f"d.get({name!r}, {source.literal(schema_field['default'])})"
         else:
-            raise ValueError(f"{record_type.__name__}.{name}: the schema gives a default, the "
-                             "dataclass none")
-        if value == f"d[{name!r}]" and field.default_factory is MISSING:
-            arguments.append(f"{name}=d.get({name!r}, {default})")
-        else:
-            arguments.append(f"{name}=({value} if {name!r} in d else {default})")
+            raw = f"d[{name!r}]"
+        arguments[name] = from_avro(raw)
+    positional = ", ".join(arguments[name] for name in class_fields)  # faster than keywords
     code = (f"def to_avro(self):\n    return {{{', '.join(items)}}}\n\n"
-            f"def from_avro(cls, d):\n    return cls({', '.join(arguments)})\n")
+            f"def from_avro(cls, d):\n    return cls({positional})\n")
     namespace_ = {"_to_ms": _to_ms, **source.constants}
     exec(compile(code, f"<record_dicts {record_type.__name__}>", "exec"), namespace_)
     to_avro_dict, from_avro_dict = namespace_["to_avro"], namespace_["from_avro"]
@@ -111,6 +101,12 @@ class _Source:
         name = f"_{stem}{len(self.constants)}"
         self.constants[name] = value
         return name
+
+    def literal(self, value: Any) -> str:
+        """Source of a JSON value; a literal where it may be, so that `{}` is a new dict each time."""
+        if value is None or isinstance(value, bool | int | str) or value in ({}, []):
+            return repr(value)
+        return self.const(value, "default")
 
     def converters(self, avro_type: Any) -> tuple[Expression, Expression]:
         """`(to_avro, from_avro)` of a field of type `avro_type`."""
@@ -145,7 +141,7 @@ class _Source:
 def _or_none(convert: Expression) -> Expression:
     if convert is _same:
         return _same
-    return lambda value: f"(None if {value} is None else {convert(value)})"
+    return lambda value: f"(None if (_v := {value}) is None else {convert('_v')})"
 
 
 def _each(convert: Expression) -> Expression:
