@@ -9,9 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from streaminfer.models.config import NUMPY_DTYPES, ModelConfig
+from streaminfer.models.config import ModelConfig
 from streaminfer.models.errors import InvalidInput
-from streaminfer.models.friendly import friendly_to_tensors, validate_tensors
+from streaminfer.models.friendly import friendly_to_tensors
+from streaminfer.models.signature import NUMPY_DTYPES
+from streaminfer.models.validation import validate_tensors
 
 from .errors import InvalidRequest, PayloadTooLarge
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from starlette.responses import Response
 
-from streaminfer.models.config import NUMPY_DTYPES
+from streaminfer.models.signature import NUMPY_DTYPES
 from streaminfer.schemas import oip_binary as wire
 from streaminfer.schemas.oip_binary import HEADER, MEDIA_TYPE
 

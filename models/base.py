@@ -14,10 +14,11 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from streaminfer.models.config import DEVICES, NUMPY_DTYPES, ModelConfig
+from streaminfer.models.config import DEVICES, ModelConfig
 from streaminfer.models.errors import InferenceFailed, ModelConfigError, ModelError
-from streaminfer.models.friendly import validate_tensors
 from streaminfer.models.preprocess import Preprocessor, build_preprocessor
+from streaminfer.models.signature import NUMPY_DTYPES
+from streaminfer.models.validation import validate_tensors
 
 __all__ = ["Model", "default_intra_op_threads", "dummy_inputs", "gpu_present", "require_cuda", "resolve_device"]
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from streaminfer.models.config_sections import (
@@ -25,16 +24,15 @@ from streaminfer.models.config_sections import (
 )
 from streaminfer.models.errors import ModelConfigError, ModelVersionNotFound
 from streaminfer.models.features import parse_features
+from streaminfer.models.signature import NUMPY_DTYPES, TensorSpec
 
 __all__ = [
     "BACKENDS",
     "DEVICES",
     "FRIENDLY_KINDS",
-    "NUMPY_DTYPES",
     "PREPROCESS_KINDS",
     "TASK_NAME_PATTERN",
     "ModelConfig",
-    "TensorSpec",
     "load_model_config",
     "load_repository_configs",
 ]
@@ -48,36 +46,13 @@ clients pinned to it while they move)."""
 CONFIG_FILE = "model.yaml"
 MAX_DEADLINE_MS = 366 * 24 * 3600 * 1000
 """A year: a longer deadline is no deadline, and past year 9999 no timestamp at all."""
-TASK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")  # \Z: "$" accepts a trailing newline
+# NOTE: schemas/topics.py's TASK_NAME_RE is the same pattern, for topic names: models/ and schemas/
+# import nothing of each other, so each keeps its copy; tests/unit/models/test_signature.py checks
+# that they agree. \Z: "$" accepts a trailing newline.
+TASK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
 BACKENDS = ("onnxruntime", "torch", "python")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_ARTIFACTS = {"onnxruntime": "model.onnx", "torch": "model.pt", "python": "model.py"}
-
-NUMPY_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(np.object_),
-}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One named tensor of a model signature; ``shape`` is per item, without the batch dim."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -143,10 +118,11 @@ class ModelConfig:
         return self.version_path(version) / self.artifact
 
     def input_spec(self, name: str) -> TensorSpec:
-        return _spec_named(self.inputs, name)
-
-    def output_spec(self, name: str) -> TensorSpec:
-        return _spec_named(self.outputs, name)
+        """The input tensor named ``name``; raises KeyError."""
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
 
     def signature(self) -> dict[str, Any]:
         """JSON-able summary for ``GET /v1/tasks``; tensor shapes exclude the batch dimension."""
@@ -176,13 +152,6 @@ class ModelConfig:
             "instances": self.instances,
             "device": self.device,
         }
-
-
-def _spec_named(specs: tuple[TensorSpec, ...], name: str) -> TensorSpec:
-    for spec in specs:
-        if spec.name == name:
-            return spec
-    raise KeyError(name)
 
 
 def load_model_config(model_dir: Path) -> ModelConfig:

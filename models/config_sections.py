@@ -4,12 +4,11 @@ instead of tensors), normalised into plain dicts for ``ModelConfig``."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from streaminfer.models.errors import ModelConfigError
-
-if TYPE_CHECKING:
-    from streaminfer.models.config import TensorSpec
+from streaminfer.models.friendly import MAX_IMAGE_PIXELS
+from streaminfer.models.signature import TensorSpec
 
 FRIENDLY_KINDS = ("text", "array", "image", "named_features")
 PREPROCESS_KINDS = ("none", "tokenize")
@@ -140,8 +139,6 @@ def _check_source(where: str, source: dict, spec: TensorSpec) -> None:
         # the image as sent: RGB pixels at its own size, so boxes and masks stay in its pixels
         if spec.datatype != "UINT8":
             raise ModelConfigError(f"{where}: kind image of shape [-1, -1, 3] needs UINT8")
-        from streaminfer.models.friendly import MAX_IMAGE_PIXELS
-
         max_pixels = source.setdefault("max_pixels", MAX_IMAGE_PIXELS)
         if (
             isinstance(max_pixels, bool)

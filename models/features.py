@@ -1,21 +1,19 @@
 """model.yaml's ``features`` section: where a task's features come from when a request names an
 entity (``{"inputs": {"entity_id": "…"}}``) instead of sending them, and the checks of those ids.
 
-Plain data and checks only: the gateway imports this (through ``models.friendly``), the worker's
+Plain data and checks only: the gateway imports this (through ``models.validation``), the worker's
 lookup (``streams/features.py``) reads the parsed section.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from streaminfer.models.errors import InvalidInput, ModelConfigError
-
-if TYPE_CHECKING:
-    from streaminfer.models.config import TensorSpec
+from streaminfer.models.signature import TensorSpec
 
 __all__ = ["ENTITY_KEY", "MAX_ENTITY_ID_CHARS", "check_entity_ids", "entity_ids", "parse_features"]
 

@@ -15,8 +15,9 @@ from typing import Protocol
 
 import numpy as np
 
-from streaminfer.models.config import NUMPY_DTYPES, ModelConfig
+from streaminfer.models.config import ModelConfig
 from streaminfer.models.errors import InvalidInput, ModelConfigError
+from streaminfer.models.signature import NUMPY_DTYPES
 
 __all__ = ["PassThrough", "Preprocessor", "TextTokenizer", "build_preprocessor"]
 

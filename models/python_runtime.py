@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from streaminfer.models.base import Model
-from streaminfer.models.config import NUMPY_DTYPES
 from streaminfer.models.errors import ModelConfigError
+from streaminfer.models.signature import NUMPY_DTYPES
 
 __all__ = ["PythonModel", "find_model_class", "import_model_file"]
 

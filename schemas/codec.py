@@ -33,20 +33,7 @@ from streaminfer.schemas.errors import (
     SchemaError,
     UnknownSchema,
 )
-from streaminfer.schemas.records import (
-    NAMESPACE,
-    AuditEvent,
-    AuditType,
-    DataType,
-    DeadLetter,
-    Error,
-    InferenceRequest,
-    InferenceResult,
-    Priority,
-    Status,
-    Tensor,
-    Timings,
-)
+from streaminfer.schemas.records import AVRO_TYPES, RECORD_TYPES
 from streaminfer.schemas.registry import LookupFailures, RegistryClient
 
 logger = logging.getLogger(__name__)
@@ -62,22 +49,6 @@ HISTORY_DIR = "history"
 
 _SINGLE_HEADER_LEN = len(SINGLE_OBJECT_MAGIC) + 8
 _CONFLUENT_HEADER_LEN = len(CONFLUENT_MAGIC) + 4
-
-RECORD_TYPES: tuple[type, ...] = (
-    Tensor,
-    Error,
-    Timings,
-    InferenceRequest,
-    InferenceResult,
-    AuditEvent,
-    DeadLetter,
-)
-
-# Python types the compiled fast path builds directly, by Avro full name.
-PYTHON_TYPES: dict[str, type] = {
-    **{record_type.AVRO_NAME: record_type for record_type in RECORD_TYPES},
-    **{f"{NAMESPACE}.{enum.__name__}": enum for enum in (DataType, Priority, Status, AuditType)},
-}
 
 T = TypeVar("T")
 
@@ -207,7 +178,7 @@ class AvroCodec:
             fp = schema_fingerprint(schema)
             wire = _wire_schema(schema)
             try:
-                compiled = compile_schema(wire, PYTHON_TYPES)
+                compiled = compile_schema(wire, AVRO_TYPES)  # builds our classes directly
             except ValueError as exc:  # e.g. a schema file that no longer mirrors its class
                 raise SchemaError(f"cannot compile {name}: {exc}") from exc
             binding = _Binding(record_type, name, schema, wire, SINGLE_OBJECT_MAGIC + fp, compiled)

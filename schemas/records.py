@@ -1,8 +1,7 @@
-"""Python records mirroring the Avro schemas in this package, and their dict mapping.
+"""Python records mirroring the Avro schemas in this package.
 
-Each record's `to_avro()` returns a dict fastavro can write (timestamps as int epoch
-milliseconds); `from_avro()` accepts such a dict, with timestamps as int milliseconds or
-as the `datetime` fastavro produces for `timestamp-millis`, and always stores int ms.
+Each record's `to_avro()` returns a dict fastavro can write and `from_avro()` reads one back;
+both are derived from the dataclass fields and the `.avsc` file (`schemas/record_dicts.py`).
 Records are plain (mutable) dataclasses with slots: treat them as values and derive
 changed copies with `dataclasses.replace`. `Tensor`, `DataType` and `input_digest` live in
 `schemas.tensors` and are re-exported here.
@@ -15,10 +14,10 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from streaminfer.schemas.record_dicts import bind_dicts
 from streaminfer.schemas.tensors import DataType, Tensor, input_digest
 
 logger = logging.getLogger(__name__)
@@ -47,23 +46,6 @@ __all__ = [
 def now_ms() -> int:
     """Current wall-clock time as integer milliseconds since the Unix epoch."""
     return time.time_ns() // 1_000_000
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS = timedelta(milliseconds=1)
-
-
-def _to_ms(value: int | datetime) -> int:
-    """Normalise a timestamp-millis value read by fastavro (datetime) or by us (int)."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:  # Avro timestamps are UTC instants
-            value = value.replace(tzinfo=UTC)
-        return (value - _EPOCH) // _ONE_MS
-    return int(value)
-
-
-def _opt_ms(value: int | datetime | None) -> int | None:
-    return None if value is None else _to_ms(value)
 
 
 class Priority(StrEnum):
@@ -124,12 +106,6 @@ class AuditType(StrEnum):
     DEAD_LETTERED = "DEAD_LETTERED"
 
 
-# Plain dict lookups: Enum.__call__ is several times slower on the decode hot path.
-_PRIORITIES = Priority._value2member_map_
-_STATUSES = Status._value2member_map_
-_AUDIT_TYPES = AuditType._value2member_map_
-
-
 @dataclass(slots=True)
 class Error:
     """Why an inference did not succeed; see `io.streaminfer.v1.Error.avsc`."""
@@ -139,13 +115,6 @@ class Error:
     code: str
     message: str
     retriable: bool = False
-
-    def to_avro(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "retriable": self.retriable}
-
-    @classmethod
-    def from_avro(cls, d: dict[str, Any]) -> Error:
-        return cls(d["code"], d["message"], d["retriable"])
 
 
 @dataclass(slots=True)
@@ -161,20 +130,6 @@ class Timings:
     """Feature lookup tasks: the time their features took to fetch; None: none looked up."""
     feature_source: str | None = None
     """``cache`` (all from Redis) or ``db`` (some from the database); None: none looked up."""
-
-    def to_avro(self) -> dict[str, Any]:
-        return {
-            "queued_ms": self.queued_ms,
-            "inference_ms": self.inference_ms,
-            "total_ms": self.total_ms,
-            "feature_lookup_ms": self.feature_lookup_ms,
-            "feature_source": self.feature_source,
-        }
-
-    @classmethod
-    def from_avro(cls, d: dict[str, Any]) -> Timings:
-        return cls(d["queued_ms"], d["inference_ms"], d["total_ms"], d.get("feature_lookup_ms"),
-                   d.get("feature_source"))
 
 
 @dataclass(slots=True)
@@ -194,37 +149,6 @@ class InferenceRequest:
     idempotency_key: str | None = None
     client_id: str | None = None
     trace: dict[str, str] = field(default_factory=dict)
-
-    def to_avro(self) -> dict[str, Any]:
-        return {
-            "request_id": self.request_id,
-            "task": self.task,
-            "model_version": self.model_version,
-            "priority": self.priority,
-            "inputs": [t.to_avro() for t in self.inputs],
-            "parameters": self.parameters,
-            "created_at": self.created_at,
-            "deadline_at": self.deadline_at,
-            "idempotency_key": self.idempotency_key,
-            "client_id": self.client_id,
-            "trace": self.trace,
-        }
-
-    @classmethod
-    def from_avro(cls, d: dict[str, Any]) -> InferenceRequest:
-        return cls(
-            request_id=d["request_id"],
-            task=d["task"],
-            inputs=[Tensor.from_avro(t) for t in d["inputs"]],
-            model_version=d.get("model_version"),
-            priority=_PRIORITIES[d.get("priority", "NORMAL")],
-            parameters=d.get("parameters", {}),
-            created_at=_to_ms(d["created_at"]),
-            deadline_at=_opt_ms(d.get("deadline_at")),
-            idempotency_key=d.get("idempotency_key"),
-            client_id=d.get("client_id"),
-            trace=d.get("trace", {}),
-        )
 
 
 @dataclass(slots=True)
@@ -250,44 +174,6 @@ class InferenceResult:
     """``parameters.similar_k``: ``{"id", "score", "metadata"}`` dicts (metadata as JSON text,
     ``io.streaminfer.v1.SimilarItem``), best first; None when not asked."""
 
-    def to_avro(self) -> dict[str, Any]:
-        return {
-            "request_id": self.request_id,
-            "task": self.task,
-            "status": self.status,
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "outputs": [t.to_avro() for t in self.outputs],
-            "error": None if self.error is None else self.error.to_avro(),
-            "timings": self.timings.to_avro(),
-            "batch_size": self.batch_size,
-            "attempts": self.attempts,
-            "worker_id": self.worker_id,
-            "created_at": self.created_at,
-            "completed_at": self.completed_at,
-            "similar": self.similar,
-        }
-
-    @classmethod
-    def from_avro(cls, d: dict[str, Any]) -> InferenceResult:
-        error = d.get("error")
-        return cls(
-            request_id=d["request_id"],
-            task=d["task"],
-            status=_STATUSES[d["status"]],
-            worker_id=d["worker_id"],
-            model_name=d.get("model_name"),
-            model_version=d.get("model_version"),
-            outputs=[Tensor.from_avro(t) for t in d["outputs"]],
-            error=None if error is None else Error.from_avro(error),
-            timings=Timings.from_avro(d["timings"]),
-            batch_size=d["batch_size"],
-            attempts=d["attempts"],
-            created_at=_to_ms(d["created_at"]),
-            completed_at=_to_ms(d["completed_at"]),
-            similar=d.get("similar"),  # absent when read with schema version 2 or older
-        )
-
 
 def _new_event_id() -> str:
     return str(uuid.uuid4())
@@ -308,31 +194,6 @@ class AuditEvent:
     input_digest: str | None = None
     details: dict[str, str] = field(default_factory=dict)
 
-    def to_avro(self) -> dict[str, Any]:
-        return {
-            "event_id": self.event_id,
-            "request_id": self.request_id,
-            "task": self.task,
-            "type": self.type,
-            "at": self.at,
-            "actor": self.actor,
-            "input_digest": self.input_digest,
-            "details": self.details,
-        }
-
-    @classmethod
-    def from_avro(cls, d: dict[str, Any]) -> AuditEvent:
-        return cls(
-            request_id=d["request_id"],
-            task=d["task"],
-            type=_AUDIT_TYPES[d["type"]],
-            actor=d["actor"],
-            event_id=d["event_id"],
-            at=_to_ms(d["at"]),
-            input_digest=d.get("input_digest"),
-            details=d["details"],
-        )
-
 
 @dataclass(slots=True)
 class DeadLetter:
@@ -352,36 +213,23 @@ class DeadLetter:
     payload_length: int | None = None  # of the original value, in bytes
     payload_sha256: str | None = None  # hex, of the original value
 
-    def to_avro(self) -> dict[str, Any]:
-        return {
-            "source_topic": self.source_topic,
-            "partition": self.partition,
-            "offset": self.offset,
-            "key": self.key,
-            "payload": self.payload,
-            "error_code": self.error_code,
-            "error_message": self.error_message,
-            "at": self.at,
-            "truncated": self.truncated,
-            "payload_length": self.payload_length,
-            "payload_sha256": self.payload_sha256,
-        }
 
-    @classmethod
-    def from_avro(cls, d: dict[str, Any]) -> DeadLetter:
-        return cls(
-            source_topic=d["source_topic"],
-            partition=d["partition"],
-            offset=d["offset"],
-            payload=d["payload"],
-            error_code=d["error_code"],
-            error_message=d["error_message"],
-            key=d.get("key"),
-            at=_to_ms(d["at"]),
-            truncated=d.get("truncated", False),  # absent when read with schema version 1
-            payload_length=d.get("payload_length"),
-            payload_sha256=d.get("payload_sha256"),
-        )
+RECORD_TYPES: tuple[type, ...] = (
+    Tensor,
+    Error,
+    Timings,
+    InferenceRequest,
+    InferenceResult,
+    AuditEvent,
+    DeadLetter,
+)
+AVRO_TYPES: dict[str, type] = {
+    **{record_type.AVRO_NAME: record_type for record_type in RECORD_TYPES},
+    **{f"{NAMESPACE}.{enum.__name__}": enum for enum in (DataType, Priority, Status, AuditType)},
+}
+"""Our classes by Avro full name: the records and the enums."""
+for _record_type in RECORD_TYPES[1:]:  # Tensor converts its own data (schemas/tensors.py)
+    bind_dicts(_record_type, AVRO_TYPES)
 
 
 def fit_payload(letter: DeadLetter, max_payload_bytes: int) -> DeadLetter:

@@ -192,10 +192,6 @@ class Settings(BaseSettings):
         sep = "&" if "?" in url else "?"
         return f"{url}{sep}ssl_ca_certs={quote(str(self.redis_ssl_cafile), safe='/')}"
 
-    @property
-    def auth_disabled(self) -> bool:
-        return self.auth == "disabled"
-
     def summary(self) -> dict:
         """What ``/info`` and ``config show`` print: no secrets (passwords, also those inside
         URLs, become ``***``; a password that is set shows as ``***``, unset as null)."""

@@ -88,10 +88,6 @@ class InferenceBatcher(Generic[T]):
         for at least one more full round, so new requests arriving a little later cost nothing."""
         return self._queues.items >= self._max_items * (self._instances + self._lookahead)
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._running)
-
     async def put(self, item: T) -> None:
         """Queue ``item``, waiting while its priority's queue is full (backpressure)."""
         if self._closed:

@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 
 from streaminfer.models.base import Model
-from streaminfer.models.config import NUMPY_DTYPES
 from streaminfer.models.errors import ModelError
 from streaminfer.models.features import ENTITY_KEY
+from streaminfer.models.signature import NUMPY_DTYPES
 from streaminfer.schemas import keys
 
 from . import metrics

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from streaminfer.models.errors import ModelError
-from streaminfer.models.friendly import validate_tensors
 from streaminfer.models.repository import ModelRepository
+from streaminfer.models.validation import validate_tensors
 from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.errors import SchemaError
 from streaminfer.schemas.records import InferenceRequest, Priority, Status, input_digest

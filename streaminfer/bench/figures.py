@@ -1,4 +1,5 @@
-"""Figures of one scenario (throughput, latency percentiles) and the texts a run sends."""
+"""Figures of one scenario (throughput, latency percentiles), of one point of the load scenario,
+and the texts a run sends."""
 
 from __future__ import annotations
 
@@ -28,6 +29,22 @@ class Figures:
     """Share of requests answered with a succeeded result (HTTP scenarios)."""
     cpu_ms_per_item: dict[str, float] | None = None
     """CPU milliseconds each process spent per item (where the cores went)."""
+
+
+@dataclass
+class LoadPoint:
+    """One open-loop run: the share of saturation offered, that rate, and what it achieved."""
+
+    fraction: float
+    offered_rps: float
+    figures: Figures
+    achieved_rps: float | None = None
+    """Results per second from the first result to the last: the offered rate when the worker keeps
+    up (figures.throughput also counts the first result's latency, so it reads low on short runs)."""
+
+    @property
+    def offered_s(self) -> float:
+        return self.figures.items / self.offered_rps if self.offered_rps > 0 else 0.0
 
 
 def corpus(n: int, seed: int = 0) -> list[str]:

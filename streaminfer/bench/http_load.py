@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 from tqdm import tqdm
 
 from .. import embedded
@@ -41,11 +42,8 @@ class RunningGateway:
 
 
 def child_pids(pid: int) -> list[int]:
-    """The children of process ``pid`` (all its threads'), from /proc."""
-    children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(c) for c in (task / "children").read_text().split()]
-    return children
+    """The children of process ``pid`` (all its threads')."""
+    return [child.pid for child in psutil.Process(pid).children()]
 
 
 @contextmanager
@@ -85,10 +83,10 @@ def bench_gateway(kafka: str, redis_url: str, prefix: str, repository: Path, log
 
 def _is_gateway_worker(pid: int) -> bool:
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        cmdline = psutil.Process(pid).cmdline()
+    except psutil.Error:  # gone already, or not ours to read
         return False
-    return b"resource_tracker" not in cmdline
+    return not any("resource_tracker" in part for part in cmdline)
 
 
 def mark_served(redis_url: str, prefix: str, task: str) -> None:
@@ -193,11 +191,9 @@ def _for_seconds(gateway: RunningGateway, requests: list[bytes], connections: in
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads), from /proc/<pid>/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": comm may hold spaces
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of process ``pid`` (all its threads; not its children's)."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 @contextmanager

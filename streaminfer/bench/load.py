@@ -7,10 +7,10 @@ import asyncio
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from .figures import Figures
+from .figures import LoadPoint
 from .kafka_load import LoadRun, drive_kafka, drive_open_loop, full_batch_ms
 from .stack import bench_worker
 
@@ -21,22 +21,6 @@ TARGET_SLACK_MS = 25.0
 SUSTAINED_FRACTION = 0.85
 SUSTAINED_SHARE = 0.98
 SUSTAINED_MIN_SECONDS = 20.0
-
-
-@dataclass
-class LoadPoint:
-    """One open-loop run: the share of saturation offered, that rate, and what it achieved."""
-
-    fraction: float
-    offered_rps: float
-    figures: Figures
-    achieved_rps: float | None = None
-    """Results per second from the first result to the last: the offered rate when the worker keeps
-    up (figures.throughput also counts the first result's latency, so it reads low on short runs)."""
-
-    @property
-    def offered_s(self) -> float:
-        return self.figures.items / self.offered_rps if self.offered_rps > 0 else 0.0
 
 
 def achieved_rate(arrivals_s: list[float]) -> float | None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .load import LoadPoint
+from .figures import LoadPoint
 
 
 def plot_latency_vs_load(points: Sequence[LoadPoint], saturation_rps: float, path: Path,

@@ -7,10 +7,10 @@ from io import BytesIO
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
-from streaminfer.schemas.bench import codec_roundtrips_per_second, typical_request
 from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.records import InferenceRequest
 
+from .codec import codec_roundtrips_per_second, typical_request
 from .figures import Figures
 
 KAFKA_SHARE_OF_RAW = 0.85

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from streaminfer.models.config import NUMPY_DTYPES  # the contract's datatypes; BYTES as objects
+from streaminfer.models.signature import NUMPY_DTYPES  # the contract's datatypes; BYTES as objects
 from streaminfer.schemas.records import InferenceResult
 
 from .errors import INVALID_RESPONSE, ClientError

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from streaminfer.models.config import ModelConfig, TensorSpec
+from streaminfer.models.config import ModelConfig
 from streaminfer.models.errors import InferenceFailed
+from streaminfer.models.signature import TensorSpec
 from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.records import InferenceRequest, InferenceResult, Tensor
 from streaminfer.streams.processor import RequestProcessor

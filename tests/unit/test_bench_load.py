@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from streaminfer.bench.figures import Figures
+from streaminfer.bench.figures import Figures, LoadPoint
 from streaminfer.bench.kafka_load import paced, send_offsets
-from streaminfer.bench.load import LoadPoint, check_target, latency_target_ms
+from streaminfer.bench.load import check_target, latency_target_ms
 from streaminfer.bench.plot import plot_latency_vs_load
 
 

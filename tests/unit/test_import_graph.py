@@ -13,7 +13,8 @@ ALLOWED = {
     "schemas": set(),
     "models": set(),
     "streams": {"schemas", "models"},
-    "gateway": {"schemas", "models.config", "models.friendly", "models.errors"},
+    "gateway": {"schemas", "models.config", "models.friendly", "models.errors", "models.signature",
+                "models.validation"},
     "streaminfer": OURS,
 }
 

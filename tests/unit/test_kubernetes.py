@@ -147,7 +147,7 @@ def test_environment_names_are_settings():
 def test_each_deployments_environment_is_valid_settings(name, tmp_path):
     settings = _settings(_container_env(DEPLOYMENTS[name]), tmp_path)
     assert settings.topic_partitions == int(CONFIG["STREAMINFER_TOPIC_PARTITIONS"])
-    assert settings.auth and not settings.auth_disabled, "the gateway on 0.0.0.0 authenticates"
+    assert settings.auth and settings.auth != "disabled", "the gateway on 0.0.0.0 authenticates"
 
 
 def test_mounted_files_are_mounted_where_the_settings_point():

@@ -11,13 +11,12 @@ import pytest
 import yaml
 
 from streaminfer.models.config import (
-    NUMPY_DTYPES,
     ModelConfig,
-    TensorSpec,
     load_model_config,
     load_repository_configs,
 )
 from streaminfer.models.errors import ModelConfigError, ModelVersionNotFound
+from streaminfer.models.signature import NUMPY_DTYPES, TensorSpec
 
 
 def test_loads_every_field(make_model_dir, classifier_yaml):

@@ -229,8 +229,8 @@ def test_wrong_tensors_are_invalid_input(model):
 
 
 def test_friendly_sections_refuse_what_they_cannot_map():
-    from streaminfer.models.config import TensorSpec
     from streaminfer.models.config_sections import parse_friendly
+    from streaminfer.models.signature import TensorSpec
 
     rgb_float = (TensorSpec("image", "FP32", (-1, -1, 3)),)
     rgb = (TensorSpec("image", "UINT8", (-1, -1, 3)),)

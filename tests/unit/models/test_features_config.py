@@ -13,7 +13,8 @@ from streaminfer.models.builtin import template_path
 from streaminfer.models.config import load_model_config
 from streaminfer.models.errors import InvalidInput, ModelConfigError
 from streaminfer.models.features import MAX_ENTITY_ID_CHARS
-from streaminfer.models.friendly import friendly_to_tensors, validate_tensors
+from streaminfer.models.friendly import friendly_to_tensors
+from streaminfer.models.validation import validate_tensors
 
 TEMPLATE = yaml.safe_load(template_path("tabular-classify").read_text())
 NAMES = TEMPLATE["friendly"]["inputs"]["features"]["names"]

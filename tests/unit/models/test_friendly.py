@@ -20,7 +20,8 @@ from PIL import Image
 from streaminfer.models.builtin import template_path
 from streaminfer.models.config import load_model_config
 from streaminfer.models.errors import InvalidInput
-from streaminfer.models.friendly import friendly_to_tensors, tensors_to_friendly, validate_tensors
+from streaminfer.models.friendly import friendly_to_tensors, tensors_to_friendly
+from streaminfer.models.validation import validate_tensors
 
 
 @pytest.fixture

@@ -14,11 +14,10 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
 from helpers.registry import RegistryState, fake_registry
 
-from streaminfer.schemas.bench import codec_roundtrips_per_second, typical_request
+from streaminfer.bench.codec import codec_roundtrips_per_second, typical_request
 from streaminfer.schemas.binary import _write_long
 from streaminfer.schemas.codec import (
     CONFLUENT_MAGIC,
-    PYTHON_TYPES,
     SCHEMA_DIR,
     SINGLE_OBJECT_MAGIC,
     AvroCodec,
@@ -31,6 +30,7 @@ from streaminfer.schemas.errors import (
     SchemaError,
     UnknownSchema,
 )
+from streaminfer.schemas.records import AVRO_TYPES as PYTHON_TYPES
 from streaminfer.schemas.records import (
     AuditEvent,
     AuditType,

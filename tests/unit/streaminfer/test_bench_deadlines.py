@@ -13,10 +13,10 @@ from streaminfer.bench.deadlines import (
     deadlines_summary,
     outcome,
 )
-from streaminfer.bench.figures import Figures
+from streaminfer.bench.figures import Figures, LoadPoint
 from streaminfer.bench.floor import check_light, floor_repository, no_model_onnx
 from streaminfer.bench.kafka_load import DeadlineDrive, Received
-from streaminfer.bench.load import LoadPoint, achieved_rate, check_sustained
+from streaminfer.bench.load import achieved_rate, check_sustained
 from streaminfer.bench.targets import check_targets
 from streaminfer.schemas.records import Error, InferenceResult, Status
 

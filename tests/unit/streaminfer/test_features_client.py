@@ -23,7 +23,7 @@ def test_request_producer_inputs_make_an_entity_tensor_the_worker_accepts(tmp_pa
     from streaminfer.client.request_events import input_tensor
     from streaminfer.models.builtin import template_path
     from streaminfer.models.config import load_model_config
-    from streaminfer.models.friendly import validate_tensors
+    from streaminfer.models.validation import validate_tensors
 
     shutil.copyfile(template_path("tabular-classify"), tmp_path / "model.yaml")
     config = load_model_config(tmp_path)

@@ -18,8 +18,9 @@ import pytest
 import sqlalchemy as sa
 from helpers.worker_fakes import PREFIX, FakePublisher, feed, until_acked
 
-from streaminfer.models.config import ModelConfig, TensorSpec
+from streaminfer.models.config import ModelConfig
 from streaminfer.models.features import parse_features
+from streaminfer.models.signature import TensorSpec
 from streaminfer.schemas import keys
 from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.records import AuditType, InferenceRequest, Status, Tensor
