@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from streaminfer.schemas import keys
@@ -51,6 +53,8 @@ class IdempotencyClaim:
 class ResultStore:
     breakers = None
     """The gateway's circuit breakers (set by the app): calls go through ``redis``."""
+    liveness_s = 10.0
+    """A result subscription silent this long (its PING unanswered) is taken as lost."""
 
     def __init__(self, redis_url: str, codec: AvroCodec, prefix: str, ttl_s: int) -> None:
         self._redis_url = redis_url
@@ -265,23 +269,29 @@ class ResultStore:
         """The result once stored, or None after ``timeout_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        looked = False
+        looked, retries = False, 0
         while True:
             fut = loop.create_future()
             self._waiters[request_id].add(fut)
             try:
+                failed = False
                 try:
                     result = await self.result(request_id)  # stored before we listened?
                 except ServiceUnavailable:
-                    if not looked:
+                    if not looked or self._closed:
                         raise
-                    # woken as Redis came back: a pooled connection may still be the old one's
-                    result = None
+                    # woken as Redis came back: a pooled connection may still be the old one's,
+                    # or Redis still loading; look again, backing off (and the breaker opens)
+                    result, failed = None, True
                     fut.cancel()
-                    await asyncio.sleep(0.1)
+                    backoff_s = min(1.0, 0.1 * 2 ** retries) * (0.5 + random.random())
+                    await asyncio.sleep(max(0.0, min(backoff_s, deadline - loop.time())))
+                    retries += 1
                 looked = True
                 remaining = deadline - loop.time()
-                if result is not None or remaining <= 0:
+                if remaining <= 0:  # the last look says what there is (or why not: a 503)
+                    return await self.result(request_id) if failed else result
+                if result is not None:
                     return result
                 if fut.cancelled():
                     continue
@@ -307,13 +317,26 @@ class ResultStore:
     async def _listen(self) -> None:
         pattern = keys.result_channel(self._prefix, "*")
         prefix_len = len(pattern) - 1
+        loop = asyncio.get_running_loop()
         while True:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.psubscribe(pattern)
                 rejoined = not self._subscribed.is_set()
                 self._subscribed.set()
-                async for message in pubsub.listen():
+                heard = loop.time()
+                while True:
+                    # NOTE: not listen(), which blocks without a timeout: a connection that dies
+                    # without a reset (a failover, an idle drop on the way) would never raise, and
+                    # every later ?wait= would run its whole length. Silence gets a PING.
+                    message = await pubsub.get_message(timeout=self.liveness_s / 2)
+                    if message is None:
+                        if loop.time() - heard > self.liveness_s:
+                            raise RedisConnectionError(f"no answer on the result subscription for "
+                                                       f"{self.liveness_s:.0f} s")
+                        await pubsub.ping()
+                        continue
+                    heard = loop.time()
                     if message.get("type") == "psubscribe" and rejoined:
                         # subscribed (confirmed) again: results stored while we were away were
                         # announced to nobody, so every waiter looks again (before, each waited

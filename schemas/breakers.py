@@ -106,6 +106,12 @@ class Breakers:
         if breaker.current_state != pybreaker.STATE_CLOSED:
             breaker.close()
 
+    def advance(self) -> None:
+        """Move every open breaker due for a probe to half-open, as its next call would: one
+        that gets no call (nothing of its kind left to try) shows the state it is really in."""
+        for name, breaker in list(self._breakers.items()):
+            self._admit(name, breaker)
+
     def forget(self, name: str) -> bool:
         """Drop breaker ``name`` (what it judged is gone); whether there was one."""
         self._opened_at.pop(name, None)

@@ -48,15 +48,14 @@ class Instances:
     compute: asyncio.Semaphore
     """Held while a batch computes: ``count`` batches at once."""
     cost: BatchCost
-    retiring: bool = False
-    """Set once the version is no longer served: its batches are answered as they come out,
-    never held by the model's breaker (which judges the version serving now)."""
 
 
 class BatchRunner:
     def __init__(self, publisher: ResultPublisher, codec: AvroCodec, outcomes: OutcomeWriter,
                  pool: Callable[[], Executor], max_attempts: int = 3, retry_backoff_s: float = 0.05,
-                 cache_scope: str = "client", features: FeatureLookup | None = None) -> None:
+                 cache_scope: str = "client", features: FeatureLookup | None = None,
+                 serving: Callable[[str], str | None] = lambda task: None) -> None:
+        self._serving = serving
         self._features = features
         self._cache_shared = cache_scope == "shared"
         self._publisher = publisher
@@ -136,6 +135,9 @@ class BatchRunner:
                     item.request, Status.FAILED, model=model, error=error)))
             runnable = [item for item in runnable if id(item) not in failed]
         marks = None
+        held = self._held(model, runnable[0].request.task) if runnable else None
+        if held is not None:  # refused before it takes an instance or writes STARTED marks
+            refuse_if_open(getattr(self._publisher, "breakers", None), held)
         if runnable:
             async with compute:
                 started = now_ms()  # queueing ends when an instance takes the batch
@@ -152,8 +154,12 @@ class BatchRunner:
                     items = sum(p.size for p in runnable)
                     again = partial(self._outcomes.mark_started, started_items, items)
                     marks = (asyncio.create_task(again()), again)
-                    with spans.batch(model.name, model.version, runnable, items) as batch_span:
-                        computed = await self._infer(instances, runnable, started)
+                    try:
+                        with spans.batch(model.name, model.version, runnable, items) as batch_span:
+                            computed = await self._infer(instances, runnable, started)
+                    except BaseException:  # held (or stopping): this attempt's marks are moot
+                        marks[0].cancel()
+                        raise
                     for outcome in computed:
                         outcome.batch = batch_span
                     finished += computed
@@ -162,6 +168,14 @@ class BatchRunner:
         # next batch computes while this one's results travel to Redis and Kafka.
         await self._outcomes.submit(finished, before=marks,
                                     written=instances.cost.observe_delivery if runnable else None)
+
+    def _held(self, model: Model, task: str) -> str | None:
+        """The model breaker that may hold this batch: its version's, while that version serves
+        the task. A version no longer serving it (pinned requests, or a batch queued before a
+        rollout) is not held: its failures are answered as they come out, as before the
+        breakers, so a dead old version can never fill its queue and stall the topic's agent."""
+        serving = self._serving(task)
+        return model_breaker(task, model.version) if serving in (None, model.version) else None
 
     async def _lookup_features(self, model: Model, items: list[PendingRequest]
                                ) -> tuple[dict[int, Exception], dict[str, Looked]]:
@@ -192,9 +206,7 @@ class BatchRunner:
 
     async def _infer(self, instances: Instances, items: list[PendingRequest], started: int) -> list[Outcome]:
         model = instances.model
-        breaker = model_breaker(items[0].request.task, model.version)
-        if not instances.retiring:
-            refuse_if_open(getattr(self._publisher, "breakers", None), breaker)
+        task = items[0].request.task
         batch_items = sum(p.size for p in items)
         metrics.BATCH_SIZE.labels(model.name).observe(batch_items)
         t0 = time.perf_counter()
@@ -226,8 +238,8 @@ class BatchRunner:
                         "RESULT_UNENCODABLE", str(exc)[:2000], False)))
             finished.append(outcome)
         # a model that fails every request: not answered while its breaker is open (streams/breakers.py)
-        await judge_batch(getattr(self._publisher, "breakers", None), breaker, finished, model,
-                          self._predict, hold=not instances.retiring)
+        await judge_batch(getattr(self._publisher, "breakers", None), model_breaker(task, model.version),
+                          finished, model, self._predict, hold=lambda: self._held(model, task) is not None)
         return finished
 
     async def _infer_group(self, instances: Instances, items: list[PendingRequest]) -> list[dict | Exception]:

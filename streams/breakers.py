@@ -97,20 +97,23 @@ class ModelCircuitOpen(TaskCircuitOpen, ModelDown):
 
 async def judge_batch(breakers: Breakers | None, name: str, outcomes: Sequence, model,
                       predict: Callable[[object, dict], Awaitable[object]], *,
-                      hold: bool = True) -> None:
+                      hold: Callable[[], bool] = lambda: True) -> None:
     """Feed a computed batch to its model version's breaker ``name``. A batch all of whose requests failed with
     INFERENCE_FAILED (each already retried alone) counts against the model only if the model
     also fails its warm-up input (``dummy_inputs``, one item, through ``predict``): otherwise
     the requests, not the model, are at fault (poisonous inputs fail alone with their dead
     letters, as before, and can never hold a task's partitions). Any other batch is a success.
     Raises :class:`ModelCircuitOpen` instead of answering a failed batch while the breaker is
-    open: the retry loop runs it again once the probe is due. ``hold=False`` (a version being
-    retired): nothing is judged, the batch is answered as it came out (its failures FAILED)."""
-    if breakers is None or not outcomes or not hold:
+    open: the retry loop runs it again once the probe is due. ``hold()`` false (a version no
+    longer serving the task, asked after the warm-up check, which takes model time): nothing is
+    judged, the batch is answered as it came out (its failures FAILED)."""
+    if breakers is None or not outcomes or not hold():
         return
     failed = sum(1 for o in outcomes if o.result is not None and o.result.error is not None
                  and o.result.error.code == MODEL_DOWN_CODE)
     if failed == len(outcomes) and not await _healthy(model, predict):
+        if not hold():
+            return
         breakers.record(name, ModelDown(name, f"all {failed} requests of a batch failed on {name}"))
         if breakers.is_open(name):
             raise ModelCircuitOpen(name, f"{name} keeps failing (circuit breaker open)")
@@ -231,6 +234,7 @@ class PartitionPause:
         return {tp for tp in assigned if tp.topic in topics}, why
 
     def sync(self) -> None:
+        self._breakers.advance()  # due breakers show half-open, called or not
         assigned = set(self._assignment())
         self.paused &= assigned  # revoked meanwhile: no longer ours to resume
         wanted, opened = self._wanted(assigned)

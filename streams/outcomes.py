@@ -41,7 +41,7 @@ from streaminfer.schemas.records import (
 )
 
 from . import metrics, spans
-from .breakers import SHARED, TaskDependencyDown, dependency_of, wait_s
+from .breakers import SHARED, TaskCircuitOpen, TaskDependencyDown, dependency_of, wait_s
 from .collections import collect
 from .ledger import AckLedger, Entry
 from .publisher import Latency, Publication, ResultPublisher, StoredResult
@@ -55,8 +55,9 @@ MAX_TIMESTAMP_MS = 253_402_300_799_999
 # Failures of Redis, Kafka or the schema registry that pass: the write waits and runs again.
 DEPENDENCY_ERRORS = (RedisError, KafkaError, OSError, TimeoutError)
 
-# An attempt of a write taking longer than this is logged with where it is (a pager's clue).
-SLOW_ATTEMPT_S = 15.0
+# An attempt taking longer than this is logged with where it is (a pager's clue). It includes a
+# batch's wait for an instance and its model time, so it is far above either.
+SLOW_ATTEMPT_S = 60.0
 
 # Writes (a batch's outcomes, or one rejection) on their way at once, per worker.
 MAX_WRITES = 8
@@ -130,8 +131,9 @@ class OutcomeWriter:
         self._writing: set[asyncio.Task] = set()
         self.closed = False
         """Once set, a failing write gives up (its events are redelivered) instead of waiting."""
-        self._generation = 0
-        """Bumped by :meth:`release_held`: writes that began before it give up where held."""
+        self.releasing = False
+        """Set from a rebalance's start to its end (:meth:`release_held`, :meth:`hold_again`):
+        a write that fails or is held by a breaker meanwhile gives up (redelivered)."""
 
     # --- writing ---
     async def submit(self, outcomes: Sequence[Outcome], before: Before | None = None,
@@ -180,15 +182,13 @@ class OutcomeWriter:
         """Run ``write`` to the end, waiting and running it again while Redis, Kafka or the
         registry fail. On shutdown it gives up (returns False): the events are redelivered.
         Each failure counts against its dependency's circuit breaker (streams/breakers.py);
-        while one is open no attempt is made until it is due for a probe, and a write held so
-        is given up when :meth:`release_held` is called (a rebalance)."""
+        while one is open no attempt is made until it is due for a probe. While a rebalance
+        drains (:meth:`release_held`), a failed or held write gives up too."""
         delay_s = 0.1
         breakers = getattr(self._publisher, "breakers", None)
         failed_on: set[str] = set()  # breakers an attempt failed on: where this write waits
-        generation = self._generation
         while True:
-            if breakers is not None and not await self._wait_for_breakers(
-                    what, breakers, failed_on, generation):
+            if breakers is not None and not await self._wait_for_breakers(what, breakers, failed_on):
                 return False
             try:
                 await self._watched(what, write())
@@ -198,14 +198,16 @@ class OutcomeWriter:
                 return True
             except Exception as exc:
                 if breakers is not None and (name := dependency_of(exc)) is not None:
-                    breakers.record(name, exc)
+                    if not isinstance(exc, TaskCircuitOpen):  # a refusal is no outcome of a call
+                        breakers.record(name, exc)
                     failed_on.add(name)
                 if not is_transient(exc):
                     # NOTE: a bug, not an outage; retrying keeps the promise (nothing acked
                     # unwritten) and the log says where. Each step builds its own input safely.
                     logger.exception("writing %s failed unexpectedly; retrying in %.1fs", what, delay_s)
-                if self.closed:
-                    logger.warning("stopping with %s unwritten (%r); they will be redelivered", what, exc)
+                if self.closed or self.releasing:
+                    logger.warning("%s with %s unwritten (%r); they will be redelivered",
+                                   "stopping" if self.closed else "rebalancing", what, exc)
                     return False
                 logger.warning("%s wait for Redis, Kafka or the registry (%r); retrying in %.1fs",
                                what, exc, delay_s)
@@ -213,16 +215,22 @@ class OutcomeWriter:
                 delay_s = min(delay_s * 2, 5.0)
 
     def release_held(self) -> None:
-        """Give up every write now held by an open breaker (their events are redelivered): a
-        rebalance must not wait for a dependency that may be away for long, nor for a model
-        that keeps failing; whoever owns the partitions next runs them again."""
-        self._generation += 1
+        """A rebalance starts: every write held by an open breaker gives up, and so does every
+        write that fails until :meth:`hold_again` (their events are redelivered). faust waits
+        on revoke until each delivered event is acked or given up, and must not wait for a
+        dependency that may be away for long, nor for a model that keeps failing; whoever owns
+        the partitions next runs them again."""
+        self.releasing = True
 
-    async def _wait_for_breakers(self, what: str, breakers, failed_on: set[str], generation: int) -> bool:
+    def hold_again(self) -> None:
+        """The rebalance is over: writes wait for their dependencies again."""
+        self.releasing = False
+
+    async def _wait_for_breakers(self, what: str, breakers, failed_on: set[str]) -> bool:
         """Wait while a breaker that holds this write is open and not yet due for a probe; False
-        if the worker stops or the held writes are released meanwhile (redelivered)."""
+        if the worker stops or a rebalance drains meanwhile (the events are redelivered)."""
         while (pause_s := wait_s(breakers, failed_on)) > 0:
-            if self.closed or generation != self._generation:
+            if self.closed or self.releasing:
                 logger.warning("giving %s up (circuit open, %s); they will be redelivered", what,
                                "stopping" if self.closed else "rebalancing")
                 return False

@@ -21,7 +21,7 @@ from streaminfer.schemas.records import Error, Status, input_digest
 from . import metrics, spans
 from .batcher import InferenceBatcher
 from .batches import BatchRunner, Instances
-from .breakers import feature_breaker, forget, model_breaker
+from .breakers import forget, model_breaker
 from .costs import BatchCost
 from .errors import BatcherClosed
 from .features import FeatureLookup
@@ -56,7 +56,7 @@ class RequestProcessor:
         self._features = FeatureLookup(lambda: publisher.redis, prefix, feature_store_url)
         self._runner = BatchRunner(publisher, codec, self._outcomes, lambda: self._pool,
                                    max_attempts=max_attempts, retry_backoff_s=retry_backoff_s,
-                                   cache_scope=cache_scope, features=self._features)
+                                   cache_scope=cache_scope, features=self._features, serving=self.serving)
         self._batchers: dict[tuple[str, str], InferenceBatcher[PendingRequest]] = {}
         self._instances: dict[tuple[str, str], Instances] = {}
         """(task, version) -> its model, free instances (batches computing at once) and batch cost."""
@@ -133,8 +133,10 @@ class RequestProcessor:
                 continue
             self._active[task] = wanted
             switched.append((task, wanted))
-            if self._breakers is not None:
-                self._breakers.reset(feature_breaker(task))  # the new version may read another database
+            if self._breakers is not None and current is not None:
+                # the old version holds nothing now: a batch its open breaker held runs again at
+                # once (answered as it comes out) instead of waiting for the probe
+                self._breakers.reset(model_breaker(task, current))
             logger.info("task %s now served by version %s (was %s)", task, wanted, current)
         for key in [k for k in self._batchers if k[1] not in self._repository.get_config(k[0]).served_versions]:
             retiring = asyncio.create_task(self._retire(key, self._batchers.pop(key)))
@@ -144,13 +146,12 @@ class RequestProcessor:
 
     async def _retire(self, key: tuple[str, str], batcher: InferenceBatcher[PendingRequest]) -> None:
         """A version no longer served: what is queued for it finishes, then it is unloaded."""
-        if (instances := self._instances.get(key)) is not None:
-            instances.retiring = True  # a batch its failing model holds is answered now
-            if self._breakers is not None:
-                self._breakers.reset(model_breaker(*key))  # ... without waiting for the probe
+        instances = self._instances.get(key)
         await batcher.drain()
         for item in await batcher.stop():
             self.ledger.give_up(item.entry)
+        if key in self._batchers or self._instances.get(key) is not instances:
+            return  # served again meanwhile (a rollback): the new load is in use, keep it
         self._repository.unload(*key)
         self._instances.pop(key, None)
         forget(self._breakers, model_breaker(*key))
@@ -260,6 +261,7 @@ class RequestProcessor:
     async def resume(self) -> None:
         """Take requests again after a rebalance shed the queues; faust re-reads every partition
         from its committed offset, so whatever the ledger still holds is given up."""
+        self._outcomes.hold_again()
         dropped = self.ledger.reset()
         if dropped:
             logger.info("%d events held over the rebalance will be redelivered", dropped)

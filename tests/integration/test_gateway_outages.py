@@ -215,3 +215,44 @@ async def test_a_result_stored_while_the_subscription_was_down_ends_the_wait_onc
         assert time.monotonic() - started < 5, "found once subscribed again, not after the whole wait"
     finally:
         await store.stop()
+
+
+async def test_a_subscription_that_dies_without_a_reset_is_noticed_and_the_wait_ends(own_redis):
+    """A connection that dies silently (a failover, an idle drop on the way: frozen Redis here)
+    never raises on a blocking read; the listener's PING finds it, it resubscribes once Redis
+    answers, and a result stored meanwhile ends the wait."""
+    from redis.asyncio import Redis
+
+    from streaminfer.embedded import redis_address
+    from streaminfer.gateway.results import ResultStore
+    from streaminfer.schemas import keys
+    from streaminfer.schemas.codec import AvroCodec
+    from streaminfer.schemas.records import InferenceResult, Status
+
+    url, codec = redis_address(own_redis), AvroCodec()
+    store = ResultStore(url, codec, "t-silent-" + os.urandom(4).hex(), ttl_s=60)
+    store.liveness_s = 0.6
+    await store.start()
+    try:
+        async def subscribed(up: bool = True) -> bool:
+            return store._subscribed.is_set() == up
+
+        assert await until(subscribed, timeout_s=10)
+        waiting = asyncio.create_task(store.wait("rid-2", 20.0))
+        await asyncio.sleep(0.2)
+        os.kill(own_redis.proc.pid, signal.SIGSTOP)
+        try:
+            assert await until(lambda: subscribed(False), timeout_s=5, interval_s=0.05), \
+                "a frozen subscription is taken as lost"
+        finally:
+            os.kill(own_redis.proc.pid, signal.SIGCONT)
+        result = InferenceResult(request_id="rid-2", task=TASK, status=Status.SUCCEEDED, worker_id="w")
+        async with Redis.from_url(url) as redis:
+            await redis.hset(keys.result_key(store._prefix, "rid-2"), keys.RESULT_FIELD_AVRO, codec.encode(result))
+            await redis.publish(keys.result_channel(store._prefix, "rid-2"), b"1")
+        started = time.monotonic()
+        found = await asyncio.wait_for(waiting, 25)
+        assert found is not None and found.request_id == "rid-2"
+        assert time.monotonic() - started < 5
+    finally:
+        await store.stop()

@@ -363,9 +363,12 @@ async def test_success_closes_only_the_shared_breakers_the_write_failed_on():
     assert breakers.is_open("model:a:1"), "judged by judge_batch only, where the model ran"
 
 
-async def test_release_held_gives_up_the_writes_a_breaker_holds_but_not_later_ones():
-    """A rebalance must not wait for a breaker: the held write gives up (its events are
-    redelivered by whoever owns the partitions next); a write begun after it waits as usual."""
+async def test_while_a_rebalance_drains_held_and_failing_writes_give_up_then_wait_again_after():
+    """A rebalance must not wait for a breaker, nor for a write that keeps failing: while it
+    drains, a held write gives up (its events are redelivered by whoever owns the partitions
+    next), and so does one that starts meanwhile (a batch that finished computing, a submit
+    that waited for a slot) or fails with an error that names no breaker. After it, writes wait
+    as usual."""
     breakers = make_breakers(1, 60.0)
     writer = OutcomeWriter(Publisher(breakers), AvroCodec(), "w1")
     held = Flaky(ModelDown("model:a:1", "all failed"))
@@ -374,12 +377,56 @@ async def test_release_held_gives_up_the_writes_a_breaker_holds_but_not_later_on
         await asyncio.sleep(0.01)
     writer.release_held()
     assert await asyncio.wait_for(task, 2) is False
+    breakers.record("kafka", KafkaTimeoutError())
+    starting = Flaky(KafkaTimeoutError())
+    assert await asyncio.wait_for(writer.until_written("a write begun while draining", starting), 2) is False
+    assert starting.attempts == [], "Kafka's breaker is open: not even tried"
+    breakers.reset("kafka")
+    bare = Flaky(OSError("which dependency?"))
+    assert await asyncio.wait_for(writer.until_written("a failing write", bare), 2) is False
+    assert len(bare.attempts) == 1
+    writer.hold_again()
     later = Flaky(ModelDown("model:a:1", "all failed"))
     task = asyncio.create_task(writer.until_written("a later batch", later))
     await asyncio.sleep(0.1)
-    assert not task.done(), "begun after the release: held as usual"
+    assert not task.done(), "after the rebalance: held as usual"
     writer.closed = True
     assert await asyncio.wait_for(task, 2) is False
+
+
+async def test_a_submit_waiting_for_a_slot_while_draining_gives_up_too(codec):
+    """With every write slot taken by held writes, a finished batch waits in ``submit``; the
+    release frees the slots and the waiting write, started under the release, gives up too."""
+    breakers = make_breakers(1, 60.0)
+    publisher = FakePublisher()
+    publisher.breakers = breakers
+    writer = OutcomeWriter(publisher, codec, "w1", max_writes=2)
+    breakers.record("redis", RedisConnectionError("refused"))
+    given_up: list[int] = []
+
+    class Entry:
+        def __init__(self, n):
+            self.n = n
+
+    def give_up(entry):
+        given_up.append(entry.n)
+
+    writer.ledger.give_up = give_up
+    from streaminfer.streams.outcomes import Outcome
+
+    def outcome(n):
+        source, request = event(codec, [[1, 2]], n)
+        return Outcome(source=source, entry=Entry(n), request=request)
+
+    for n in range(2):
+        await writer.submit([outcome(n)])
+    waiting = asyncio.create_task(writer.submit([outcome(2)]))
+    await asyncio.sleep(0.1)
+    assert not waiting.done(), "no free slot"
+    writer.release_held()
+    await asyncio.wait_for(waiting, 2)
+    await asyncio.wait_for(writer.flush(), 2)
+    assert sorted(given_up) == [0, 1, 2]
 
 
 async def test_a_slow_attempt_is_logged_with_where_it_waits(monkeypatch, caplog):
@@ -496,11 +543,13 @@ class TwoVersions:
         self.unloaded.append(version)
 
 
-async def test_a_new_version_is_not_held_by_the_old_ones_breaker_and_retiring_answers_its_batch(codec):
-    """v1's device is gone: its batch is held by ``model:echo:1``. v2 rolls out and serves at
-    once (its own breaker); the task's partitions are not paused for v1 any more. When v1 is
-    retired (v3 rolls out), its held batch is answered FAILED as it came out (dead letters as
-    before the breakers) and v1 is unloaded: nothing waits for a version no longer served."""
+async def test_a_new_version_is_not_held_by_the_old_ones_breaker_and_the_old_ones_batch_is_answered(codec):
+    """v1's device is gone: its batch is held by ``model:echo:1`` and the task's partitions
+    pause. v2 rolls out: it serves at once (its own breaker), nothing is paused for v1 any more,
+    and v1's held batch is answered as it comes out (FAILED, a dead letter, as before the
+    breakers): a version no longer serving the task holds nothing. Requests pinned to v1 are
+    answered the same way, never queued behind its breaker. When v1 is no longer served at all
+    (v3 rolls out) it is unloaded, with its breaker and metric series."""
     from helpers.worker_fakes import PREFIX, TASK
 
     from streaminfer.streams.processor import RequestProcessor
@@ -514,12 +563,15 @@ async def test_a_new_version_is_not_held_by_the_old_ones_breaker_and_retiring_an
                            serving=processor.serving)
     acked: list[int] = []
 
-    async def send(offset: int) -> None:
-        source, _ = event(codec, [[1, 2]], offset)
+    async def send(offset: int, **fields) -> None:
+        source, _ = event(codec, [[1, 2]], offset, **fields)
 
         async def ack(offset=offset):
             acked.append(offset)
         await processor.handle(source, ack)
+
+    def answered() -> list[tuple[str, str]]:
+        return [(r.model_version, r.status.value) for r in publisher.results]
 
     await processor.start()
     try:
@@ -529,31 +581,31 @@ async def test_a_new_version_is_not_held_by_the_old_ones_breaker_and_retiring_an
             await asyncio.sleep(0.005)
         pause.sync()
         assert pause.paused, "v1 serves the task: its partitions pause"
+        assert gauge("model:echo:1") == OPEN
         repository.deploy("1", "2")
         await processor.reload_models()
         pause.sync()
         assert not pause.paused, "v2 serves now: v1's breaker pauses nothing"
+        await until_acked(acked, 1, timeout_s=5)
+        assert answered() == [("1", "FAILED")], "v1's held batch is answered, not held for 60 s"
         await send(1)
-        deadline = time.monotonic() + 5
-        while not publisher.results and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert [(r.model_version, r.status.value) for r in publisher.results] == [("2", "SUCCEEDED")]
-        assert acked == [], "answered, but acked only after offset 0 (commits stop at the lowest)"
+        await send(2, model_version="1")  # pinned to the dead v1: answered, not queued behind it
+        await until_acked(acked, 3, timeout_s=5)
+        assert sorted(answered()) == [("1", "FAILED"), ("1", "FAILED"), ("2", "SUCCEEDED")]
         repository.deploy("1", "2", "3")  # v1 is no longer served
         await processor.reload_models()
-        await until_acked(acked, 2, timeout_s=5)
         for _ in range(100):
             if repository.unloaded:
                 break
             await asyncio.sleep(0.02)
     finally:
         await processor.stop()
-    assert sorted(acked) == [0, 1]
-    v1 = [r for r in publisher.results if r.model_version == "1"]
-    assert [r.status.value for r in v1] == ["FAILED"] and v1[0].error.code == "INFERENCE_FAILED"
-    assert len(publisher.letters) == 1
+    assert sorted(acked) == [0, 1, 2]
+    assert all(r.error.code == "INFERENCE_FAILED" for r in publisher.results if r.model_version == "1")
+    assert len(publisher.letters) == 2
     assert repository.unloaded == ["1"]
     assert "model:echo:1" not in breakers.names(), "an unloaded version's breaker is gone"
+    assert gauge("model:echo:1") is None, "and so is its metric series"
 
 
 async def test_a_rebalance_releases_the_batches_a_breaker_holds(codec):
@@ -587,3 +639,33 @@ async def test_a_rebalance_releases_the_batches_a_breaker_holds(codec):
     finally:
         await processor.stop()
     assert publisher.results == [] and publisher.letters == [], "nothing answered: redelivered"
+
+
+async def test_a_refusal_is_not_counted_as_a_failure_of_what_it_guards():
+    """``refuse_if_open`` raises before any call: counting it would reopen a breaker whose probe
+    has just become due (and drop the real probe's outcome)."""
+    breakers = make_breakers(1, 60.0)
+    writer = OutcomeWriter(Publisher(breakers), AvroCodec(), "w1")
+    refusals = [ModelCircuitOpen("model:a:1", "refused")]
+
+    async def write():
+        if refusals:
+            raise refusals.pop()
+
+    assert await asyncio.wait_for(writer.until_written("a batch", write), 5) is True
+    assert breakers.value("model:a:1") == CLOSED and breakers.breaker("model:a:1").fail_counter == 0
+
+
+def test_a_breaker_due_for_a_probe_shows_half_open_though_nothing_calls_it():
+    from streaminfer.schemas.breakers import HALF_OPEN
+
+    breakers = make_breakers(1, 0.05)
+    pause = PartitionPause(breakers, lambda: set(), lambda tps: None, lambda tps: None)
+    breakers.record("model:a:1", ModelDown("model:a:1", "all failed"))
+    pause.sync()
+    assert gauge("model:a:1") == OPEN
+    time.sleep(0.06)
+    pause.sync()
+    assert breakers.value("model:a:1") == HALF_OPEN and gauge("model:a:1") == HALF_OPEN
+    breakers.record("model:a:1", ModelDown("model:a:1", "the probe failed"))
+    assert breakers.is_open("model:a:1")
