@@ -131,9 +131,11 @@ def cache_key(prefix: str, task: str, model_version: str | int | None, digest: s
     return f"{prefix}:cache:{task}:{version}:{digest}"
 
 
-def feature_key(prefix: str, task: str, entity_id: str) -> str:
-    """Cached features (JSON, column -> value) of one entity of a feature lookup task."""
-    return f"{prefix}:features:{task}:{entity_id}"
+def feature_key(prefix: str, task: str, model_version: str, store: str, entity_id: str) -> str:
+    """Cached features (JSON, column -> value) of one entity of a feature lookup task, per model
+    version and ``store`` (a short hash of the database URL and table it came from), so one
+    version's or database's rows are never served for another."""
+    return f"{prefix}:features:{task}:{model_version}:{store}:{entity_id}"
 
 
 def worker_key(prefix: str, worker_id: str) -> str:
