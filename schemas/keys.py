@@ -25,6 +25,7 @@ __all__ = [
     "rate_limit_key",
     "cancel_key",
     "collection_keys",
+    "collection_tombstone_keys",
     "collections_key",
     "dead_letter_key",
     "idempotency_key",
@@ -213,3 +214,10 @@ def collection_keys(prefix: str, client_id: str | None, name: str) -> tuple[str,
     write) and that sequence's counter (see ``schemas.collections``)."""
     base = f"{prefix}:collection:{_namespace(client_id)}:{name}"
     return f"{base}:items", f"{base}:changes", f"{base}:seq"
+
+
+def collection_tombstone_keys(prefix: str, client_id: str | None, name: str) -> tuple[str, str]:
+    """Its deleted ids (a capped sorted set, id -> sequence number of the delete) and the
+    trim point (the highest sequence number trimmed from it; see ``schemas.collections``)."""
+    base = f"{prefix}:collection:{_namespace(client_id)}:{name}"
+    return f"{base}:deleted", f"{base}:trimmed"
