@@ -537,6 +537,17 @@ def _raise(*args, **kwargs):
     raise RuntimeError("span broke")
 
 
+async def test_a_gateway_sdk_that_raises_never_fails_a_submit(producer):
+    trace.set_tracer_provider(RaisingProvider())
+    request, accepted = tiny_request()
+    await producer.submit(request, accepted)  # before: the RuntimeError reached the route (a 500)
+    assert [m["topic"] for m in producer._producer.sent][0] == "unit.requests.tiny.normal"
+    with gateway_spans.waiting(request.request_id, 1.0) as found:
+        found(None)
+    with pytest.raises(ValueError, match="body"), gateway_spans.producing("t", "r", None):
+        raise ValueError("body")  # the body's own error goes through
+
+
 def test_without_the_sdk_no_span_is_made_on_the_hot_path():
     """What a request costs without an SDK: its context read and written once; no span objects."""
     from types import SimpleNamespace
