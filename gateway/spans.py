@@ -12,6 +12,7 @@ the propagators ``OTEL_PROPAGATORS`` names (W3C TraceContext and Baggage by defa
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +25,8 @@ from streaminfer.schemas.keys import KAFKA_HEADERS
 TRACER_NAME = "streaminfer.gateway"
 _NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 _tracer: tuple[Any, trace.Tracer, bool] | None = None
+_warned = False
+logger = logging.getLogger(__name__)
 
 
 def tracer() -> tuple[trace.Tracer, bool]:
@@ -75,18 +78,65 @@ def response_headers() -> dict[str, str]:
     return {"traceparent": carrier["traceparent"]} if "traceparent" in carrier else {}
 
 
+def _broken(what: str) -> None:
+    """Log (the first time at WARNING) that the SDK raised in ``what``: the request goes on
+    without that span."""
+    global _warned
+    logger.log(logging.DEBUG if _warned else logging.WARNING, "tracing failed in %s; carrying on "
+               "without it (further failures are logged at DEBUG)", what, exc_info=True)
+    _warned = True
+
+
+@contextmanager
+def _span(tracer_: trace.Tracer, name: str, **kwargs: Any) -> Iterator[trace.Span | None]:
+    """``start_as_current_span`` that never raises from the SDK: None when it cannot start;
+    an error of the body goes through as it is."""
+    try:
+        manager = tracer_.start_as_current_span(name, **kwargs)
+        span = manager.__enter__()
+    except Exception:
+        _broken(f"the {name!r} span")
+        yield None
+        return
+    try:
+        yield span
+    except BaseException as exc:
+        try:
+            manager.__exit__(type(exc), exc, exc.__traceback__)
+        except Exception as raised:
+            if raised is not exc:
+                _broken(f"the {name!r} span")
+        raise
+    else:
+        try:
+            manager.__exit__(None, None, None)
+        except Exception:
+            _broken(f"the {name!r} span")
+
+
+def _untraced_headers() -> list[tuple[str, bytes]]:
+    headers: list[tuple[str, bytes]] = []
+    if _traced():
+        try:
+            propagate.inject(headers, setter=KAFKA_HEADERS)
+        except Exception:
+            _broken("the request's trace headers")
+            return []
+    return headers
+
+
 @contextmanager
 def producing(topic: str, request_id: str, partition: int | None) -> Iterator[list[tuple[str, bytes]]]:
     """A PRODUCER span ``send <topic>`` for the request's event; yields the Kafka headers that
     carry its context (an empty list: none)."""
     tracer_, enabled = tracer()
     if not enabled:  # no span; the context that is current (the caller's) goes on
-        headers: list[tuple[str, bytes]] = []
-        if _traced():
-            propagate.inject(headers, setter=KAFKA_HEADERS)
-        yield headers
+        yield _untraced_headers()
         return
-    with tracer_.start_as_current_span(f"send {topic}", kind=SpanKind.PRODUCER) as span:
+    with _span(tracer_, f"send {topic}", kind=SpanKind.PRODUCER) as span:
+        if span is None:
+            yield _untraced_headers()
+            return
         if span.is_recording():
             span.set_attributes({
                 "messaging.system": "kafka", "messaging.operation.type": "send",
@@ -94,9 +144,7 @@ def producing(topic: str, request_id: str, partition: int | None) -> Iterator[li
                 "messaging.kafka.message.key": request_id, "streaminfer.request_id": request_id})
             if partition is not None:
                 span.set_attribute("messaging.destination.partition.id", str(partition))
-        carried: list[tuple[str, bytes]] = []
-        propagate.inject(carried, setter=KAFKA_HEADERS)
-        yield carried
+        yield _untraced_headers()
 
 
 @contextmanager
@@ -107,7 +155,10 @@ def waiting(request_id: str, timeout_s: float) -> Iterator[Callable[[object], No
     if not enabled:
         yield _ignore
         return
-    with tracer_.start_as_current_span("wait result") as span:
+    with _span(tracer_, "wait result") as span:
+        if span is None:
+            yield _ignore
+            return
         recording = span.is_recording()
         if recording:
             span.set_attributes({"streaminfer.request_id": request_id, "streaminfer.wait_s": timeout_s})

@@ -15,21 +15,26 @@ import numpy as np
 from streaminfer.models.errors import InvalidInput, ModelConfigError
 from streaminfer.models.signature import TensorSpec
 
-__all__ = ["ENTITY_KEY", "MAX_ENTITY_ID_CHARS", "check_entity_ids", "entity_ids", "parse_features"]
+__all__ = ["ENTITY_KEY", "MAX_ENTITY_ID_CHARS", "check_entity_ids", "entity_ids", "parse_features", "resolve_url"]
 
 ENTITY_KEY = "entity_id"
 """The input key (friendly JSON) and tensor name (Kafka) of a lookup request."""
 MAX_ENTITY_ID_CHARS = 128
 DEFAULT_CACHE_TTL_S = 300
+DEFAULT_TIMEOUT_S = 5.0
+"""How long one batch's database lookup may take (connect, query, rows) before it counts as an
+outage: FeatureStoreUnavailable, retried like any dependency outage."""
+MAX_TIMEOUT_S = 300.0
 MAX_IDENTIFIER_CHARS = 128
-KNOWN_KEYS = ("url", "table", "key_column", "input", "columns", "cache_ttl_s")
+KNOWN_KEYS = ("url", "table", "key_column", "input", "columns", "cache_ttl_s", "timeout_s")
 
 
 def parse_features(raw: Any, inputs: tuple[TensorSpec, ...], friendly: Any) -> dict:
     """The normalised section (``{}`` when absent): ``url`` (may name ``{model_dir}`` and
     ``{version_dir}``; ``STREAMINFER_FEATURE_STORE_URL`` overrides it), ``table``,
     ``key_column``, ``input`` (the tensor the columns fill), ``columns`` (in tensor order;
-    default: that tensor's ``named_features`` names) and ``cache_ttl_s`` (0: no cache)."""
+    default: that tensor's ``named_features`` names), ``cache_ttl_s`` (0: no cache) and
+    ``timeout_s`` (the bound of one batch's database lookup)."""
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
@@ -77,8 +82,20 @@ def parse_features(raw: Any, inputs: tuple[TensorSpec, ...], friendly: Any) -> d
     ttl = raw.get("cache_ttl_s", DEFAULT_CACHE_TTL_S)
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 0:
         raise ModelConfigError(f"features.cache_ttl_s must be an int >= 0 (0: no cache), got {ttl!r}")
+    timeout = raw.get("timeout_s", DEFAULT_TIMEOUT_S)
+    if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+            or not 0 < timeout <= MAX_TIMEOUT_S):  # (NaN fails the comparison too)
+        raise ModelConfigError(f"features.timeout_s must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], "
+                               f"got {timeout!r}")
     return {"url": url.strip(), "table": table, "key_column": key_column, "input": name,
-            "columns": columns, "cache_ttl_s": ttl}
+            "columns": columns, "cache_ttl_s": ttl, "timeout_s": float(timeout)}
+
+
+def resolve_url(template: str, model_dir: Any, version_dir: Any) -> str:
+    """``features.url`` with ``{model_dir}`` and ``{version_dir}`` replaced, and nothing else
+    touched: a password may hold braces (``str.format`` would read ``{x}`` in it as a field
+    and put part of the password into its KeyError)."""
+    return template.replace("{model_dir}", str(model_dir)).replace("{version_dir}", str(version_dir))
 
 
 def _identifier(raw: Mapping, key: str, default: str) -> str:

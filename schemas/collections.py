@@ -9,10 +9,13 @@ one ``HGET``. Per collection (keys in ``schemas.keys``):
 
 - ``...:items`` hash: item id -> its metadata as compact JSON, a newline, its float32 vector;
 - ``...:seq`` a counter, and ``...:changes`` a sorted set: item id -> the counter's value at its
-  last write or delete. It is the changelog, compacted by construction (one entry per id), so a
-  process catches up with one ``ZRANGEBYSCORE (last +inf`` and one ``HMGET`` of those ids (an
-  id missing from the hash was deleted) however long it was away. Deleted ids stay in it as
-  tombstones (a few bytes each).
+  last write. It is the changelog, compacted by construction (one entry per live id), so a
+  process catches up with ``ZRANGEBYSCORE (last seq`` pages and an ``HMGET`` of each page's ids
+  however long it was away, never holding more than a page (``PAGE_FLOATS``) beside its index;
+- ``...:deleted`` a sorted set of tombstones (id -> the counter's value at its delete), capped
+  at ``MAX_TOMBSTONES``: the oldest are trimmed, and ``...:trimmed`` keeps the highest sequence
+  number trimmed. A process whose index is older than that has missed deletes it can no longer
+  see: it rebuilds its index from the items (paged, as a first load).
 
 Writes run as Lua scripts, so the counter, the item and its changelog entry move together and
 the dimension check and the limits hold under concurrent writers. The caller's collections
@@ -43,6 +46,7 @@ __all__ = [
     "ITEM_ID_PATTERN",
     "MAX_COLLECTIONS",
     "MAX_DIMENSION",
+    "MAX_FLOATS",
     "MAX_ITEMS",
     "MAX_K",
     "MAX_METADATA_BYTES",
@@ -70,11 +74,32 @@ MAX_K = 100
 """A larger k is capped to this, not refused (``similar_k`` and ``search`` alike)."""
 MAX_ITEMS = 1_000_000
 """Per collection: each process that searches it holds it in memory."""
+MAX_FLOATS = 384_000_000
+"""Per collection, items x dimension (1.5 GB of float32: 1,000,000 items at 384-d, 93,750 at
+4096-d): what one process holds in memory for it. The item limit is the smaller of the two."""
+MAX_TOMBSTONES = 100_000
+"""Deleted ids kept per collection for processes to catch up with; past it the oldest go, and
+a process that had not seen them rebuilds its index."""
+PAGE_FLOATS = 4_000_000
+"""A catch-up reads the changelog in pages of this many floats (16 MB; 10,416 items at 384-d)."""
+MIN_PAGE_ITEMS = 100
 MAX_COLLECTIONS = 100
 """Per client."""
 MAX_CACHED_ITEMS = 2_000_000
-"""Items one process keeps indexed (about 3 GB at 384-d); past it, the collections searched
-least recently are dropped and loaded again at their next search."""
+"""Items one process keeps indexed (about 3 GB at 384-d); past it, or past MAX_CACHED_FLOATS,
+the collections searched least recently are dropped and loaded again at their next search."""
+MAX_CACHED_FLOATS = 768_000_000
+"""Floats (items x dimension) one process keeps indexed: 3 GB of float32."""
+
+
+def max_items(dimension: int) -> int:
+    """How many items a collection of ``dimension`` may hold: MAX_ITEMS, or fewer past
+    MAX_FLOATS."""
+    return max(1, min(MAX_ITEMS, MAX_FLOATS // max(1, dimension)))
+
+
+def page_items(dimension: int) -> int:
+    return max(MIN_PAGE_ITEMS, PAGE_FLOATS // max(1, dimension))
 
 
 class CollectionError(Exception):
@@ -185,8 +210,8 @@ def _item_of(value: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     return np.frombuffer(body, dtype="<f4").copy(), json.loads(head)
 
 
-# KEYS: collections of the namespace, items, changes, seq. ARGV: name, id, value, dimension,
-# the collection's entry, MAX_ITEMS, MAX_COLLECTIONS.
+# KEYS: collections of the namespace, items, changes, seq, deleted. ARGV: name, id, value,
+# dimension, the collection's entry, its item limit, MAX_COLLECTIONS.
 _UPSERT = """
 local entry = redis.call('HGET', KEYS[1], ARGV[1])
 if entry then
@@ -202,13 +227,24 @@ end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 local seq = redis.call('INCR', KEYS[4])
 redis.call('ZADD', KEYS[3], seq, ARGV[2])
+redis.call('ZREM', KEYS[5], ARGV[2])
 return {seq, 0}
 """
-# KEYS: items, changes, seq. ARGV: id.
+# KEYS: items, changes, seq, deleted, trimmed. ARGV: id, MAX_TOMBSTONES.
 _DELETE = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[3]), ARGV[1])
+local over = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[2])
+if over > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[4], over)
+  redis.call('SET', KEYS[5], popped[#popped])
+end
 return 1
+"""
+# KEYS: seq, trimmed: where a catch-up ends, and the oldest point it can start from.
+_POINTS = """
+return {redis.call('GET', KEYS[1]) or '0', redis.call('GET', KEYS[2]) or '0'}
 """
 
 
@@ -231,10 +267,12 @@ class CollectionStore:
         self._cached: OrderedDict[tuple[str, str], _Cached] = OrderedDict()  # least recent first
         self._upsert = redis.register_script(_UPSERT)
         self._delete = redis.register_script(_DELETE)
+        self._points = redis.register_script(_POINTS)
 
-    def _keys(self, client_id: str | None, name: str) -> tuple[str, str, str, str]:
+    def _keys(self, client_id: str | None, name: str) -> tuple[str, str, str, str, str]:
         return (keys.collections_key(self._prefix, client_id),
-                *keys.collection_keys(self._prefix, client_id, name))
+                *keys.collection_keys(self._prefix, client_id, name),
+                keys.collection_tombstone_keys(self._prefix, client_id, name)[0])
 
     async def dimension(self, client_id: str | None, name: str) -> int:
         """The collection's dimension; COLLECTION_NOT_FOUND unless it is the caller's."""
@@ -263,13 +301,15 @@ class CollectionStore:
         metadata = check_metadata(metadata)
         entry = _dump({"dimension": int(vector.size), "created_at": _now_ms()})
         seq, found = await self._upsert(keys=self._keys(client_id, name), args=[
-            name, item_id, _item_value(vector, metadata), vector.size, entry, MAX_ITEMS, MAX_COLLECTIONS])
+            name, item_id, _item_value(vector, metadata), vector.size, entry, max_items(vector.size),
+            MAX_COLLECTIONS])
         if seq == -1:
             raise CollectionError("COLLECTION_DIMENSION_MISMATCH",
                                   f"collection {name!r} holds {int(found)}-d vectors, not {vector.size}-d",
                                   {"dimension": int(found)})
         if seq in (-2, -3):
-            what = f"{MAX_ITEMS} items per collection" if seq == -2 else f"{MAX_COLLECTIONS} collections"
+            what = (f"{max_items(vector.size)} items per collection of {vector.size}-d vectors "
+                    f"({MAX_FLOATS} floats, {MAX_ITEMS} items)" if seq == -2 else f"{MAX_COLLECTIONS} collections")
             raise CollectionError("COLLECTION_LIMIT_EXCEEDED", f"at most {what}")
         return int(vector.size)
 
@@ -285,8 +325,9 @@ class CollectionStore:
     async def delete(self, client_id: str | None, name: str, item_id: str) -> None:
         await self.dimension(client_id, name)
         check_item_id(item_id)
-        items, changes, seq = keys.collection_keys(self._prefix, client_id, name)
-        if not await self._delete(keys=[items, changes, seq], args=[item_id]):
+        if not await self._delete(keys=[*keys.collection_keys(self._prefix, client_id, name),
+                                        *keys.collection_tombstone_keys(self._prefix, client_id, name)],
+                                  args=[item_id, MAX_TOMBSTONES]):
             raise CollectionError("ITEM_NOT_FOUND", f"no item {item_id!r} in collection {name!r}")
 
     async def search(self, client_id: str | None, name: str, embedding: Any, k: Any, *,
@@ -315,32 +356,55 @@ class CollectionStore:
 
     def _evict(self, keep: tuple[str, str]) -> None:
         total = sum(len(c.index) for c in self._cached.values())
+        floats = sum(len(c.index) * c.index.dimension for c in self._cached.values())
         for key in list(self._cached):
-            if total <= MAX_CACHED_ITEMS:
+            if total <= MAX_CACHED_ITEMS and floats <= MAX_CACHED_FLOATS:
                 break
             if key != keep and not self._cached[key].lock.locked():
-                total -= len(self._cached.pop(key).index)
+                index = self._cached.pop(key).index
+                total -= len(index)
+                floats -= len(index) * index.dimension
 
     async def _catch_up(self, cached: _Cached, client_id: str | None, name: str) -> None:
-        """Apply to this process's index every write since it last looked."""
-        items, changes, _ = keys.collection_keys(self._prefix, client_id, name)
-        changed = await self._redis.zrangebyscore(changes, f"({cached.seq!r}", "+inf", withscores=True)
-        if not changed:
+        """Apply to this process's index every write up to the sequence number now, a page at a
+        time; rebuild it when deletes it has not seen were trimmed."""
+        items, changes, seq = keys.collection_keys(self._prefix, client_id, name)
+        deleted, trimmed = keys.collection_tombstone_keys(self._prefix, client_id, name)
+        now, floor = (float(v) for v in await self._points(keys=[seq, trimmed]))
+        if now <= cached.seq:
             return
-        ids = [item_id for item_id, _ in changed]
-        values = await self._redis.hmget(items, ids)
-        upserts = []
-        for item_id, value in zip(ids, values, strict=True):
-            if value is None:
+        if cached.seq < floor:  # deletes it never saw are gone: start again from the items
+            cached.index = VectorIndex(cached.index.dimension)
+            cached.seq = 0.0
+        if cached.seq > 0:
+            # NOTE: at most MAX_TOMBSTONES of them, a few bytes each: no paging needed
+            for item_id in await self._redis.zrangebyscore(deleted, f"({cached.seq!r}", now):
                 cached.index.remove(item_id.decode())
+        page = page_items(cached.index.dimension)
+        start = cached.seq
+        while True:  # by score: each write has its own, so a page ends where the next begins
+            changed = await self._redis.zrangebyscore(changes, f"({start!r}", now, start=0, num=page,
+                                                      withscores=True)
+            if not changed:
+                break
+            ids = [item_id for item_id, _ in changed]
+            values = await self._redis.hmget(items, ids)
+            upserts = []
+            for item_id, value in zip(ids, values, strict=True):
+                if value is None:  # deleted since (or a tombstone of the older layout)
+                    cached.index.remove(item_id.decode())
+                else:
+                    vector, metadata = _item_of(value)
+                    upserts.append((item_id.decode(), vector, metadata))
+            del values
+            if len(upserts) > 1000:  # a first load: numpy and the graph build off the loop
+                await asyncio.to_thread(cached.index.upsert_many, upserts)
             else:
-                vector, metadata = _item_of(value)
-                upserts.append((item_id.decode(), vector, metadata))
-        if len(upserts) > 1000:  # a first load: numpy and the graph build off the loop
-            await asyncio.to_thread(cached.index.upsert_many, upserts)
-        else:
-            cached.index.upsert_many(upserts)
-        cached.seq = max(score for _, score in changed)
+                cached.index.upsert_many(upserts)
+            start = changed[-1][1]
+            if len(changed) < page:
+                break
+        cached.seq = now
 
 
 def _now_ms() -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "rate_limit_key",
     "cancel_key",
     "collection_keys",
+    "collection_tombstone_keys",
     "collections_key",
     "dead_letter_key",
     "idempotency_key",
@@ -181,9 +182,11 @@ def cache_key(prefix: str, task: str, model_version: str | int | None, digest: s
     return f"{prefix}:cache:{task}:{version}:{digest}"
 
 
-def feature_key(prefix: str, task: str, entity_id: str) -> str:
-    """Cached features (JSON, column -> value) of one entity of a feature lookup task."""
-    return f"{prefix}:features:{task}:{entity_id}"
+def feature_key(prefix: str, task: str, model_version: str, store: str, entity_id: str) -> str:
+    """Cached features (JSON, column -> value) of one entity of a feature lookup task, per model
+    version and ``store`` (a short hash of the database URL and table it came from), so one
+    version's or database's rows are never served for another."""
+    return f"{prefix}:features:{task}:{model_version}:{store}:{entity_id}"
 
 
 def worker_key(prefix: str, worker_id: str) -> str:
@@ -324,3 +327,10 @@ def collection_keys(prefix: str, client_id: str | None, name: str) -> tuple[str,
     write) and that sequence's counter (see ``schemas.collections``)."""
     base = f"{prefix}:collection:{_namespace(client_id)}:{name}"
     return f"{base}:items", f"{base}:changes", f"{base}:seq"
+
+
+def collection_tombstone_keys(prefix: str, client_id: str | None, name: str) -> tuple[str, str]:
+    """Its deleted ids (a capped sorted set, id -> sequence number of the delete) and the
+    trim point (the highest sequence number trimmed from it; see ``schemas.collections``)."""
+    base = f"{prefix}:collection:{_namespace(client_id)}:{name}"
+    return f"{base}:deleted", f"{base}:trimmed"

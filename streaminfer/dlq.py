@@ -420,10 +420,13 @@ class Replayer:
                 await self._producer.send_and_wait(
                     letter.source_topic, letter.payload, key=letter.key,
                     headers=[(HEADER_REPLAY_OF, entry.ref.encode())])
-            except BaseException:
+            except Exception:  # the producer said it failed: not replayed, the claim goes back
                 digest = hashlib.sha256(letter.payload).hexdigest()
-                await self._redis.decr(replay_count_key(self._prefix, digest))  # not replayed
+                await self._redis.decr(replay_count_key(self._prefix, digest))
                 raise
+            # NOTE: cancelled (Ctrl-C, a timeout around the run) the claim is kept: the record
+            # may be in the producer's buffer and still go out as it stops, and giving the claim
+            # back could let one more replay than the bound through
         self.replayed += 1
         return {"action": "would-replay" if self._dry_run else "replayed", **line}
 

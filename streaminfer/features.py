@@ -24,6 +24,7 @@ def add_parser(sub) -> None:
 
 def cmd_features(args: argparse.Namespace) -> int:
     from streaminfer.models.config import load_repository_configs
+    from streaminfer.models.features import resolve_url
 
     from .settings import Settings
 
@@ -37,7 +38,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         print(f"streaminfer features: task {args.task!r} is not built with a features section", file=sys.stderr)
         return 2
     section = config.features
-    source = section["url"].format(model_dir=config.path, version_dir=config.version_path())
+    source = resolve_url(section["url"], config.path, config.version_path())
     rows = copy_table(source, target, section["table"], section["key_column"], section["columns"],
                       if_absent=args.if_absent)
     print(f"{args.task}: {rows} rows in table {section['table']!r}" if rows is not None

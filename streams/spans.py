@@ -9,6 +9,10 @@ answered without running; a ``write result`` span (Redis, the results topic, the
 whose context the result's Kafka headers carry on. Per batch: ONE ``batch <model>`` span
 (INTERNAL), a root with a link to each request's queue wait (OpenTelemetry's model of a batch
 that serves many traces); each request's write span links back to it.
+
+An SDK (or an exporter, a sampler, a span processor of the operator's) that raises never stops
+a request: every call into it is guarded (logged once, then at DEBUG), and what it was to make
+goes without a span.
 """
 
 from __future__ import annotations
@@ -34,6 +38,18 @@ logger = logging.getLogger(__name__)
 TRACER_NAME = "streaminfer.worker"
 _NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 _tracer: tuple[Any, trace.Tracer, bool] | None = None
+_warned = False
+
+
+def _broken(what: str) -> None:
+    """Log (the first time at WARNING, with its traceback) that the SDK raised in ``what``."""
+    global _warned
+    if _warned:
+        logger.debug("tracing failed in %s; carrying on without a span", what, exc_info=True)
+        return
+    _warned = True
+    logger.warning("tracing failed in %s; carrying on without spans where it fails "
+                   "(further failures are logged at DEBUG)", what, exc_info=True)
 
 
 def tracer() -> tuple[trace.Tracer, bool]:
@@ -90,18 +106,23 @@ def end_queue_wait(item: PendingRequest, end_ns: int | None = None) -> SpanConte
     if not enabled:
         return None
     source = item.source
-    span = tracer_.start_span(
-        f"queue wait {source.topic}", context=item.context or Context(), kind=SpanKind.CONSUMER,
-        start_time=item.received_ns or None, attributes={
-            "messaging.system": "kafka", "messaging.operation.type": "receive",
-            "messaging.destination.name": source.topic,
-            "messaging.destination.partition.id": str(source.partition),
-            "messaging.kafka.offset": source.offset, "streaminfer.request_id": item.request.request_id,
-            "streaminfer.priority": item.priority.topic_suffix})
-    span.end(end_time=end_ns)
+    try:
+        span = tracer_.start_span(
+            f"queue wait {source.topic}", context=item.context or Context(), kind=SpanKind.CONSUMER,
+            start_time=item.received_ns or None, attributes={
+                "messaging.system": "kafka", "messaging.operation.type": "receive",
+                "messaging.destination.name": source.topic,
+                "messaging.destination.partition.id": str(source.partition),
+                "messaging.kafka.offset": source.offset, "streaminfer.request_id": item.request.request_id,
+                "streaminfer.priority": item.priority.topic_suffix})
+        span.end(end_time=end_ns)
+        context = span.get_span_context()
+    except Exception:
+        _broken("the queue wait span")
+        return None
     if item.context is None:
         item.root = trace.set_span_in_context(span)
-    return span.get_span_context()
+    return context
 
 
 @contextmanager
@@ -118,18 +139,31 @@ def batch(model_name: str, model_version: str, items: Sequence[PendingRequest], 
     now_ns = time.time_ns()
     waits = [end_queue_wait(item, now_ns) for item in items]
     links = [Link(c) for c in waits if c is not None and c.is_valid]
-    span = tracer_.start_span(f"batch {model_name}", context=Context(), links=links, attributes={
-        "streaminfer.model.name": model_name, "streaminfer.model.version": model_version,
-        "streaminfer.batch.size": batch_items, "streaminfer.batch.requests": len(items),
-        "messaging.batch.message_count": len(items)}, start_time=now_ns)
     try:
-        yield span.get_span_context()
+        span = tracer_.start_span(f"batch {model_name}", context=Context(), links=links, attributes={
+            "streaminfer.model.name": model_name, "streaminfer.model.version": model_version,
+            "streaminfer.batch.size": batch_items, "streaminfer.batch.requests": len(items),
+            "messaging.batch.message_count": len(items)}, start_time=now_ns)
+        context = span.get_span_context()
+    except Exception:
+        _broken("the batch span")
+        span = context = None
+    try:
+        yield context
     except BaseException as exc:
-        span.record_exception(exc)
-        span.set_status(StatusCode.ERROR)
+        if span is not None:
+            try:
+                span.record_exception(exc)
+                span.set_status(StatusCode.ERROR)
+            except Exception:
+                _broken("the batch span")
         raise
     finally:
-        span.end()
+        if span is not None:
+            try:
+                span.end()
+            except Exception:
+                _broken("the batch span")
 
 
 def start_writes(outcomes: Sequence[Outcome]) -> list[Span]:
@@ -146,8 +180,12 @@ def start_writes(outcomes: Sequence[Outcome]) -> list[Span]:
             attributes["streaminfer.result.status"] = outcome.result.status.value
         if outcome.letter is not None:
             attributes["streaminfer.dead_letter.code"] = outcome.letter.code
-        span = tracer_.start_span("write result", context=outcome.context or outcome.root or Context(),
-                                  links=links, attributes=attributes)
+        try:
+            span = tracer_.start_span("write result", context=outcome.context or outcome.root or Context(),
+                                      links=links, attributes=attributes)
+        except Exception:  # its result's headers carry the context it came with
+            _broken("a write span")
+            continue
         outcome.span = span
         started.append(span)
     return started
@@ -155,9 +193,12 @@ def start_writes(outcomes: Sequence[Outcome]) -> list[Span]:
 
 def end_writes(spans: Sequence[Span], ok: bool) -> None:
     for span in spans:
-        if not ok:  # the worker stops with them unwritten: they are redelivered
-            span.set_status(StatusCode.ERROR, "not written; left for redelivery")
-        span.end()
+        try:
+            if not ok:  # the worker stops with them unwritten: they are redelivered
+                span.set_status(StatusCode.ERROR, "not written; left for redelivery")
+            span.end()
+        except Exception:
+            _broken("a write span")
 
 
 def result_headers(outcome: Outcome) -> list[tuple[str, bytes]] | None:
@@ -173,6 +214,10 @@ def result_headers(outcome: Outcome) -> list[tuple[str, bytes]] | None:
     else:
         return None  # neither an SDK nor a context that came with the request
     headers: list[tuple[str, bytes]] = []
-    propagate.inject(headers, context=context, setter=KAFKA_HEADERS)
+    try:
+        propagate.inject(headers, context=context, setter=KAFKA_HEADERS)
+    except Exception:  # a propagator that raises: the result goes without a trace header
+        _broken("the result's trace headers")
+        headers = []
     outcome.headers = headers
     return headers or None

@@ -34,6 +34,8 @@ class _Request:
 
 
 class _Model:
+    version = "1"
+
     def __init__(self, config, version_dir: Path) -> None:
         self.config, self.path = config, version_dir
 
@@ -46,7 +48,9 @@ async def measure(batch_sizes: list[int], rounds: int) -> list[dict]:
     from streaminfer.models.builtin import template_path
     from streaminfer.models.builtin.tabular_classify import FEATURE_TABLE, build_feature_table
     from streaminfer.models.config import load_model_config
-    from streaminfer.streams.features import FeatureLookup
+    from streaminfer.models.features import resolve_url
+    from streaminfer.schemas.keys import feature_key
+    from streaminfer.streams.features import FeatureLookup, store_id
 
     with tempfile.TemporaryDirectory() as tmp, embedded.redis() as server:
         model_dir = Path(tmp) / TASK
@@ -57,6 +61,8 @@ async def measure(batch_sizes: list[int], rounds: int) -> list[dict]:
         client = aioredis.Redis.from_url(embedded.redis_address(server))
         prefix = f"bench{uuid.uuid4().hex[:6]}"
         lookup = FeatureLookup(lambda: client, prefix)
+        section = model.config.features
+        store = store_id(resolve_url(section["url"], model_dir, model_dir / "1"), section["table"])
         rng = np.random.default_rng(0)
         figures = []
         try:
@@ -64,7 +70,7 @@ async def measure(batch_sizes: list[int], rounds: int) -> list[dict]:
                 times: dict[str, list[float]] = {"miss": [], "hit": []}
                 for _ in range(rounds):
                     ids = [str(i) for i in rng.choice(569, size, replace=False)]
-                    await client.delete(*[f"{prefix}:features:{TASK}:{e}" for e in ids])
+                    await client.delete(*[feature_key(prefix, TASK, model.version, store, e) for e in ids])
                     for kind in ("miss", "hit"):
                         items = [_Item(_Request(str(uuid.uuid4())), {"entity_id": np.array([e], dtype=object)})
                                  for e in ids]

@@ -35,7 +35,7 @@ def test_the_template_declares_the_example_table(tmp_path: Path) -> None:
     section = _load(tmp_path, TEMPLATE).features
     assert section == {"url": "sqlite:///{version_dir}/features.sqlite", "table": "features",
                        "key_column": "entity_id", "input": "features", "columns": NAMES,
-                       "cache_ttl_s": 300}
+                       "cache_ttl_s": 300, "timeout_s": 5.0}
 
 
 def test_no_section_is_no_lookup(tmp_path: Path) -> None:
@@ -50,7 +50,8 @@ def test_no_section_is_no_lookup(tmp_path: Path) -> None:
 def test_defaults_and_explicit_columns(tmp_path: Path) -> None:
     section = _load(tmp_path, _with({"url": "sqlite:///x.db"})).features
     assert (section["table"], section["key_column"], section["input"]) == ("features", "entity_id", "features")
-    assert section["columns"] == NAMES and section["cache_ttl_s"] == 300
+    assert section["columns"] == NAMES and section["cache_ttl_s"] == 300 and section["timeout_s"] == 5.0
+    assert _load(tmp_path, _with({"url": "sqlite:///x.db", "timeout_s": 1})).features["timeout_s"] == 1.0
     columns = [f"c{i}" for i in range(30)]
     assert _load(tmp_path, _with({"url": "sqlite:///x.db", "columns": columns, "cache_ttl_s": 0})
                  ).features["columns"] == columns
@@ -71,6 +72,11 @@ def test_defaults_and_explicit_columns(tmp_path: Path) -> None:
     ({"url": "sqlite:///x.db", "cache_ttl_s": -1}, "cache_ttl_s must be an int >= 0"),
     ({"url": "sqlite:///x.db", "cache_ttl_s": True}, "cache_ttl_s must be an int >= 0"),
     ({"url": "sqlite:///x.db", "cache_ttl_s": 1.5}, "cache_ttl_s must be an int >= 0"),
+    ({"url": "sqlite:///x.db", "timeout_s": 0}, r"timeout_s must be a number of seconds in \(0, 300\]"),
+    ({"url": "sqlite:///x.db", "timeout_s": float("nan")}, "timeout_s must be"),
+    ({"url": "sqlite:///x.db", "timeout_s": 301}, "timeout_s must be"),
+    ({"url": "sqlite:///x.db", "timeout_s": "5"}, "timeout_s must be"),
+    ({"url": "sqlite:///x.db", "timeout_s": True}, "timeout_s must be"),
 ])
 def test_bad_sections_are_clear_errors(tmp_path: Path, features, message: str) -> None:
     with pytest.raises(ModelConfigError, match=message) as info:

@@ -4,6 +4,7 @@ replayed to, the replay bound, and records on the DLQ topic that are no dead let
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import hashlib
 import json
@@ -284,6 +285,70 @@ async def test_a_replay_that_fails_to_produce_does_not_count_against_the_bound(c
     assert set(redis.values.values()) == {0}
     assert (await replayer(redis, FakeProducer(), max_replays=1).handle(an_entry(codec), EXISTING))[
         "action"] == "replayed"
+
+
+class HangingProducer:
+    """A broker that takes the record and never acknowledges it."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    async def send_and_wait(self, topic, value, key=None, headers=None):
+        self.started.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_cancelled_replay_keeps_its_claim_so_the_bound_holds(codec):
+    redis, producer = FakeRedis(), HangingProducer()
+    entry = an_entry(codec, payload=b"sent, never acknowledged")
+    task = asyncio.create_task(replayer(redis, producer, max_replays=1).handle(entry, EXISTING))
+    await asyncio.wait_for(producer.started.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    digest = hashlib.sha256(entry.letter.payload).hexdigest()
+    assert redis.values[replay_count_key(PREFIX, digest)] == 1, "possibly sent: counted"
+    again = FakeProducer()
+    line = await replayer(redis, again, max_replays=1).handle(
+        an_entry(codec, offset=1, payload=entry.letter.payload), EXISTING)
+    assert line["reason"] == "replay-limit" and again.sent == [], "no replay past the bound"
+
+
+class FlakyProducer(FakeProducer):
+    """Fails its first ``failures`` sends (a broker away for a while), then works."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def send_and_wait(self, topic, value, key=None, headers=None):
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("broker away")
+        await super().send_and_wait(topic, value, key=key, headers=headers)
+
+
+async def test_a_produce_failing_for_a_while_replays_each_letter_once_when_run_again(codec):
+    """A run stops at the first failed produce (exit 2, the claim given back); runs while the
+    broker is away replay nothing more; the run once it is back replays what is left, each
+    payload once, and none past the bound."""
+    redis, producer = FakeRedis(), FlakyProducer(failures=4)
+    letters = [an_entry(codec, offset=i, payload=f"payload {i}".encode()) for i in range(5)]
+    producer.failures = 0
+    first = replayer(redis, producer, max_replays=1)
+    assert (await first.handle(letters[0], EXISTING))["action"] == "replayed"
+    producer.failures = 4  # the broker goes away: four runs each fail at their first produce
+    for _ in range(4):
+        run = replayer(redis, producer, max_replays=1)
+        with pytest.raises(ConnectionError):
+            for entry in letters:
+                await run.handle(entry, EXISTING)
+        assert run.replayed == 0 and run.skipped == {"replay-limit": 1}
+    last = replayer(redis, producer, max_replays=1)  # back
+    lines = [await last.handle(entry, EXISTING) for entry in letters]
+    assert [line.get("reason", line["action"]) for line in lines] == ["replay-limit", *["replayed"] * 4]
+    assert sorted(value for _, value, _, _ in producer.sent) == [f"payload {i}".encode() for i in range(5)]
+    assert set(redis.values.values()) == {1}, "each payload counted once"
 
 
 # --- records on the DLQ topic -----------------------------------------------------------------

@@ -32,7 +32,7 @@ from streaminfer.gateway.producer import RequestProducer
 from streaminfer.gateway.service import InferenceService
 from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.keys import KAFKA_HEADERS
-from streaminfer.schemas.records import AuditEvent, AuditType, InferenceRequest, Tensor
+from streaminfer.schemas.records import AuditEvent, AuditType, InferenceRequest, Priority, Tensor
 from streaminfer.settings import Settings
 from streaminfer.streams import spans as worker_spans
 from streaminfer.streams.requests import SourceEvent
@@ -475,6 +475,77 @@ async def test_a_refused_event_is_written_in_its_trace(codec, exporter):
     assert hexes(write.parent) == (TRACE_ID, PARENT_ID)
     assert write.attributes["streaminfer.dead_letter.code"] == "UNDECODABLE"
     assert publisher.letters
+
+
+class RaisingTracer(trace.Tracer):
+    """An SDK's tracer that breaks: every span it is asked for raises."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def start_span(self, *args, **kwargs):
+        self.calls += 1
+        raise RuntimeError("exporter exploded")
+
+    def start_as_current_span(self, *args, **kwargs):
+        raise RuntimeError("exporter exploded")
+
+
+class RaisingProvider(trace.TracerProvider):
+    def __init__(self) -> None:
+        self.tracer = RaisingTracer()
+
+    def get_tracer(self, *args, **kwargs):
+        return self.tracer
+
+
+async def test_an_sdk_that_raises_never_stops_a_request(codec, caplog):
+    provider = RaisingProvider()
+    trace.set_tracer_provider(provider)
+    model, publisher = FakeModel(), Publisher()
+    sources = [event(codec, [[i, i]], i)[0] for i in range(3)]
+    sources[0] = with_headers(sources[0], [("traceparent", TRACEPARENT.encode())])
+    sources.append(SourceEvent(f"{PREFIX}.requests.{TASK}.normal", 0, 3, b"k", b"not avro"))
+    with caplog.at_level("DEBUG", logger="streaminfer.streams.spans"):
+        assert sorted(await run(make(model, publisher, codec), sources, timeout_s=15)) == [0, 1, 2, 3]
+    assert provider.tracer.calls >= 4, "queue waits, the batch and the writes all asked for spans"
+    assert len(publisher.results) == 3 and len(publisher.letters) == 1, "every event answered"
+    ids = [codec.decode(s.value, InferenceRequest).request_id for s in sources[:3]]
+    assert header(publisher.headers[ids[0]]) == TRACEPARENT, "the context it came with goes on"
+    warned = [r for r in caplog.records if r.name == "streaminfer.streams.spans" and r.levelname == "WARNING"]
+    assert len(warned) <= 1 and (warned or worker_spans._warned), "logged once, not per request"
+
+
+def test_a_batch_span_that_fails_to_start_or_end_lets_the_batch_and_its_error_through():
+    from types import SimpleNamespace
+
+    trace.set_tracer_provider(RaisingProvider())
+    item = SimpleNamespace(waited=False, context=None, root=None, received_ns=1, priority=Priority.NORMAL,
+                           source=SimpleNamespace(topic="t", partition=0, offset=0),
+                           request=SimpleNamespace(request_id="r"))
+    with worker_spans.batch("m", "1", [item], 1) as batch:
+        assert batch is None and item.waited
+    with pytest.raises(ValueError, match="model broke"), worker_spans.batch("m", "1", [], 1):
+        raise ValueError("model broke")  # the batch's own error, not the tracer's
+    outcome = SimpleNamespace(context=None, root=None, batch=None, span=None, headers=None,
+                              request_id="r", result=None, letter=None)
+    assert worker_spans.start_writes([outcome]) == [] and outcome.span is None
+    worker_spans.end_writes([SimpleNamespace(set_status=_raise, end=_raise)], ok=False)  # no raise
+
+
+def _raise(*args, **kwargs):
+    raise RuntimeError("span broke")
+
+
+async def test_a_gateway_sdk_that_raises_never_fails_a_submit(producer):
+    trace.set_tracer_provider(RaisingProvider())
+    request, accepted = tiny_request()
+    await producer.submit(request, accepted)  # before: the RuntimeError reached the route (a 500)
+    assert [m["topic"] for m in producer._producer.sent][0] == "unit.requests.tiny.normal"
+    with gateway_spans.waiting(request.request_id, 1.0) as found:
+        found(None)
+    with pytest.raises(ValueError, match="body"), gateway_spans.producing("t", "r", None):
+        raise ValueError("body")  # the body's own error goes through
 
 
 def test_without_the_sdk_no_span_is_made_on_the_hot_path():

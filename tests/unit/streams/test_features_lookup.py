@@ -3,6 +3,7 @@ fake Redis, alone and through a RequestProcessor with fakes around it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 from helpers.worker_fakes import PREFIX, FakePublisher, feed, until_acked
 
 from streaminfer.models.config import ModelConfig
-from streaminfer.models.features import parse_features
+from streaminfer.models.features import parse_features, resolve_url
 from streaminfer.models.signature import TensorSpec
 from streaminfer.schemas import keys
 from streaminfer.schemas.codec import AvroCodec
@@ -30,6 +31,7 @@ from streaminfer.streams.features import (
     FeaturesNotFound,
     FeatureStoreUnavailable,
     FeatureValidationFailed,
+    store_id,
 )
 from streaminfer.streams.outcomes import is_transient
 from streaminfer.streams.processor import RequestProcessor
@@ -80,10 +82,10 @@ def make_table(path: Path, rows: dict[str, tuple], columns=COLUMNS) -> None:
         db.executemany(f"INSERT INTO features VALUES ({marks})", [(k, *v) for k, v in rows.items()])
 
 
-def model_config(model_dir: Path, ttl: int = 60) -> ModelConfig:
+def model_config(model_dir: Path, ttl: int = 60, url: str = "sqlite:///{version_dir}/features.sqlite",
+                 **extra) -> ModelConfig:
     inputs = (TensorSpec("x", "FP32", (2,)),)
-    features = parse_features({"url": "sqlite:///{version_dir}/features.sqlite", "columns": COLUMNS,
-                               "cache_ttl_s": ttl}, inputs, {})
+    features = parse_features({"url": url, "columns": COLUMNS, "cache_ttl_s": ttl, **extra}, inputs, {})
     return ModelConfig(name="scorer", task=TASK, backend="onnxruntime", inputs=inputs,
                        outputs=(TensorSpec("y", "FP32", (2,)),), max_batch_size=8, max_batch_delay_ms=20,
                        instances=1, device="cpu", warmup=False, path=model_dir, versions=("1",),
@@ -95,9 +97,9 @@ class ScoringModel:
 
     name, version, device = "scorer", "1", "cpu"
 
-    def __init__(self, config: ModelConfig) -> None:
-        self.config = config
-        self.path = config.path / "1"
+    def __init__(self, config: ModelConfig, version: str = "1") -> None:
+        self.config, self.version = config, version
+        self.path = config.path / version
         self.calls: list[np.ndarray] = []
 
     def predict_batch(self, inputs):
@@ -123,6 +125,11 @@ def model(tmp_path: Path) -> ScoringModel:
     make_table(tmp_path / "1" / "features.sqlite", {"1": (1.0, 2.0), "2": (3, 4.5), "null": (None, 1.0),
                                                     "text": ("abc", 1.0), "inf": (1.0, math.inf)})
     return ScoringModel(model_config(tmp_path))
+
+
+def cache_key(model: ScoringModel, entity: str) -> str:
+    url = resolve_url(model.config.features["url"], model.config.path, model.path)
+    return keys.feature_key(PREFIX, TASK, model.version, store_id(url, "features"), entity)
 
 
 class Queries:
@@ -154,7 +161,7 @@ async def test_db_then_cache_in_one_query_per_batch(model: ScoringModel) -> None
     assert items[0].inputs["x"].tolist() == [[1.0, 2.0]] and items[0].inputs["x"].dtype == np.float32
     assert items[1].inputs["x"].tolist() == [[3.0, 4.5], [1.0, 2.0]]
     assert {v.source for v in looked.values()} == {"db"}
-    key = keys.feature_key(PREFIX, TASK, "2")
+    key = cache_key(model, "2")
     assert json.loads(redis.data[key]) == {"a": 3.0, "b b": 4.5} and redis.ttls[key] == 60
 
     again = [item("2"), item("1")]
@@ -181,7 +188,7 @@ async def test_unknown_and_invalid_rows_fail_alone_and_are_not_cached(model: Sco
         assert isinstance(error, FeatureValidationFailed) and what in str(error), str(error)
         assert error.code == "FEATURE_VALIDATION_FAILED"
     assert failed[id(items[5])].code == "FEATURES_NOT_FOUND"  # one unknown id fails its request
-    assert sorted(redis.data) == [keys.feature_key(PREFIX, TASK, "1")]
+    assert sorted(redis.data) == [cache_key(model, "1")]
     lookup.close()
 
 
@@ -198,9 +205,9 @@ async def test_sql_looking_ids_are_bound_parameters(model: ScoringModel) -> None
 
 async def test_a_cache_entry_of_other_columns_is_a_miss(model: ScoringModel) -> None:
     redis = FakeRedis()
-    redis.data[keys.feature_key(PREFIX, TASK, "1")] = json.dumps({"a": 9.0})
-    redis.data[keys.feature_key(PREFIX, TASK, "2")] = "not json"
-    redis.data[keys.feature_key(PREFIX, TASK, "3")] = json.dumps({"a": 1.0, "b b": math.nan})
+    redis.data[cache_key(model, "1")] = json.dumps({"a": 9.0})
+    redis.data[cache_key(model, "2")] = "not json"
+    redis.data[cache_key(model, "3")] = json.dumps({"a": 1.0, "b b": math.nan})
     items = [item("1"), item("2"), item("3")]
     lookup = FeatureLookup(lambda: redis, PREFIX)
     failed, looked = await lookup.fill(model, items)
@@ -232,6 +239,109 @@ async def test_an_unreachable_database_is_retriable_and_keeps_its_password(tmp_p
         await FeatureLookup(lambda: FakeRedis(), PREFIX, url=secret).fill(model, items)
     assert is_transient(info.value) and "s3cr3t" not in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__  # nor in a chained one
+
+
+@contextlib.contextmanager
+def silent_server():
+    """A TCP port that takes connections (the kernel's backlog) and never says a word: a
+    blackholed database."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+async def test_a_database_that_never_answers_is_unavailable_within_the_bound(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg")
+    (tmp_path / "1").mkdir()
+    model = ScoringModel(model_config(tmp_path, timeout_s=0.5))
+    lookup = FeatureLookup(lambda: FakeRedis(), PREFIX)
+    items = [item("1")]
+    with silent_server() as port:
+        lookup._url = f"postgresql+psycopg://user:pw@127.0.0.1:{port}/features"
+        for _ in range(2):  # and again, with the first call's thread perhaps still waiting
+            started = asyncio.get_running_loop().time()
+            async with asyncio.timeout(10):  # (without a bound: never returns)
+                with pytest.raises(FeatureStoreUnavailable, match="did not answer within 0.5 s"):
+                    await lookup.fill(model, items)
+            assert asyncio.get_running_loop().time() - started < 2.0
+    assert list(items[0].inputs) == ["entity_id"] and is_transient(FeatureStoreUnavailable())
+    lookup.close()
+
+
+async def test_a_sqlite_file_locked_by_a_writer_is_unavailable_within_the_bound(tmp_path: Path) -> None:
+    (tmp_path / "1").mkdir()
+    path = tmp_path / "1" / "features.sqlite"
+    make_table(path, {"1": (1.0, 2.0)})
+    model = ScoringModel(model_config(tmp_path, timeout_s=0.5))
+    lookup = FeatureLookup(lambda: FakeRedis(), PREFIX)
+    assert (await lookup.fill(model, [item("1")]))[0] == {}  # columns read, engine made
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(FeatureStoreUnavailable):
+            await lookup.fill(model, [item("1")])
+        assert asyncio.get_running_loop().time() - started < 2.0  # sqlite's default: 5 s
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    again = [item("1")]
+    assert (await lookup.fill(model, again))[0] == {} and again[0].inputs["x"].tolist() == [[1.0, 2.0]]
+    lookup.close()
+
+
+def test_drivers_get_connect_and_statement_timeouts() -> None:
+    from streaminfer.streams.features import driver_timeouts
+
+    assert driver_timeouts(sa.make_url("postgresql+psycopg://u:p@h/db"), 2.5) == {
+        "connect_timeout": 3, "options": "-c statement_timeout=2500"}
+    assert driver_timeouts(sa.make_url("postgresql+psycopg://u:p@h/db?options=-c%20x%3D1"), 2.5) == {
+        "connect_timeout": 3}  # the operator's own options stay
+    assert driver_timeouts(sa.make_url("mysql+pymysql://u:p@h/db"), 0.2) == {
+        "connect_timeout": 1, "read_timeout": 1, "write_timeout": 1}
+    assert driver_timeouts(sa.make_url("mssql+pyodbc://u:p@h/db"), 2.5) == {}
+
+
+async def test_cached_rows_belong_to_one_version_and_one_database(tmp_path: Path) -> None:
+    for version, value in (("1", 1.0), ("2", 7.0)):
+        (tmp_path / version).mkdir()
+        make_table(tmp_path / version / "features.sqlite", {"1": (value, value)})
+    config = model_config(tmp_path)
+    redis = FakeRedis()
+    lookup = FeatureLookup(lambda: redis, PREFIX)
+    first, second = [item("1")], [item("1")]
+    await lookup.fill(ScoringModel(config, "1"), first)
+    _, looked = await lookup.fill(ScoringModel(config, "2"), second)  # v1's row is cached
+    assert first[0].inputs["x"].tolist() == [[1.0, 1.0]]
+    assert second[0].inputs["x"].tolist() == [[7.0, 7.0]] and looked[second[0].request.request_id].source == "db"
+    assert len(redis.data) == 2
+    other = tmp_path / "other.sqlite"
+    make_table(other, {"1": (3.0, 3.0)})
+    moved = [item("1")]  # the same version pointed at another database: not its cached rows
+    await FeatureLookup(lambda: redis, PREFIX, url=f"sqlite:///{other}").fill(ScoringModel(config, "1"), moved)
+    assert moved[0].inputs["x"].tolist() == [[3.0, 3.0]]
+    assert not any(str(tmp_path) in key or "sqlite" in key for key in redis.data)  # a hash, not the URL
+    lookup.close()
+
+
+async def test_a_password_with_braces_is_in_no_error(tmp_path: Path) -> None:
+    (tmp_path / "1").mkdir()
+    secret = "s3{cr}3t{0}x{model_dir"
+    url = f"postgresql+nosuchdriver://user:{secret}@127.0.0.1:1/{{version_dir}}"
+    model = ScoringModel(model_config(tmp_path, url=url))
+    with pytest.raises(Exception) as info:  # noqa: PT011 (str.format raised KeyError('cr'))
+        await FeatureLookup(lambda: FakeRedis(), PREFIX).fill(model, [item("1")])
+    assert isinstance(info.value, FeatureStoreUnavailable), repr(info.value)
+    for fragment in ("s3", "cr", "3t", "{0}", "x{model_dir"):
+        assert fragment not in str(info.value) and fragment not in repr(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert resolve_url("a:{model_dir}/{version_dir}/{x}{{", "/m", "/m/1") == "a:/m//m/1/{x}{{"
 
 
 async def test_no_cache_with_ttl_zero(tmp_path: Path) -> None:
