@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from streaminfer.schemas.codec import SCHEMA_DIR
+
 ROOT = Path(__file__).resolve().parents[2]
 OURS = {"schemas", "models", "streams", "gateway", "streaminfer"}
 ALLOWED = {
@@ -56,3 +58,20 @@ def test_gateway_modules_do_not_pull_in_torch_or_onnxruntime():
             "print([m for m in ('torch', 'onnxruntime') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_schemas_imports_nothing_from_the_rest_of_the_project() -> None:
+    import ast
+
+    for path in SCHEMA_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            for name in names:
+                ours = name == "streaminfer" or name.startswith("streaminfer.")
+                assert not ours or name.startswith("streaminfer.schemas"), path

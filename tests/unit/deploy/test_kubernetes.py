@@ -20,7 +20,7 @@ import yaml
 from streaminfer.models import builtin
 from streaminfer.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 KUBE = ROOT / "deploy" / "kubernetes"
 K8S_VERSION = "1.30.0"  # kubernetes-validate ships this version's schemas (no network needed)
 BUILTIN_TASKS = set(builtin.BUILTIN_TASKS)
