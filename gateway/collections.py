@@ -24,8 +24,8 @@ from streaminfer.schemas.collections import (
 
 from .apikeys import Principal
 from .auth import ANONYMOUS, require
+from .dependencies import Caller, service
 from .errors import InvalidRequest, collection_errors
-from .routes import Caller, service
 
 router = APIRouter(tags=["collections"])
 

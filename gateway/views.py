@@ -9,8 +9,6 @@ from streaminfer.models.friendly import tensors_to_friendly
 from streaminfer.schemas.keys import STATUS_FIELD, RequestState
 from streaminfer.schemas.records import InferenceResult
 
-STATUS_NAMES = {"queued", "running", "succeeded", "failed", "expired", "cancelled", "rejected"}
-
 
 def result_body(result: InferenceResult, config: ModelConfig | None) -> dict:
     outputs: dict = {}
