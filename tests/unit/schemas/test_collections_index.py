@@ -131,6 +131,14 @@ def test_hostile_embeddings_are_refused(vector) -> None:
     assert caught.value.code == "INVALID_REQUEST"
 
 
+def test_a_vector_below_float32s_range_keeps_its_direction() -> None:
+    """Valid JSON numbers that all underflow float32 (found by the contract test) are no zero
+    vector: scaled up, the direction stays; one that does not underflow is stored as given."""
+    tiny = check_embedding([2.7e-56, -5.4e-56])
+    assert tiny.dtype == np.float32 and tiny.tolist() == [0.5, -1.0]
+    assert check_embedding([0.25, -3.0]).tolist() == [0.25, -3.0]
+
+
 def test_k_names_ids_and_metadata() -> None:
     assert check_k(3) == 3 and check_k("7") == 7 and check_k(10**12) == MAX_K
     for bad in (0, -1, "abc", "", 1.5, True, None):
