@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,9 +139,19 @@ class Stack:
         self.gateway_url = self.gateway_url or url
         return url
 
-    def close(self) -> None:
-        for proc in self.gateways + self.workers:
-            stop(proc)
+    def close(self, timeout_s: float = 15.0) -> None:
+        procs = [p for p in self.gateways + self.workers if not p._log.closed]  # type: ignore[attr-defined]
+        for proc in procs:  # all signalled first: they shut down side by side, not one after another
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc._log.close()  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")
