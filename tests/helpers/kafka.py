@@ -11,7 +11,9 @@ from aiokafka import AIOKafkaConsumer
 
 async def collect(bootstrap: str, topic: str, until: Callable[[list], bool], timeout_s: float = 60.0) -> list:
     """Every message on ``topic`` from the beginning, read until ``until(messages)`` or the timeout."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"test-{uuid.uuid4().hex[:8]}",
+    # NOTE: no consumer group: it commits nothing, and joining one costs 5 s per call on Tansu
+    # (the group's initial rebalance delay); without one every partition is read from the start
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=20)
     await consumer.start()
     messages: list = []

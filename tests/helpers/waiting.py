@@ -6,7 +6,7 @@ import asyncio
 import time
 
 
-async def until(probe, timeout_s: float, interval_s: float = 0.3):
+async def until(probe, timeout_s: float, interval_s: float = 0.1):
     """``probe()``'s first truthy answer within ``timeout_s`` (its last answer when none was)."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -17,13 +17,25 @@ pytestmark = pytest.mark.integration
 TASK = "text-embedding"
 
 
+@pytest.fixture(scope="module")
+def authed_stack(kafka_server, redis_server, model_repository):
+    """One stack for the module (its tests name their own requests, items and collections)."""
+    from conftest import Stack
+
+    stack = Stack(kafka_server, redis_server, model_repository, STREAMINFER_AUTH="apikey", STREAMINFER_TASKS=TASK)
+    try:
+        stack.add_worker()
+        stack.add_gateway()
+        yield stack
+    finally:
+        stack.close()
+
+
 @pytest.fixture
-async def authed(make_stack, redis_server):
-    stack = make_stack(redis_url=redis_server, STREAMINFER_AUTH="apikey", STREAMINFER_TASKS=TASK)
-    stack.add_worker()
-    url = stack.add_gateway()
+async def authed(authed_stack, redis_server):
+    stack = authed_stack
     keys = {c: {"X-API-Key": await create_api_key(redis_server, stack.prefix, c)} for c in ("alice", "bob")}
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
         yield client, keys
 
 

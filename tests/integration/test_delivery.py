@@ -233,6 +233,19 @@ class Answers:
                     else:
                         self.results[m.key.decode()].append(CODEC.decode(m.value, InferenceResult))
 
+    async def caught_up(self, timeout_s: float) -> bool:
+        """Until everything on the answer topics now has been read (their end offsets reached)."""
+        deadline = time.monotonic() + timeout_s
+        partitions = self._consumer.assignment()
+        assert len(partitions) == 3 * 6, partitions  # results of both tasks and the DLQ
+        ends = await self._consumer.end_offsets(list(partitions))
+        while time.monotonic() < deadline:
+            positions = {tp: await self._consumer.position(tp) for tp in ends}
+            if all(positions[tp] >= end for tp, end in ends.items()):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
     async def __aexit__(self, *exc) -> None:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
@@ -272,10 +285,12 @@ async def test_hostile_valid_avro_is_answered_once_and_the_worker_lives(hostile_
             done = await committed(stack.bootstrap, f"{stack.prefix}-workers", list(ends))
             if all(done.get(tp, 0) >= end for tp, end in ends.items()):
                 break
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.1)
         else:
             pytest.fail(f"not every event was committed: {done} vs {ends}")
-        await asyncio.sleep(1.0)  # committed means answered: the answers are on their topics
+        # committed means answered: the answers are on their topics, so reading up to their end
+        # offsets (taken now) reads them all
+        assert await answers.caught_up(timeout_s=30), "the answer topics were not read to their end"
     assert stack.workers[0].poll() is None, "the worker is alive"
     for where, rid in zip(placed, expect_result, strict=True):
         letters = answers.letters.get(where, [])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import httpx
 import pytest
@@ -118,20 +117,30 @@ def test_an_untrusted_certificate_says_so(registry, pki, cafile: str) -> None:
 # -- a full request -------------------------------------------------------------------------------
 
 
-def _consume_all(bootstrap: str, topics: list[str], timeout_s: float = 5.0) -> dict[str, list[bytes]]:
+def _consume_all(bootstrap: str, topics: list[str], timeout_s: float = 10.0) -> dict[str, list[bytes]]:
+    """Everything on ``topics`` now: read from the start up to their end offsets."""
     from aiokafka import AIOKafkaConsumer
 
     async def read() -> dict[str, list[bytes]]:
+        # no consumer group (joining one costs 5 s on Tansu): every partition, from the start
         consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                    group_id=f"reg-{uuid.uuid4().hex[:6]}", enable_auto_commit=False)
+                                    group_id=None, enable_auto_commit=False, fetch_max_wait_ms=20)
         await consumer.start()
         seen: dict[str, list[bytes]] = {topic: [] for topic in topics}
         try:
+            partitions = consumer.assignment()
+            assert {tp.topic for tp in partitions} == set(topics), partitions
+            ends = await consumer.end_offsets(list(partitions))
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
-                batch = await consumer.getmany(timeout_ms=500)
+                positions = {tp: await consumer.position(tp) for tp in ends}
+                if all(positions[tp] >= end for tp, end in ends.items()):
+                    break
+                batch = await consumer.getmany(timeout_ms=200)
                 for partition, messages in batch.items():
                     seen[partition.topic].extend(m.value for m in messages)
+            else:
+                raise AssertionError(f"{topics} not read to their end offsets {ends} in {timeout_s} s")
         finally:
             await consumer.stop()
         return seen

