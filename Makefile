@@ -39,6 +39,7 @@ integration: install models
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: install models
 	$(PY) -m streaminfer bench

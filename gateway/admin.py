@@ -40,11 +40,16 @@ async def stats(request: Request, principal: Caller) -> dict:
             per_priority[level] = {
                 "lag": svc.lag.lag.get((task, priority), 0) if svc.lag is not None else None,
                 "throughput_per_s": round(len(latencies) / 60.0, 3),
-                "latency_ms": {f"p{q}": round(float(np.percentile(latencies, q)), 1) for q in (50, 95, 99)}
-                if len(latencies) else None,
+                "latency_ms": {
+                    f"p{q}": round(float(np.percentile(latencies, q)), 1) for q in (50, 95, 99)
+                }
+                if len(latencies)
+                else None,
             }
-        tasks[task] = {"priorities": per_priority,
-                       "live_workers": sorted(w for w, served in workers.items() if task in served)}
+        tasks[task] = {
+            "priorities": per_priority,
+            "live_workers": sorted(w for w, served in workers.items() if task in served),
+        }
     body = {"tasks": tasks, "workers": len(workers), "at": now_ms}
     if (breakers := getattr(request.app.state, "breakers", None)) is not None:
         body["circuits"] = breakers.describe()
@@ -52,10 +57,14 @@ async def stats(request: Request, principal: Caller) -> dict:
 
 
 @router.post("/cleanup")
-async def cleanup(request: Request, principal: Caller,
-                  older_than_s: Annotated[float, Query(ge=0, le=10 * 365 * 86400,
-                                                       description="purge results completed before")] = 3600,
-                  limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000) -> dict:
+async def cleanup(
+    request: Request,
+    principal: Caller,
+    older_than_s: Annotated[
+        float, Query(ge=0, le=10 * 365 * 86400, description="purge results completed before")
+    ] = 3600,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> dict:
     """Purge stored results (and their status) completed more than ``older_than_s`` ago; at most
     ``limit`` per call. Results also expire by themselves after the result TTL."""
     require_admin(principal)

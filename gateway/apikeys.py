@@ -46,9 +46,15 @@ class ApiKeyStore:
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         hashed = digest(key)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.api_key_key(self._prefix, hashed), mapping={
-                "client": client, "scopes": ",".join(sorted(set(scopes))), "admin": "1" if admin else "0",
-                "created_at": str(int(time.time()))})
+            pipe.hset(
+                keys.api_key_key(self._prefix, hashed),
+                mapping={
+                    "client": client,
+                    "scopes": ",".join(sorted(set(scopes))),
+                    "admin": "1" if admin else "0",
+                    "created_at": str(int(time.time())),
+                },
+            )
             pipe.sadd(keys.api_client_key(self._prefix, client), hashed)
             await pipe.execute()
         return key
@@ -60,8 +66,10 @@ class ApiKeyStore:
             entry = await self._redis.hgetall(keys.api_key_key(self._prefix, digest(key)))
         if not entry:
             return None
-        entry = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
-                 for k, v in entry.items()}
+        entry = {
+            k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+            for k, v in entry.items()
+        }
         scopes = frozenset(s for s in entry.get("scopes", "").split(",") if s)
         return Principal(entry["client"], scopes, entry.get("admin") == "1")
 
@@ -74,12 +82,21 @@ class ApiKeyStore:
             if client is None:  # matched the pattern's glob, yet not one of our keys
                 continue
             digests = await self._redis.smembers(name)
-            entries = [await self._redis.hgetall(keys.api_key_key(self._prefix, d.decode())) for d in digests]
+            entries = [
+                await self._redis.hgetall(keys.api_key_key(self._prefix, d.decode()))
+                for d in digests
+            ]
             entries = [e for e in entries if e]
             if entries:
                 first = {k.decode(): v.decode() for k, v in entries[0].items()}
-                clients.append({"client": client, "scopes": first["scopes"], "admin": first["admin"] == "1",
-                                "keys": len(entries)})
+                clients.append(
+                    {
+                        "client": client,
+                        "scopes": first["scopes"],
+                        "admin": first["admin"] == "1",
+                        "keys": len(entries),
+                    }
+                )
         return sorted(clients, key=lambda c: c["client"])
 
     async def revoke(self, client: str) -> int:

@@ -68,16 +68,27 @@ def _is_loopback(host: str) -> bool:
 
 def build_service(settings: Any, producer: RequestProducer, store: ResultStore) -> InferenceService:
     """The service behind the routes, configured from ``settings``."""
-    return InferenceService(producer, store, settings.model_repository, settings.topic_prefix,
-                            settings.max_wait_s, settings.task_list,
-                            max_lag_per_task=settings.max_lag_per_task,
-                            limits=InputLimits(settings.max_text_chars, settings.max_image_bytes,
-                                               settings.max_parameters),
-                            default_deadline_ms=settings.default_deadline_ms)
+    return InferenceService(
+        producer,
+        store,
+        settings.model_repository,
+        settings.topic_prefix,
+        settings.max_wait_s,
+        settings.task_list,
+        max_lag_per_task=settings.max_lag_per_task,
+        limits=InputLimits(
+            settings.max_text_chars, settings.max_image_bytes, settings.max_parameters
+        ),
+        default_deadline_ms=settings.default_deadline_ms,
+    )
 
 
-def create_app(settings: Any, *, kafka_options: dict[str, Any] | None = None,
-               registry: RegistryClient | None = None) -> FastAPI:
+def create_app(
+    settings: Any,
+    *,
+    kafka_options: dict[str, Any] | None = None,
+    registry: RegistryClient | None = None,
+) -> FastAPI:
     """``settings``: the shell's Settings (duck-typed: the gateway does not import the shell);
     ``kafka_options``: aiokafka's security keyword arguments, ``registry``: a registry client with
     its auth and TLS (both built by the shell)."""
@@ -85,42 +96,69 @@ def create_app(settings: Any, *, kafka_options: dict[str, Any] | None = None,
     if settings.auth is None:
         raise AuthNotConfigured(
             "refusing to start without authentication: set STREAMINFER_AUTH to jwt, apikey or "
-            "jwt,apikey, or to 'disabled' to run without it on purpose")
-    if settings.auth == "disabled" and not _is_loopback(settings.gateway_host) \
-            and not getattr(settings, "allow_insecure_bind", False):
+            "jwt,apikey, or to 'disabled' to run without it on purpose"
+        )
+    if (
+        settings.auth == "disabled"
+        and not _is_loopback(settings.gateway_host)
+        and not getattr(settings, "allow_insecure_bind", False)
+    ):
         # NOTE: without auth the anonymous caller is an admin and nothing is rate limited
         raise AuthNotConfigured(
             f"refusing to serve without authentication on {settings.gateway_host}: with "
             "STREAMINFER_AUTH=disabled the gateway binds only to a loopback address unless "
-            "STREAMINFER_ALLOW_INSECURE_BIND=true")
+            "STREAMINFER_ALLOW_INSECURE_BIND=true"
+        )
     try:
         public_keys = load_public_keys(settings.jwt_public_keys) if "jwt" in settings.auth else []
-        authenticator = Authenticator(settings.auth, None, public_keys, settings.jwt_algorithms,
-                                      settings.jwt_issuer, settings.jwt_audience)
+        authenticator = Authenticator(
+            settings.auth,
+            None,
+            public_keys,
+            settings.jwt_algorithms,
+            settings.jwt_issuer,
+            settings.jwt_audience,
+        )
     except (ValueError, OSError) as exc:
         raise AuthNotConfigured(str(exc)) from exc
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        codec = AvroCodec(registry_url=None if registry else settings.schema_registry_url, registry=registry)
+        codec = AvroCodec(
+            registry_url=None if registry else settings.schema_registry_url, registry=registry
+        )
         try:  # NOTE: in a thread, now: else the first encode registers over HTTP on the loop
             await codec.prepare_async()
         except RegistryUnavailable as exc:  # retried by the encode of the first request
             logger.warning("schema registry unavailable at start: %s", exc)
-        producer = RequestProducer(settings.kafka_bootstrap_servers, codec, settings.topic_prefix,
-                                   linger_ms=settings.kafka_linger_ms,
-                                   request_timeout_ms=settings.kafka_request_timeout_ms,
-                                   kafka_options=kafka_options)
+        producer = RequestProducer(
+            settings.kafka_bootstrap_servers,
+            codec,
+            settings.topic_prefix,
+            linger_ms=settings.kafka_linger_ms,
+            request_timeout_ms=settings.kafka_request_timeout_ms,
+            kafka_options=kafka_options,
+        )
         store = ResultStore(settings.redis_dsn, codec, settings.topic_prefix, settings.result_ttl_s)
-        breakers = make_breakers(getattr(settings, "circuit_failures", 5),
-                                 getattr(settings, "circuit_reset_s", 5.0))
+        breakers = make_breakers(
+            getattr(settings, "circuit_failures", 5), getattr(settings, "circuit_reset_s", 5.0)
+        )
         app.state.breakers = store.breakers = producer.breakers = breakers
         service = build_service(settings, producer, store)
-        async def capacity(tasks: list[str]) -> dict[str, dict]:  # store.redis exists once it started
+
+        async def capacity(
+            tasks: list[str],
+        ) -> dict[str, dict]:  # store.redis exists once it started
             return await read_service(store.redis, settings.topic_prefix, tasks)
 
-        lag = LagMonitor(settings.kafka_bootstrap_servers, settings.group_id, settings.topic_prefix,
-                         sorted(service.configs), kafka_options=kafka_options, service=capacity)
+        lag = LagMonitor(
+            settings.kafka_bootstrap_servers,
+            settings.group_id,
+            settings.topic_prefix,
+            sorted(service.configs),
+            kafka_options=kafka_options,
+            service=capacity,
+        )
         async with AsyncExitStack() as stack:
             for component in (producer, store, lag):
                 await component.start()
@@ -130,21 +168,36 @@ def create_app(settings: Any, *, kafka_options: dict[str, Any] | None = None,
             app.state.collections = CollectionStore(store.redis, settings.topic_prefix)
             app.state.capacity = capacity
             authenticator.api_keys = ApiKeyStore(store.redis, settings.topic_prefix)
-            app.state.rate_limiter = None if authenticator.disabled else RateLimiter(
-                store.redis, settings.topic_prefix, settings.rate_limit_per_s, settings.rate_limit_burst)
+            app.state.rate_limiter = (
+                None
+                if authenticator.disabled
+                else RateLimiter(
+                    store.redis,
+                    settings.topic_prefix,
+                    settings.rate_limit_per_s,
+                    settings.rate_limit_burst,
+                )
+            )
             logger.info("gateway serving tasks %s", ",".join(sorted(service.configs)))
             refresher = asyncio.create_task(_refresh_tasks(service, settings.worker_model_poll_s))
             stack.push_async_callback(_cancel, refresher)
             yield
 
     app = FastAPI(
-        title="streaminfer gateway", version=VERSION, lifespan=lifespan, responses=ERROR_RESPONSES,
+        title="streaminfer gateway",
+        version=VERSION,
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
         description="Publishes inference requests as Avro events to Kafka and serves their results "
-                    "from Redis. Errors: `{error_code, message, request_id, timestamp, details}`.",
+        "from Redis. Errors: `{error_code, message, request_id, timestamp, details}`.",
     )
     app.state.auth = authenticator
-    app.state.info = {"name": "streaminfer", "version": VERSION, "component": "gateway",
-                      "config": settings.summary()}
+    app.state.info = {
+        "name": "streaminfer",
+        "version": VERSION,
+        "component": "gateway",
+        "config": settings.summary(),
+    }
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(admin_router)

@@ -27,7 +27,11 @@ def load_public_keys(value: str | None) -> list:
     """PEM text, or paths (comma-separated) of PEM files; each may hold several keys."""
     if not value:
         return []
-    texts = [value] if "-----BEGIN" in value else [Path(p.strip()).read_text() for p in value.split(",") if p.strip()]
+    texts = (
+        [value]
+        if "-----BEGIN" in value
+        else [Path(p.strip()).read_text() for p in value.split(",") if p.strip()]
+    )
     blocks = [block for text in texts for block in _PEM_BLOCK.findall(text)]
     if not blocks:
         raise ValueError("STREAMINFER_JWT_PUBLIC_KEYS holds no PEM public key")
@@ -35,8 +39,15 @@ def load_public_keys(value: str | None) -> list:
 
 
 class Authenticator:
-    def __init__(self, modes: str, api_keys: ApiKeyStore | None, public_keys: list, algorithms: str,
-                 issuer: str | None = None, audience: str | None = None) -> None:
+    def __init__(
+        self,
+        modes: str,
+        api_keys: ApiKeyStore | None,
+        public_keys: list,
+        algorithms: str,
+        issuer: str | None = None,
+        audience: str | None = None,
+    ) -> None:
         self.modes = set(modes.split(","))
         self.api_keys = api_keys
         """Set by the app once Redis is connected (its lifespan); None until then."""
@@ -47,7 +58,9 @@ class Authenticator:
         self._issuer = issuer
         self._audience = audience
         if "jwt" in self.modes and not self._public_keys:
-            raise ValueError("STREAMINFER_AUTH includes jwt but STREAMINFER_JWT_PUBLIC_KEYS is empty")
+            raise ValueError(
+                "STREAMINFER_AUTH includes jwt but STREAMINFER_JWT_PUBLIC_KEYS is empty"
+            )
 
     @property
     def disabled(self) -> bool:
@@ -64,12 +77,16 @@ class Authenticator:
         if api_key is not None and "apikey" in self.modes:
             principal = await self.api_keys.lookup(api_key.strip())
             if principal is None:
-                raise Unauthorized("unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+                raise Unauthorized(
+                    "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"}
+                )
             return principal
         if scheme.lower() == "bearer" and token and "jwt" in self.modes:
             return self._verify_jwt(token.strip())
-        raise Unauthorized("credentials required: Authorization: Bearer <token> or X-API-Key",
-                           headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthorized(
+            "credentials required: Authorization: Bearer <token> or X-API-Key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     def _verify_jwt(self, token: str) -> Principal:
         try:
@@ -83,8 +100,15 @@ class Authenticator:
         last: Exception | None = None
         for key in (k for k in self._public_keys if isinstance(k, key_type)):
             try:
-                claims = jwt.decode(token, key, algorithms=self._algorithms, options=options,
-                                    issuer=self._issuer, audience=self._audience, leeway=5)
+                claims = jwt.decode(
+                    token,
+                    key,
+                    algorithms=self._algorithms,
+                    options=options,
+                    issuer=self._issuer,
+                    audience=self._audience,
+                    leeway=5,
+                )
             except jwt.InvalidSignatureError as exc:  # maybe another of the configured keys
                 last = exc
                 continue
@@ -106,7 +130,9 @@ def principal_of(claims: dict) -> Principal:
         raise Unauthorized("invalid token: sub must be a non-empty string")
     is_admin = claims.get("is_admin", False)
     if not isinstance(is_admin, bool):
-        raise Unauthorized(f"invalid token: is_admin must be a JSON boolean, not {type(is_admin).__name__}")
+        raise Unauthorized(
+            f"invalid token: is_admin must be a JSON boolean, not {type(is_admin).__name__}"
+        )
     scopes = _scope_claim(claims, "permissions") | _scope_claim(claims, "scope")
     return Principal(sub, scopes, is_admin)
 
@@ -119,7 +145,9 @@ def _scope_claim(claims: dict, name: str) -> frozenset[str]:
         return frozenset(value.split())
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return frozenset(value)
-    raise Unauthorized(f"invalid token: {name} must be a list of strings or a space-separated string")
+    raise Unauthorized(
+        f"invalid token: {name} must be a list of strings or a space-separated string"
+    )
 
 
 def require(principal: Principal, scope: str) -> None:

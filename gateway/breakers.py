@@ -17,7 +17,11 @@ from . import metrics
 from .errors import ServiceUnavailable
 
 REDIS, KAFKA, REGISTRY = "redis", "kafka", "registry"
-WHAT = {REDIS: "the result store (Redis)", KAFKA: "the message broker", REGISTRY: "the schema registry"}
+WHAT = {
+    REDIS: "the result store (Redis)",
+    KAFKA: "the message broker",
+    REGISTRY: "the schema registry",
+}
 
 
 def is_failure(exc: BaseException) -> bool:
@@ -35,8 +39,9 @@ def _set_metric(name: str, value: int) -> None:
     metrics.CIRCUIT_STATE.labels(name).set(value)
 
 
-def make_breakers(failures: int = DEFAULT_FAILURES, reset_s: float = DEFAULT_RESET_S,
-                  **kwargs) -> Breakers:
+def make_breakers(
+    failures: int = DEFAULT_FAILURES, reset_s: float = DEFAULT_RESET_S, **kwargs
+) -> Breakers:
     breakers = Breakers(failures, reset_s, is_failure=is_failure, on_state=_set_metric, **kwargs)
     breakers.declare(REDIS, KAFKA, REGISTRY)
     return breakers
@@ -62,7 +67,8 @@ class _Guarded:
                 f"{WHAT.get(self._name, self._name)} failed repeatedly; not tried again for "
                 f"{exc.retry_after_s:.1f} s (circuit breaker open)",
                 headers={"Retry-After": self._breakers.retry_after_header(self._name)},
-                details={"circuit": self._name, "state": "open"}) from None
+                details={"circuit": self._name, "state": "open"},
+            ) from None
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         return self._guard.__exit__(exc_type, exc, tb)
@@ -72,4 +78,6 @@ def probed(breakers: Breakers | None, name: str, answered: bool) -> None:
     """A health probe's answer (``/ready``) as the half-open probe of a breaker that is due for
     one, so that an idle gateway's breakers close (and show closed) once the dependency is back."""
     if breakers is not None and breakers.is_open(name) and breakers.retry_after_s(name) == 0:
-        breakers.record(name, None if answered else ConnectionError(f"{name} did not answer a probe"))
+        breakers.record(
+            name, None if answered else ConnectionError(f"{name} did not answer a probe")
+        )

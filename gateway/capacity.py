@@ -38,8 +38,11 @@ async def read_service(redis: Redis, prefix: str, tasks: Sequence[str]) -> dict[
             except (ValueError, KeyError, TypeError) as exc:  # a foreign or old entry: not counted
                 logger.debug("service entry of %s for %s unreadable: %r", worker, task, exc)
         live = sum(int(w["instances"]) for w in workers.values())
-        timed = [(w["service_ms_per_item"], int(w["instances"])) for w in workers.values()
-                 if isinstance(w.get("service_ms_per_item"), int | float)]
+        timed = [
+            (w["service_ms_per_item"], int(w["instances"]))
+            for w in workers.values()
+            if isinstance(w.get("service_ms_per_item"), int | float)
+        ]
         per_item = sum(ms * n for ms, n in timed) / sum(n for _, n in timed) if timed else None
         found[task] = {"live_instances": live, "service_ms_per_item": per_item, "workers": workers}
     return found

@@ -29,12 +29,15 @@ from .errors import InvalidRequest, collection_errors
 
 router = APIRouter(tags=["collections"])
 
+
 def _schema_pattern(pattern: re.Pattern) -> str:
     """The pattern in the OpenAPI document's dialect (ECMA 262 has no ``\\Z``)."""
     return pattern.pattern.replace("\\Z", "$")
 
 
-Name = Annotated[str, Path(pattern=_schema_pattern(NAME_PATTERN), description="the collection's name")]
+Name = Annotated[
+    str, Path(pattern=_schema_pattern(NAME_PATTERN), description="the collection's name")
+]
 ItemId = Annotated[str, Path(pattern=_schema_pattern(ITEM_ID_PATTERN), description="the item's id")]
 FLOAT32_MAX = 3.4028234e38
 NOT_BLANK = r"[^\s\x1c-\x1f\x85]"
@@ -45,14 +48,26 @@ Scalar = str | float | bool | None
 class _TextOrEmbedding(BaseModel):
     # exactly one of the two: the validator says so, and the schema too (oneOf), so generated and
     # hand-written clients see it; SkipJsonSchema keeps "null" out of the documented types
-    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["embedding"]}]})
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["embedding"]}]}
+    )
 
     # not blank: a character that Python's str.strip keeps (ECMA's \s, \x1c-\x1f and \x85 it drops)
-    text: str | SkipJsonSchema[None] = Field(None, pattern=NOT_BLANK, json_schema_extra={"pattern": NOT_BLANK},
-                                             description="embedded by the text-embedding task first")
-    embedding: list[Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]] | SkipJsonSchema[None] = Field(
-        None, min_length=1, max_length=MAX_DIMENSION, description="the vector itself: finite, not all zero",
-        json_schema_extra={"contains": {"not": {"const": 0}}})
+    text: str | SkipJsonSchema[None] = Field(
+        None,
+        pattern=NOT_BLANK,
+        json_schema_extra={"pattern": NOT_BLANK},
+        description="embedded by the text-embedding task first",
+    )
+    embedding: (
+        list[Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]] | SkipJsonSchema[None]
+    ) = Field(
+        None,
+        min_length=1,
+        max_length=MAX_DIMENSION,
+        description="the vector itself: finite, not all zero",
+        json_schema_extra={"contains": {"not": {"const": 0}}},
+    )
 
     @model_validator(mode="after")
     def _one_of(self):
@@ -65,8 +80,10 @@ class ItemBody(_TextOrEmbedding):
     """Body of ``PUT /v1/collections/{name}/items/{id}``."""
 
     metadata: dict[str, Scalar] | SkipJsonSchema[None] = Field(
-        None, description=f"a flat JSON object, at most {MAX_METADATA_BYTES} bytes",
-        json_schema_extra={"maxProperties": 32})
+        None,
+        description=f"a flat JSON object, at most {MAX_METADATA_BYTES} bytes",
+        json_schema_extra={"maxProperties": 32},
+    )
 
 
 class SearchBody(_TextOrEmbedding):
@@ -74,7 +91,8 @@ class SearchBody(_TextOrEmbedding):
 
     k: int = Field(10, ge=1, description=f"how many matches; at most {MAX_K} are returned")
     filter: dict[str, Scalar] | SkipJsonSchema[None] = Field(
-        None, description="metadata keys that must equal these values")
+        None, description="metadata keys that must equal these values"
+    )
 
 
 class Stored(BaseModel):
@@ -147,9 +165,14 @@ async def list_collections(principal: Caller, store: Store) -> dict:
         return {"collections": await store.list(_owner(principal))}
 
 
-@router.put("/v1/collections/{name}/items/{item_id}", response_model=Stored, summary="Insert or replace an item")
-async def put_item(name: Name, item_id: ItemId, body: ItemBody, request: Request, principal: Caller,
-                   store: Store) -> dict:
+@router.put(
+    "/v1/collections/{name}/items/{item_id}",
+    response_model=Stored,
+    summary="Insert or replace an item",
+)
+async def put_item(
+    name: Name, item_id: ItemId, body: ItemBody, request: Request, principal: Caller, store: Store
+) -> dict:
     """Store the item's vector (given, or the embedding of ``text``) and metadata under its id,
     replacing what was there; the first item creates the collection and fixes its dimension."""
     require(principal, "inference:submit")
@@ -167,7 +190,9 @@ async def get_item(name: Name, item_id: ItemId, principal: Caller, store: Store)
         return await store.get(_owner(principal), name, item_id)
 
 
-@router.delete("/v1/collections/{name}/items/{item_id}", response_model=Deleted, summary="Delete an item")
+@router.delete(
+    "/v1/collections/{name}/items/{item_id}", response_model=Deleted, summary="Delete an item"
+)
 async def delete_item(name: Name, item_id: ItemId, principal: Caller, store: Store) -> dict:
     """Remove the item; searches of every process stop finding it at once."""
     require(principal, "inference:submit")
@@ -177,7 +202,9 @@ async def delete_item(name: Name, item_id: ItemId, principal: Caller, store: Sto
 
 
 @router.post("/v1/collections/{name}/search", response_model=Matches, summary="Nearest items")
-async def search(name: Name, body: SearchBody, request: Request, principal: Caller, store: Store) -> dict:
+async def search(
+    name: Name, body: SearchBody, request: Request, principal: Caller, store: Store
+) -> dict:
     """The ``k`` items nearest to the vector (given, or the embedding of ``text``) by cosine,
     best first; ``filter``: metadata keys that must equal the given values."""
     require(principal, "inference:read")

@@ -51,8 +51,15 @@ class GatewayError(Exception):
     status = 500
     code = "INTERNAL_ERROR"
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
-                 details: dict | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        details: dict | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.code
@@ -114,18 +121,25 @@ class ErrorBody(BaseModel):
 
 
 _DESCRIPTIONS = {
-    400: "malformed request (INVALID_REQUEST)", 401: "UNAUTHORIZED", 403: "FORBIDDEN",
+    400: "malformed request (INVALID_REQUEST)",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
     404: "TASK_NOT_FOUND, REQUEST_NOT_FOUND, MODEL_VERSION_NOT_FOUND, COLLECTION_NOT_FOUND, "
-         "ITEM_NOT_FOUND or (/v2 infer, an entity with no features) FEATURES_NOT_FOUND", 405: "method not allowed",
-    409: "IDEMPOTENCY_CONFLICT", 413: "PAYLOAD_TOO_LARGE",
+    "ITEM_NOT_FOUND or (/v2 infer, an entity with no features) FEATURES_NOT_FOUND",
+    405: "method not allowed",
+    409: "IDEMPOTENCY_CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
     422: "INVALID_REQUEST, COLLECTION_DIMENSION_MISMATCH, COLLECTION_LIMIT_EXCEEDED or (/v2 infer) "
-         "FEATURE_VALIDATION_FAILED",
-    429: "RATE_LIMIT_EXCEEDED or OVERLOADED (see Retry-After)", 500: "INTERNAL_ERROR",
+    "FEATURE_VALIDATION_FAILED",
+    429: "RATE_LIMIT_EXCEEDED or OVERLOADED (see Retry-After)",
+    500: "INTERNAL_ERROR",
     503: "SERVICE_UNAVAILABLE (see Retry-After): Redis or Kafka not reachable, or no worker has served "
-         "the task yet", 504: "INFERENCE_TIMEOUT",
+    "the task yet",
+    504: "INFERENCE_TIMEOUT",
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": text} for status, text in _DESCRIPTIONS.items()}
+    status: {"model": ErrorBody, "description": text} for status, text in _DESCRIPTIONS.items()
+}
 """Declared on every route, so the OpenAPI schema documents the error body clients get."""
 
 
@@ -136,8 +150,9 @@ def reaching(what: str) -> Iterator[None]:
         yield
     except UNREACHABLE as exc:
         logger.warning("redis call (%s) failed: %r", what, exc)
-        raise ServiceUnavailable(f"the {what} is not reachable; retry later",
-                                 details={"dependency": "redis"}) from exc
+        raise ServiceUnavailable(
+            f"the {what} is not reachable; retry later", details={"dependency": "redis"}
+        ) from exc
 
 
 def from_model_error(exc: ModelError) -> GatewayError:
@@ -148,7 +163,11 @@ def from_model_error(exc: ModelError) -> GatewayError:
     return InvalidRequest(str(exc))
 
 
-_COLLECTION_STATUS = {"COLLECTION_NOT_FOUND": 404, "ITEM_NOT_FOUND": 404, "COLLECTION_DIMENSION_MISMATCH": 409}
+_COLLECTION_STATUS = {
+    "COLLECTION_NOT_FOUND": 404,
+    "ITEM_NOT_FOUND": 404,
+    "COLLECTION_DIMENSION_MISMATCH": 409,
+}
 """A vector of another length than the collection's is a conflict with its state (409); every
 other collection error (invalid input, a limit) is 422."""
 
@@ -161,8 +180,12 @@ def collection_errors() -> Iterator[None]:
         with reaching("collection store"):
             yield
     except CollectionError as exc:
-        raise GatewayError(exc.message, code=exc.code, status=_COLLECTION_STATUS.get(exc.code, 422),
-                           details=exc.details) from None
+        raise GatewayError(
+            exc.message,
+            code=exc.code,
+            status=_COLLECTION_STATUS.get(exc.code, 422),
+            details=exc.details,
+        ) from None
 
 
 def request_id_of(request: Request) -> str | None:
@@ -208,10 +231,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         malformed = any(e.get("type") == "json_invalid" for e in errors)
-        problems = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")} for e in errors]
-        message = "request body is not valid JSON" if malformed else "request does not match the API"
-        return error_response(request, InvalidRequest(message, status=400 if malformed else 422,
-                                                      details={"errors": problems}))
+        problems = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")} for e in errors
+        ]
+        message = (
+            "request body is not valid JSON" if malformed else "request does not match the API"
+        )
+        return error_response(
+            request,
+            InvalidRequest(message, status=400 if malformed else 422, details={"errors": problems}),
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -227,8 +256,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unreachable(request: Request, exc: Exception) -> JSONResponse:
         dependency = "kafka" if isinstance(exc, KafkaError) else "redis"
         logger.warning("%s unreachable on %s: %r", dependency, request.url.path, exc)
-        return error_response(request, ServiceUnavailable(f"{dependency} is not reachable; retry later",
-                                                          details={"dependency": dependency}))
+        return error_response(
+            request,
+            ServiceUnavailable(
+                f"{dependency} is not reachable; retry later", details={"dependency": dependency}
+            ),
+        )
 
     for kind in (RedisError, OSError, KafkaError):
         app.add_exception_handler(kind, _unreachable)
@@ -237,4 +270,6 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         incident = uuid.uuid4().hex[:12]
         logger.exception("unhandled error (incident %s)", incident)
-        return error_response(request, GatewayError("internal error", details={"incident": incident}))
+        return error_response(
+            request, GatewayError("internal error", details={"incident": incident})
+        )

@@ -19,8 +19,11 @@ from .errors import InvalidRequest, PayloadTooLarge
 
 
 def is_oip_tensor_list(inputs: Any) -> bool:
-    return (isinstance(inputs, list) and bool(inputs)
-            and all(isinstance(t, dict) and "datatype" in t and "data" in t for t in inputs))
+    return (
+        isinstance(inputs, list)
+        and bool(inputs)
+        and all(isinstance(t, dict) and "datatype" in t and "data" in t for t in inputs)
+    )
 
 
 def oip_to_arrays(tensors: list[dict]) -> dict[str, np.ndarray]:
@@ -33,18 +36,24 @@ def oip_to_arrays(tensors: list[dict]) -> dict[str, np.ndarray]:
         if not isinstance(name, str) or not name:
             raise InvalidRequest(f"input tensor #{position} has no name")
         if datatype not in NUMPY_DTYPES:
-            raise InvalidRequest(f"input {name!r}: unknown datatype {datatype!r}",
-                                 details={"allowed": sorted(NUMPY_DTYPES)})
+            raise InvalidRequest(
+                f"input {name!r}: unknown datatype {datatype!r}",
+                details={"allowed": sorted(NUMPY_DTYPES)},
+            )
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise InvalidRequest(f"input {name!r}: shape must be a list of non-negative integers")
         try:
             if datatype == "BYTES":
-                flat = np.array([_text(v) for v in np.array(tensor["data"], dtype=object).ravel()], dtype=object)
+                flat = np.array(
+                    [_text(v) for v in np.array(tensor["data"], dtype=object).ravel()], dtype=object
+                )
             else:
                 flat = np.asarray(tensor["data"], dtype=NUMPY_DTYPES[datatype]).ravel()
             arrays[name] = flat.reshape(shape)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise InvalidRequest(f"input {name!r}: data does not fit datatype {datatype} and shape {shape}: {exc}") from exc
+            raise InvalidRequest(
+                f"input {name!r}: data does not fit datatype {datatype} and shape {shape}: {exc}"
+            ) from exc
     return arrays
 
 
@@ -57,7 +66,11 @@ def _text(value: Any) -> str:
 def tensors_from_body(config: ModelConfig, inputs: Any) -> dict[str, np.ndarray]:
     """Validated input arrays for ``config``; raises :class:`InvalidRequest` with a clear message."""
     try:
-        arrays = oip_to_arrays(inputs) if is_oip_tensor_list(inputs) else friendly_to_tensors(config, inputs)
+        arrays = (
+            oip_to_arrays(inputs)
+            if is_oip_tensor_list(inputs)
+            else friendly_to_tensors(config, inputs)
+        )
         validate_tensors(config, arrays)
     except InvalidInput as exc:
         raise InvalidRequest(str(exc)) from exc
@@ -80,14 +93,21 @@ def check_limits(config: ModelConfig, inputs: Any, parameters: dict, limits: Inp
     """400 for inputs nested past the bound, 413 for a text or image over its size, 422 for too
     many parameters or text that is not Unicode (a lone surrogate cannot be encoded as UTF-8)."""
     if _nested_past(inputs, limits.max_json_depth - 1):
-        raise InvalidRequest(f"request body nested deeper than {limits.max_json_depth} levels", status=400,
-                             details={"max_json_depth": limits.max_json_depth})
+        raise InvalidRequest(
+            f"request body nested deeper than {limits.max_json_depth} levels",
+            status=400,
+            details={"max_json_depth": limits.max_json_depth},
+        )
     if len(parameters) > limits.max_parameters:
         raise InvalidRequest(f"{len(parameters)} parameters; at most {limits.max_parameters}")
     for name, value in parameters.items():
         _check_unicode(f"parameter {name!r}", name)
         _check_unicode(f"parameter {name!r}", value)
-    image_keys = {key for key, source in config.friendly.get("inputs", {}).items() if source["kind"] == "image"}
+    image_keys = {
+        key
+        for key, source in config.friendly.get("inputs", {}).items()
+        if source["kind"] == "image"
+    }
     tops = inputs.items() if isinstance(inputs, dict) else [(None, inputs)]
     for key, value in tops:
         if isinstance(key, str):
@@ -97,11 +117,15 @@ def check_limits(config: ModelConfig, inputs: Any, parameters: dict, limits: Inp
             if key in image_keys:
                 size = len(text) * 3 // 4  # base64
                 if size > limits.max_image_bytes:
-                    raise PayloadTooLarge(f"image {key!r} of about {size} bytes; at most {limits.max_image_bytes}",
-                                          details={"max_image_bytes": limits.max_image_bytes})
+                    raise PayloadTooLarge(
+                        f"image {key!r} of about {size} bytes; at most {limits.max_image_bytes}",
+                        details={"max_image_bytes": limits.max_image_bytes},
+                    )
             elif len(text) > limits.max_text_chars:
-                raise PayloadTooLarge(f"a text of {len(text)} characters; at most {limits.max_text_chars}",
-                                      details={"max_text_chars": limits.max_text_chars})
+                raise PayloadTooLarge(
+                    f"a text of {len(text)} characters; at most {limits.max_text_chars}",
+                    details={"max_text_chars": limits.max_text_chars},
+                )
 
 
 def _check_unicode(where: str, value: Any) -> None:
@@ -109,7 +133,9 @@ def _check_unicode(where: str, value: Any) -> None:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise InvalidRequest(f"{where}: text is not valid Unicode ({exc.reason} at {exc.start})") from exc
+            raise InvalidRequest(
+                f"{where}: text is not valid Unicode ({exc.reason} at {exc.start})"
+            ) from exc
 
 
 def _nested_past(value: Any, bound: int) -> bool:
@@ -121,7 +147,9 @@ def _nested_past(value: Any, bound: int) -> bool:
         if isinstance(item, dict | list):
             if depth > bound:
                 return True
-            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+            stack.extend(
+                (child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
+            )
     return False
 
 

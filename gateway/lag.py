@@ -21,9 +21,16 @@ logger = logging.getLogger(__name__)
 
 
 class LagMonitor:
-    def __init__(self, bootstrap_servers: str, group_id: str, prefix: str, tasks: list[str],
-                 interval_s: float = 1.0, kafka_options: dict | None = None,
-                 service: Callable[[list[str]], Awaitable[dict[str, dict]]] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        group_id: str,
+        prefix: str,
+        tasks: list[str],
+        interval_s: float = 1.0,
+        kafka_options: dict | None = None,
+        service: Callable[[list[str]], Awaitable[dict[str, dict]]] | None = None,
+    ) -> None:
         self._kafka_options = dict(kafka_options or {})
         self._bootstrap = bootstrap_servers
         self._group_id = group_id
@@ -37,10 +44,15 @@ class LagMonitor:
         """(task, priority) -> messages not yet committed by the workers' group."""
 
     async def start(self) -> None:
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=5000,
-                                          **self._kafka_options)
-        self._offsets = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False,
-                                         request_timeout_ms=5000, **self._kafka_options)
+        self._admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._bootstrap, request_timeout_ms=5000, **self._kafka_options
+        )
+        self._offsets = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            enable_auto_commit=False,
+            request_timeout_ms=5000,
+            **self._kafka_options,
+        )
         await self._admin.start()
         await self._offsets.start()
         self._closed = False
@@ -71,19 +83,27 @@ class LagMonitor:
                     service = await self._service(self._tasks)
                     for (task, priority), lag in self.lag.items():
                         metrics.DRAIN_SECONDS.labels(task, priority.topic_suffix).set(
-                            drain_seconds(lag, service.get(task)))
+                            drain_seconds(lag, service.get(task))
+                        )
                 except Exception as exc:
                     logger.warning("could not read the workers' service times: %r", exc)
             await asyncio.sleep(self._interval_s)
 
     async def measure(self) -> dict[tuple[str, Priority], int]:
-        topics = {request_topic(self._prefix, t, p): (t, p) for t in self._tasks for p in PRIORITIES}
+        topics = {
+            request_topic(self._prefix, t, p): (t, p) for t in self._tasks for p in PRIORITIES
+        }
         if not all(self._offsets.partitions_for_topic(topic) for topic in topics):
             await self._offsets.topics()  # loads metadata of every topic (the ones here exist)
-        partitions = [TopicPartition(topic, p) for topic in topics
-                      for p in (self._offsets.partitions_for_topic(topic) or ())]
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in (self._offsets.partitions_for_topic(topic) or ())
+        ]
         ends = await self._offsets.end_offsets(partitions)
-        committed = await self._admin.list_consumer_group_offsets(self._group_id, partitions=partitions)
+        committed = await self._admin.list_consumer_group_offsets(
+            self._group_id, partitions=partitions
+        )
         lag: dict[tuple[str, Priority], int] = {key: 0 for key in topics.values()}
         for tp, end in ends.items():
             meta = committed.get(tp)

@@ -74,8 +74,10 @@ class BodySizeLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         # NOTE: before any route, so no request id yet, and not counted by route in inference_errors
-        error = PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes",
-                                details={"max_body_bytes": self.max_body_bytes})
+        error = PayloadTooLarge(
+            f"request body exceeds {self.max_body_bytes} bytes",
+            details={"max_body_bytes": self.max_body_bytes},
+        )
         await error_json(error, None)(scope, receive, send)
 
 
@@ -107,10 +109,14 @@ class RateLimiter:
 
     async def check(self, principal: Principal) -> None:
         with reaching("rate limit store"):
-            allowed, wait = await self._script(keys=[keys.rate_limit_key(self._prefix, principal.client_id)],
-                                               args=[self._per_s, self._burst])
+            allowed, wait = await self._script(
+                keys=[keys.rate_limit_key(self._prefix, principal.client_id)],
+                args=[self._per_s, self._burst],
+            )
         if not int(allowed):
             retry = max(1, int(float(wait) + 0.999))
-            raise TooManyRequests(f"rate limit of {self._per_s:g}/s (burst {self._burst}) exceeded",
-                                  headers={"Retry-After": str(retry)},
-                                  details={"limit_per_s": self._per_s, "burst": self._burst})
+            raise TooManyRequests(
+                f"rate limit of {self._per_s:g}/s (burst {self._burst}) exceeded",
+                headers={"Retry-After": str(retry)},
+                details={"limit_per_s": self._per_s, "burst": self._burst},
+            )

@@ -28,7 +28,9 @@ def split_request(body: bytes, header_length: str) -> Any:
                 continue
             name = tensor.get("name")
             if "data" in tensor:
-                raise InvalidRequest(f"input {name!r} has both data and parameters.binary_data_size")
+                raise InvalidRequest(
+                    f"input {name!r} has both data and parameters.binary_data_size"
+                )
             tensor["data"] = _values(name, str(tensor.get("datatype", "")).upper(), raw)
     except wire.FramingError as exc:
         raise InvalidRequest(str(exc), status=400, details=exc.details) from None
@@ -44,7 +46,10 @@ def _values(name: Any, datatype: str, raw: bytes) -> list:
         return [_text(name, item) for item in wire.unpack_bytes(raw, label)]
     dtype = NUMPY_DTYPES.get(datatype)
     if dtype is None:
-        raise InvalidRequest(f"input {name!r}: unknown datatype {datatype!r}", details={"allowed": sorted(NUMPY_DTYPES)})
+        raise InvalidRequest(
+            f"input {name!r}: unknown datatype {datatype!r}",
+            details={"allowed": sorted(NUMPY_DTYPES)},
+        )
     return wire.fixed_values(raw, dtype, label, datatype).tolist()
 
 
@@ -58,11 +63,15 @@ def _text(name: Any, item: bytes) -> str:
 def raw_bytes(array: np.ndarray, datatype: str) -> bytes:
     """An output tensor as binary data."""
     if datatype == "BYTES":
-        return wire.pack_bytes(i if isinstance(i, bytes) else str(i).encode() for i in array.ravel().tolist())
+        return wire.pack_bytes(
+            i if isinstance(i, bytes) else str(i).encode() for i in array.ravel().tolist()
+        )
     return wire.fixed_bytes(array)
 
 
-def binary_response(header: dict, chunks: list[bytes], headers: dict[str, str] | None = None) -> Response:
+def binary_response(
+    header: dict, chunks: list[bytes], headers: dict[str, str] | None = None
+) -> Response:
     """The JSON header, then the binary outputs' bytes in the order of ``header["outputs"]``."""
     body, length = wire.frame(header, chunks)
     return Response(body, media_type=MEDIA_TYPE, headers={**(headers or {}), HEADER: str(length)})

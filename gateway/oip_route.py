@@ -67,5 +67,9 @@ async def _kserve_error(request: Request, exc: Exception) -> Response:
         return response
     if not isinstance(body, dict) or not isinstance(body.get("message"), str):
         return response
-    headers = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
-    return JSONResponse({"error": body["message"], **body}, status_code=response.status_code, headers=headers)
+    headers = {
+        k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")
+    }
+    return JSONResponse(
+        {"error": body["message"], **body}, status_code=response.status_code, headers=headers
+    )

@@ -33,9 +33,17 @@ class RequestProducer:
     """The gateway's circuit breakers (set by the app): encodes go through ``registry``,
     publishes through ``kafka``."""
 
-    def __init__(self, bootstrap_servers: str, codec: AvroCodec, prefix: str,
-                 linger_ms: int = 2, request_timeout_ms: int = 10_000, probe_timeout_s: float = 2.0,
-                 probe_cache_s: float = 1.0, kafka_options: dict | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        codec: AvroCodec,
+        prefix: str,
+        linger_ms: int = 2,
+        request_timeout_ms: int = 10_000,
+        probe_timeout_s: float = 2.0,
+        probe_cache_s: float = 1.0,
+        kafka_options: dict | None = None,
+    ) -> None:
         """``kafka_options``: security keyword arguments of aiokafka (TLS, SASL), from the shell."""
         self._kafka_options = dict(kafka_options or {})
         self._bootstrap = bootstrap_servers
@@ -54,8 +62,11 @@ class RequestProducer:
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap, linger_ms=self._linger_ms, acks="all",
-            request_timeout_ms=int(self._timeout_s * 1000), **self._kafka_options,
+            bootstrap_servers=self._bootstrap,
+            linger_ms=self._linger_ms,
+            acks="all",
+            request_timeout_ms=int(self._timeout_s * 1000),
+            **self._kafka_options,
         )
         await self._producer.start()
         self._closed = False
@@ -91,8 +102,11 @@ class RequestProducer:
                 await self._producer.client.fetch_all_metadata()
             reachable = True
         except (KafkaError, TimeoutError, OSError) as exc:
-            logger.warning("the broker did not answer a metadata request in %.1f s: %r",
-                           self._probe_timeout_s, exc)
+            logger.warning(
+                "the broker did not answer a metadata request in %.1f s: %r",
+                self._probe_timeout_s,
+                exc,
+            )
             reachable = False
         self._reachable, self._probed_at = reachable, time.monotonic()
         return reachable
@@ -129,16 +143,22 @@ class RequestProducer:
                 if carried != request.trace:
                     request = dataclasses.replace(request, trace={**request.trace, **carried})
                 with guarded(self.breakers, REGISTRY):
-                    value, accepted_value = self._codec.encode(request), self._codec.encode(accepted)
+                    value, accepted_value = (
+                        self._codec.encode(request),
+                        self._codec.encode(accepted),
+                    )
                 with guarded(self.breakers, KAFKA):
                     async with asyncio.timeout(self._timeout_s):
-                        sent = await self._producer.send(topic, value, key=key,
-                                                         headers=headers or None, partition=partition)
+                        sent = await self._producer.send(
+                            topic, value, key=key, headers=headers or None, partition=partition
+                        )
                         audit = topics.audit_topic(self._prefix)
-                        audited = await self._producer.send(audit, accepted_value, key=key,
-                                                            partition=self._partition(audit, key))
+                        audited = await self._producer.send(
+                            audit, accepted_value, key=key, partition=self._partition(audit, key)
+                        )
                         await asyncio.gather(sent, audited)
         except (KafkaError, TimeoutError) as exc:
             logger.warning("publishing %s to %s failed: %r", request.request_id, topic, exc)
-            raise ServiceUnavailable("the message broker is not reachable; retry later",
-                                     headers={"Retry-After": "1"}) from exc
+            raise ServiceUnavailable(
+                "the message broker is not reachable; retry later", headers={"Retry-After": "1"}
+            ) from exc

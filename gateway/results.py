@@ -66,8 +66,13 @@ class ResultStore:
     async def start(self) -> None:
         # NOTE: a blocking pool queues callers past max_connections; the default pool raises
         # MaxConnectionsError at 100 concurrent calls, which a burst of waiters reaches.
-        pool = BlockingConnectionPool.from_url(self._redis_url, max_connections=256, timeout=5,
-                                               socket_connect_timeout=2, socket_timeout=5)
+        pool = BlockingConnectionPool.from_url(
+            self._redis_url,
+            max_connections=256,
+            timeout=5,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+        )
         self.redis = Redis.from_pool(pool)  # owns the pool: aclose() disconnects it
         self._waiters: dict[str, set[asyncio.Future]] = defaultdict(set)
         self._queued: list[tuple[str, str, str | None, asyncio.Future]] = []
@@ -116,7 +121,11 @@ class ResultStore:
                 pipe.zrangebyscore(index, since, "+inf")
                 _, members = await pipe.execute()
             ids = [m.decode() if isinstance(m, bytes) else m for m in members]
-            values = await self.redis.mget([keys.worker_key(self._prefix, w) for w in ids]) if ids else []
+            values = (
+                await self.redis.mget([keys.worker_key(self._prefix, w) for w in ids])
+                if ids
+                else []
+            )
         workers = {}
         for value in values:
             if value:
@@ -136,8 +145,9 @@ class ResultStore:
             replies = await self._call(pipe.execute())
         return {t.decode() if isinstance(t, bytes) else t for t in replies[-1]}
 
-    async def claim_idempotency(self, client_id: str | None, key: str, request_id: str,
-                                body_digest: str) -> IdempotencyClaim:
+    async def claim_idempotency(
+        self, client_id: str | None, key: str, request_id: str, body_digest: str
+    ) -> IdempotencyClaim:
         """Bind ``key`` to ``request_id`` unless it is bound already; returns the binding."""
         redis_key = keys.idempotency_key(self._prefix, client_id, key)
         claim = json.dumps({"request_id": request_id, "body": body_digest, "published": False})
@@ -149,16 +159,23 @@ class ResultStore:
         bound = json.loads(bound)
         # a claim written before the "published" field existed was released on any failure,
         # so one that is still there was published
-        return IdempotencyClaim(bound["request_id"], same_body=bound["body"] == body_digest,
-                                published=bound.get("published", True))
+        return IdempotencyClaim(
+            bound["request_id"],
+            same_body=bound["body"] == body_digest,
+            published=bound.get("published", True),
+        )
 
-    async def confirm_idempotency(self, client_id: str | None, key: str, request_id: str,
-                                  body_digest: str) -> None:
+    async def confirm_idempotency(
+        self, client_id: str | None, key: str, request_id: str, body_digest: str
+    ) -> None:
         """The claim's request was acknowledged by the broker: later retries need not publish it."""
         claim = json.dumps({"request_id": request_id, "body": body_digest, "published": True})
         # xx: never re-create a claim that expired meanwhile; keepttl: the claim's own expiry
-        await self._call(self.redis.set(keys.idempotency_key(self._prefix, client_id, key), claim,
-                                        xx=True, keepttl=True))
+        await self._call(
+            self.redis.set(
+                keys.idempotency_key(self._prefix, client_id, key), claim, xx=True, keepttl=True
+            )
+        )
 
     async def mark_queued(self, request_id: str, task: str, client_id: str | None) -> None:
         """Store the request's status as queued, with its task and owner; returns once Redis
@@ -186,8 +203,14 @@ class ResultStore:
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for request_id, task, client_id, _ in batch:
-                        pipe.eval(_MARK_QUEUED, 1, keys.status_key(self._prefix, request_id),
-                                  task, client_id or "", self._ttl_s)
+                        pipe.eval(
+                            _MARK_QUEUED,
+                            1,
+                            keys.status_key(self._prefix, request_id),
+                            task,
+                            client_id or "",
+                            self._ttl_s,
+                        )
                     await pipe.execute()
             except (RedisError, OSError) as exc:
                 for *_, fut in batch:
@@ -222,21 +245,30 @@ class ResultStore:
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def result(self, request_id: str) -> InferenceResult | None:
-        avro = await self._call(self.redis.hget(keys.result_key(self._prefix, request_id), FIELD_AVRO))
+        avro = await self._call(
+            self.redis.hget(keys.result_key(self._prefix, request_id), FIELD_AVRO)
+        )
         return None if avro is None else self._codec.decode(avro, InferenceResult)
 
     async def cancel(self, request_id: str) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(keys.cancel_key(self._prefix, request_id), b"1", ex=self._ttl_s)
             # only while the status is there: after it expired, HSET would re-create it without a TTL
-            pipe.eval(keys.HSET_IF_EXISTS, 1, keys.status_key(self._prefix, request_id), keys.STATUS_FIELD,
-                      keys.RequestState.CANCELLING.value)
+            pipe.eval(
+                keys.HSET_IF_EXISTS,
+                1,
+                keys.status_key(self._prefix, request_id),
+                keys.STATUS_FIELD,
+                keys.RequestState.CANCELLING.value,
+            )
             await self._call(pipe.execute())
 
     async def recent_latencies(self, task: str, priority: str, since_ms: int) -> list[float]:
         """End-to-end latencies (ms) of the task's results at ``priority`` (a topic suffix)
         completed since ``since_ms``, as the workers record them for /admin/stats."""
-        members = await self.redis.zrangebyscore(keys.latency_key(self._prefix, task, priority), since_ms, "+inf")
+        members = await self.redis.zrangebyscore(
+            keys.latency_key(self._prefix, task, priority), since_ms, "+inf"
+        )
         return [keys.decode_latency(m) for m in members]
 
     async def purge_results(self, completed_before_ms: int, limit: int) -> tuple[int, int]:
@@ -257,13 +289,18 @@ class ResultStore:
                 result = None
             if result is None or result.completed_at < completed_before_ms:
                 request_id = keys.request_id_of_result_key(self._prefix, key)
-                status = [keys.status_key(self._prefix, request_id)] if request_id is not None else []
+                status = (
+                    [keys.status_key(self._prefix, request_id)] if request_id is not None else []
+                )
                 purged += await self.redis.delete(key, *status)
         return scanned, purged
 
     async def delete(self, request_id: str) -> int:
-        return await self._call(self.redis.delete(keys.result_key(self._prefix, request_id),
-                                                  keys.status_key(self._prefix, request_id)))
+        return await self._call(
+            self.redis.delete(
+                keys.result_key(self._prefix, request_id), keys.status_key(self._prefix, request_id)
+            )
+        )
 
     async def wait(self, request_id: str, timeout_s: float) -> InferenceResult | None:
         """The result once stored, or None after ``timeout_s``."""
@@ -284,7 +321,7 @@ class ResultStore:
                     # or Redis still loading; look again, backing off (and the breaker opens)
                     result, failed = None, True
                     fut.cancel()
-                    backoff_s = min(1.0, 0.1 * 2 ** retries) * (0.5 + random.random())
+                    backoff_s = min(1.0, 0.1 * 2**retries) * (0.5 + random.random())
                     await asyncio.sleep(max(0.0, min(backoff_s, deadline - loop.time())))
                     retries += 1
                 looked = True
@@ -332,8 +369,9 @@ class ResultStore:
                     message = await pubsub.get_message(timeout=self.liveness_s / 2)
                     if message is None:
                         if loop.time() - heard > self.liveness_s:
-                            raise RedisConnectionError(f"no answer on the result subscription for "
-                                                       f"{self.liveness_s:.0f} s")
+                            raise RedisConnectionError(
+                                f"no answer on the result subscription for {self.liveness_s:.0f} s"
+                            )
                         await pubsub.ping()
                         continue
                     heard = loop.time()

@@ -24,17 +24,28 @@ router = APIRouter()
 class InferBody(BaseModel):
     """Body of ``POST /v1/infer/{task}``."""
 
-    inputs: Any = Field(..., description="The task's friendly form ({'text': ...}, {'pixels': 8x8}, "
-                        "{'image': base64 PNG}, {'features': {name: value}}) or a list of OIP tensors",
-                        examples=[{"text": "Kafka is a distributed log"}])
-    priority: str | int | None = Field(None, description="high|normal|low or 0-10 (>=7 high, 4-6 normal, <=3 low)")
-    model_version: str | None = Field(None, description="a version of the task's model; default the newest")
+    inputs: Any = Field(
+        ...,
+        description="The task's friendly form ({'text': ...}, {'pixels': 8x8}, "
+        "{'image': base64 PNG}, {'features': {name: value}}) or a list of OIP tensors",
+        examples=[{"text": "Kafka is a distributed log"}],
+    )
+    priority: str | int | None = Field(
+        None, description="high|normal|low or 0-10 (>=7 high, 4-6 normal, <=3 low)"
+    )
+    model_version: str | None = Field(
+        None, description="a version of the task's model; default the newest"
+    )
     deadline_ms: int | None = Field(None, description="expire unless run within this many ms")
     parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
-WaitQuery = Annotated[float | None, Query(ge=0, le=3600, description="seconds to wait for the result")]
-RequestId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,200}$", description="the request's id (a UUID)")]
+WaitQuery = Annotated[
+    float | None, Query(ge=0, le=3600, description="seconds to wait for the result")
+]
+RequestId = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,200}$", description="the request's id (a UUID)")
+]
 
 
 class InferOptions(BaseModel):
@@ -47,8 +58,11 @@ class InferOptions(BaseModel):
     idempotency_key: str | None = Field(None, max_length=256)
 
 
-_OPTION_LOCATIONS = {"wait": ("query", "wait"), "prefer": ("header", "prefer"),
-                     "idempotency_key": ("header", "idempotency-key")}
+_OPTION_LOCATIONS = {
+    "wait": ("query", "wait"),
+    "prefer": ("header", "prefer"),
+    "idempotency_key": ("header", "idempotency-key"),
+}
 
 
 def _nullable(schema: dict, title: str, **extra) -> dict:
@@ -56,14 +70,35 @@ def _nullable(schema: dict, title: str, **extra) -> dict:
 
 
 INFER_PARAMETERS = [
-    {"name": "wait", "in": "query", "required": False, "description": "seconds to wait for the result",
-     "schema": _nullable({"type": "number", "maximum": 3600, "minimum": 0}, "Wait",
-                         description="seconds to wait for the result")},
-    {"name": "prefer", "in": "header", "required": False, "schema": _nullable({"type": "string"}, "Prefer")},
-    {"name": "traceparent", "in": "header", "required": False,  # read by the propagator (spans.py)
-     "schema": _nullable({"type": "string"}, "Traceparent")},
-    {"name": "idempotency-key", "in": "header", "required": False,
-     "schema": _nullable({"type": "string", "maxLength": 256}, "Idempotency-Key")},
+    {
+        "name": "wait",
+        "in": "query",
+        "required": False,
+        "description": "seconds to wait for the result",
+        "schema": _nullable(
+            {"type": "number", "maximum": 3600, "minimum": 0},
+            "Wait",
+            description="seconds to wait for the result",
+        ),
+    },
+    {
+        "name": "prefer",
+        "in": "header",
+        "required": False,
+        "schema": _nullable({"type": "string"}, "Prefer"),
+    },
+    {
+        "name": "traceparent",
+        "in": "header",
+        "required": False,  # read by the propagator (spans.py)
+        "schema": _nullable({"type": "string"}, "Traceparent"),
+    },
+    {
+        "name": "idempotency-key",
+        "in": "header",
+        "required": False,
+        "schema": _nullable({"type": "string", "maxLength": 256}, "Idempotency-Key"),
+    },
 ]
 
 
@@ -71,16 +106,26 @@ def infer_options(request: Request) -> InferOptions:
     """The request's options; 422 as FastAPI words it (``loc`` query/header) when one is invalid."""
     headers, query = request.headers, request.query_params
     try:
-        return InferOptions.model_validate({
-            "wait": query.get("wait"), "prefer": headers.get("prefer"),
-            "idempotency_key": headers.get("idempotency-key")})
+        return InferOptions.model_validate(
+            {
+                "wait": query.get("wait"),
+                "prefer": headers.get("prefer"),
+                "idempotency_key": headers.get("idempotency-key"),
+            }
+        )
     except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": (*_OPTION_LOCATIONS[e["loc"][0]], *e["loc"][1:])}
-                                      for e in exc.errors()]) from None
+        raise RequestValidationError(
+            [{**e, "loc": (*_OPTION_LOCATIONS[e["loc"][0]], *e["loc"][1:])} for e in exc.errors()]
+        ) from None
 
 
-@router.post("/v1/infer/{task}", status_code=202, tags=["inference"], openapi_extra={"parameters": INFER_PARAMETERS},
-             responses={200: {"description": "finished within ?wait"}, 202: {"description": "queued"}})
+@router.post(
+    "/v1/infer/{task}",
+    status_code=202,
+    tags=["inference"],
+    openapi_extra={"parameters": INFER_PARAMETERS},
+    responses={200: {"description": "finished within ?wait"}, 202: {"description": "queued"}},
+)
 @spans.continued
 async def infer(task: str, body: InferBody, request: Request, principal: Caller) -> JSONResponse:
     """Publish an inference request; with ``?wait=S`` or ``Prefer: wait=S`` answer with the result
@@ -92,12 +137,19 @@ async def infer(task: str, body: InferBody, request: Request, principal: Caller)
     require(principal, "inference:submit")
     svc = service(request)
     wait_s = svc.wait_seconds(wait, prefer)
-    inference = await svc.prepare_request(Submission(
-        task=task, inputs=body.inputs, priority=body.priority, model_version=body.model_version,
-        deadline_ms=body.deadline_ms, parameters={k: str(v) for k, v in body.parameters.items()},
-        trace=spans.trace_context(), idempotency_key=idempotency_key,
-        client_id=None if principal is ANONYMOUS else principal.client_id,
-    ))
+    inference = await svc.prepare_request(
+        Submission(
+            task=task,
+            inputs=body.inputs,
+            priority=body.priority,
+            model_version=body.model_version,
+            deadline_ms=body.deadline_ms,
+            parameters={k: str(v) for k, v in body.parameters.items()},
+            trace=spans.trace_context(),
+            idempotency_key=idempotency_key,
+            client_id=None if principal is ANONYMOUS else principal.client_id,
+        )
+    )
     digest = body_digest(task, body.model_dump()) if idempotency_key else ""
     request_id = await svc.submit_once(inference, idempotency_key, digest)
     request.state.request_id = request_id
@@ -107,15 +159,30 @@ async def infer(task: str, body: InferBody, request: Request, principal: Caller)
             result = await svc.wait(request_id, wait_s)
             found(result)
         if result is not None:
-            return JSONResponse(result_body(result, svc.configs.get(task)), status_code=200, headers=headers)
-    return JSONResponse({"request_id": request_id, "task": task, "status": "queued",
-                         "priority": inference.priority.topic_suffix, "links": links(request_id)},
-                        status_code=202, headers=headers)
+            return JSONResponse(
+                result_body(result, svc.configs.get(task)), status_code=200, headers=headers
+            )
+    return JSONResponse(
+        {
+            "request_id": request_id,
+            "task": task,
+            "status": "queued",
+            "priority": inference.priority.topic_suffix,
+            "links": links(request_id),
+        },
+        status_code=202,
+        headers=headers,
+    )
 
 
 @router.get("/v1/results/{request_id}", tags=["inference"])
-async def get_result(request_id: RequestId, request: Request, principal: Caller, wait: WaitQuery = None,
-                     prefer: Annotated[str | None, Header()] = None) -> dict:
+async def get_result(
+    request_id: RequestId,
+    request: Request,
+    principal: Caller,
+    wait: WaitQuery = None,
+    prefer: Annotated[str | None, Header()] = None,
+) -> dict:
     """The request's status and, when done, its outputs; ``?wait=S`` long-polls. A client sees
     only its own requests (admins see all)."""
     require(principal, "inference:read")
@@ -127,7 +194,9 @@ async def get_result(request_id: RequestId, request: Request, principal: Caller,
         svc.check_owner(request_id, status, principal)
     # NOTE: with no status yet (a Kafka-direct request not picked up so far) the owner is unknown:
     # wait first, then check whose it is before answering.
-    result = await svc.wait(request_id, wait_s) if wait_s > 0 else await svc.store.result(request_id)
+    result = (
+        await svc.wait(request_id, wait_s) if wait_s > 0 else await svc.store.result(request_id)
+    )
     if not status:
         status = await svc.store.status(request_id)
         svc.check_owner(request_id, status, principal)
@@ -176,15 +245,30 @@ class Readiness(BaseModel):
     """Body of ``GET /ready``, 200 or 503 alike."""
 
     status: str = Field(..., examples=["ready", "not ready"])
-    checks: dict[str, bool] = Field(..., description="kafka, redis and worker:<task> for every task")
-    circuits: dict[str, dict] | None = Field(None, description=(
-        "circuit breakers by name (redis, kafka, registry): state closed|half-open|open, value "
-        "0|1|2 (as inference_circuit_state), failures in a row, retry_after_s until it probes"))
+    checks: dict[str, bool] = Field(
+        ..., description="kafka, redis and worker:<task> for every task"
+    )
+    circuits: dict[str, dict] | None = Field(
+        None,
+        description=(
+            "circuit breakers by name (redis, kafka, registry): state closed|half-open|open, value "
+            "0|1|2 (as inference_circuit_state), failures in a row, retry_after_s until it probes"
+        ),
+    )
 
 
-@router.get("/ready", tags=["operations"], response_model=Readiness, response_model_exclude_none=True,
-            responses={
-    503: {"model": Readiness, "description": "not ready: the checks that failed are false (see Retry-After)"}})
+@router.get(
+    "/ready",
+    tags=["operations"],
+    response_model=Readiness,
+    response_model_exclude_none=True,
+    responses={
+        503: {
+            "model": Readiness,
+            "description": "not ready: the checks that failed are false (see Retry-After)",
+        }
+    },
+)
 async def ready(request: Request, response: Response) -> dict:
     """Readiness: Kafka answers a metadata request (checked at most once a second), Redis
     answers, and a live worker serves every task."""

@@ -71,15 +71,26 @@ class Submission:
 
 
 class InferenceService:
-    def __init__(self, producer: RequestProducer, store: ResultStore, repository_path, prefix: str,
-                 max_wait_s: float, tasks: list[str] | None = None, lag: LagMonitor | None = None,
-                 max_lag_per_task: int = 0, limits: InputLimits | None = None,
-                 default_deadline_ms: int | None = None) -> None:
+    def __init__(
+        self,
+        producer: RequestProducer,
+        store: ResultStore,
+        repository_path,
+        prefix: str,
+        max_wait_s: float,
+        tasks: list[str] | None = None,
+        lag: LagMonitor | None = None,
+        max_lag_per_task: int = 0,
+        limits: InputLimits | None = None,
+        default_deadline_ms: int | None = None,
+    ) -> None:
         """``default_deadline_ms``: the deadline of a request that sets none and whose task's
         ``model.yaml`` sets no ``default_deadline_ms`` (STREAMINFER_DEFAULT_DEADLINE_MS); None: none."""
         if default_deadline_ms is not None and not 0 < default_deadline_ms <= MAX_DEADLINE_MS:
-            raise ValueError(f"default_deadline_ms must be between 1 and {MAX_DEADLINE_MS}, "
-                             f"not {default_deadline_ms!r}")
+            raise ValueError(
+                f"default_deadline_ms must be between 1 and {MAX_DEADLINE_MS}, "
+                f"not {default_deadline_ms!r}"
+            )
         self.default_deadline_ms = default_deadline_ms
         self.producer = producer
         self.store = store
@@ -97,22 +108,30 @@ class InferenceService:
     def refresh_tasks(self) -> None:
         configs = load_repository_configs(self._repository_path)
         self.configs: dict[str, ModelConfig] = {
-            t: c for t, c in configs.items() if c.versions and (self._only is None or t in self._only)}
+            t: c
+            for t, c in configs.items()
+            if c.versions and (self._only is None or t in self._only)
+        }
         self.task_names = frozenset(self.configs)
 
     def config(self, task: str) -> ModelConfig:
         try:
             return self.configs[task]
         except KeyError:
-            raise NotFound(f"no task named {task!r}", code="TASK_NOT_FOUND",
-                           details={"tasks": sorted(self.configs)}) from None
+            raise NotFound(
+                f"no task named {task!r}",
+                code="TASK_NOT_FOUND",
+                details={"tasks": sorted(self.configs)},
+            ) from None
 
     async def prepare_request(self, sub: Submission) -> InferenceRequest:
         """:meth:`build_request` for the routes: for a task with image inputs, in a worker thread
         (at most DECODE_SLOTS at once), since decoding blocks for as long as the image is large;
         inline for the others, whose checks cost microseconds."""
         config = self.config(sub.task)
-        if not any(source["kind"] == "image" for source in config.friendly.get("inputs", {}).values()):
+        if not any(
+            source["kind"] == "image" for source in config.friendly.get("inputs", {}).values()
+        ):
             return self.build_request(sub)
         if self._decode_slots is None:
             self._decode_slots = asyncio.Semaphore(DECODE_SLOTS)
@@ -130,8 +149,9 @@ class InferenceService:
         try:
             collection_parameters({str(k): str(v) for k, v in sub.parameters.items()})
         except CollectionError as exc:  # the worker checks again (Kafka-direct requests)
-            raise InvalidRequest(exc.message, details={"parameters": ["collection", "item_id", "similar_k"]}
-                                 ) from None
+            raise InvalidRequest(
+                exc.message, details={"parameters": ["collection", "item_id", "similar_k"]}
+            ) from None
         arrays = tensors_from_body(config, sub.inputs)
         created = now_ms()
         deadline = None
@@ -142,10 +162,17 @@ class InferenceService:
         elif (default := self.deadline_default(config)) is not None:
             deadline = created + default
         return InferenceRequest(
-            request_id=str(uuid.uuid4()), idempotency_key=sub.idempotency_key, task=sub.task, model_version=sub.model_version,
-            priority=priority, inputs=[Tensor.from_numpy(name, a) for name, a in arrays.items()],
-            parameters={str(k): str(v) for k, v in sub.parameters.items()}, created_at=created,
-            deadline_at=deadline, client_id=sub.client_id, trace=sub.trace,
+            request_id=str(uuid.uuid4()),
+            idempotency_key=sub.idempotency_key,
+            task=sub.task,
+            model_version=sub.model_version,
+            priority=priority,
+            inputs=[Tensor.from_numpy(name, a) for name, a in arrays.items()],
+            parameters={str(k): str(v) for k, v in sub.parameters.items()},
+            created_at=created,
+            deadline_at=deadline,
+            client_id=sub.client_id,
+            trace=sub.trace,
         )
 
     def deadline_default(self, config: ModelConfig) -> int | None:
@@ -156,15 +183,26 @@ class InferenceService:
         return self.default_deadline_ms
 
     async def submit(self, request: InferenceRequest) -> None:
-        accepted = AuditEvent(request_id=request.request_id, task=request.task, type=AuditType.ACCEPTED,
-                              actor=ACTOR, input_digest=input_digest(request.inputs),
-                              details={"priority": request.priority.value})
+        accepted = AuditEvent(
+            request_id=request.request_id,
+            task=request.task,
+            type=AuditType.ACCEPTED,
+            actor=ACTOR,
+            input_digest=input_digest(request.inputs),
+            details={"priority": request.priority.value},
+        )
         await self.store.mark_queued(request.request_id, request.task, request.client_id)
         await self.producer.submit(request, accepted)
         metrics.REQUESTS.labels(request.task, "accepted").inc()
         if logger.isEnabledFor(logging.INFO):  # the hot path: no record's extras built for nothing
-            logger.info("accepted request", extra={"request_id": request.request_id, "task": request.task,
-                                                   "priority": request.priority.value})
+            logger.info(
+                "accepted request",
+                extra={
+                    "request_id": request.request_id,
+                    "task": request.task,
+                    "priority": request.priority.value,
+                },
+            )
 
     @staticmethod
     def check_owner(request_id: str, status: dict[str, str], principal: Principal) -> None:
@@ -179,8 +217,12 @@ class InferenceService:
             return
         lag = self.lag.task_lag(task)
         if lag > self.max_lag_per_task:
-            raise TooManyRequests(f"task {task!r} has {lag} requests waiting; retry later", code="OVERLOADED",
-                                  headers={"Retry-After": "1"}, details={"lag": lag, "bound": self.max_lag_per_task})
+            raise TooManyRequests(
+                f"task {task!r} has {lag} requests waiting; retry later",
+                code="OVERLOADED",
+                headers={"Retry-After": "1"},
+                details={"lag": lag, "bound": self.max_lag_per_task},
+            )
 
     async def check_served(self, task: str) -> None:
         """503 for a task no worker has ever served: nothing would consume its requests (a task
@@ -190,7 +232,8 @@ class InferenceService:
             raise ServiceUnavailable(
                 f"no worker has served task {task!r} yet; retry once a worker serves it",
                 headers={"Retry-After": str(UNSERVED_RETRY_AFTER_S)},
-                details={"task": task, "reason": "no worker has served this task"})
+                details={"task": task, "reason": "no worker has served this task"},
+            )
 
     async def live_workers(self) -> dict[str, list[str]]:
         """worker_id -> tasks of the live heartbeats; their tasks count as served from now on."""
@@ -218,8 +261,9 @@ class InferenceService:
         served = await self._tasks_of_live_workers() if redis else None
         return Readiness(kafka, redis, served, tuple(self.configs))
 
-    async def submit_once(self, request: InferenceRequest, idempotency_key: str | None,
-                          body_digest: str) -> str:
+    async def submit_once(
+        self, request: InferenceRequest, idempotency_key: str | None, body_digest: str
+    ) -> str:
         """Submit unless the client's ``Idempotency-Key`` already names a request with the same
         body; returns the request_id that answers. Same key with another body: 409."""
         self.check_capacity(request.task)
@@ -227,11 +271,14 @@ class InferenceService:
         if not idempotency_key:
             await self.submit(request)
             return request.request_id
-        claim = await self.store.claim_idempotency(request.client_id, idempotency_key,
-                                                   request.request_id, body_digest)
+        claim = await self.store.claim_idempotency(
+            request.client_id, idempotency_key, request.request_id, body_digest
+        )
         if not claim.same_body:
-            raise IdempotencyConflict("this Idempotency-Key was used with a different request body",
-                                      details={"request_id": claim.request_id})
+            raise IdempotencyConflict(
+                "this Idempotency-Key was used with a different request body",
+                details={"request_id": claim.request_id},
+            )
         if claim.published:
             return claim.request_id
         # NOTE: the key stays bound to its request_id whatever happens to the publish. A timeout
@@ -245,8 +292,9 @@ class InferenceService:
             request = dataclasses.replace(request, request_id=claim.request_id)
         await self.submit(request)
         try:
-            await self.store.confirm_idempotency(request.client_id, idempotency_key, request.request_id,
-                                                 body_digest)
+            await self.store.confirm_idempotency(
+                request.client_id, idempotency_key, request.request_id, body_digest
+            )
         except ServiceUnavailable:  # accepted all the same; a retry would only publish it again
             logger.warning("could not mark Idempotency-Key of %s published", request.request_id)
         return request.request_id
@@ -260,7 +308,9 @@ class InferenceService:
                     try:
                         wait = float(value)
                     except ValueError as exc:
-                        raise InvalidRequest(f"Prefer: wait must be a number of seconds, not {value!r}") from exc
+                        raise InvalidRequest(
+                            f"Prefer: wait must be a number of seconds, not {value!r}"
+                        ) from exc
         if wait is None:
             return 0.0
         if wait < 0:
@@ -270,30 +320,44 @@ class InferenceService:
     async def wait(self, request_id: str, timeout_s: float) -> InferenceResult | None:
         result = await self.store.wait(request_id, timeout_s)
         if result is not None and result.task in self.configs:
-            metrics.REQUEST_SECONDS.labels(result.task).observe(max(0, result.completed_at - result.created_at) / 1000)
+            metrics.REQUEST_SECONDS.labels(result.task).observe(
+                max(0, result.completed_at - result.created_at) / 1000
+            )
         return result
 
     async def embed(self, text: str, client_id: str | None) -> list[float]:
         """``text``'s vector from the EMBEDDING_TASK, through the normal path (Kafka, a worker),
         waited for up to ``max_wait_s``."""
-        request = await self.prepare_request(Submission(task=EMBEDDING_TASK, inputs={"text": text},
-                                                        client_id=client_id))
+        request = await self.prepare_request(
+            Submission(task=EMBEDDING_TASK, inputs={"text": text}, client_id=client_id)
+        )
         await self.submit_once(request, None, "")
         result = await self.wait(request.request_id, self.max_wait_s)
         if result is None:
-            raise InferenceTimeout(f"no embedding within {self.max_wait_s:g} s",
-                                   details={"request_id": request.request_id})
+            raise InferenceTimeout(
+                f"no embedding within {self.max_wait_s:g} s",
+                details={"request_id": request.request_id},
+            )
         if result.status is not Status.SUCCEEDED or not result.outputs:
             error = result.error
-            raise GatewayError(f"embedding the text failed: {error.message if error else result.status.value}",
-                               code=error.code if error else "INFERENCE_FAILED", status=502,
-                               details={"request_id": request.request_id})
+            raise GatewayError(
+                f"embedding the text failed: {error.message if error else result.status.value}",
+                code=error.code if error else "INFERENCE_FAILED",
+                status=502,
+                details={"request_id": request.request_id},
+            )
         return result.outputs[0].to_numpy().reshape(-1).tolist()
 
     def describe_tasks(self) -> list[dict]:
         return [
-            {"task": task, **config.signature(),
-             "topics": {"requests": request_topics(self.prefix, task), "results": results_topic(self.prefix, task)}}
+            {
+                "task": task,
+                **config.signature(),
+                "topics": {
+                    "requests": request_topics(self.prefix, task),
+                    "results": results_topic(self.prefix, task),
+                },
+            }
             for task, config in sorted(self.configs.items())
         ]
 
@@ -312,8 +376,11 @@ class Readiness:
     def checks(self) -> dict[str, bool]:
         """kafka, redis (answered, heartbeats read) and worker:<task> for every task."""
         served = self.served or set()
-        return {"kafka": self.kafka, "redis": self.served is not None,
-                **{f"worker:{task}": task in served for task in self.tasks}}
+        return {
+            "kafka": self.kafka,
+            "redis": self.served is not None,
+            **{f"worker:{task}": task in served for task in self.tasks},
+        }
 
     @property
     def is_ready(self) -> bool:
@@ -323,11 +390,16 @@ class Readiness:
 def check_version(config: ModelConfig, version: str | None) -> None:
     """MODEL_VERSION_NOT_FOUND unless ``version`` (None: the task's default) is one the task serves."""
     if version is not None and version not in config.served_versions:
-        raise NotFound(f"task {config.task!r} serves no model version {version!r}",
-                       code="MODEL_VERSION_NOT_FOUND", details={"versions": list(config.served_versions)})
+        raise NotFound(
+            f"task {config.task!r} serves no model version {version!r}",
+            code="MODEL_VERSION_NOT_FOUND",
+            details={"versions": list(config.served_versions)},
+        )
 
 
 def body_digest(task: str, body: dict) -> str:
     """Digest of a submission's meaning: the task and the JSON body with keys sorted."""
-    canonical = json.dumps({"task": task, "body": body}, sort_keys=True, separators=(",", ":"), default=str)
+    canonical = json.dumps(
+        {"task": task, "body": body}, sort_keys=True, separators=(",", ":"), default=str
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()

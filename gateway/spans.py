@@ -82,8 +82,12 @@ def _broken(what: str) -> None:
     """Log (the first time at WARNING) that the SDK raised in ``what``: the request goes on
     without that span."""
     global _warned
-    logger.log(logging.DEBUG if _warned else logging.WARNING, "tracing failed in %s; carrying on "
-               "without it (further failures are logged at DEBUG)", what, exc_info=True)
+    logger.log(
+        logging.DEBUG if _warned else logging.WARNING,
+        "tracing failed in %s; carrying on without it (further failures are logged at DEBUG)",
+        what,
+        exc_info=True,
+    )
     _warned = True
 
 
@@ -126,7 +130,9 @@ def _untraced_headers() -> list[tuple[str, bytes]]:
 
 
 @contextmanager
-def producing(topic: str, request_id: str, partition: int | None) -> Iterator[list[tuple[str, bytes]]]:
+def producing(
+    topic: str, request_id: str, partition: int | None
+) -> Iterator[list[tuple[str, bytes]]]:
     """A PRODUCER span ``send <topic>`` for the request's event; yields the Kafka headers that
     carry its context (an empty list: none)."""
     tracer_, enabled = tracer()
@@ -138,10 +144,16 @@ def producing(topic: str, request_id: str, partition: int | None) -> Iterator[li
             yield _untraced_headers()
             return
         if span.is_recording():
-            span.set_attributes({
-                "messaging.system": "kafka", "messaging.operation.type": "send",
-                "messaging.operation.name": "send", "messaging.destination.name": topic,
-                "messaging.kafka.message.key": request_id, "streaminfer.request_id": request_id})
+            span.set_attributes(
+                {
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "send",
+                    "messaging.operation.name": "send",
+                    "messaging.destination.name": topic,
+                    "messaging.kafka.message.key": request_id,
+                    "streaminfer.request_id": request_id,
+                }
+            )
             if partition is not None:
                 span.set_attribute("messaging.destination.partition.id", str(partition))
         yield _untraced_headers()
@@ -161,7 +173,9 @@ def waiting(request_id: str, timeout_s: float) -> Iterator[Callable[[object], No
             return
         recording = span.is_recording()
         if recording:
-            span.set_attributes({"streaminfer.request_id": request_id, "streaminfer.wait_s": timeout_s})
+            span.set_attributes(
+                {"streaminfer.request_id": request_id, "streaminfer.wait_s": timeout_s}
+            )
 
         def found(result: object) -> None:
             if recording:

@@ -20,7 +20,14 @@ from streaminfer.models.preprocess import Preprocessor, build_preprocessor
 from streaminfer.models.signature import NUMPY_DTYPES
 from streaminfer.models.validation import validate_tensors
 
-__all__ = ["Model", "default_intra_op_threads", "dummy_inputs", "gpu_present", "require_cuda", "resolve_device"]
+__all__ = [
+    "Model",
+    "default_intra_op_threads",
+    "dummy_inputs",
+    "gpu_present",
+    "require_cuda",
+    "resolve_device",
+]
 
 logger = logging.getLogger(__name__)
 

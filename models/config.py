@@ -54,6 +54,7 @@ BACKENDS = ("onnxruntime", "torch", "python")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_ARTIFACTS = {"onnxruntime": "model.onnx", "torch": "model.pt", "python": "model.py"}
 
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A parsed ``model.yaml`` plus the version directories found beside it."""
@@ -91,7 +92,9 @@ class ModelConfig:
         refused by the gateway: a client must not keep any model ever built in memory."""
         if self.default_version is None:
             return ()
-        others = [v for v in reversed(self.versions) if v != self.default_version][:SERVED_VERSIONS - 1]
+        others = [v for v in reversed(self.versions) if v != self.default_version][
+            : SERVED_VERSIONS - 1
+        ]
         return tuple(v for v in self.versions if v == self.default_version or v in others)
 
     def version_path(self, version: str | None = None) -> Path:
@@ -147,8 +150,13 @@ class ModelConfig:
             },
             "default_deadline_ms": self.default_deadline_ms,
             # requests may name an entity instead (docs/features.md); never the URL: it may hold a password
-            "feature_lookup": {"input": "entity_id", "fills": self.features["input"],
-                               "columns": len(self.features["columns"])} if self.features else None,
+            "feature_lookup": {
+                "input": "entity_id",
+                "fills": self.features["input"],
+                "columns": len(self.features["columns"]),
+            }
+            if self.features
+            else None,
             "instances": self.instances,
             "device": self.device,
         }
@@ -220,7 +228,9 @@ def _parse(raw: Any, model_dir: Path) -> ModelConfig:
     if raw.get("default_deadline_ms") is not None:
         default_deadline_ms = _number(raw, "default_deadline_ms", int, default=None, minimum=1)
         if default_deadline_ms > MAX_DEADLINE_MS:
-            raise ModelConfigError(f"default_deadline_ms must be <= {MAX_DEADLINE_MS}, got {default_deadline_ms}")
+            raise ModelConfigError(
+                f"default_deadline_ms must be <= {MAX_DEADLINE_MS}, got {default_deadline_ms}"
+            )
     warmup = raw.get("warmup", True)
     if not isinstance(warmup, bool):
         raise ModelConfigError(f"warmup must be true or false, got {warmup!r}")

@@ -36,7 +36,9 @@ def parse_preprocess(raw: Any, inputs: tuple[TensorSpec, ...]) -> dict:
     return result
 
 
-def parse_friendly(raw: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> dict:
+def parse_friendly(
+    raw: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]
+) -> dict:
     """Normalise the ``friendly:`` section; when absent, every tensor is its own friendly key."""
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):

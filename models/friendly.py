@@ -57,7 +57,9 @@ def friendly_to_tensors(config: ModelConfig, inputs: Any) -> dict[str, np.ndarra
     if config.features and isinstance(inputs, Mapping) and ENTITY_KEY in inputs:
         # an entity instead of its features, which the worker looks up (models/features.py)
         if len(inputs) > 1:
-            raise InvalidInput(f"task {config.task!r}: give either {ENTITY_KEY!r} or the inputs, not both")
+            raise InvalidInput(
+                f"task {config.task!r}: give either {ENTITY_KEY!r} or the inputs, not both"
+            )
         return {ENTITY_KEY: entity_ids(inputs[ENTITY_KEY], config.max_batch_size)}
     if not isinstance(inputs, Mapping):
         inputs = {config.friendly["bare_key"]: inputs}
@@ -78,7 +80,11 @@ def friendly_to_tensors(config: ModelConfig, inputs: Any) -> dict[str, np.ndarra
         key = given[0]
         kind = sources[key]["kind"]
         # a list of items is refused past the batch size before any item is converted (decoded)
-        if kind != "array" and isinstance(inputs[key], list) and len(inputs[key]) > config.max_batch_size:
+        if (
+            kind != "array"
+            and isinstance(inputs[key], list)
+            and len(inputs[key]) > config.max_batch_size
+        ):
             raise InvalidInput(
                 f"input {key!r}: batch of {len(inputs[key])} items, must be between 1 and "
                 f"{config.max_batch_size}"
@@ -103,7 +109,9 @@ def tensors_to_friendly(config: ModelConfig, outputs: Mapping[str, np.ndarray]) 
         if tensor not in outputs:
             raise ModelConfigError(f"task {config.task!r}: output tensor {tensor!r} is missing")
         try:
-            items = [json.loads(_jsonable(item)) for item in np.asarray(outputs[tensor]).reshape(-1)]
+            items = [
+                json.loads(_jsonable(item)) for item in np.asarray(outputs[tensor]).reshape(-1)
+            ]
         except (TypeError, ValueError) as exc:
             raise ModelConfigError(f"output {tensor!r}: an item is not a JSON document") from exc
         result[key] = items[0] if len(items) == 1 else items
@@ -177,7 +185,9 @@ def _named_features(key: str, value: Any, source: dict, spec: TensorSpec) -> np.
             try:
                 rows[index, column] = number
             except OverflowError as exc:  # an integer past float64, like 10**400
-                raise InvalidInput(f"input {key!r} item {index}: feature {name!r} is out of range") from exc
+                raise InvalidInput(
+                    f"input {key!r} item {index}: feature {name!r} is out of range"
+                ) from exc
     return rows.astype(NUMPY_DTYPES[spec.datatype])
 
 
@@ -187,15 +197,21 @@ def _image(key: str, value: Any, source: dict, spec: TensorSpec) -> np.ndarray:
         raise InvalidInput(f"input {key!r}: expected a base64 image or a list of them")
     # every header first (format, declared size): nothing is decoded unless all of them pass
     max_pixels = source.get("max_pixels", MAX_IMAGE_PIXELS)
-    opened = [_open_image(f"input {key!r} item {i}", item, max_pixels) for i, item in enumerate(items)]
+    opened = [
+        _open_image(f"input {key!r} item {i}", item, max_pixels) for i, item in enumerate(items)
+    ]
     declared = sum(image.width * image.height for _, image in opened)
     if declared > MAX_REQUEST_IMAGE_PIXELS:
-        raise InvalidInput(f"input {key!r}: {declared} pixels in all; at most {MAX_REQUEST_IMAGE_PIXELS}")
+        raise InvalidInput(
+            f"input {key!r}: {declared} pixels in all; at most {MAX_REQUEST_IMAGE_PIXELS}"
+        )
     if source.get("native"):
         sizes = sorted({image.size for _, image in opened})
         if len(sizes) > 1:  # padding would put pixels in the image that were never sent
-            raise InvalidInput(f"input {key!r}: images of sizes {sizes} in one request; the images "
-                               "of a request must share a size (send the others separately)")
+            raise InvalidInput(
+                f"input {key!r}: images of sizes {sizes} in one request; the images "
+                "of a request must share a size (send the others separately)"
+            )
         return np.stack([_decode_rgb(where, image) for where, image in opened])
     pixels = [_decode_image(where, image, source, spec) for where, image in opened]
     return np.stack(pixels).astype(NUMPY_DTYPES[spec.datatype])
@@ -217,8 +233,10 @@ def _open_image(where: str, text: str, max_pixels: int = MAX_IMAGE_PIXELS):
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise InvalidInput(f"{where}: not a readable image, PNG or JPEG ({exc})") from exc
     if image.width * image.height > max_pixels:
-        raise InvalidInput(f"{where}: image of {image.width}x{image.height} is too large; at most "
-                           f"{max_pixels} pixels")
+        raise InvalidInput(
+            f"{where}: image of {image.width}x{image.height} is too large; at most "
+            f"{max_pixels} pixels"
+        )
     return where, image
 
 

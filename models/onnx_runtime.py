@@ -28,7 +28,9 @@ class OnnxModel(Model):
 
     def _session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_num_threads or default_intra_op_threads(self.config.instances)
+        options.intra_op_num_threads = self.intra_op_num_threads or default_intra_op_threads(
+            self.config.instances
+        )
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

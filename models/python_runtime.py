@@ -88,7 +88,9 @@ def find_model_class(module: types.ModuleType, name: str | None = None) -> type:
         found = getattr(module, name, None)
         if not inspect.isclass(found):
             classes = sorted(n for n, v in vars(module).items() if inspect.isclass(v))
-            raise ModelConfigError(f"{where} has no class {name!r} (python.class); it has {classes}")
+            raise ModelConfigError(
+                f"{where} has no class {name!r} (python.class); it has {classes}"
+            )
     else:
         candidates = [
             value for value in vars(module).values()
@@ -148,7 +150,9 @@ class PythonModel(Model):
         try:
             user_warmup()
         except Exception as exc:
-            raise ModelConfigError(f"{self!r}: warmup() raised {type(exc).__name__}: {exc}") from exc
+            raise ModelConfigError(
+                f"{self!r}: warmup() raised {type(exc).__name__}: {exc}"
+            ) from exc
         logger.info("warmed up model %s version %s", self.name, self.version)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:

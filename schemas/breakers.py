@@ -27,8 +27,11 @@ import pybreaker
 
 CLOSED, HALF_OPEN, OPEN = 0, 1, 2
 """Values of ``inference_circuit_state``."""
-STATE_VALUES = {pybreaker.STATE_CLOSED: CLOSED, pybreaker.STATE_HALF_OPEN: HALF_OPEN,
-                pybreaker.STATE_OPEN: OPEN}
+STATE_VALUES = {
+    pybreaker.STATE_CLOSED: CLOSED,
+    pybreaker.STATE_HALF_OPEN: HALF_OPEN,
+    pybreaker.STATE_OPEN: OPEN,
+}
 STATE_NAMES = {CLOSED: "closed", HALF_OPEN: "half-open", OPEN: "open"}
 
 DEFAULT_FAILURES = 5
@@ -49,10 +52,15 @@ class Breakers:
     a guarded block counts against the dependency (others count as a success: the dependency
     answered). ``on_state(name, value)``: called on every state change (the metric)."""
 
-    def __init__(self, failures: int = DEFAULT_FAILURES, reset_s: float = DEFAULT_RESET_S, *,
-                 is_failure: Callable[[BaseException], bool] = lambda exc: True,
-                 on_state: Callable[[str, int], None] = lambda name, value: None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        failures: int = DEFAULT_FAILURES,
+        reset_s: float = DEFAULT_RESET_S,
+        *,
+        is_failure: Callable[[BaseException], bool] = lambda exc: True,
+        on_state: Callable[[str, int], None] = lambda name, value: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if failures < 1 or not reset_s > 0:
             raise ValueError(f"need failures >= 1 and reset_s > 0, not {failures!r}, {reset_s!r}")
         self.failures = failures
@@ -67,9 +75,13 @@ class Breakers:
         found = self._breakers.get(name)
         if found is None:
             found = self._breakers[name] = pybreaker.CircuitBreaker(
-                fail_max=self.failures, reset_timeout=self.reset_s, name=name,
-                exclude=[lambda exc: not self._is_failure(exc)], listeners=[_Listener(self)],
-                throw_new_error_on_trip=False)  # the call that trips it keeps its own error
+                fail_max=self.failures,
+                reset_timeout=self.reset_s,
+                name=name,
+                exclude=[lambda exc: not self._is_failure(exc)],
+                listeners=[_Listener(self)],
+                throw_new_error_on_trip=False,
+            )  # the call that trips it keeps its own error
             self._on_state(name, CLOSED)
         return found
 
@@ -149,10 +161,15 @@ class Breakers:
 
     def describe(self) -> dict[str, dict]:
         """name -> {state, value, failures, retry_after_s}: for /ready and /admin/stats."""
-        return {name: {"state": STATE_NAMES[self.value(name)], "value": self.value(name),
-                       "failures": self._breakers[name].fail_counter,
-                       "retry_after_s": round(self.retry_after_s(name), 3)}
-                for name in self.names()}
+        return {
+            name: {
+                "state": STATE_NAMES[self.value(name)],
+                "value": self.value(name),
+                "failures": self._breakers[name].fail_counter,
+                "retry_after_s": round(self.retry_after_s(name), 3),
+            }
+            for name in self.names()
+        }
 
     def _changed(self, name: str, new_state: str) -> None:
         value = STATE_VALUES[new_state]

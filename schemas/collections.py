@@ -169,7 +169,9 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
         raise _invalid("metadata must be a JSON object")
     for key, value in metadata.items():
         if value is not None and not isinstance(value, str | bool | int | float):
-            raise _invalid(f"metadata value of {key[:40]!r} must be a string, number, boolean or null")
+            raise _invalid(
+                f"metadata value of {key[:40]!r} must be a string, number, boolean or null"
+            )
         if isinstance(value, float) and not math.isfinite(value):
             raise _invalid(f"metadata value of {key[:40]!r} is not a finite number")
     if len(_dump(metadata)) > MAX_METADATA_BYTES:
@@ -196,8 +198,11 @@ def collection_parameters(parameters: dict[str, str]) -> CollectionParameters | 
         return None
     if item_id is None and k is None:
         raise _invalid("parameters.collection needs item_id (store) or similar_k (search) with it")
-    return CollectionParameters(check_name(name), None if item_id is None else check_item_id(item_id),
-                                None if k is None else check_k(k))
+    return CollectionParameters(
+        check_name(name),
+        None if item_id is None else check_item_id(item_id),
+        None if k is None else check_k(k),
+    )
 
 
 def _dump(value: Any) -> bytes:
@@ -274,13 +279,17 @@ class CollectionStore:
         self._points = redis.register_script(_POINTS)
 
     def _keys(self, client_id: str | None, name: str) -> tuple[str, str, str, str, str]:
-        return (keys.collections_key(self._prefix, client_id),
-                *keys.collection_keys(self._prefix, client_id, name),
-                keys.collection_tombstone_keys(self._prefix, client_id, name)[0])
+        return (
+            keys.collections_key(self._prefix, client_id),
+            *keys.collection_keys(self._prefix, client_id, name),
+            keys.collection_tombstone_keys(self._prefix, client_id, name)[0],
+        )
 
     async def dimension(self, client_id: str | None, name: str) -> int:
         """The collection's dimension; COLLECTION_NOT_FOUND unless it is the caller's."""
-        entry = await self._redis.hget(keys.collections_key(self._prefix, client_id), check_name(name))
+        entry = await self._redis.hget(
+            keys.collections_key(self._prefix, client_id), check_name(name)
+        )
         if entry is None:
             raise CollectionError("COLLECTION_NOT_FOUND", f"no collection {name!r}")
         return int(json.loads(entry)["dimension"])
@@ -292,11 +301,18 @@ class CollectionStore:
             for name in names:
                 pipe.hlen(keys.collection_keys(self._prefix, client_id, name)[0])
             counts = await pipe.execute()
-        return [{"name": name, "dimension": int(json.loads(entries[name.encode()])["dimension"]),
-                 "count": count} for name, count in zip(names, counts, strict=True)]
+        return [
+            {
+                "name": name,
+                "dimension": int(json.loads(entries[name.encode()])["dimension"]),
+                "count": count,
+            }
+            for name, count in zip(names, counts, strict=True)
+        ]
 
-    async def put(self, client_id: str | None, name: str, item_id: str, embedding: Any,
-                  metadata: Any = None) -> int:
+    async def put(
+        self, client_id: str | None, name: str, item_id: str, embedding: Any, metadata: Any = None
+    ) -> int:
         """Insert or replace an item (creating the collection with its dimension); returns the
         collection's dimension."""
         check_name(name)
@@ -304,23 +320,40 @@ class CollectionStore:
         vector = check_embedding(embedding)
         metadata = check_metadata(metadata)
         entry = _dump({"dimension": int(vector.size), "created_at": _now_ms()})
-        seq, found = await self._upsert(keys=self._keys(client_id, name), args=[
-            name, item_id, _item_value(vector, metadata), vector.size, entry, max_items(vector.size),
-            MAX_COLLECTIONS])
+        seq, found = await self._upsert(
+            keys=self._keys(client_id, name),
+            args=[
+                name,
+                item_id,
+                _item_value(vector, metadata),
+                vector.size,
+                entry,
+                max_items(vector.size),
+                MAX_COLLECTIONS,
+            ],
+        )
         if seq == -1:
-            raise CollectionError("COLLECTION_DIMENSION_MISMATCH",
-                                  f"collection {name!r} holds {int(found)}-d vectors, not {vector.size}-d",
-                                  {"dimension": int(found)})
+            raise CollectionError(
+                "COLLECTION_DIMENSION_MISMATCH",
+                f"collection {name!r} holds {int(found)}-d vectors, not {vector.size}-d",
+                {"dimension": int(found)},
+            )
         if seq in (-2, -3):
-            what = (f"{max_items(vector.size)} items per collection of {vector.size}-d vectors "
-                    f"({MAX_FLOATS} floats, {MAX_ITEMS} items)" if seq == -2 else f"{MAX_COLLECTIONS} collections")
+            what = (
+                f"{max_items(vector.size)} items per collection of {vector.size}-d vectors "
+                f"({MAX_FLOATS} floats, {MAX_ITEMS} items)"
+                if seq == -2
+                else f"{MAX_COLLECTIONS} collections"
+            )
             raise CollectionError("COLLECTION_LIMIT_EXCEEDED", f"at most {what}")
         return int(vector.size)
 
     async def get(self, client_id: str | None, name: str, item_id: str) -> dict[str, Any]:
         await self.dimension(client_id, name)
         check_item_id(item_id)
-        value = await self._redis.hget(keys.collection_keys(self._prefix, client_id, name)[0], item_id)
+        value = await self._redis.hget(
+            keys.collection_keys(self._prefix, client_id, name)[0], item_id
+        )
         if value is None:
             raise CollectionError("ITEM_NOT_FOUND", f"no item {item_id!r} in collection {name!r}")
         vector, metadata = _item_of(value)
@@ -329,13 +362,25 @@ class CollectionStore:
     async def delete(self, client_id: str | None, name: str, item_id: str) -> None:
         await self.dimension(client_id, name)
         check_item_id(item_id)
-        if not await self._delete(keys=[*keys.collection_keys(self._prefix, client_id, name),
-                                        *keys.collection_tombstone_keys(self._prefix, client_id, name)],
-                                  args=[item_id, MAX_TOMBSTONES]):
+        if not await self._delete(
+            keys=[
+                *keys.collection_keys(self._prefix, client_id, name),
+                *keys.collection_tombstone_keys(self._prefix, client_id, name),
+            ],
+            args=[item_id, MAX_TOMBSTONES],
+        ):
             raise CollectionError("ITEM_NOT_FOUND", f"no item {item_id!r} in collection {name!r}")
 
-    async def search(self, client_id: str | None, name: str, embedding: Any, k: Any, *,
-                     where: dict[str, Any] | None = None, exclude: str | None = None) -> list[Match]:
+    async def search(
+        self,
+        client_id: str | None,
+        name: str,
+        embedding: Any,
+        k: Any,
+        *,
+        where: dict[str, Any] | None = None,
+        exclude: str | None = None,
+    ) -> list[Match]:
         """The caller's ``k`` nearest items by cosine (best first); COLLECTION_NOT_FOUND,
         COLLECTION_DIMENSION_MISMATCH and INVALID_REQUEST as for the routes."""
         k = check_k(k)
@@ -343,9 +388,11 @@ class CollectionStore:
         vector = check_embedding(embedding)
         dimension = await self.dimension(client_id, name)
         if vector.size != dimension:
-            raise CollectionError("COLLECTION_DIMENSION_MISMATCH",
-                                  f"collection {name!r} holds {dimension}-d vectors, not {vector.size}-d",
-                                  {"dimension": dimension})
+            raise CollectionError(
+                "COLLECTION_DIMENSION_MISMATCH",
+                f"collection {name!r} holds {dimension}-d vectors, not {vector.size}-d",
+                {"dimension": dimension},
+            )
         key = (client_id or "", name)
         cached = self._cached.get(key)
         if cached is None or cached.index.dimension != dimension:
@@ -355,7 +402,9 @@ class CollectionStore:
             await self._catch_up(cached, client_id, name)
             self._evict(key)
             if len(cached.index) > 10_000 or where:  # a few ms of numpy: off the event loop
-                return await asyncio.to_thread(cached.index.search, vector, k, where=where, exclude=exclude)
+                return await asyncio.to_thread(
+                    cached.index.search, vector, k, where=where, exclude=exclude
+                )
             return cached.index.search(vector, k, where=where, exclude=exclude)
 
     def _evict(self, keep: tuple[str, str]) -> None:
@@ -387,8 +436,9 @@ class CollectionStore:
         page = page_items(cached.index.dimension)
         start = cached.seq
         while True:  # by score: each write has its own, so a page ends where the next begins
-            changed = await self._redis.zrangebyscore(changes, f"({start!r}", now, start=0, num=page,
-                                                      withscores=True)
+            changed = await self._redis.zrangebyscore(
+                changes, f"({start!r}", now, start=0, num=page, withscores=True
+            )
             if not changed:
                 break
             ids = [item_id for item_id, _ in changed]

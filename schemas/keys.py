@@ -163,7 +163,7 @@ def _tail(head: str, key: str | bytes) -> str | None:
     # the key's part after ``head``: the id as given (ids may hold colons), never a split on ":"
     if isinstance(key, bytes):
         key = key.decode("utf-8", "replace")
-    return key[len(head):] if key.startswith(head) and len(key) > len(head) else None
+    return key[len(head) :] if key.startswith(head) and len(key) > len(head) else None
 
 
 def cancel_key(prefix: str, request_id: str) -> str:
@@ -210,11 +210,21 @@ class Heartbeat:
         try:
             beat = json.loads(value)
             worker_id, tasks = beat["worker_id"], beat["tasks"]
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # NOTE: JSONDecodeError is a ValueError
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            RecursionError,
+        ) as exc:  # NOTE: JSONDecodeError is a ValueError
             raise ValueError(f"not a worker heartbeat: {exc!r}") from None
-        if not isinstance(worker_id, str) or not isinstance(tasks, list) \
-                or not all(isinstance(t, str) for t in tasks):
-            raise ValueError("not a worker heartbeat: worker_id must be text and tasks a list of text")
+        if (
+            not isinstance(worker_id, str)
+            or not isinstance(tasks, list)
+            or not all(isinstance(t, str) for t in tasks)
+        ):
+            raise ValueError(
+                "not a worker heartbeat: worker_id must be text and tasks a list of text"
+            )
         return cls(worker_id, tasks)
 
 

@@ -23,8 +23,18 @@ import numpy as np
 
 from streaminfer.schemas.errors import DecodeError
 
-__all__ = ["HEADER", "MEDIA_TYPE", "FramingError", "TensorBytesError", "fixed_bytes", "fixed_values",
-           "frame", "pack_bytes", "split", "unpack_bytes"]
+__all__ = [
+    "HEADER",
+    "MEDIA_TYPE",
+    "FramingError",
+    "TensorBytesError",
+    "fixed_bytes",
+    "fixed_values",
+    "frame",
+    "pack_bytes",
+    "split",
+    "unpack_bytes",
+]
 
 HEADER = "Inference-Header-Content-Length"
 MEDIA_TYPE = "application/octet-stream"
@@ -49,33 +59,43 @@ def frame(header: Any, chunks: Iterable[bytes]) -> tuple[bytes, int]:
     return head + b"".join(chunks), len(head)
 
 
-def split(body: bytes, header_length: str | None, section: str,
-          what: str = "body") -> tuple[Any, list[tuple[Any, bytes | None]]]:
+def split(
+    body: bytes, header_length: str | None, section: str, what: str = "body"
+) -> tuple[Any, list[tuple[Any, bytes | None]]]:
     """The JSON header of ``body`` and, for each tensor of its ``section`` (a list, else none),
     that tensor and its bytes (None where it gives no ``binary_data_size``), in order.
     ``what``: the body's name in messages."""
     text = (header_length or "").strip()
     length = int(text) if text.isdigit() else -1
     if not 0 <= length <= len(body):
-        raise FramingError(f"{HEADER} must be a byte count within the {what}'s {len(body)} bytes",
-                           {"header": HEADER})
+        raise FramingError(
+            f"{HEADER} must be a byte count within the {what}'s {len(body)} bytes",
+            {"header": HEADER},
+        )
     try:
         header = json.loads(body[:length])
     except (ValueError, RecursionError) as exc:  # NOTE: UnicodeDecodeError is a ValueError
-        raise FramingError(f"the {what}'s first {length} bytes ({HEADER}) are not a JSON object",
-                           {"header": HEADER}) from exc
+        raise FramingError(
+            f"the {what}'s first {length} bytes ({HEADER}) are not a JSON object",
+            {"header": HEADER},
+        ) from exc
     tensors = header.get(section) if isinstance(header, dict) else None
     offset, found = length, []
     for tensor in tensors if isinstance(tensors, list) else ():
         size = _binary_size(tensor, section)
         if size is not None and offset + size > len(body):
-            raise FramingError(f"{_label(tensor, section)}: binary_data_size {size} runs past the {what}'s end",
-                               {"missing_bytes": offset + size - len(body)})
-        found.append((tensor, None if size is None else body[offset:offset + size]))
+            raise FramingError(
+                f"{_label(tensor, section)}: binary_data_size {size} runs past the {what}'s end",
+                {"missing_bytes": offset + size - len(body)},
+            )
+        found.append((tensor, None if size is None else body[offset : offset + size]))
         offset += size or 0
     if offset != len(body):
-        raise FramingError(f"{len(body) - offset} bytes after the JSON header belong to no "
-                           f"{section.rstrip('s')}'s binary_data_size", {"extra_bytes": len(body) - offset})
+        raise FramingError(
+            f"{len(body) - offset} bytes after the JSON header belong to no "
+            f"{section.rstrip('s')}'s binary_data_size",
+            {"extra_bytes": len(body) - offset},
+        )
     return header, found
 
 
@@ -83,7 +103,9 @@ def _binary_size(tensor: Any, section: str) -> int | None:
     parameters = tensor.get("parameters") if isinstance(tensor, dict) else None
     size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
     if size is not None and (type(size) is not int or size < 0):
-        raise TensorBytesError(f"{_label(tensor, section)}: binary_data_size must be a non-negative integer")
+        raise TensorBytesError(
+            f"{_label(tensor, section)}: binary_data_size must be a non-negative integer"
+        )
     return size
 
 
@@ -103,8 +125,10 @@ def fixed_values(raw: bytes, dtype: np.dtype, label: str, datatype: str) -> np.n
     (the protocol's name of ``dtype``) for messages."""
     dtype = np.dtype(dtype)
     if len(raw) % dtype.itemsize:
-        raise TensorBytesError(f"{label}: {len(raw)} bytes are not a whole number of {datatype} "
-                               f"elements ({dtype.itemsize} bytes each)")
+        raise TensorBytesError(
+            f"{label}: {len(raw)} bytes are not a whole number of {datatype} "
+            f"elements ({dtype.itemsize} bytes each)"
+        )
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
 
 
@@ -122,7 +146,9 @@ def unpack_bytes(raw: bytes, label: str) -> list[bytes]:
         (size,) = _LENGTH.unpack_from(raw, offset)
         offset += _LENGTH.size
         if offset + size > len(raw):
-            raise TensorBytesError(f"{label}: a BYTES element of {size} bytes runs past binary_data_size")
-        items.append(raw[offset:offset + size])
+            raise TensorBytesError(
+                f"{label}: a BYTES element of {size} bytes runs past binary_data_size"
+            )
+        items.append(raw[offset : offset + size])
         offset += size
     return items

@@ -27,6 +27,7 @@ _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "st
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
+
 def _to_ms(value: int | datetime) -> int:
     """Normalise a timestamp-millis value read by fastavro (datetime) or by us (int)."""
     if isinstance(value, datetime):
@@ -52,8 +53,10 @@ def bind_dicts(record_type: type, types: Mapping[str, type]) -> None:
     schema_fields = avro_fields(record_type.AVRO_NAME)
     class_fields = {f.name: f for f in fields(record_type) if f.init}
     if {f["name"] for f in schema_fields} != set(class_fields):
-        raise ValueError(f"{record_type.__name__} fields {sorted(class_fields)} do not mirror "
-                         f"{record_type.AVRO_NAME} fields {sorted(f['name'] for f in schema_fields)}")
+        raise ValueError(
+            f"{record_type.__name__} fields {sorted(class_fields)} do not mirror "
+            f"{record_type.AVRO_NAME} fields {sorted(f['name'] for f in schema_fields)}"
+        )
     # NOTE: compiled to straight-line code, as schemas/binary.py does: a loop over the fields
     # took 2-3 times as long as the hand-written methods this replaces.
     source = _Source(namespace, types)
@@ -68,8 +71,10 @@ def bind_dicts(record_type: type, types: Mapping[str, type]) -> None:
             raw = f"d[{name!r}]"
         arguments[name] = from_avro(raw)
     positional = ", ".join(arguments[name] for name in class_fields)  # faster than keywords
-    code = (f"def to_avro(self):\n    return {{{', '.join(items)}}}\n\n"
-            f"def from_avro(cls, d):\n    return cls({positional})\n")
+    code = (
+        f"def to_avro(self):\n    return {{{', '.join(items)}}}\n\n"
+        f"def from_avro(cls, d):\n    return cls({positional})\n"
+    )
     namespace_ = {"_to_ms": _to_ms, **source.constants}
     exec(compile(code, f"<record_dicts {record_type.__name__}>", "exec"), namespace_)
     to_avro_dict, from_avro_dict = namespace_["to_avro"], namespace_["from_avro"]

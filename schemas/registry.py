@@ -191,8 +191,9 @@ class RegistryClient:
         if len(set(ids.values())) != 1:  # a registry keeps one id per schema, whatever subject
             raise RegistryUnavailable(f"schema registry {self._url}: {record_name} got ids {ids}")
         schema_id = next(iter(ids.values()))
-        logger.info("registered schema %s as %s with registry id %d",
-                    record_name, ", ".join(ids), schema_id)
+        logger.info(
+            "registered schema %s as %s with registry id %d", record_name, ", ".join(ids), schema_id
+        )
         return schema_id
 
     def _register(self, subject: str, schema: dict[str, Any]) -> int:

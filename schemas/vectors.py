@@ -65,8 +65,13 @@ def normalised(vector: np.ndarray) -> np.ndarray:
 class VectorIndex:
     """Ids, unit vectors and metadata of one collection; not thread-safe (one event loop)."""
 
-    def __init__(self, dimension: int, *, exact_limit: int = EXACT_LIMIT,
-                 expansion_search: int = EXPANSION_SEARCH) -> None:
+    def __init__(
+        self,
+        dimension: int,
+        *,
+        exact_limit: int = EXACT_LIMIT,
+        expansion_search: int = EXPANSION_SEARCH,
+    ) -> None:
         self.dimension = dimension
         self.exact_limit = exact_limit
         self.expansion_search = expansion_search
@@ -95,7 +100,9 @@ class VectorIndex:
         TARGET_RECALL)."""
         return self._graph is not None and not self.graph_falls_short
 
-    def upsert(self, item_id: str, vector: np.ndarray, metadata: dict[str, Any] | None = None) -> None:
+    def upsert(
+        self, item_id: str, vector: np.ndarray, metadata: dict[str, Any] | None = None
+    ) -> None:
         v = normalised(vector)
         if v.shape != (self.dimension,):
             raise ValueError(f"vector has {v.shape[0]} dimensions, the index {self.dimension}")
@@ -145,8 +152,14 @@ class VectorIndex:
             self._calibrated_at, self.graph_falls_short = 0, False
         return True
 
-    def search(self, query: np.ndarray, k: int, *, where: dict[str, Any] | None = None,
-               exclude: str | None = None) -> list[Match]:
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        where: dict[str, Any] | None = None,
+        exclude: str | None = None,
+    ) -> list[Match]:
         """The ``k`` best matches of ``query`` by cosine, best first; ``where``: metadata keys
         that must equal these values; ``exclude``: an id left out (the query item itself)."""
         q = normalised(query)
@@ -154,15 +167,22 @@ class VectorIndex:
         if k <= 0 or n == 0:
             return []
         if where:
-            rows = np.fromiter((i for i, m in enumerate(self._metadata)
-                                if all(key in m and m[key] == value for key, value in where.items())),
-                               dtype=np.int64)
+            rows = np.fromiter(
+                (
+                    i
+                    for i, m in enumerate(self._metadata)
+                    if all(key in m and m[key] == value for key, value in where.items())
+                ),
+                dtype=np.int64,
+            )
             return self._exact(q, k, rows, exclude)
         if self.is_approximate:
             return self._approximate(q, k, exclude)
         return self._exact(q, k, None, exclude)
 
-    def _exact(self, q: np.ndarray, k: int, rows: np.ndarray | None, exclude: str | None) -> list[Match]:
+    def _exact(
+        self, q: np.ndarray, k: int, rows: np.ndarray | None, exclude: str | None
+    ) -> list[Match]:
         scores = self._matrix[: len(self._ids)] @ q  # a view: no copy of the matrix
         if rows is None:
             rows = np.arange(scores.size)
@@ -174,7 +194,9 @@ class VectorIndex:
         if rows.size == 0:
             return []
         take = min(k, rows.size)
-        best = np.argpartition(-scores, take - 1)[:take] if take < rows.size else np.arange(rows.size)
+        best = (
+            np.argpartition(-scores, take - 1)[:take] if take < rows.size else np.arange(rows.size)
+        )
         best = best[np.argsort(-scores[best], kind="stable")]
         return [self._match(int(rows[i]), float(scores[i])) for i in best]
 
@@ -209,8 +231,14 @@ class VectorIndex:
         from usearch.index import Index  # only collections past the limit pay its import
 
         n = len(self._ids)
-        graph = Index(ndim=self.dimension, metric="cos", dtype=GRAPH_DTYPE, connectivity=CONNECTIVITY,
-                      expansion_add=EXPANSION_ADD, expansion_search=self.expansion_search)
+        graph = Index(
+            ndim=self.dimension,
+            metric="cos",
+            dtype=GRAPH_DTYPE,
+            connectivity=CONNECTIVITY,
+            expansion_add=EXPANSION_ADD,
+            expansion_search=self.expansion_search,
+        )
         graph.add(np.asarray(self._labels, dtype=np.uint64), self._matrix[:n])
         self._graph = graph
         self._calibrate()
@@ -248,19 +276,26 @@ class VectorIndex:
         self.recall_estimate, self._calibrated_at = recall, n
         self.graph_falls_short = recall < TARGET_RECALL
 
-    def _exact_top(self, queries: np.ndarray, rows: np.ndarray, k: int, chunk: int = 65_536) -> np.ndarray:
+    def _exact_top(
+        self, queries: np.ndarray, rows: np.ndarray, k: int, chunk: int = 65_536
+    ) -> np.ndarray:
         """The rows of the ``k`` best items of each query (its own row left out), read in
         chunks: never a queries x items matrix of a large collection in memory."""
         n = len(self._ids)
         best_rows = np.empty((rows.size, 0), dtype=np.int64)
         best_scores = np.empty((rows.size, 0), dtype=np.float32)
         for start in range(0, n, chunk):
-            scores = queries @ self._matrix[start:min(n, start + chunk)].T
+            scores = queries @ self._matrix[start : min(n, start + chunk)].T
             inside = (rows >= start) & (rows < start + scores.shape[1])
             scores[np.nonzero(inside)[0], rows[inside] - start] = -np.inf  # the query item itself
             candidates = np.concatenate([best_scores, scores], axis=1)
-            ids = np.concatenate([best_rows, np.broadcast_to(np.arange(start, start + scores.shape[1]),
-                                                             scores.shape)], axis=1)
+            ids = np.concatenate(
+                [
+                    best_rows,
+                    np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape),
+                ],
+                axis=1,
+            )
             take = np.argpartition(-candidates, k - 1, axis=1)[:, :k]
             best_scores = np.take_along_axis(candidates, take, axis=1)
             best_rows = np.take_along_axis(ids, take, axis=1)
@@ -272,8 +307,11 @@ class VectorIndex:
         limit, self.exact_limit = self.exact_limit, 1 << 62
         try:
             if graph is not None:
-                stale = {self._labels[row] for item_id, _, _ in items
-                         if (row := self._rows.get(item_id)) is not None}
+                stale = {
+                    self._labels[row]
+                    for item_id, _, _ in items
+                    if (row := self._rows.get(item_id)) is not None
+                }
                 for label in stale:
                     graph.remove(label)
             for item_id, vector, metadata in items:
@@ -282,7 +320,9 @@ class VectorIndex:
             self.exact_limit = limit
         if graph is not None:
             fresh = sorted({self._rows[item_id] for item_id, _, _ in items})
-            graph.add(np.asarray([self._labels[r] for r in fresh], dtype=np.uint64), self._matrix[fresh])
+            graph.add(
+                np.asarray([self._labels[r] for r in fresh], dtype=np.uint64), self._matrix[fresh]
+            )
             self._graph = graph
             self._maybe_calibrate()
         elif len(self._ids) > self.exact_limit:

@@ -21,7 +21,9 @@ def _tasks_arg(value: str | None) -> list[str] | None:
 def _fractions_arg(value: str) -> tuple[float, ...]:
     fractions = tuple(float(v) for v in value.split(",") if v.strip())
     if not fractions or not all(0 < f <= 1.5 for f in fractions):
-        raise argparse.ArgumentTypeError(f"expected fractions of saturation such as 0.25,0.5, not {value!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected fractions of saturation such as 0.25,0.5, not {value!r}"
+        )
     return fractions
 
 
@@ -57,9 +59,16 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         for handler in log_config["handlers"].values():
             if handler.get("stream") is sys.stderr:
                 handler["stream"] = "ext://sys.stderr"
-    uvicorn.run(served, factory=args.workers > 1, workers=args.workers if args.workers > 1 else None,
-                host=settings.gateway_host, port=settings.gateway_port,
-                log_config=log_config, access_log=False, **uvicorn_ssl(settings))
+    uvicorn.run(
+        served,
+        factory=args.workers > 1,
+        workers=args.workers if args.workers > 1 else None,
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_config=log_config,
+        access_log=False,
+        **uvicorn_ssl(settings),
+    )
     return 0
 
 
@@ -72,8 +81,12 @@ def gateway_app(settings: Settings | None = None):
     from .connectivity import kafka_options, schema_registry
 
     settings = settings or Settings()
-    provider = tracing.install(tracing.GATEWAY)  # in each process: with --workers N each builds its app
-    app = create_app(settings, kafka_options=kafka_options(settings), registry=schema_registry(settings))
+    provider = tracing.install(
+        tracing.GATEWAY
+    )  # in each process: with --workers N each builds its app
+    app = create_app(
+        settings, kafka_options=kafka_options(settings), registry=schema_registry(settings)
+    )
     tracing.flush_on_shutdown(app, provider)
     return app
 
@@ -121,31 +134,59 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"streaminfer worker: {exc}", file=sys.stderr)
         return 2
     if not tasks:
-        print("streaminfer worker: no built models in the repository; run `streaminfer models build`",
-              file=sys.stderr)
+        print(
+            "streaminfer worker: no built models in the repository; run `streaminfer models build`",
+            file=sys.stderr,
+        )
         return 2
     ssl_context = kafka_ssl_context(settings)
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    app, runtime = create_worker(WorkerOptions(
-        bootstrap_servers=settings.kafka_bootstrap_servers, redis_url=settings.redis_dsn,
-        topic_prefix=settings.topic_prefix, group_id=settings.group_id,
-        model_repository=str(settings.model_repository), tasks=tasks, worker_id=worker_id,
-        topic_partitions=settings.topic_partitions, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-        fetch_max_wait_busy_ms=settings.kafka_fetch_max_wait_busy_ms,
-        linger_ms=settings.kafka_linger_ms, commit_interval_s=settings.worker_commit_interval_s,
-        result_ttl_s=settings.result_ttl_s, max_queued=settings.worker_queue_items,
-        metrics_host=settings.worker_metrics_host, metrics_port=settings.worker_metrics_port, device=settings.device, threads=settings.worker_threads,
-        model_poll_s=settings.worker_model_poll_s,
-        circuit_failures=settings.circuit_failures, circuit_reset_s=settings.circuit_reset_s,
-        schema_registry_url=registry_url(settings), registry_http=registry_client(settings),
-        schema_registry_subject_strategy=settings.schema_registry_subject_strategy,
-        kafka_options=kafka_options(settings, ssl_context), broker_credentials=faust_credentials(settings, ssl_context),
-        cache_scope=settings.content_cache_scope, scheduling=settings.worker_scheduling,
-        follow_repository=not chosen,  # no explicit list: tasks dropped into the repository are served too
-        feature_store_url=settings.feature_store_url.get_secret_value() if settings.feature_store_url else None,
-    ), ensure_topics=lambda new: _ensure_topics(settings, new))
-    worker = faust.Worker(app, runtime, loop=loop, loglevel=args.log_level.lower(), quiet=True,
-                          redirect_stdouts=False, logging_config=logging_config(args.log_level))
+    app, runtime = create_worker(
+        WorkerOptions(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            redis_url=settings.redis_dsn,
+            topic_prefix=settings.topic_prefix,
+            group_id=settings.group_id,
+            model_repository=str(settings.model_repository),
+            tasks=tasks,
+            worker_id=worker_id,
+            topic_partitions=settings.topic_partitions,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            fetch_max_wait_busy_ms=settings.kafka_fetch_max_wait_busy_ms,
+            linger_ms=settings.kafka_linger_ms,
+            commit_interval_s=settings.worker_commit_interval_s,
+            result_ttl_s=settings.result_ttl_s,
+            max_queued=settings.worker_queue_items,
+            metrics_host=settings.worker_metrics_host,
+            metrics_port=settings.worker_metrics_port,
+            device=settings.device,
+            threads=settings.worker_threads,
+            model_poll_s=settings.worker_model_poll_s,
+            circuit_failures=settings.circuit_failures,
+            circuit_reset_s=settings.circuit_reset_s,
+            schema_registry_url=registry_url(settings),
+            registry_http=registry_client(settings),
+            schema_registry_subject_strategy=settings.schema_registry_subject_strategy,
+            kafka_options=kafka_options(settings, ssl_context),
+            broker_credentials=faust_credentials(settings, ssl_context),
+            cache_scope=settings.content_cache_scope,
+            scheduling=settings.worker_scheduling,
+            follow_repository=not chosen,  # no explicit list: tasks dropped into the repository are served too
+            feature_store_url=settings.feature_store_url.get_secret_value()
+            if settings.feature_store_url
+            else None,
+        ),
+        ensure_topics=lambda new: _ensure_topics(settings, new),
+    )
+    worker = faust.Worker(
+        app,
+        runtime,
+        loop=loop,
+        loglevel=args.log_level.lower(),
+        quiet=True,
+        redirect_stdouts=False,
+        logging_config=logging_config(args.log_level),
+    )
     worker.execute_from_commandline()
     return 0
 
@@ -155,7 +196,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "build":
         from streaminfer.models.builtin import build_all
 
-        metrics = build_all(settings.model_repository, force=args.force, tasks=_tasks_arg(args.tasks))
+        metrics = build_all(
+            settings.model_repository, force=args.force, tasks=_tasks_arg(args.tasks)
+        )
         for task, values in metrics.items():
             print(f"{task:<20} " + " ".join(f"{k}={v}" for k, v in values.items()))
         return 0
@@ -166,8 +209,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"no models in {settings.model_repository}; run `streaminfer models build`")
     for task, config in sorted(configs.items()):
         versions = ",".join(config.versions) or "(not built)"
-        print(f"{task:<20} {config.name:<28} {config.backend:<12} versions {versions:<8} "
-              f"max_batch {config.max_batch_size} delay {config.max_batch_delay_ms}ms")
+        print(
+            f"{task:<20} {config.name:<28} {config.backend:<12} versions {versions:<8} "
+            f"max_batch {config.max_batch_size} delay {config.max_batch_delay_ms}ms"
+        )
     return 0
 
 
@@ -187,27 +232,49 @@ def cmd_submit(args: argparse.Namespace) -> int:
     elif args.text:
         body = {"inputs": {"text": args.text if len(args.text) > 1 else args.text[0]}}
     elif args.entity_id:  # a feature lookup task: the worker fetches the entities' features
-        body = {"inputs": {"entity_id": args.entity_id if len(args.entity_id) > 1 else args.entity_id[0]}}
+        body = {
+            "inputs": {
+                "entity_id": args.entity_id if len(args.entity_id) > 1 else args.entity_id[0]
+            }
+        }
     else:
         body = {"inputs": json.load(sys.stdin)}
     unknown = sorted(set(body) - set(SUBMIT_KEYS)) if isinstance(body, dict) else None
     if unknown is None or unknown or "inputs" not in body:
-        print(f"streaminfer submit: the body must be an object with inputs and only {', '.join(SUBMIT_KEYS)}",
-              file=sys.stderr)
+        print(
+            f"streaminfer submit: the body must be an object with inputs and only {', '.join(SUBMIT_KEYS)}",
+            file=sys.stderr,
+        )
         return 2
     if args.priority:
         body["priority"] = args.priority
-    collection = {"collection": args.collection, "item_id": args.item_id, "similar_k": args.similar_k}
+    collection = {
+        "collection": args.collection,
+        "item_id": args.item_id,
+        "similar_k": args.similar_k,
+    }
     if any(v is not None for v in collection.values()):  # the gateway checks that they go together
-        body["parameters"] = {**(body.get("parameters") or {}),
-                              **{k: str(v) for k, v in collection.items() if v is not None}}
+        body["parameters"] = {
+            **(body.get("parameters") or {}),
+            **{k: str(v) for k, v in collection.items() if v is not None},
+        }
     try:
         with Client(url, api_key=args.api_key) as client:
-            result = client.infer(args.task, body["inputs"], wait=args.wait, priority=body.get("priority"),
-                                  deadline_ms=body.get("deadline_ms"), parameters=body.get("parameters"),
-                                  model_version=body.get("model_version"))
+            result = client.infer(
+                args.task,
+                body["inputs"],
+                wait=args.wait,
+                priority=body.get("priority"),
+                deadline_ms=body.get("deadline_ms"),
+                parameters=body.get("parameters"),
+                model_version=body.get("model_version"),
+            )
     except ClientError as exc:  # the gateway's error body, or the client's own for no answer
-        error = exc.body if isinstance(exc.body, dict) else {"error_code": exc.error_code, "message": exc.message}
+        error = (
+            exc.body
+            if isinstance(exc.body, dict)
+            else {"error_code": exc.error_code, "message": exc.message}
+        )
         print(json.dumps(error, indent=2))
         return 1
     print(json.dumps(result.raw, indent=2))
@@ -224,9 +291,17 @@ def cmd_tail(args: argparse.Namespace) -> int:
     except ConnectivityError as exc:
         print(f"streaminfer tail: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(tail(settings, args.stream, task=args.task, request_id=args.request_id,
-                            from_beginning=args.from_beginning, max_messages=args.max,
-                            idle_timeout_s=args.idle_timeout))
+    return asyncio.run(
+        tail(
+            settings,
+            args.stream,
+            task=args.task,
+            request_id=args.request_id,
+            from_beginning=args.from_beginning,
+            max_messages=args.max,
+            idle_timeout_s=args.idle_timeout,
+        )
+    )
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -250,8 +325,10 @@ def cmd_topics(args: argparse.Namespace) -> int:
     except ConnectivityError as exc:
         print(f"streaminfer topics: {exc}", file=sys.stderr)
         return 2
-    print(f"topics of {', '.join(tasks)} exist under prefix {settings.topic_prefix!r} "
-          f"({settings.topic_partitions} partitions each when created)")
+    print(
+        f"topics of {', '.join(tasks)} exist under prefix {settings.topic_prefix!r} "
+        f"({settings.topic_partitions} partitions each when created)"
+    )
     return 0
 
 
@@ -274,12 +351,18 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print("streaminfer keys create: --client is required", file=sys.stderr)
             return 2
         scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
-        if args.if_absent and any(row["client"] == args.client for row in
-                                  asyncio.run(_with_key_store(settings, lambda store: store.list()))):
+        if args.if_absent and any(
+            row["client"] == args.client
+            for row in asyncio.run(_with_key_store(settings, lambda store: store.list()))
+        ):
             print(f"{args.client} has an API key already; none created")
             return 0
         try:
-            key = asyncio.run(_with_key_store(settings, lambda store: store.create(args.client, scopes, args.admin)))
+            key = asyncio.run(
+                _with_key_store(
+                    settings, lambda store: store.create(args.client, scopes, args.admin)
+                )
+            )
         except ValueError as exc:
             print(f"streaminfer keys create: {exc}", file=sys.stderr)
             return 2
@@ -287,8 +370,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(key)
     elif args.action == "list":
         for row in asyncio.run(_with_key_store(settings, lambda store: store.list())):
-            print(f"{row['client']:<24} scopes={row['scopes']:<34} admin={'yes' if row['admin'] else 'no':<4} "
-                  f"keys={row['keys']}")
+            print(
+                f"{row['client']:<24} scopes={row['scopes']:<34} admin={'yes' if row['admin'] else 'no':<4} "
+                f"keys={row['keys']}"
+            )
     else:
         if not args.client:
             print("streaminfer keys revoke: --client is required", file=sys.stderr)
@@ -317,8 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     gateway = sub.add_parser("gateway", help="run the HTTP gateway")
-    gateway.add_argument("--workers", type=int, default=1,
-                         help="gateway processes serving the same port (each its own producer and Redis pool)")
+    gateway.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes serving the same port (each its own producer and Redis pool)",
+    )
     gateway.set_defaults(func=cmd_gateway)
 
     worker = sub.add_parser("worker", help="run a stream worker")
@@ -335,14 +424,23 @@ def build_parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="submit one request through the gateway")
     submit.add_argument("task")
     submit.add_argument("--text", nargs="+", help="text(s) for text-embedding")
-    submit.add_argument("--entity-id", nargs="+", help="entity id(s) whose features the worker looks up "
-                        "(tasks with a features section, e.g. tabular-classify: 0 ... 568)")
+    submit.add_argument(
+        "--entity-id",
+        nargs="+",
+        help="entity id(s) whose features the worker looks up "
+        "(tasks with a features section, e.g. tabular-classify: 0 ... 568)",
+    )
     submit.add_argument("--json", help="the whole body as JSON")
     submit.add_argument("--priority")
-    submit.add_argument("--collection", help="a collection to store the embedding in (with --item-id) or "
-                                             "to find its neighbours in (with --similar-k)")
+    submit.add_argument(
+        "--collection",
+        help="a collection to store the embedding in (with --item-id) or "
+        "to find its neighbours in (with --similar-k)",
+    )
     submit.add_argument("--item-id", help="store the embedding under this id in --collection")
-    submit.add_argument("--similar-k", type=int, help="add the k nearest items of --collection to the result")
+    submit.add_argument(
+        "--similar-k", type=int, help="add the k nearest items of --collection to the result"
+    )
     submit.add_argument("--wait", type=float, default=10.0)
     submit.add_argument("--url")
     submit.add_argument("--api-key", default=os.environ.get("STREAMINFER_API_KEY"))
@@ -354,7 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--request-id")
     tail.add_argument("--from-beginning", action="store_true")
     tail.add_argument("--max", type=int, default=None)
-    tail.add_argument("--idle-timeout", type=float, default=None, help="stop after this many idle seconds")
+    tail.add_argument(
+        "--idle-timeout", type=float, default=None, help="stop after this many idle seconds"
+    )
     tail.set_defaults(func=cmd_tail)
 
     from .dlq import add_parser as add_dlq_parser  # `dlq list|show|replay`, run by streaminfer.dlq
@@ -370,29 +470,82 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=256)
     bench.add_argument("--batch-size", type=int, default=None)
     bench.add_argument("--output", default="bench-results")
-    bench.add_argument("--scenario", choices=["codec", "batching", "priority", "http", "gateway", "load", "scaleout",
-                                              "deadlines", "light", "collections", "all"],
-                       default="all", help="all: every scenario in turn (about 15 minutes on 2 cores) but "
-                                           "collections (the vector index alone, in-process)")
-    bench.add_argument("--collection-sizes", type=lambda v: [int(x) for x in v.split(",")],
-                       default=[10_000, 100_000], help="collections: comma-separated numbers of vectors")
-    bench.add_argument("--collection-kinds", type=lambda v: v.split(","), default=["random", "clustered"],
-                       help="collections: random and/or clustered 384-d vectors")
-    bench.add_argument("--rates", type=_fractions_arg, default=(0.25, 0.5, 0.75, 0.85, 0.9),
-                       help="load: comma-separated fractions of the saturation throughput to offer")
-    bench.add_argument("--duration", type=float, default=None,
-                       help="load: seconds of each open-loop run (default: --requests requests each)")
-    bench.add_argument("--deadlines-seconds", type=float, default=20.0,
-                       help="deadlines: seconds of each open-loop run at 1.5x saturation")
-    bench.add_argument("--tight-share", type=float, default=0.5,
-                       help="deadlines: share of requests with the tight deadline (the rest: loose, 2 s)")
-    bench.add_argument("--light-seconds", type=float, default=20.0,
-                       help="light: seconds of the open-loop run at 5%% of saturation")
-    bench.add_argument("--floor-seconds", type=float, default=10.0,
-                       help="deadlines, light: seconds of the no-model transport-floor run (20 req/s)")
-    bench.add_argument("--submit-seconds", type=float, default=10.0, help="length of the gateway submit run")
-    bench.add_argument("--submit-connections", type=int, default=64,
-                       help="keep-alive connections of the gateway submit run")
+    bench.add_argument(
+        "--scenario",
+        choices=[
+            "codec",
+            "batching",
+            "priority",
+            "http",
+            "gateway",
+            "load",
+            "scaleout",
+            "deadlines",
+            "light",
+            "collections",
+            "all",
+        ],
+        default="all",
+        help="all: every scenario in turn (about 15 minutes on 2 cores) but "
+        "collections (the vector index alone, in-process)",
+    )
+    bench.add_argument(
+        "--collection-sizes",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[10_000, 100_000],
+        help="collections: comma-separated numbers of vectors",
+    )
+    bench.add_argument(
+        "--collection-kinds",
+        type=lambda v: v.split(","),
+        default=["random", "clustered"],
+        help="collections: random and/or clustered 384-d vectors",
+    )
+    bench.add_argument(
+        "--rates",
+        type=_fractions_arg,
+        default=(0.25, 0.5, 0.75, 0.85, 0.9),
+        help="load: comma-separated fractions of the saturation throughput to offer",
+    )
+    bench.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="load: seconds of each open-loop run (default: --requests requests each)",
+    )
+    bench.add_argument(
+        "--deadlines-seconds",
+        type=float,
+        default=20.0,
+        help="deadlines: seconds of each open-loop run at 1.5x saturation",
+    )
+    bench.add_argument(
+        "--tight-share",
+        type=float,
+        default=0.5,
+        help="deadlines: share of requests with the tight deadline (the rest: loose, 2 s)",
+    )
+    bench.add_argument(
+        "--light-seconds",
+        type=float,
+        default=20.0,
+        help="light: seconds of the open-loop run at 5%% of saturation",
+    )
+    bench.add_argument(
+        "--floor-seconds",
+        type=float,
+        default=10.0,
+        help="deadlines, light: seconds of the no-model transport-floor run (20 req/s)",
+    )
+    bench.add_argument(
+        "--submit-seconds", type=float, default=10.0, help="length of the gateway submit run"
+    )
+    bench.add_argument(
+        "--submit-connections",
+        type=int,
+        default=64,
+        help="keep-alive connections of the gateway submit run",
+    )
     bench.set_defaults(func=cmd_bench)
 
     topics_cmd = sub.add_parser("topics", help="create the request, result, audit and DLQ topics")
@@ -400,13 +553,18 @@ def build_parser() -> argparse.ArgumentParser:
     topics_cmd.add_argument("--tasks", default=None)
     topics_cmd.set_defaults(func=cmd_topics)
 
-    keys_cmd = sub.add_parser("keys", help="create, list or revoke API keys (stored hashed in Redis)")
+    keys_cmd = sub.add_parser(
+        "keys", help="create, list or revoke API keys (stored hashed in Redis)"
+    )
     keys_cmd.add_argument("action", choices=["create", "list", "revoke"])
     keys_cmd.add_argument("--client")
     keys_cmd.add_argument("--scopes", default="inference:submit,inference:read")
     keys_cmd.add_argument("--admin", action="store_true")
-    keys_cmd.add_argument("--if-absent", action="store_true",
-                          help="create: only if the client has no key yet (an init step run on every start)")
+    keys_cmd.add_argument(
+        "--if-absent",
+        action="store_true",
+        help="create: only if the client has no key yet (an init step run on every start)",
+    )
     keys_cmd.set_defaults(func=cmd_keys)
 
     config = sub.add_parser("config", help="show the effective settings")
@@ -425,9 +583,16 @@ def main(argv: list[str] | None = None) -> None:
         code = args.func(args)
     except ValidationError as exc:  # settings that cannot work: one line each, naming the setting
         for error in exc.errors():
-            where = "STREAMINFER_" + "_".join(str(p) for p in error["loc"]).upper() if error["loc"] else ""
+            where = (
+                "STREAMINFER_" + "_".join(str(p) for p in error["loc"]).upper()
+                if error["loc"]
+                else ""
+            )
             message = error["msg"].removeprefix("Value error, ")
-            print(f"streaminfer {args.command}: {where + ': ' if where else ''}{message}", file=sys.stderr)
+            print(
+                f"streaminfer {args.command}: {where + ': ' if where else ''}{message}",
+                file=sys.stderr,
+            )
         code = 2
     except ModelError as exc:  # a missing extra or weights package, a GPU that is not there
         print(f"streaminfer {args.command}: {exc}", file=sys.stderr)

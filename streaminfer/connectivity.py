@@ -33,7 +33,8 @@ def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     from aiokafka.helpers import create_ssl_context
 
     return create_ssl_context(
-        cafile=_str(settings.kafka_ssl_cafile), certfile=_str(settings.kafka_ssl_certfile),
+        cafile=_str(settings.kafka_ssl_cafile),
+        certfile=_str(settings.kafka_ssl_certfile),
         keyfile=_str(settings.kafka_ssl_keyfile),
     )
 
@@ -65,8 +66,10 @@ def faust_credentials(settings: Settings, ssl_context: ssl.SSLContext | None = N
     if protocol == "SSL":
         return faust.SSLCredentials(context)
     return faust.SASLCredentials(
-        username=settings.kafka_sasl_username, password=_secret(settings.kafka_sasl_password),
-        mechanism=settings.kafka_sasl_mechanism, ssl_context=context if protocol == "SASL_SSL" else None,
+        username=settings.kafka_sasl_username,
+        password=_secret(settings.kafka_sasl_password),
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=context if protocol == "SASL_SSL" else None,
     )
 
 
@@ -79,7 +82,9 @@ def registry_client(settings: Settings):
 
     auth = None
     if settings.schema_registry_username is not None:
-        auth = httpx.BasicAuth(settings.schema_registry_username, _secret(settings.schema_registry_password))
+        auth = httpx.BasicAuth(
+            settings.schema_registry_username, _secret(settings.schema_registry_password)
+        )
     verify: Any = True
     if settings.schema_registry_cafile is not None:
         verify = ssl.create_default_context(cafile=str(settings.schema_registry_cafile))
@@ -96,12 +101,16 @@ def registry_url(settings: Settings) -> str | None:
     parts = urlsplit(url)
     if "@" not in parts.netloc:
         return url
-    logger.warning("ignoring credentials in STREAMINFER_SCHEMA_REGISTRY_URL; set "
-                   "STREAMINFER_SCHEMA_REGISTRY_USERNAME and STREAMINFER_SCHEMA_REGISTRY_PASSWORD")
+    logger.warning(
+        "ignoring credentials in STREAMINFER_SCHEMA_REGISTRY_URL; set "
+        "STREAMINFER_SCHEMA_REGISTRY_USERNAME and STREAMINFER_SCHEMA_REGISTRY_PASSWORD"
+    )
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
-def schema_registry(settings: Settings, tasks: Callable[[], Iterable[str]] | Iterable[str] | None = None):
+def schema_registry(
+    settings: Settings, tasks: Callable[[], Iterable[str]] | Iterable[str] | None = None
+):
     """The schema registry client (``None`` without a registry): its URL, auth, CA and subject
     strategy. The topic strategies register under the topics of ``tasks`` (a callable is asked at
     registration time; default: the built tasks of the model repository then)."""
@@ -111,11 +120,17 @@ def schema_registry(settings: Settings, tasks: Callable[[], Iterable[str]] | Ite
     from streaminfer.schemas.registry import RegistryClient, record_topics
 
     def topics(record_name: str) -> list[str]:
-        names = repository_tasks(settings) if tasks is None else tasks() if callable(tasks) else tasks
+        names = (
+            repository_tasks(settings) if tasks is None else tasks() if callable(tasks) else tasks
+        )
         return record_topics(settings.topic_prefix, names).get(record_name, [])
 
-    return RegistryClient(url, client=registry_client(settings), topics=topics,
-                          subject_strategy=settings.schema_registry_subject_strategy)
+    return RegistryClient(
+        url,
+        client=registry_client(settings),
+        topics=topics,
+        subject_strategy=settings.schema_registry_subject_strategy,
+    )
 
 
 def repository_tasks(settings: Settings) -> list[str]:
@@ -141,7 +156,10 @@ def uvicorn_ssl(settings: Settings) -> dict[str, str]:
     """``ssl_certfile``/``ssl_keyfile`` for ``uvicorn.run`` when the gateway serves HTTPS."""
     if not settings.gateway_uses_tls:
         return {}
-    return {"ssl_certfile": str(settings.gateway_ssl_certfile), "ssl_keyfile": str(settings.gateway_ssl_keyfile)}
+    return {
+        "ssl_certfile": str(settings.gateway_ssl_certfile),
+        "ssl_keyfile": str(settings.gateway_ssl_keyfile),
+    }
 
 
 def gateway_url(settings: Settings, host: str | None = None, port: int | None = None) -> str:
@@ -161,11 +179,15 @@ async def diagnose_kafka_tls(settings: Settings, timeout_s: float = 3.0) -> None
     try:
         context = kafka_ssl_context(settings)
     except (ssl.SSLError, OSError) as exc:
-        raise ConnectivityError(f"STREAMINFER_KAFKA_SSL_CAFILE/CERTFILE/KEYFILE cannot be loaded: {exc}") from exc
+        raise ConnectivityError(
+            f"STREAMINFER_KAFKA_SSL_CAFILE/CERTFILE/KEYFILE cannot be loaded: {exc}"
+        ) from exc
     writer = None
     try:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(host, int(port), ssl=context, server_hostname=host)
+            reader, writer = await asyncio.open_connection(
+                host, int(port), ssl=context, server_hostname=host
+            )
         # NOTE: with TLS 1.3 a server that requires a client certificate refuses it only after
         # the client's handshake is done: the next read raises its alert or (a server that sends
         # no alert) reads end of stream. A broker that accepts us sends nothing unasked.
@@ -175,22 +197,36 @@ async def diagnose_kafka_tls(settings: Settings, timeout_s: float = 3.0) -> None
         except TimeoutError:
             closed = False
         if closed:
-            raise ssl.SSLError(1, "the broker closed the connection right after the TLS handshake "
-                                  "(CERTIFICATE_REQUIRED or a certificate it does not accept)")
+            raise ssl.SSLError(
+                1,
+                "the broker closed the connection right after the TLS handshake "
+                "(CERTIFICATE_REQUIRED or a certificate it does not accept)",
+            )
     except ssl.SSLCertVerificationError as exc:
         cafile = settings.kafka_ssl_cafile or "the system's CA bundle"
         raise ConnectivityError(
             f"STREAMINFER_KAFKA_SSL_CAFILE: the certificate of the broker at {server} is not trusted "
-            f"by {cafile} ({exc.verify_message})") from exc
+            f"by {cafile} ({exc.verify_message})"
+        ) from exc
     except ssl.SSLError as exc:
-        if "CERTIFICATE_REQUIRED" in str(exc) or "HANDSHAKE_FAILURE" in str(exc) or "BAD_CERTIFICATE" in str(exc):
-            setting = ("STREAMINFER_KAFKA_SSL_CERTFILE" if settings.kafka_ssl_certfile is None
-                       else "STREAMINFER_KAFKA_SSL_CERTFILE/KEYFILE")
+        if (
+            "CERTIFICATE_REQUIRED" in str(exc)
+            or "HANDSHAKE_FAILURE" in str(exc)
+            or "BAD_CERTIFICATE" in str(exc)
+        ):
+            setting = (
+                "STREAMINFER_KAFKA_SSL_CERTFILE"
+                if settings.kafka_ssl_certfile is None
+                else "STREAMINFER_KAFKA_SSL_CERTFILE/KEYFILE"
+            )
             raise ConnectivityError(
                 f"{setting}: the broker at {server} requires a client certificate it accepts "
-                f"(mutual TLS): {getattr(exc, 'reason', None) or exc}") from exc
-        raise ConnectivityError(f"STREAMINFER_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol}: "
-                                f"TLS to {server} failed: {exc}") from exc
+                f"(mutual TLS): {getattr(exc, 'reason', None) or exc}"
+            ) from exc
+        raise ConnectivityError(
+            f"STREAMINFER_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol}: "
+            f"TLS to {server} failed: {exc}"
+        ) from exc
     except (OSError, TimeoutError) as exc:
         logger.debug("TLS probe of %s: %r", server, exc)  # not reachable: not a settings problem
     finally:

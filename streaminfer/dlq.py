@@ -68,7 +68,8 @@ def parse_time(value: str) -> int:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected an ISO-8601 time such as 2026-12-01T15:00:00Z, not {value!r}") from None
+            f"expected an ISO-8601 time such as 2026-12-01T15:00:00Z, not {value!r}"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
@@ -93,17 +94,24 @@ class LetterFilter:
 
     @property
     def is_any(self) -> bool:
-        return not (self.error_codes or self.source_topic or self.key is not None
-                    or self.since_ms is not None or self.until_ms is not None)
+        return not (
+            self.error_codes
+            or self.source_topic
+            or self.key is not None
+            or self.since_ms is not None
+            or self.until_ms is not None
+        )
 
     def matches(self, letter: DeadLetter | None) -> bool:
         if letter is None:  # not a dead letter: only an unfiltered scan shows it
             return self.is_any
-        return ((not self.error_codes or letter.error_code in self.error_codes)
-                and (self.source_topic is None or letter.source_topic == self.source_topic)
-                and (self.since_ms is None or letter.at >= self.since_ms)
-                and (self.until_ms is None or letter.at < self.until_ms)
-                and (self.key is None or letter.key == self.key.encode()))
+        return (
+            (not self.error_codes or letter.error_code in self.error_codes)
+            and (self.source_topic is None or letter.source_topic == self.source_topic)
+            and (self.since_ms is None or letter.at >= self.since_ms)
+            and (self.until_ms is None or letter.at < self.until_ms)
+            and (self.key is None or letter.key == self.key.encode())
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LetterFilter:
@@ -129,25 +137,35 @@ class Entry:
 
     def summary(self) -> dict[str, Any]:
         """What ``dlq list`` prints: never the payload itself."""
-        out: dict[str, Any] = {"dlq": {"topic": self.topic, "partition": self.partition,
-                                       "offset": self.offset}}
+        out: dict[str, Any] = {
+            "dlq": {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+        }
         letter = self.letter
         if letter is None:
             out["error"] = f"not a dead letter: {self.error}"
             return out
-        out.update({
-            "error_code": _capped(letter.error_code),
-            "error_message": _capped(letter.error_message),
-            "source": {"topic": letter.source_topic, "partition": letter.partition,
-                       "offset": letter.offset},
-            "request_id": self.request.request_id if self.request else None,
-            "at": iso(letter.at) if 0 <= letter.at < 253402300800000 else letter.at,
-            "key": (None if letter.key is None
-                    else _capped(letter.key.decode("utf-8", "backslashreplace"))),
-            "payload_length": (len(letter.payload) if letter.payload_length is None
-                               else letter.payload_length),
-            "truncated": letter.truncated,
-        })
+        out.update(
+            {
+                "error_code": _capped(letter.error_code),
+                "error_message": _capped(letter.error_message),
+                "source": {
+                    "topic": letter.source_topic,
+                    "partition": letter.partition,
+                    "offset": letter.offset,
+                },
+                "request_id": self.request.request_id if self.request else None,
+                "at": iso(letter.at) if 0 <= letter.at < 253402300800000 else letter.at,
+                "key": (
+                    None
+                    if letter.key is None
+                    else _capped(letter.key.decode("utf-8", "backslashreplace"))
+                ),
+                "payload_length": (
+                    len(letter.payload) if letter.payload_length is None else letter.payload_length
+                ),
+                "truncated": letter.truncated,
+            }
+        )
         return out
 
     def detail(self) -> dict[str, Any]:
@@ -170,12 +188,16 @@ def _capped(text: str, most: int = 2000) -> str:
 
 def request_summary(request: InferenceRequest) -> dict[str, Any]:
     return {
-        "request_id": request.request_id, "task": request.task,
+        "request_id": request.request_id,
+        "task": request.task,
         "model_version": request.model_version,
-        "priority": request.priority.name, "client_id": request.client_id,
-        "created_at": request.created_at, "deadline_at": request.deadline_at,
-        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
-                   for t in request.inputs],
+        "priority": request.priority.name,
+        "client_id": request.client_id,
+        "created_at": request.created_at,
+        "deadline_at": request.deadline_at,
+        "inputs": [
+            {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in request.inputs
+        ],
         "parameters": dict(request.parameters),
     }
 
@@ -195,8 +217,9 @@ def refusal(entry: Entry, prefix: str, existing_topics: set[str]) -> str | None:
     if letter.truncated:
         return "truncated"
     if (letter.payload_length is not None and letter.payload_length != len(letter.payload)) or (
-            letter.payload_sha256 is not None
-            and hashlib.sha256(letter.payload).hexdigest() != letter.payload_sha256.lower()):
+        letter.payload_sha256 is not None
+        and hashlib.sha256(letter.payload).hexdigest() != letter.payload_sha256.lower()
+    ):
         return "payload-mismatch"
     if len(letter.payload) + len(letter.key or b"") > MAX_PAYLOAD_BYTES:
         return "oversized"
@@ -227,9 +250,13 @@ class DlqReader:
 
         self._codec = avro_codec(self._settings)
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.kafka_bootstrap_servers, group_id=None,
-            enable_auto_commit=False, fetch_max_wait_ms=FETCH_WAIT_MS,
-            auto_offset_reset="earliest", **kafka_options(self._settings))
+            bootstrap_servers=self._settings.kafka_bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=FETCH_WAIT_MS,
+            auto_offset_reset="earliest",
+            **kafka_options(self._settings),
+        )
         try:
             await self._consumer.start()
             self.existing_topics = set(await self._consumer.topics())
@@ -250,8 +277,9 @@ class DlqReader:
         found = self._consumer.partitions_for_topic(self.topic) or set()
         return [TopicPartition(self.topic, p) for p in sorted(found) if only is None or p == only]
 
-    async def entries(self, partition: int | None = None, start: int | None = None,
-                      stop: int | None = None) -> AsyncIterator[Entry]:
+    async def entries(
+        self, partition: int | None = None, start: int | None = None, stop: int | None = None
+    ) -> AsyncIterator[Entry]:
         """Every record up to the end offsets at start (of ``partition`` only, from ``start``,
         before ``stop``), decoded."""
         tps = await self._partitions(partition)
@@ -296,8 +324,9 @@ class DlqReader:
         from streaminfer.schemas.errors import SchemaError
         from streaminfer.schemas.records import DeadLetter, InferenceRequest
 
-        entry = Entry(record.topic, record.partition, record.offset, None,
-                      headers=tuple(record.headers or ()))
+        entry = Entry(
+            record.topic, record.partition, record.offset, None, headers=tuple(record.headers or ())
+        )
         if record.value is None:
             entry.error = "no value (a tombstone)"
             return entry
@@ -320,8 +349,10 @@ def parse_ref(ref: str, dlq_topic: str) -> tuple[int, int]:
     parts = ref.strip().rsplit(":", 2)
     if len(parts) == 3:
         if parts[0] != dlq_topic:
-            raise DlqError(f"{parts[0]!r} is not the dead-letter topic of this prefix "
-                           f"({dlq_topic}; set STREAMINFER_TOPIC_PREFIX)")
+            raise DlqError(
+                f"{parts[0]!r} is not the dead-letter topic of this prefix "
+                f"({dlq_topic}; set STREAMINFER_TOPIC_PREFIX)"
+            )
         parts = parts[1:]
     wrong = DlqError(f"expected <partition>:<offset> or <topic>:<partition>:<offset>, not {ref!r}")
     if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
@@ -329,8 +360,9 @@ def parse_ref(ref: str, dlq_topic: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-async def list_letters(settings: Settings, where: LetterFilter, limit: int | None = None,
-                       out=sys.stdout) -> int:
+async def list_letters(
+    settings: Settings, where: LetterFilter, limit: int | None = None, out=sys.stdout
+) -> int:
     async with DlqReader(settings) as reader, contextlib.aclosing(reader.entries()) as entries:
         shown = 0
         async for entry in entries:
@@ -373,8 +405,15 @@ class Replayer:
     with no trace of the replay; only its bytes link the two. Within one run a payload goes
     once (after a crash the same event can be dead-lettered twice)."""
 
-    def __init__(self, settings: Settings, redis, producer, *, dry_run: bool = False,
-                 max_replays: int = DEFAULT_MAX_REPLAYS) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis,
+        producer,
+        *,
+        dry_run: bool = False,
+        max_replays: int = DEFAULT_MAX_REPLAYS,
+    ) -> None:
         self._prefix = settings.topic_prefix
         self._redis = redis
         self._producer = producer
@@ -418,8 +457,11 @@ class Replayer:
             letter = entry.letter
             try:
                 await self._producer.send_and_wait(
-                    letter.source_topic, letter.payload, key=letter.key,
-                    headers=[(HEADER_REPLAY_OF, entry.ref.encode())])
+                    letter.source_topic,
+                    letter.payload,
+                    key=letter.key,
+                    headers=[(HEADER_REPLAY_OF, entry.ref.encode())],
+                )
             except Exception:  # the producer said it failed: not replayed, the claim goes back
                 digest = hashlib.sha256(letter.payload).hexdigest()
                 await self._redis.decr(replay_count_key(self._prefix, digest))
@@ -431,9 +473,16 @@ class Replayer:
         return {"action": "would-replay" if self._dry_run else "replayed", **line}
 
 
-async def replay_letters(settings: Settings, where: LetterFilter, *, limit: int | None = None,
-                         dry_run: bool = False, max_replays: int = DEFAULT_MAX_REPLAYS,
-                         out=sys.stdout, err=sys.stderr) -> Replayer:
+async def replay_letters(
+    settings: Settings,
+    where: LetterFilter,
+    *,
+    limit: int | None = None,
+    dry_run: bool = False,
+    max_replays: int = DEFAULT_MAX_REPLAYS,
+    out=sys.stdout,
+    err=sys.stderr,
+) -> Replayer:
     """Re-produce the original payload of each matching letter to its source topic, one JSON
     line per letter; ends ``out`` with ``replayed N, skipped M`` (the reasons on ``err``)."""
     from aiokafka import AIOKafkaProducer
@@ -446,16 +495,24 @@ async def replay_letters(settings: Settings, where: LetterFilter, *, limit: int 
 
     def progress(step: int) -> None:  # the first call, once the total is known, opens the bar
         if not bars:
-            bars.append(tqdm(total=reader.total, file=err, unit="letter", mininterval=0.5,
-                             desc="dry run" if dry_run else "replaying"))
+            bars.append(
+                tqdm(
+                    total=reader.total,
+                    file=err,
+                    unit="letter",
+                    mininterval=0.5,
+                    desc="dry run" if dry_run else "replaying",
+                )
+            )
         bars[0].update(step)
 
     redis = Redis.from_url(settings.redis_dsn)
     producer = None
     try:
         if not dry_run:
-            producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                        **kafka_options(settings))
+            producer = AIOKafkaProducer(
+                bootstrap_servers=settings.kafka_bootstrap_servers, **kafka_options(settings)
+            )
             await producer.start()
         replayer = Replayer(settings, redis, producer, dry_run=dry_run, max_replays=max_replays)
         reader = DlqReader(settings, progress)
@@ -480,8 +537,11 @@ async def replay_letters(settings: Settings, where: LetterFilter, *, limit: int 
         print("skipped: " + ", ".join(f"{n} {why}" for why, n in skipped.most_common()), file=err)
     if dry_run:  # what the last line says happened did happen: nothing
         print(f"dry run: {replayer.replayed} would be replayed, nothing was produced", file=err)
-    print(f"replayed {0 if dry_run else replayer.replayed}, skipped {sum(skipped.values())}",
-          file=out, flush=True)
+    print(
+        f"replayed {0 if dry_run else replayer.replayed}, skipped {sum(skipped.values())}",
+        file=out,
+        flush=True,
+    )
     return replayer
 
 
@@ -496,8 +556,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     filters = argparse.ArgumentParser(add_help=False)
     filters.add_argument("--error-code", action="append", help="only these codes (repeat, or a,b)")
     filters.add_argument("--source-topic", help="only letters from this topic")
-    filters.add_argument("--since", type=parse_time,
-                         help="dead-lettered at or after this ISO-8601 time (UTC if no offset)")
+    filters.add_argument(
+        "--since",
+        type=parse_time,
+        help="dead-lettered at or after this ISO-8601 time (UTC if no offset)",
+    )
     filters.add_argument("--until", type=parse_time, help="dead-lettered before this ISO-8601 time")
     filters.add_argument("--key", help="only letters with this key (a Kafka-direct request's id)")
     filters.add_argument("--limit", type=_count, default=None, help="at most this many letters")
@@ -506,12 +569,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     actions.add_parser("list", parents=[filters], help="one JSON line per letter (no payloads)")
     show = actions.add_parser("show", help="one dead letter in full, payload as base64")
     show.add_argument("ref", help="<partition>:<offset> or <dlq topic>:<partition>:<offset>")
-    replay = actions.add_parser("replay", parents=[filters],
-                                help="re-produce original payloads to their source topics")
-    replay.add_argument("--dry-run", action="store_true",
-                        help="print what would be replayed; change nothing")
-    replay.add_argument("--max-replays", type=_count, default=DEFAULT_MAX_REPLAYS,
-                        help=f"replays of one payload, ever (default {DEFAULT_MAX_REPLAYS})")
+    replay = actions.add_parser(
+        "replay", parents=[filters], help="re-produce original payloads to their source topics"
+    )
+    replay.add_argument(
+        "--dry-run", action="store_true", help="print what would be replayed; change nothing"
+    )
+    replay.add_argument(
+        "--max-replays",
+        type=_count,
+        default=DEFAULT_MAX_REPLAYS,
+        help=f"replays of one payload, ever (default {DEFAULT_MAX_REPLAYS})",
+    )
     dlq.set_defaults(func=command)
 
 
@@ -541,6 +610,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     where = LetterFilter.from_args(args)
     if args.dlq_action == "list":
         return await list_letters(settings, where, args.limit)
-    await replay_letters(settings, where, limit=args.limit, dry_run=args.dry_run,
-                         max_replays=args.max_replays)
+    await replay_letters(
+        settings, where, limit=args.limit, dry_run=args.dry_run, max_replays=args.max_replays
+    )
     return 0

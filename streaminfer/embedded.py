@@ -35,11 +35,15 @@ def free_port(preferred: int | None = None, host: str = LOOPBACK) -> int:
     raise OSError("no free port")  # unreachable: port 0 always binds
 
 
-def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, timeout_s: float, proc: subprocess.Popen | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process {proc.args[0]} exited with {proc.returncode} before listening")
+            raise RuntimeError(
+                f"process {proc.args[0]} exited with {proc.returncode} before listening"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
@@ -48,15 +52,18 @@ def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s}s")
 
 
-def wait_for_http(url: str, procs: Sequence[subprocess.Popen] = (), timeout_s: float = 120.0,
-                  verify: Any = True) -> None:
+def wait_for_http(
+    url: str, procs: Sequence[subprocess.Popen] = (), timeout_s: float = 120.0, verify: Any = True
+) -> None:
     """Until ``url`` answers 200; fails at once when one of ``procs`` exits first. ``verify``: as
     httpx takes it (a CA file's SSLContext for an https gateway)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
-                raise RuntimeError(f"{' '.join(map(str, proc.args))} exited with {proc.returncode} during start-up")
+                raise RuntimeError(
+                    f"{' '.join(map(str, proc.args))} exited with {proc.returncode} during start-up"
+                )
         try:
             if httpx.get(url, timeout=1.0, verify=verify).status_code == 200:
                 return
@@ -94,15 +101,21 @@ class EmbeddedServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it; closed in stop()
         self._log = log
         self.proc = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=self.workdir, start_new_session=True,
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+            start_new_session=True,
         )
         try:
             wait_for_port(self.host, self.port, timeout_s, self.proc)
         except Exception:
             self.stop()
             raise
-        logger.info("%s listening on %s:%d (pid %d)", self.name, self.host, self.port, self.proc.pid)
+        logger.info(
+            "%s listening on %s:%d (pid %d)", self.name, self.host, self.port, self.proc.pid
+        )
         return self
 
     @property
@@ -160,9 +173,19 @@ def tansu(port: int | None = None, log_dir: Path | None = None) -> EmbeddedServe
     log_dir = log_dir or Path(tempfile.gettempdir())
     return EmbeddedServer(
         name="kafka (tansu)",
-        argv=[tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-              "--storage-engine", "memory://tansu/"],
-        host=LOOPBACK, port=port, log_path=log_dir / f"tansu-{port}.log",
+        argv=[
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        host=LOOPBACK,
+        port=port,
+        log_path=log_dir / f"tansu-{port}.log",
     )
 
 
@@ -173,9 +196,25 @@ def redis(port: int | None = None, log_dir: Path | None = None) -> EmbeddedServe
     log_dir = log_dir or Path(tempfile.gettempdir())
     return EmbeddedServer(
         name="redis",
-        argv=[redis_server_binary(), "--port", str(port), "--bind", LOOPBACK, "--save", "",
-              "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "yes"],
-        host=LOOPBACK, port=port, log_path=log_dir / f"redis-{port}.log", workdir=workdir,
+        argv=[
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            LOOPBACK,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--protected-mode",
+            "yes",
+        ],
+        host=LOOPBACK,
+        port=port,
+        log_path=log_dir / f"redis-{port}.log",
+        workdir=workdir,
     )
 
 
@@ -187,5 +226,12 @@ def redis_address(server: EmbeddedServer) -> str:
     return f"redis://{server.host}:{server.port}/0"
 
 
-__all__ = ["EmbeddedServer", "tansu", "redis", "free_port", "wait_for_port",
-           "bootstrap_address", "redis_address"]
+__all__ = [
+    "EmbeddedServer",
+    "tansu",
+    "redis",
+    "free_port",
+    "wait_for_port",
+    "bootstrap_address",
+    "redis_address",
+]

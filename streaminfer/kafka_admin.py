@@ -20,23 +20,32 @@ logger = logging.getLogger(__name__)
 
 
 async def ensure_topics(
-    bootstrap_servers: str, names: list[str], partitions: int, replication: int = 1,
-    timeout_s: float = 30.0, options: dict | None = None, settings=None,
+    bootstrap_servers: str,
+    names: list[str],
+    partitions: int,
+    replication: int = 1,
+    timeout_s: float = 30.0,
+    options: dict | None = None,
+    settings=None,
 ) -> list[str]:
     """Create the missing topics among ``names``; return the ones created. ``options``: aiokafka
     security arguments; with ``settings``, a TLS failure a setting explains is raised at once
     (ConnectivityError) instead of retried."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000,
-                                    **(options or {}))
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=bootstrap_servers, request_timeout_ms=5000, **(options or {})
+        )
         try:
             await admin.start()
             existing = set(await admin.list_topics())
             missing = [n for n in names if n not in existing]
             if missing:
                 await admin.create_topics(
-                    [NewTopic(n, num_partitions=partitions, replication_factor=replication) for n in missing]
+                    [
+                        NewTopic(n, num_partitions=partitions, replication_factor=replication)
+                        for n in missing
+                    ]
                 )
                 logger.info("created %d topics with %d partitions", len(missing), partitions)
             return missing
@@ -57,7 +66,10 @@ async def ensure_topics(
 async def ensure_contract_topics(settings, tasks: list[str]) -> list[str]:
     """All request, result, audit and DLQ topics of ``tasks`` under the settings' prefix."""
     return await ensure_topics(
-        settings.kafka_bootstrap_servers, all_topics(settings.topic_prefix, tasks),
-        settings.topic_partitions, settings.topic_replication,
-        options=kafka_options(settings), settings=settings,
+        settings.kafka_bootstrap_servers,
+        all_topics(settings.topic_prefix, tasks),
+        settings.topic_partitions,
+        settings.topic_replication,
+        options=kafka_options(settings),
+        settings=settings,
     )

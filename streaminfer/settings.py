@@ -156,7 +156,9 @@ class Settings(BaseSettings):
         modes = {m.strip() for m in value.split(",") if m.strip()}
         allowed = {"jwt", "apikey", "disabled"}
         if not modes or modes - allowed or ("disabled" in modes and len(modes) > 1):
-            raise ValueError(f"STREAMINFER_AUTH must be jwt, apikey, jwt,apikey or disabled, not {value!r}")
+            raise ValueError(
+                f"STREAMINFER_AUTH must be jwt, apikey, jwt,apikey or disabled, not {value!r}"
+            )
         return ",".join(sorted(modes))
 
     @model_validator(mode="after")
@@ -187,7 +189,11 @@ class Settings(BaseSettings):
         """The URL every Redis client is made from; for ``rediss://`` it carries the CA bundle
         (redis-py reads ``ssl_ca_certs`` from the query), so one place decides it for all."""
         url = self.redis_url.get_secret_value()
-        if self.redis_ssl_cafile is None or not url.startswith("rediss://") or "ssl_ca_certs=" in url:
+        if (
+            self.redis_ssl_cafile is None
+            or not url.startswith("rediss://")
+            or "ssl_ca_certs=" in url
+        ):
             return url
         sep = "&" if "?" in url else "?"
         return f"{url}{sep}ssl_ca_certs={quote(str(self.redis_ssl_cafile), safe='/')}"
@@ -206,7 +212,12 @@ class Settings(BaseSettings):
 
 
 REDACTED = "***"
-SECRET_FIELDS = ("redis_url", "kafka_sasl_password", "schema_registry_password", "feature_store_url")
+SECRET_FIELDS = (
+    "redis_url",
+    "kafka_sasl_password",
+    "schema_registry_password",
+    "feature_store_url",
+)
 
 
 def redact_url(url: str | None) -> str | None:
@@ -225,33 +236,57 @@ def connectivity_problems(settings: Settings) -> list[str]:
     problems = []
     sasl = settings.kafka_security_protocol.startswith("SASL_")
     if sasl and settings.kafka_sasl_mechanism is None:
-        problems.append(f"STREAMINFER_KAFKA_SASL_MECHANISM is required with "
-                        f"STREAMINFER_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol}")
+        problems.append(
+            f"STREAMINFER_KAFKA_SASL_MECHANISM is required with "
+            f"STREAMINFER_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol}"
+        )
     if sasl and not settings.kafka_sasl_username:
-        problems.append(f"STREAMINFER_KAFKA_SASL_USERNAME is required with "
-                        f"STREAMINFER_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol}")
+        problems.append(
+            f"STREAMINFER_KAFKA_SASL_USERNAME is required with "
+            f"STREAMINFER_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol}"
+        )
     if sasl and settings.kafka_sasl_password is None:
-        problems.append(f"STREAMINFER_KAFKA_SASL_PASSWORD is required with "
-                        f"STREAMINFER_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol}")
+        problems.append(
+            f"STREAMINFER_KAFKA_SASL_PASSWORD is required with "
+            f"STREAMINFER_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol}"
+        )
     if not sasl and (settings.kafka_sasl_mechanism or settings.kafka_sasl_username):
-        problems.append(f"STREAMINFER_KAFKA_SASL_MECHANISM/USERNAME need STREAMINFER_KAFKA_SECURITY_PROTOCOL "
-                        f"SASL_PLAINTEXT or SASL_SSL, not {settings.kafka_security_protocol}")
+        problems.append(
+            f"STREAMINFER_KAFKA_SASL_MECHANISM/USERNAME need STREAMINFER_KAFKA_SECURITY_PROTOCOL "
+            f"SASL_PLAINTEXT or SASL_SSL, not {settings.kafka_security_protocol}"
+        )
     tls_files = (settings.kafka_ssl_cafile, settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
     if not settings.kafka_uses_tls and any(f is not None for f in tls_files):
-        problems.append(f"STREAMINFER_KAFKA_SSL_* files need STREAMINFER_KAFKA_SECURITY_PROTOCOL SSL or "
-                        f"SASL_SSL, not {settings.kafka_security_protocol}")
+        problems.append(
+            f"STREAMINFER_KAFKA_SSL_* files need STREAMINFER_KAFKA_SECURITY_PROTOCOL SSL or "
+            f"SASL_SSL, not {settings.kafka_security_protocol}"
+        )
     for prefix in ("KAFKA", "GATEWAY"):
         cert = getattr(settings, f"{prefix.lower()}_ssl_certfile")
         key = getattr(settings, f"{prefix.lower()}_ssl_keyfile")
         if (cert is None) != (key is None):
             given, missing = ("CERTFILE", "KEYFILE") if key is None else ("KEYFILE", "CERTFILE")
-            problems.append(f"STREAMINFER_{prefix}_SSL_{missing} is required with STREAMINFER_{prefix}_SSL_{given}")
-    if settings.redis_ssl_cafile is not None and not settings.redis_url.get_secret_value().startswith("rediss://"):
+            problems.append(
+                f"STREAMINFER_{prefix}_SSL_{missing} is required with STREAMINFER_{prefix}_SSL_{given}"
+            )
+    if (
+        settings.redis_ssl_cafile is not None
+        and not settings.redis_url.get_secret_value().startswith("rediss://")
+    ):
         problems.append("STREAMINFER_REDIS_SSL_CAFILE needs a rediss:// STREAMINFER_REDIS_URL")
     if (settings.schema_registry_username is None) != (settings.schema_registry_password is None):
-        problems.append("STREAMINFER_SCHEMA_REGISTRY_USERNAME and STREAMINFER_SCHEMA_REGISTRY_PASSWORD go together")
-    for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "redis_ssl_cafile",
-                 "gateway_ssl_certfile", "gateway_ssl_keyfile", "schema_registry_cafile"):
+        problems.append(
+            "STREAMINFER_SCHEMA_REGISTRY_USERNAME and STREAMINFER_SCHEMA_REGISTRY_PASSWORD go together"
+        )
+    for name in (
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        "redis_ssl_cafile",
+        "gateway_ssl_certfile",
+        "gateway_ssl_keyfile",
+        "schema_registry_cafile",
+    ):
         path = getattr(settings, name)
         if path is not None and not path.is_file():
             problems.append(f"STREAMINFER_{name.upper()}: no such file {str(path)!r}")

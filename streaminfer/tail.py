@@ -34,7 +34,9 @@ def to_jsonable(value):
     return value
 
 
-def _topics(settings: Settings, stream: str, task: str | None) -> tuple[list[str] | None, str | None, type]:
+def _topics(
+    settings: Settings, stream: str, task: str | None
+) -> tuple[list[str] | None, str | None, type]:
     prefix = settings.topic_prefix
     if stream == "results":
         if task:
@@ -45,16 +47,27 @@ def _topics(settings: Settings, stream: str, task: str | None) -> tuple[list[str
     return [topics.dlq_topic(prefix)], None, DeadLetter
 
 
-async def tail(settings: Settings, stream: str, *, task: str | None = None, request_id: str | None = None,
-               from_beginning: bool = False, max_messages: int | None = None,
-               idle_timeout_s: float | None = None, out=sys.stdout) -> int:
+async def tail(
+    settings: Settings,
+    stream: str,
+    *,
+    task: str | None = None,
+    request_id: str | None = None,
+    from_beginning: bool = False,
+    max_messages: int | None = None,
+    idle_timeout_s: float | None = None,
+    out=sys.stdout,
+) -> int:
     names, pattern, record_type = _topics(settings, stream, task)
     codec = avro_codec(settings)
     consumer = AIOKafkaConsumer(
-        *(names or ()), bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=f"streaminfer-tail-{uuid.uuid4().hex[:8]}", enable_auto_commit=False,
+        *(names or ()),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=f"streaminfer-tail-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
-        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms, **kafka_options(settings),
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        **kafka_options(settings),
     )
     if pattern:
         consumer.subscribe(pattern=pattern)
@@ -76,9 +89,17 @@ async def tail(settings: Settings, stream: str, *, task: str | None = None, requ
                         record = {"undecodable": str(exc)}
                     if task and record.get("task", task) != task:
                         continue
-                    if request_id and record.get("request_id") != request_id and message.key != request_id.encode():
+                    if (
+                        request_id
+                        and record.get("request_id") != request_id
+                        and message.key != request_id.encode()
+                    ):
                         continue
-                    record["_kafka"] = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
+                    record["_kafka"] = {
+                        "topic": message.topic,
+                        "partition": message.partition,
+                        "offset": message.offset,
+                    }
                     print(json.dumps(record), file=out, flush=True)
                     printed += 1
     finally:

@@ -52,12 +52,19 @@ def _otlp_exporter() -> SpanExporter | None:
     """The OTLP exporter, only where an endpoint is set (the SDK reads it and the rest)."""
     if not any(os.environ.get(name, "").strip() for name in ENDPOINT_VARIABLES):
         return None
-    protocol = (os.environ.get(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL)
-                or os.environ.get(OTEL_EXPORTER_OTLP_PROTOCOL) or "http/protobuf").strip()
+    protocol = (
+        os.environ.get(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL)
+        or os.environ.get(OTEL_EXPORTER_OTLP_PROTOCOL)
+        or "http/protobuf"
+    ).strip()
     if protocol == "grpc":
-        return _entry_point_exporter("otlp_proto_grpc", "pip install opentelemetry-exporter-otlp-proto-grpc")
+        return _entry_point_exporter(
+            "otlp_proto_grpc", "pip install opentelemetry-exporter-otlp-proto-grpc"
+        )
     if protocol != "http/protobuf":
-        logger.error("tracing off: OTLP protocol %r is not supported (http/protobuf or grpc)", protocol)
+        logger.error(
+            "tracing off: OTLP protocol %r is not supported (http/protobuf or grpc)", protocol
+        )
         return None
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -67,8 +74,11 @@ def _otlp_exporter() -> SpanExporter | None:
 def _entry_point_exporter(name: str, hint: str = "") -> SpanExporter | None:
     found = metadata.entry_points(group=EXPORTER_GROUP, name=name)
     if not found:
-        logger.error("no span exporter named %r is installed%s; it exports nothing", name,
-                     f" ({hint})" if hint else "")
+        logger.error(
+            "no span exporter named %r is installed%s; it exports nothing",
+            name,
+            f" ({hint})" if hint else "",
+        )
         return None
     return next(iter(found)).load()()
 
@@ -77,11 +87,15 @@ def exporters() -> list[SpanExporter]:
     """The span exporters the environment configures (none: tracing stays off)."""
     if os.environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true":
         return []
-    names = [n.strip() for n in os.environ.get(OTEL_TRACES_EXPORTER, "otlp").split(",") if n.strip()]
+    names = [
+        n.strip() for n in os.environ.get(OTEL_TRACES_EXPORTER, "otlp").split(",") if n.strip()
+    ]
     if not names or "none" in names:
         return []
-    made = [_otlp_exporter() if name in ("otlp", "otlp_proto_http") else _entry_point_exporter(name)
-            for name in dict.fromkeys(names)]
+    made = [
+        _otlp_exporter() if name in ("otlp", "otlp_proto_http") else _entry_point_exporter(name)
+        for name in dict.fromkeys(names)
+    ]
     return [exporter for exporter in made if exporter is not None]
 
 
@@ -112,8 +126,11 @@ def install(service_name: str) -> TracerProvider | None:
     for exporter in chosen:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    logger.info("tracing on: %s exporting with %s", service_name,
-                ", ".join(type(e).__name__ for e in chosen))
+    logger.info(
+        "tracing on: %s exporting with %s",
+        service_name,
+        ", ".join(type(e).__name__ for e in chosen),
+    )
     return provider
 
 

@@ -19,15 +19,25 @@ from .connectivity import gateway_url
 from .kafka_admin import ensure_contract_topics
 from .settings import Settings
 
-EMBEDDED_PLAIN = ("STREAMINFER_KAFKA_SECURITY_PROTOCOL", "STREAMINFER_KAFKA_SASL_MECHANISM",
-                  "STREAMINFER_KAFKA_SASL_USERNAME", "STREAMINFER_KAFKA_SASL_PASSWORD",
-                  "STREAMINFER_KAFKA_SSL_CAFILE", "STREAMINFER_KAFKA_SSL_CERTFILE",
-                  "STREAMINFER_KAFKA_SSL_KEYFILE", "STREAMINFER_REDIS_SSL_CAFILE")
+EMBEDDED_PLAIN = (
+    "STREAMINFER_KAFKA_SECURITY_PROTOCOL",
+    "STREAMINFER_KAFKA_SASL_MECHANISM",
+    "STREAMINFER_KAFKA_SASL_USERNAME",
+    "STREAMINFER_KAFKA_SASL_PASSWORD",
+    "STREAMINFER_KAFKA_SSL_CAFILE",
+    "STREAMINFER_KAFKA_SSL_CERTFILE",
+    "STREAMINFER_KAFKA_SSL_KEYFILE",
+    "STREAMINFER_REDIS_SSL_CAFILE",
+)
 
 
 def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "streaminfer", *argv], env=env, start_new_session=True,
-                            stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "streaminfer", *argv],
+        env=env,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _stop(procs: list[subprocess.Popen], timeout_s: float = 15.0) -> None:
@@ -80,33 +90,46 @@ def run_up(args: argparse.Namespace) -> int:
         servers.append(redis)
         gateway_port = embedded.free_port(args.gateway_port or base.gateway_port)
         env = dict(os.environ)
-        env.update({
-            "STREAMINFER_KAFKA_BOOTSTRAP_SERVERS": embedded.bootstrap_address(kafka),
-            "STREAMINFER_REDIS_URL": embedded.redis_address(redis),
-            "STREAMINFER_GATEWAY_HOST": embedded.LOOPBACK,
-            "STREAMINFER_GATEWAY_PORT": str(gateway_port),
-            "STREAMINFER_AUTH": env.get("STREAMINFER_AUTH", "apikey"),
-        })
+        env.update(
+            {
+                "STREAMINFER_KAFKA_BOOTSTRAP_SERVERS": embedded.bootstrap_address(kafka),
+                "STREAMINFER_REDIS_URL": embedded.redis_address(redis),
+                "STREAMINFER_GATEWAY_HOST": embedded.LOOPBACK,
+                "STREAMINFER_GATEWAY_PORT": str(gateway_port),
+                "STREAMINFER_AUTH": env.get("STREAMINFER_AUTH", "apikey"),
+            }
+        )
         # NOTE: the embedded broker and Redis speak plain TCP on loopback; only the gateway's own
         # HTTPS (STREAMINFER_GATEWAY_SSL_*) carries over from the environment.
         for name in EMBEDDED_PLAIN:
             env.pop(name, None)
         if args.tasks:
             env["STREAMINFER_TASKS"] = args.tasks
-        settings = Settings(kafka_bootstrap_servers=env["STREAMINFER_KAFKA_BOOTSTRAP_SERVERS"],
-                            **{name.removeprefix("STREAMINFER_").lower(): None for name in EMBEDDED_PLAIN[1:]},
-                            kafka_security_protocol="PLAINTEXT")
-        tasks = args.tasks.split(",") if args.tasks else sorted(
-            t for t, c in load_repository_configs(repo).items() if c.versions)
+        settings = Settings(
+            kafka_bootstrap_servers=env["STREAMINFER_KAFKA_BOOTSTRAP_SERVERS"],
+            **{name.removeprefix("STREAMINFER_").lower(): None for name in EMBEDDED_PLAIN[1:]},
+            kafka_security_protocol="PLAINTEXT",
+        )
+        tasks = (
+            args.tasks.split(",")
+            if args.tasks
+            else sorted(t for t, c in load_repository_configs(repo).items() if c.versions)
+        )
         asyncio.run(ensure_contract_topics(settings, tasks))
         for n in range(args.workers):
-            worker_env = dict(env, STREAMINFER_WORKER_METRICS_PORT=str(
-                embedded.free_port(base.worker_metrics_port + n)))
+            worker_env = dict(
+                env,
+                STREAMINFER_WORKER_METRICS_PORT=str(
+                    embedded.free_port(base.worker_metrics_port + n)
+                ),
+            )
             children.append(_spawn(["worker"], worker_env))
         children.append(_spawn(["gateway"], env))
         url = gateway_url(base, embedded.LOOPBACK, gateway_port)
         # NOTE: our own child on loopback; its certificate may name another host, so the probe does not verify it
-        embedded.wait_for_http(f"{url}/ready", children, timeout_s=120, verify=not base.gateway_uses_tls)
+        embedded.wait_for_http(
+            f"{url}/ready", children, timeout_s=120, verify=not base.gateway_uses_tls
+        )
         dev_key = asyncio.run(_dev_key(env)) if "apikey" in env["STREAMINFER_AUTH"] else None
         print(f"gateway:  {url}  (docs: {url}/docs)", flush=True)
         print(f"kafka:    {embedded.bootstrap_address(kafka)}", flush=True)
@@ -116,14 +139,20 @@ def run_up(args: argparse.Namespace) -> int:
             print(f"api key:  {dev_key}  (client 'dev', admin; shown once)", flush=True)
             auth_header = f"-H 'X-API-Key: {dev_key}' "
         print("try:", flush=True)
-        print(f"  curl -s -X POST '{url}/v1/infer/text-embedding?wait=5' {auth_header}"
-              "-H 'Content-Type: application/json' "
-              "-d '{\"inputs\": {\"text\": \"Kafka is a distributed log\"}}'", flush=True)
+        print(
+            f"  curl -s -X POST '{url}/v1/infer/text-embedding?wait=5' {auth_header}"
+            "-H 'Content-Type: application/json' "
+            '-d \'{"inputs": {"text": "Kafka is a distributed log"}}\'',
+            flush=True,
+        )
         print("Ctrl-C stops everything.", flush=True)
         while not stop_requested:
             for proc in children:
                 if proc.poll() is not None:
-                    print(f"{' '.join(proc.args[3:])} exited with {proc.returncode}; stopping", file=sys.stderr)
+                    print(
+                        f"{' '.join(proc.args[3:])} exited with {proc.returncode}; stopping",
+                        file=sys.stderr,
+                    )
                     return 1
             time.sleep(0.2)
         return 0

@@ -21,23 +21,36 @@ logger = logging.getLogger(__name__)
 RESUBSCRIBE_DELAY_S = 1.0
 
 
-def register_agents(app: faust.App, processor: RequestProcessor, prefix: str) -> list[faust.types.AgentT]:
+def register_agents(
+    app: faust.App, processor: RequestProcessor, prefix: str
+) -> list[faust.types.AgentT]:
     app.on_draining = processor.shed_queued
     app.on_drained = processor.resume
-    return [agent for task in processor.tasks for agent in task_agents(app, processor, prefix, task)]
+    return [
+        agent for task in processor.tasks for agent in task_agents(app, processor, prefix, task)
+    ]
 
 
-def task_agents(app: faust.App, processor: RequestProcessor, prefix: str, task: str) -> list[faust.types.AgentT]:
+def task_agents(
+    app: faust.App, processor: RequestProcessor, prefix: str, task: str
+) -> list[faust.types.AgentT]:
     """The agents of one task's request topics, registered with ``app``."""
     agents = []
     for topic_name in request_topics(prefix, task):
-        topic = app.topic(topic_name, key_type=bytes, value_type=bytes,
-                          key_serializer="raw", value_serializer="raw")
+        topic = app.topic(
+            topic_name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
         agents.append(app.agent(topic, name=f"requests:{topic_name}")(_make_agent(processor)))
     return agents
 
 
-async def start_task_agents(app: faust.App, processor: RequestProcessor, prefix: str, task: str) -> None:
+async def start_task_agents(
+    app: faust.App, processor: RequestProcessor, prefix: str, task: str
+) -> None:
     """Consume a task added while the worker runs: its agents start, and faust's conductor
     subscribes to their topics (a rebalance of the group)."""
     # NOTE: the conductor waits this long (45 s by default) before resubscribing, so that agents
@@ -56,10 +69,19 @@ def _make_agent(processor: RequestProcessor):
         stream = stream.noack()
         async for event in stream.events():
             message = event.message
-            source = SourceEvent(message.topic, message.partition, message.offset, message.key, message.value,
-                                 message.headers or ())
-            await processor.handle(source, functools.partial(stream.ack, event),
-                                   functools.partial(_release, stream, event))
+            source = SourceEvent(
+                message.topic,
+                message.partition,
+                message.offset,
+                message.key,
+                message.value,
+                message.headers or (),
+            )
+            await processor.handle(
+                source,
+                functools.partial(stream.ack, event),
+                functools.partial(_release, stream, event),
+            )
 
     return consume
 

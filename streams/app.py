@@ -91,12 +91,18 @@ class WorkerOptions:
 class WorkerRuntime(mode.Service):
     """Starts the publisher and loads the models before faust consumes; drains after it stops."""
 
-    def __init__(self, processor: RequestProcessor, publisher: ResultPublisher,
-                 options: WorkerOptions, is_consuming: Callable[[], bool] = lambda: True,
-                 set_fetch_wait: Callable[[int], None] = lambda ms: None,
-                 codec: AvroCodec | None = None,
-                 add_task: Callable[[str], Awaitable[None]] | None = None,
-                 pause: PartitionPause | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        processor: RequestProcessor,
+        publisher: ResultPublisher,
+        options: WorkerOptions,
+        is_consuming: Callable[[], bool] = lambda: True,
+        set_fetch_wait: Callable[[int], None] = lambda ms: None,
+        codec: AvroCodec | None = None,
+        add_task: Callable[[str], Awaitable[None]] | None = None,
+        pause: PartitionPause | None = None,
+        **kwargs,
+    ) -> None:
         self.pause = pause
         self.codec = codec
         self.add_task = add_task
@@ -117,12 +123,19 @@ class WorkerRuntime(mode.Service):
         await self.processor.start()
         # NOTE: /metrics answers only once the models are warm: launchers use it as a ready signal.
         if self.options.metrics_port is not None:
-            server, _thread = start_http_server(self.options.metrics_port, self.options.metrics_host,
-                                                registry=metrics.REGISTRY)
+            server, _thread = start_http_server(
+                self.options.metrics_port, self.options.metrics_host, registry=metrics.REGISTRY
+            )
             self._metrics_server = server
             self.metrics_port = server.server_address[1]
-            logger.info("worker metrics on http://%s:%d/metrics", self.options.metrics_host, self.metrics_port)
-        logger.info("worker %s ready for tasks %s", self.options.worker_id, ",".join(self.processor.tasks))
+            logger.info(
+                "worker metrics on http://%s:%d/metrics",
+                self.options.metrics_host,
+                self.metrics_port,
+            )
+        logger.info(
+            "worker %s ready for tasks %s", self.options.worker_id, ",".join(self.processor.tasks)
+        )
 
     async def _register_schemas(self, codec: AvroCodec) -> None:
         """With a registry, our schemas are registered before any result is encoded, so a
@@ -146,9 +159,15 @@ class WorkerRuntime(mode.Service):
         if not self.is_consuming():
             return
         try:
-            await self.publisher.heartbeat(self.options.worker_id, self.processor.tasks, HEARTBEAT_TTL_S,
-                                           service=self.processor.service())
-        except Exception as exc:  # Redis away: the gateway reports not ready; keep serving what we can
+            await self.publisher.heartbeat(
+                self.options.worker_id,
+                self.processor.tasks,
+                HEARTBEAT_TTL_S,
+                service=self.processor.service(),
+            )
+        except (
+            Exception
+        ) as exc:  # Redis away: the gateway reports not ready; keep serving what we can
             logger.warning("heartbeat failed: %s", exc)
 
     @mode.Service.timer(FETCH_WAIT_CHECK_S)
@@ -164,8 +183,11 @@ class WorkerRuntime(mode.Service):
         # NOTE: a short fetch wait keeps an idle worker's latency low, but on brokers that hold
         # every fetch for the full wait (Tansu) it is a busy poll that takes CPU from the model.
         # With a full round of batches queued, requests fetched a little later wait no longer.
-        wanted = (self.options.fetch_max_wait_busy_ms if self.processor.backlogged()
-                  else self.options.fetch_max_wait_ms)
+        wanted = (
+            self.options.fetch_max_wait_busy_ms
+            if self.processor.backlogged()
+            else self.options.fetch_max_wait_ms
+        )
         if wanted != self._fetch_wait_ms:
             self._fetch_wait_ms = wanted
             self.set_fetch_wait(wanted)
@@ -215,26 +237,49 @@ def _has_partitions(app: WorkerApp) -> bool:
         return False
 
 
-def create_worker(options: WorkerOptions,
-                  ensure_topics: Callable[[list[str]], Awaitable[object]] | None = None,
-                  ) -> tuple[WorkerApp, WorkerRuntime]:
+def create_worker(
+    options: WorkerOptions,
+    ensure_topics: Callable[[list[str]], Awaitable[object]] | None = None,
+) -> tuple[WorkerApp, WorkerRuntime]:
     """``ensure_topics``: creates a task's topics before a new task is consumed (the shell's)."""
-    registry = (RegistryClient(options.schema_registry_url, client=options.registry_http,
-                               subject_strategy=options.schema_registry_subject_strategy,
-                               topics=lambda name: record_topics(options.topic_prefix, options.tasks).get(name, []))
-                if options.schema_registry_url and options.registry_http is not None else None)
-    codec = AvroCodec(registry_url=None if registry else options.schema_registry_url, registry=registry)
-    repository = ModelRepository(options.model_repository, device=options.device,
-                                 intra_op_num_threads=options.threads)
-    publisher = ResultPublisher(options.bootstrap_servers, options.redis_url, codec, options.topic_prefix,
-                                options.result_ttl_s, linger_ms=options.linger_ms,
-                                kafka_options=dict(options.kafka_options))
+    registry = (
+        RegistryClient(
+            options.schema_registry_url,
+            client=options.registry_http,
+            subject_strategy=options.schema_registry_subject_strategy,
+            topics=lambda name: record_topics(options.topic_prefix, options.tasks).get(name, []),
+        )
+        if options.schema_registry_url and options.registry_http is not None
+        else None
+    )
+    codec = AvroCodec(
+        registry_url=None if registry else options.schema_registry_url, registry=registry
+    )
+    repository = ModelRepository(
+        options.model_repository, device=options.device, intra_op_num_threads=options.threads
+    )
+    publisher = ResultPublisher(
+        options.bootstrap_servers,
+        options.redis_url,
+        codec,
+        options.topic_prefix,
+        options.result_ttl_s,
+        linger_ms=options.linger_ms,
+        kafka_options=dict(options.kafka_options),
+    )
     publisher.breakers = make_breakers(options.circuit_failures, options.circuit_reset_s)
-    processor = RequestProcessor(repository=repository, publisher=publisher, codec=codec,
-                                 prefix=options.topic_prefix, worker_id=options.worker_id,
-                                 tasks=options.tasks, max_queued=options.max_queued,
-                                 cache_scope=options.cache_scope, scheduling=options.scheduling,
-                                 feature_store_url=options.feature_store_url)
+    processor = RequestProcessor(
+        repository=repository,
+        publisher=publisher,
+        codec=codec,
+        prefix=options.topic_prefix,
+        worker_id=options.worker_id,
+        tasks=options.tasks,
+        max_queued=options.max_queued,
+        cache_scope=options.cache_scope,
+        scheduling=options.scheduling,
+        feature_store_url=options.feature_store_url,
+    )
     app = WorkerApp(
         options.group_id,
         broker=[f"kafka://{server.strip()}" for server in options.bootstrap_servers.split(",")],
@@ -262,12 +307,23 @@ def create_worker(options: WorkerOptions,
         await processor.add_task(task)
         await start_task_agents(app, processor, options.topic_prefix, task)
 
-    pause = PartitionPause(publisher.breakers, lambda: app.consumer.assignment(),
-                           lambda tps: pause_fetching(app.consumer, tps),
-                           lambda tps: app.consumer.resume_partitions(tps),
-                           topics_of=lambda task: request_topics(options.topic_prefix, task),
-                           paused_now=lambda: paused_partitions(app.consumer), serving=processor.serving)
-    runtime = WorkerRuntime(processor, publisher, options, is_consuming=lambda: _has_partitions(app),
-                            set_fetch_wait=app.set_fetch_max_wait, codec=codec, add_task=add_task,
-                            pause=pause)
+    pause = PartitionPause(
+        publisher.breakers,
+        lambda: app.consumer.assignment(),
+        lambda tps: pause_fetching(app.consumer, tps),
+        lambda tps: app.consumer.resume_partitions(tps),
+        topics_of=lambda task: request_topics(options.topic_prefix, task),
+        paused_now=lambda: paused_partitions(app.consumer),
+        serving=processor.serving,
+    )
+    runtime = WorkerRuntime(
+        processor,
+        publisher,
+        options,
+        is_consuming=lambda: _has_partitions(app),
+        set_fetch_wait=app.set_fetch_max_wait,
+        codec=codec,
+        add_task=add_task,
+        pause=pause,
+    )
     return app, runtime

@@ -29,7 +29,6 @@ from .queues import Batchable, PriorityQueues, T
 logger = logging.getLogger(__name__)
 
 
-
 __all__ = ["Batchable", "InferenceBatcher"]
 
 
@@ -164,7 +163,6 @@ class InferenceBatcher(Generic[T]):
             def fits(items: int, units: int, deadline: int | None) -> bool:
                 predicted = cost.predict_ms(items, units)
                 return deadline is None or predicted is None or start + predicted <= deadline
-
 
         batch = self._queues.cut(self._max_items, now, self._starvation_s, fits)
         for item in batch:

@@ -51,10 +51,18 @@ class Instances:
 
 
 class BatchRunner:
-    def __init__(self, publisher: ResultPublisher, codec: AvroCodec, outcomes: OutcomeWriter,
-                 pool: Callable[[], Executor], max_attempts: int = 3, retry_backoff_s: float = 0.05,
-                 cache_scope: str = "client", features: FeatureLookup | None = None,
-                 serving: Callable[[str], str | None] = lambda task: None) -> None:
+    def __init__(
+        self,
+        publisher: ResultPublisher,
+        codec: AvroCodec,
+        outcomes: OutcomeWriter,
+        pool: Callable[[], Executor],
+        max_attempts: int = 3,
+        retry_backoff_s: float = 0.05,
+        cache_scope: str = "client",
+        features: FeatureLookup | None = None,
+        serving: Callable[[str], str | None] = lambda task: None,
+    ) -> None:
         self._serving = serving
         self._features = features
         self._cache_shared = cache_scope == "shared"
@@ -67,8 +75,9 @@ class BatchRunner:
 
     async def run(self, instances: Instances, batch: list[PendingRequest]) -> None:
         """Run ``batch`` and submit its outcomes; the model is free again before they are written."""
-        ok = await self._outcomes.until_written(f"lookups of a batch of {len(batch)}",
-                                                partial(self._run_once, instances, batch))
+        ok = await self._outcomes.until_written(
+            f"lookups of a batch of {len(batch)}", partial(self._run_once, instances, batch)
+        )
         if not ok:
             for item in batch:
                 self._outcomes.ledger.give_up(item.entry)
@@ -84,10 +93,19 @@ class BatchRunner:
                 finished.append(self._expired(item, instances.model, now))
                 continue
             predicted = instances.cost.predict_ms(item.size, item.units) or 0.0
-            error = Error("DEADLINE_UNREACHABLE", f"due in {item.deadline_ms - now} ms; a run takes about "
-                          f"{predicted:.1f} ms", False)
-            finished.append(self._outcome(item, self._outcomes.result(
-                item.request, Status.EXPIRED, model=instances.model, error=error)))
+            error = Error(
+                "DEADLINE_UNREACHABLE",
+                f"due in {item.deadline_ms - now} ms; a run takes about {predicted:.1f} ms",
+                False,
+            )
+            finished.append(
+                self._outcome(
+                    item,
+                    self._outcomes.result(
+                        item.request, Status.EXPIRED, model=instances.model, error=error
+                    ),
+                )
+            )
         await self._outcomes.submit(finished)
 
     async def _run_once(self, instances: Instances, batch: list[PendingRequest]) -> None:
@@ -96,9 +114,16 @@ class BatchRunner:
         for p in batch:
             opted_out = p.request.parameters.get("cache", "true").lower() == "false"
             opted_out = opted_out or names_entities(p.request)  # features change, the id does not
-            p.cache_key = None if opted_out else self._publisher.cache_key(
-                p.request.task, model.version, p.digest if self._cache_shared else _scoped(p))
-        priors = await self._publisher.lookup([p.request.request_id for p in batch], [p.cache_key for p in batch])
+            p.cache_key = (
+                None
+                if opted_out
+                else self._publisher.cache_key(
+                    p.request.task, model.version, p.digest if self._cache_shared else _scoped(p)
+                )
+            )
+        priors = await self._publisher.lookup(
+            [p.request.request_id for p in batch], [p.cache_key for p in batch]
+        )
         finished: list[Outcome] = []
         runnable: list[PendingRequest] = []
         for item, prior in zip(batch, priors, strict=True):
@@ -106,7 +131,9 @@ class BatchRunner:
             if prior.stored is not None:  # a redelivery: published again if it never was
                 finished.append(self._outcome(item, None, stored=prior.stored))
             elif prior.cancelled:
-                finished.append(self._outcome(item, self._outcomes.result(req, Status.CANCELLED, model=model)))
+                finished.append(
+                    self._outcome(item, self._outcomes.result(req, Status.CANCELLED, model=model))
+                )
             elif _past_deadline(item, started):
                 finished.append(self._expired(item, model, started))
             elif prior.cached is not None:
@@ -117,8 +144,14 @@ class BatchRunner:
                     runnable.append(item)
                     continue
                 # the original run's figures: a hit must not tell another client "someone sent this"
-                hit = self._outcomes.result(req, Status.SUCCEEDED, model=model, started=started,
-                                            batch_size=cached.batch_size, inference_ms=cached.timings.inference_ms)
+                hit = self._outcomes.result(
+                    req,
+                    Status.SUCCEEDED,
+                    model=model,
+                    started=started,
+                    batch_size=cached.batch_size,
+                    inference_ms=cached.timings.inference_ms,
+                )
                 hit.outputs = cached.outputs
                 outcome = self._outcome(item, hit)
                 outcome.audits.append(self._outcomes.audit_event(outcome, AuditType.CACHE_HIT))
@@ -131,8 +164,14 @@ class BatchRunner:
             failed, looked = await self._lookup_features(model, runnable)
             for item in (item for item in runnable if id(item) in failed):
                 error = Error(failed[id(item)].code, str(failed[id(item)])[:2000], False)
-                finished.append(self._outcome(item, self._outcomes.result(
-                    item.request, Status.FAILED, model=model, error=error)))
+                finished.append(
+                    self._outcome(
+                        item,
+                        self._outcomes.result(
+                            item.request, Status.FAILED, model=model, error=error
+                        ),
+                    )
+                )
             runnable = [item for item in runnable if id(item) not in failed]
         marks = None
         held = self._held(model, runnable[0].request.task) if runnable else None
@@ -146,8 +185,9 @@ class BatchRunner:
                 finished += [self._expired(item, model, started) for item in late]
                 runnable = [item for item in runnable if not _past_deadline(item, started)]
                 for item in runnable:
-                    metrics.QUEUE_SECONDS.labels(item.request.task, item.priority.topic_suffix).observe(
-                        max(0.0, (started - item.request.created_at) / 1000.0))
+                    metrics.QUEUE_SECONDS.labels(
+                        item.request.task, item.priority.topic_suffix
+                    ).observe(max(0.0, (started - item.request.created_at) / 1000.0))
                 if runnable:
                     # written while the model runs; they land before any result (see OutcomeWriter)
                     started_items = [(p.request, p.digest) for p in runnable]
@@ -166,8 +206,9 @@ class BatchRunner:
         stamp(finished, looked)
         # NOTE: the model is free from here: the writes go on in the background (bounded), so the
         # next batch computes while this one's results travel to Redis and Kafka.
-        await self._outcomes.submit(finished, before=marks,
-                                    written=instances.cost.observe_delivery if runnable else None)
+        await self._outcomes.submit(
+            finished, before=marks, written=instances.cost.observe_delivery if runnable else None
+        )
 
     def _held(self, model: Model, task: str) -> str | None:
         """The model breaker that may hold this batch: its version's, while that version serves
@@ -177,8 +218,9 @@ class BatchRunner:
         serving = self._serving(task)
         return model_breaker(task, model.version) if serving in (None, model.version) else None
 
-    async def _lookup_features(self, model: Model, items: list[PendingRequest]
-                               ) -> tuple[dict[int, Exception], dict[str, Looked]]:
+    async def _lookup_features(
+        self, model: Model, items: list[PendingRequest]
+    ) -> tuple[dict[int, Exception], dict[str, Looked]]:
         """``FeatureLookup.fill`` through the task's ``feature-store:<task>`` breaker: refused at
         once while it is open (the batch waits for the probe), fed each database outcome."""
         if not any(lookup_request(item.inputs) for item in items):
@@ -196,15 +238,31 @@ class BatchRunner:
 
     def _outcome(self, item: PendingRequest, result: InferenceResult | None, **fields) -> Outcome:
         spans.end_queue_wait(item)  # answered without running: its wait ends here
-        return Outcome(source=item.source, entry=item.entry, request=item.request, result=result,
-                       digest=item.digest, cache_key=item.cache_key, context=item.context, root=item.root,
-                       **fields)
+        return Outcome(
+            source=item.source,
+            entry=item.entry,
+            request=item.request,
+            result=result,
+            digest=item.digest,
+            cache_key=item.cache_key,
+            context=item.context,
+            root=item.root,
+            **fields,
+        )
 
     def _expired(self, item: PendingRequest, model: Model, now: int) -> Outcome:
-        error = Error("DEADLINE_EXCEEDED", f"deadline passed {now - item.deadline_ms} ms before the run", False)
-        return self._outcome(item, self._outcomes.result(item.request, Status.EXPIRED, model=model, error=error))
+        error = Error(
+            "DEADLINE_EXCEEDED",
+            f"deadline passed {now - item.deadline_ms} ms before the run",
+            False,
+        )
+        return self._outcome(
+            item, self._outcomes.result(item.request, Status.EXPIRED, model=model, error=error)
+        )
 
-    async def _infer(self, instances: Instances, items: list[PendingRequest], started: int) -> list[Outcome]:
+    async def _infer(
+        self, instances: Instances, items: list[PendingRequest], started: int
+    ) -> list[Outcome]:
         model = instances.model
         task = items[0].request.task
         batch_items = sum(p.size for p in items)
@@ -212,8 +270,9 @@ class BatchRunner:
         t0 = time.perf_counter()
         parts: list[dict | Exception] = [{}] * len(items)
         for group in shape_groups([p.inputs for p in items]):  # one group unless sizes differ
-            for index, part in zip(group, await self._infer_group(instances, [items[i] for i in group]),
-                                   strict=True):
+            for index, part in zip(
+                group, await self._infer_group(instances, [items[i] for i in group]), strict=True
+            ):
                 parts[index] = part
         inference_ms = (time.perf_counter() - t0) * 1000.0
         metrics.COMPUTE_SECONDS.labels(model.name, model.version).observe(inference_ms / 1000.0)
@@ -222,8 +281,15 @@ class BatchRunner:
             tries = 1
             if isinstance(part, Exception):
                 part, tries = await self._retry(model, item, part, tries)
-            build = partial(self._outcomes.result, item.request, model=model, batch_size=batch_items,
-                            attempts=tries, started=started, inference_ms=inference_ms)
+            build = partial(
+                self._outcomes.result,
+                item.request,
+                model=model,
+                batch_size=batch_items,
+                attempts=tries,
+                started=started,
+                inference_ms=inference_ms,
+            )
             if isinstance(part, Exception):
                 code = getattr(part, "code", "INFERENCE_FAILED")
                 error = Error(code, str(part)[:2000], bool(getattr(part, "retriable", False)))
@@ -234,15 +300,27 @@ class BatchRunner:
                 try:
                     outcome = self._outcome(item, build(Status.SUCCEEDED, outputs=part))
                 except Exception as exc:  # outputs that make no tensor fail this request alone
-                    outcome = self._outcome(item, build(Status.FAILED, error=Error(
-                        "RESULT_UNENCODABLE", str(exc)[:2000], False)))
+                    outcome = self._outcome(
+                        item,
+                        build(
+                            Status.FAILED, error=Error("RESULT_UNENCODABLE", str(exc)[:2000], False)
+                        ),
+                    )
             finished.append(outcome)
         # a model that fails every request: not answered while its breaker is open (streams/breakers.py)
-        await judge_batch(getattr(self._publisher, "breakers", None), model_breaker(task, model.version),
-                          finished, model, self._predict, hold=lambda: self._held(model, task) is not None)
+        await judge_batch(
+            getattr(self._publisher, "breakers", None),
+            model_breaker(task, model.version),
+            finished,
+            model,
+            self._predict,
+            hold=lambda: self._held(model, task) is not None,
+        )
         return finished
 
-    async def _infer_group(self, instances: Instances, items: list[PendingRequest]) -> list[dict | Exception]:
+    async def _infer_group(
+        self, instances: Instances, items: list[PendingRequest]
+    ) -> list[dict | Exception]:
         """Outputs (or the error) per request of one batch whose inputs concatenate."""
         model = instances.model
         t0 = time.perf_counter()
@@ -253,11 +331,18 @@ class BatchRunner:
             if len(items) == 1:
                 return [exc]
             # isolate whoever broke the batch: the others must not fail with it
-            logger.warning("batch of %d on %s failed (%s); running its requests one by one",
-                           len(items), model.name, exc)
+            logger.warning(
+                "batch of %d on %s failed (%s); running its requests one by one",
+                len(items),
+                model.name,
+                exc,
+            )
             return [await self._run_alone(model, item) for item in items]
-        instances.cost.observe(sum(p.size for p in items), sum(p.units for p in items),
-                               (time.perf_counter() - t0) * 1000.0)
+        instances.cost.observe(
+            sum(p.size for p in items),
+            sum(p.units for p in items),
+            (time.perf_counter() - t0) * 1000.0,
+        )
         return parts
 
     async def _run_alone(self, model: Model, item: PendingRequest) -> dict | Exception:
@@ -266,15 +351,23 @@ class BatchRunner:
         except Exception as exc:
             return exc
 
-    async def _retry(self, model: Model, item: PendingRequest, error: Exception, tries: int
-                     ) -> tuple[dict | Exception, int]:
+    async def _retry(
+        self, model: Model, item: PendingRequest, error: Exception, tries: int
+    ) -> tuple[dict | Exception, int]:
         """Retry a retriable failure alone, with exponential backoff and jitter, up to the
         configured attempts. Returns the outputs (or the last error) and the attempts made."""
         while getattr(error, "retriable", False) and tries < self._max_attempts:
             try:  # best effort: an outage here must not run the whole batch again
-                await self._publisher.audit([self._outcomes.audit_event(
-                    item.request, AuditType.RETRIED, {"attempt": str(tries), "error": str(error)[:2000]},
-                    item.digest)])
+                await self._publisher.audit(
+                    [
+                        self._outcomes.audit_event(
+                            item.request,
+                            AuditType.RETRIED,
+                            {"attempt": str(tries), "error": str(error)[:2000]},
+                            item.digest,
+                        )
+                    ]
+                )
             except Exception as exc:
                 logger.warning("RETRIED audit of %s not written: %r", item.request.request_id, exc)
             await asyncio.sleep(self._backoff_s * (2 ** (tries - 1)) * (0.5 + random.random()))
@@ -286,13 +379,17 @@ class BatchRunner:
         return error, tries
 
     async def _predict(self, model: Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return await asyncio.get_running_loop().run_in_executor(self._pool(), model.predict_batch, inputs)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool(), model.predict_batch, inputs
+        )
 
 
 def _scoped(item: PendingRequest) -> str:
     """The content digest as one client's: clients do not learn from the cache what others sent."""
     client = (item.request.client_id or "").encode()
-    return hashlib.sha256(len(client).to_bytes(4, "big") + client + item.digest.encode()).hexdigest()
+    return hashlib.sha256(
+        len(client).to_bytes(4, "big") + client + item.digest.encode()
+    ).hexdigest()
 
 
 def _past_deadline(item: PendingRequest, now_ms_: int) -> bool:

@@ -95,9 +95,15 @@ class ModelCircuitOpen(TaskCircuitOpen, ModelDown):
     """The model's breaker is open (see :class:`TaskCircuitOpen`)."""
 
 
-async def judge_batch(breakers: Breakers | None, name: str, outcomes: Sequence, model,
-                      predict: Callable[[object, dict], Awaitable[object]], *,
-                      hold: Callable[[], bool] = lambda: True) -> None:
+async def judge_batch(
+    breakers: Breakers | None,
+    name: str,
+    outcomes: Sequence,
+    model,
+    predict: Callable[[object, dict], Awaitable[object]],
+    *,
+    hold: Callable[[], bool] = lambda: True,
+) -> None:
     """Feed a computed batch to its model version's breaker ``name``. A batch all of whose requests failed with
     INFERENCE_FAILED (each already retried alone) counts against the model only if the model
     also fails its warm-up input (``dummy_inputs``, one item, through ``predict``): otherwise
@@ -109,8 +115,13 @@ async def judge_batch(breakers: Breakers | None, name: str, outcomes: Sequence, 
     judged, the batch is answered as it came out (its failures FAILED)."""
     if breakers is None or not outcomes or not hold():
         return
-    failed = sum(1 for o in outcomes if o.result is not None and o.result.error is not None
-                 and o.result.error.code == MODEL_DOWN_CODE)
+    failed = sum(
+        1
+        for o in outcomes
+        if o.result is not None
+        and o.result.error is not None
+        and o.result.error.code == MODEL_DOWN_CODE
+    )
     if failed == len(outcomes) and not await _healthy(model, predict):
         if not hold():
             return
@@ -163,10 +174,16 @@ def _set_metric(name: str, value: int) -> None:
     metrics.CIRCUIT_STATE.labels(name).set(value)
 
 
-def make_breakers(failures: int = DEFAULT_FAILURES, reset_s: float = DEFAULT_RESET_S,
-                  **kwargs) -> Breakers:
-    breakers = Breakers(failures, reset_s, is_failure=lambda exc: dependency_of(exc) is not None,
-                        on_state=_set_metric, **kwargs)
+def make_breakers(
+    failures: int = DEFAULT_FAILURES, reset_s: float = DEFAULT_RESET_S, **kwargs
+) -> Breakers:
+    breakers = Breakers(
+        failures,
+        reset_s,
+        is_failure=lambda exc: dependency_of(exc) is not None,
+        on_state=_set_metric,
+        **kwargs,
+    )
     breakers.declare(*SHARED)
     return breakers
 
@@ -201,11 +218,16 @@ class PartitionPause:
     (``on_buffer_drop`` makes a partition active again) may undo a pause, and the next sync
     makes it again; partitions assigned meanwhile are paused too."""
 
-    def __init__(self, breakers: Breakers, assignment: Callable[[], Iterable],
-                 pause: Callable[[set], None], resume: Callable[[set], None],
-                 topics_of: Callable[[str], Iterable[str]] = lambda task: (),
-                 paused_now: Callable[[], Iterable] | None = None,
-                 serving: Callable[[str], str | None] = lambda task: None) -> None:
+    def __init__(
+        self,
+        breakers: Breakers,
+        assignment: Callable[[], Iterable],
+        pause: Callable[[set], None],
+        resume: Callable[[set], None],
+        topics_of: Callable[[str], Iterable[str]] = lambda task: (),
+        paused_now: Callable[[], Iterable] | None = None,
+        serving: Callable[[str], str | None] = lambda task: None,
+    ) -> None:
         self._serving = serving
         self._breakers = breakers
         self._assignment = assignment

@@ -36,16 +36,25 @@ def embedding_of(result: InferenceResult) -> np.ndarray:
                 return array[0]
             if array.ndim == 1:
                 return array
-            raise CollectionError("INVALID_REQUEST", f"collection parameters need a request of one item, "
-                                  f"not {array.shape[0]}")
-    raise CollectionError("INVALID_REQUEST", "collection parameters need a task with an FP32 embedding output")
+            raise CollectionError(
+                "INVALID_REQUEST",
+                f"collection parameters need a request of one item, not {array.shape[0]}",
+            )
+    raise CollectionError(
+        "INVALID_REQUEST", "collection parameters need a task with an FP32 embedding output"
+    )
 
 
 async def collect(store: CollectionStore | None, outcomes: Sequence[Outcome]) -> None:
     """Store and search for the outcomes that ask it (their results not stored yet)."""
     for outcome in outcomes:
         result, request = outcome.result, outcome.request
-        if result is None or request is None or result.status is not Status.SUCCEEDED or store is None:
+        if (
+            result is None
+            or request is None
+            or result.status is not Status.SUCCEEDED
+            or store is None
+        ):
             continue
         try:
             asked = collection_parameters(request.parameters)
@@ -54,14 +63,21 @@ async def collect(store: CollectionStore | None, outcomes: Sequence[Outcome]) ->
             vector = embedding_of(result)
             if asked.similar_k is not None and result.similar is None:
                 try:
-                    found = await store.search(request.client_id, asked.collection, vector, asked.similar_k,
-                                               exclude=asked.item_id)
+                    found = await store.search(
+                        request.client_id,
+                        asked.collection,
+                        vector,
+                        asked.similar_k,
+                        exclude=asked.item_id,
+                    )
                 except CollectionError as exc:
                     if exc.code != "COLLECTION_NOT_FOUND":
                         raise
                     found = []  # nothing stored yet: no neighbours
-                result.similar = [{"id": m.id, "score": m.score, "metadata": json.dumps(m.metadata)}
-                                  for m in found]
+                result.similar = [
+                    {"id": m.id, "score": m.score, "metadata": json.dumps(m.metadata)}
+                    for m in found
+                ]
             if asked.item_id is not None:
                 await store.put(request.client_id, asked.collection, asked.item_id, vector)
         except CollectionError as exc:  # the request asked for what cannot be: it fails, alone

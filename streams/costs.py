@@ -54,10 +54,15 @@ class BatchCost:
         self._yty = FORGET * self._yty + compute_ms * compute_ms
         self.batches += 1
         per_item = compute_ms / 1000.0 / items
-        self.per_item_s = per_item if self.per_item_s is None else (
-            (1 - SMOOTHING) * self.per_item_s + SMOOTHING * per_item)
+        self.per_item_s = (
+            per_item
+            if self.per_item_s is None
+            else ((1 - SMOOTHING) * self.per_item_s + SMOOTHING * per_item)
+        )
         now = time.monotonic()
-        if self.batches >= MIN_BATCHES and (self.batches <= SETTLING or now - self._fitted_at >= self._refit_s):
+        if self.batches >= MIN_BATCHES and (
+            self.batches <= SETTLING or now - self._fitted_at >= self._refit_s
+        ):
             self._coef = tuple(float(c) for c in self._fit())
             self._fitted_at = now
 
@@ -87,7 +92,9 @@ class BatchCost:
     def observe_delivery(self, ms: float) -> None:
         if np.isfinite(ms) and ms >= 0:
             # NOTE: a write that waited out an outage says nothing about the next one's speed
-            self.delivery_ms = (1 - SMOOTHING) * self.delivery_ms + SMOOTHING * min(ms, MAX_DELIVERY_MS)
+            self.delivery_ms = (1 - SMOOTHING) * self.delivery_ms + SMOOTHING * min(
+                ms, MAX_DELIVERY_MS
+            )
 
     def compute_ms(self, items: int, units: int) -> float | None:
         """Predicted compute time of such a batch; None until enough batches are seen."""
@@ -104,6 +111,13 @@ class BatchCost:
     def to_dict(self) -> dict:
         """JSON-able, as ``/v1/tasks`` shows it."""
         coef = [None] * 3 if self._coef is None else [round(c, 6) for c in self._coef]
-        return {"fixed_ms": coef[0], "per_item_ms": coef[1], "per_unit_ms": coef[2], "batches": self.batches,
-                "delivery_ms": round(self.delivery_ms, 3),
-                "service_ms_per_item": None if self.per_item_s is None else round(self.per_item_s * 1000, 3)}
+        return {
+            "fixed_ms": coef[0],
+            "per_item_ms": coef[1],
+            "per_unit_ms": coef[2],
+            "batches": self.batches,
+            "delivery_ms": round(self.delivery_ms, 3),
+            "service_ms_per_item": None
+            if self.per_item_s is None
+            else round(self.per_item_s * 1000, 3),
+        }

@@ -1,7 +1,7 @@
 """Errors of the stream worker.
 
-    StreamsError
-    └── BatcherClosed          the batcher stopped while a request waited for room
+StreamsError
+└── BatcherClosed          the batcher stopped while a request waited for room
 """
 
 

@@ -43,7 +43,12 @@ from . import metrics
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FeatureLookup", "FeatureStoreUnavailable", "FeatureValidationFailed", "FeaturesNotFound"]
+__all__ = [
+    "FeatureLookup",
+    "FeatureStoreUnavailable",
+    "FeatureValidationFailed",
+    "FeaturesNotFound",
+]
 
 COLUMNS_TTL_S = 30.0
 """How long a table's column names are trusted before they are read again."""
@@ -83,8 +88,13 @@ class FeatureLookup:
     """One per worker. ``redis``: gives the worker's Redis client (the publisher's, once started);
     ``url``: a database URL for every feature task instead of their ``model.yaml`` ones."""
 
-    def __init__(self, redis: Callable[[], Any], prefix: str, url: str | None = None,
-                 threads: int = DB_THREADS) -> None:
+    def __init__(
+        self,
+        redis: Callable[[], Any],
+        prefix: str,
+        url: str | None = None,
+        threads: int = DB_THREADS,
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._url = url or None
@@ -100,8 +110,9 @@ class FeatureLookup:
             engine.dispose()
         self._engines.clear()
 
-    async def fill(self, model: Model, items: Sequence[Any]
-                   ) -> tuple[dict[int, Exception], dict[str, Looked]]:
+    async def fill(
+        self, model: Model, items: Sequence[Any]
+    ) -> tuple[dict[int, Exception], dict[str, Looked]]:
         """Replace the ``entity_id`` inputs of ``items`` (PendingRequests) by their features.
         Returns the failed items (``id(item)`` -> FeaturesNotFound or FeatureValidationFailed)
         and, per request id, what its lookup took. Raises FeatureStoreUnavailable or a Redis
@@ -115,7 +126,9 @@ class FeatureLookup:
         scope = (model.config.task, str(model.version), store_id(url, section["table"]))
         ids = {item_id: None for item in wanted for item_id in _ids(item.inputs[ENTITY_KEY])}
         # entity -> its values in column order, or why its row is no row of numbers
-        rows: dict[str, list[float] | FeatureValidationFailed] = await self._from_cache(scope, section, list(ids))
+        rows: dict[str, list[float] | FeatureValidationFailed] = await self._from_cache(
+            scope, section, list(ids)
+        )
         missing = [entity for entity in ids if entity not in rows]
         from_db: set[str] = set()
         if missing:
@@ -144,9 +157,12 @@ class FeatureLookup:
             if unknown:
                 failed[id(item)] = FeaturesNotFound(
                     f"no features for {ENTITY_KEY} {', '.join(repr(e[:40]) for e in unknown[:5])}"
-                    + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+                    + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+                )
                 continue
-            bad = next((rows[e] for e in entities if isinstance(rows[e], FeatureValidationFailed)), None)
+            bad = next(
+                (rows[e] for e in entities if isinstance(rows[e], FeatureValidationFailed)), None
+            )
             if bad is not None:
                 failed[id(item)] = bad
                 continue
@@ -154,8 +170,9 @@ class FeatureLookup:
         return failed, looked
 
     # --- the cache ---
-    async def _from_cache(self, scope: tuple[str, str, str], section: dict, ids: list[str]
-                          ) -> dict[str, list[float]]:
+    async def _from_cache(
+        self, scope: tuple[str, str, str], section: dict, ids: list[str]
+    ) -> dict[str, list[float]]:
         if not section["cache_ttl_s"]:
             return {}
         found = await self._redis().mget([keys.feature_key(self._prefix, *scope, e) for e in ids])
@@ -169,8 +186,9 @@ class FeatureLookup:
                 continue
         return rows
 
-    async def _to_cache(self, scope: tuple[str, str, str], section: dict,
-                        rows: dict[str, list[float] | Exception]) -> None:
+    async def _to_cache(
+        self, scope: tuple[str, str, str], section: dict, rows: dict[str, list[float] | Exception]
+    ) -> None:
         # a bad row is not cached: fixing it takes effect at once
         good = {e: v for e, v in rows.items() if not isinstance(v, Exception)}
         if not section["cache_ttl_s"] or not good:
@@ -178,23 +196,32 @@ class FeatureLookup:
         async with self._redis().pipeline(transaction=False) as pipe:
             for entity, values in good.items():
                 row = dict(zip(section["columns"], values, strict=True))
-                pipe.set(keys.feature_key(self._prefix, *scope, entity), json.dumps(row), ex=section["cache_ttl_s"])
+                pipe.set(
+                    keys.feature_key(self._prefix, *scope, entity),
+                    json.dumps(row),
+                    ex=section["cache_ttl_s"],
+                )
             await pipe.execute()
 
     # --- the database ---
     async def _from_db(self, url: str, section: dict, ids: list[str]) -> dict[str, dict]:
         timeout_s = section.get("timeout_s", DEFAULT_TIMEOUT_S)
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="features")
+            self._pool = ThreadPoolExecutor(
+                max_workers=self._threads, thread_name_prefix="features"
+            )
         loop = asyncio.get_running_loop()
         # NOTE: a thread cannot be cancelled: a database that never answers keeps it until the
         # driver's own timeouts (set in _engine) end its call; the lookup is answered meanwhile
         try:
             return await asyncio.wait_for(
-                loop.run_in_executor(self._pool, self._query, url, section, ids, timeout_s), timeout_s)
+                loop.run_in_executor(self._pool, self._query, url, section, ids, timeout_s),
+                timeout_s,
+            )
         except TimeoutError:
             raise FeatureStoreUnavailable(
-                f"the feature database did not answer within {timeout_s:g} s") from None
+                f"the feature database did not answer within {timeout_s:g} s"
+            ) from None
 
     def _query(self, url: str, section: dict, ids: list[str], timeout_s: float) -> dict[str, dict]:
         import sqlalchemy as sa
@@ -204,7 +231,9 @@ class FeatureLookup:
             columns = self._table_columns(engine, url, section["table"])
             absent = [c for c in [section["key_column"], *section["columns"]] if c not in columns]
             if absent:
-                raise FeatureValidationFailed(f"table {section['table']!r} has no columns {absent[:5]}")
+                raise FeatureValidationFailed(
+                    f"table {section['table']!r} has no columns {absent[:5]}"
+                )
             key = sa.column(section["key_column"])
             table = sa.table(section["table"], key, *(sa.column(c) for c in section["columns"]))
             # bound parameters only: an id is data, whatever it says ("0' OR '1'='1")
@@ -213,9 +242,14 @@ class FeatureLookup:
                 found = connection.execute(query).mappings().all()
         except sa.exc.SQLAlchemyError as exc:
             # NOTE: the URL (it may hold a password) is never in the message
-            raise FeatureStoreUnavailable(f"the feature database did not answer: {type(exc).__name__}: "
-                                          f"{str(getattr(exc, 'orig', None) or exc)[:200]}") from None
-        return {str(row[section["key_column"]]): {c: row[c] for c in section["columns"]} for row in found}
+            raise FeatureStoreUnavailable(
+                f"the feature database did not answer: {type(exc).__name__}: "
+                f"{str(getattr(exc, 'orig', None) or exc)[:200]}"
+            ) from None
+        return {
+            str(row[section["key_column"]]): {c: row[c] for c in section["columns"]}
+            for row in found
+        }
 
     def _engine(self, url: str, timeout_s: float):
         import sqlalchemy as sa
@@ -223,16 +257,28 @@ class FeatureLookup:
         engine = self._engines.get((url, timeout_s))
         if engine is None:
             parsed = sa.make_url(url)
-            if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            if parsed.get_backend_name() == "sqlite" and parsed.database not in (
+                None,
+                "",
+                ":memory:",
+            ):
                 # read-only: a missing file is an outage (retried), never an empty database made
                 # in its place, and the worker cannot write to the table it reads; `timeout`:
                 # how long a read waits on a writer's lock
                 uri = f"{Path(parsed.database).resolve().as_uri()}?mode=ro"
-                engine = sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(
-                    uri, uri=True, check_same_thread=False, timeout=timeout_s))
+                engine = sa.create_engine(
+                    "sqlite://",
+                    creator=lambda: sqlite3.connect(
+                        uri, uri=True, check_same_thread=False, timeout=timeout_s
+                    ),
+                )
             else:
-                engine = sa.create_engine(parsed, pool_pre_ping=True, pool_timeout=timeout_s,
-                                          connect_args=driver_timeouts(parsed, timeout_s))
+                engine = sa.create_engine(
+                    parsed,
+                    pool_pre_ping=True,
+                    pool_timeout=timeout_s,
+                    connect_args=driver_timeouts(parsed, timeout_s),
+                )
             self._engines[(url, timeout_s)] = engine
         return engine
 
@@ -268,7 +314,11 @@ def driver_timeouts(url: Any, timeout_s: float) -> dict[str, Any]:
             args["options"] = f"-c statement_timeout={int(timeout_s * 1000)}"
         return {k: v for k, v in args.items() if k not in given}
     if driver in ("pymysql", "mysqldb"):
-        return {k: seconds for k in ("connect_timeout", "read_timeout", "write_timeout") if k not in given}
+        return {
+            k: seconds
+            for k in ("connect_timeout", "read_timeout", "write_timeout")
+            if k not in given
+        }
     return {}
 
 
@@ -293,9 +343,12 @@ def _values(row: Any, columns: list[str], entity: str) -> list[float]:
         if isinstance(value, Decimal):
             value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
-            what = "missing" if column not in row else "NULL" if value is None else f"{value!r}"[:40]
-            raise FeatureValidationFailed(f"feature {column!r} of {ENTITY_KEY} {entity[:40]!r} is {what}, "
-                                          "not a finite number")
+            what = (
+                "missing" if column not in row else "NULL" if value is None else f"{value!r}"[:40]
+            )
+            raise FeatureValidationFailed(
+                f"feature {column!r} of {ENTITY_KEY} {entity[:40]!r} is {what}, not a finite number"
+            )
         values.append(float(value))
     return values
 

@@ -72,7 +72,9 @@ class AckLedger:
         if entry.state is not _State.PENDING:
             return
         entry.state = _State.ANSWERED
-        if entry.part.forgotten:  # by reset(): the answer is in Redis, found as a duplicate when the
+        if (
+            entry.part.forgotten
+        ):  # by reset(): the answer is in Redis, found as a duplicate when the
             return  # event is redelivered
         run = self._settle(entry.part)
         if run:

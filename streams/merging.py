@@ -24,17 +24,23 @@ def shape_groups(requests: Sequence[dict[str, np.ndarray]]) -> list[list[int]]:
     size, as face-detect takes them, differ there). First-seen order, within and across groups."""
     groups: dict[tuple, list[int]] = {}
     for index, inputs in enumerate(requests):
-        signature = tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items()))
+        signature = tuple(
+            (name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items())
+        )
         groups.setdefault(signature, []).append(index)
     return list(groups.values())
 
 
-def split_outputs(outputs: dict[str, np.ndarray], sizes: Sequence[int]) -> list[dict[str, np.ndarray]]:
+def split_outputs(
+    outputs: dict[str, np.ndarray], sizes: Sequence[int]
+) -> list[dict[str, np.ndarray]]:
     """Slice every output back into ``len(sizes)`` parts of the given first-dimension sizes."""
     total = sum(sizes)
     for name, array in outputs.items():
         if array.shape[:1] != (total,):
-            raise ValueError(f"output {name!r} has first dimension {array.shape[:1]}, expected {total}")
+            raise ValueError(
+                f"output {name!r} has first dimension {array.shape[:1]}, expected {total}"
+            )
     bounds = np.cumsum([0, *sizes])
     return [
         {name: array[start:stop] for name, array in outputs.items()}

@@ -66,8 +66,9 @@ Before = tuple[asyncio.Task, Callable[[], Awaitable[object]]]
 
 
 def is_transient(exc: BaseException) -> bool:
-    return (isinstance(exc, (*DEPENDENCY_ERRORS, TaskDependencyDown))
-            or (isinstance(exc, SchemaError) and exc.retriable))
+    return isinstance(exc, (*DEPENDENCY_ERRORS, TaskDependencyDown)) or (
+        isinstance(exc, SchemaError) and exc.retriable
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +122,14 @@ class Outcome:
 class OutcomeWriter:
     """Builds results and audit events, writes outcomes and answers them in the ledger."""
 
-    def __init__(self, publisher: ResultPublisher, codec: AvroCodec, worker_id: str,
-                 ledger: AckLedger | None = None, max_writes: int = MAX_WRITES) -> None:
+    def __init__(
+        self,
+        publisher: ResultPublisher,
+        codec: AvroCodec,
+        worker_id: str,
+        ledger: AckLedger | None = None,
+        max_writes: int = MAX_WRITES,
+    ) -> None:
         self._publisher = publisher
         self._codec = codec
         self.worker_id = worker_id
@@ -136,8 +143,12 @@ class OutcomeWriter:
         a write that fails or is held by a breaker meanwhile gives up (redelivered)."""
 
     # --- writing ---
-    async def submit(self, outcomes: Sequence[Outcome], before: Before | None = None,
-                     written: Callable[[float], None] | None = None) -> None:
+    async def submit(
+        self,
+        outcomes: Sequence[Outcome],
+        before: Before | None = None,
+        written: Callable[[float], None] | None = None,
+    ) -> None:
         """Write ``outcomes`` in the background; waits only while ``max_writes`` writes are on
         their way already (backpressure). ``before``: a write already started that must land
         first (the STARTED marks), and how to run it again if it failed. ``written``: told how
@@ -153,8 +164,12 @@ class OutcomeWriter:
         while self._writing:
             await asyncio.wait(list(self._writing))
 
-    async def _write_all(self, outcomes: list[Outcome], before: Before | None,
-                         written: Callable[[float], None] | None = None) -> None:
+    async def _write_all(
+        self,
+        outcomes: list[Outcome],
+        before: Before | None,
+        written: Callable[[float], None] | None = None,
+    ) -> None:
         submitted = time.monotonic()
         writes = spans.start_writes(outcomes)
         ok = True
@@ -165,7 +180,9 @@ class OutcomeWriter:
             except Exception as exc:
                 logger.warning("STARTED marks failed (%r); writing them again", exc)
                 ok = await self.until_written("the STARTED marks", again)
-        ok = ok and await self.until_written(f"{len(outcomes)} outcomes", lambda: self.write(outcomes))
+        ok = ok and await self.until_written(
+            f"{len(outcomes)} outcomes", lambda: self.write(outcomes)
+        )
         spans.end_writes(writes, ok)
         if ok:
             if written is not None:
@@ -188,7 +205,9 @@ class OutcomeWriter:
         breakers = getattr(self._publisher, "breakers", None)
         failed_on: set[str] = set()  # breakers an attempt failed on: where this write waits
         while True:
-            if breakers is not None and not await self._wait_for_breakers(what, breakers, failed_on):
+            if breakers is not None and not await self._wait_for_breakers(
+                what, breakers, failed_on
+            ):
                 return False
             try:
                 await self._watched(what, write())
@@ -204,13 +223,23 @@ class OutcomeWriter:
                 if not is_transient(exc):
                     # NOTE: a bug, not an outage; retrying keeps the promise (nothing acked
                     # unwritten) and the log says where. Each step builds its own input safely.
-                    logger.exception("writing %s failed unexpectedly; retrying in %.1fs", what, delay_s)
+                    logger.exception(
+                        "writing %s failed unexpectedly; retrying in %.1fs", what, delay_s
+                    )
                 if self.closed or self.releasing:
-                    logger.warning("%s with %s unwritten (%r); they will be redelivered",
-                                   "stopping" if self.closed else "rebalancing", what, exc)
+                    logger.warning(
+                        "%s with %s unwritten (%r); they will be redelivered",
+                        "stopping" if self.closed else "rebalancing",
+                        what,
+                        exc,
+                    )
                     return False
-                logger.warning("%s wait for Redis, Kafka or the registry (%r); retrying in %.1fs",
-                               what, exc, delay_s)
+                logger.warning(
+                    "%s wait for Redis, Kafka or the registry (%r); retrying in %.1fs",
+                    what,
+                    exc,
+                    delay_s,
+                )
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
 
@@ -231,8 +260,11 @@ class OutcomeWriter:
         if the worker stops or a rebalance drains meanwhile (the events are redelivered)."""
         while (pause_s := wait_s(breakers, failed_on)) > 0:
             if self.closed or self.releasing:
-                logger.warning("giving %s up (circuit open, %s); they will be redelivered", what,
-                               "stopping" if self.closed else "rebalancing")
+                logger.warning(
+                    "giving %s up (circuit open, %s); they will be redelivered",
+                    what,
+                    "stopping" if self.closed else "rebalancing",
+                )
                 return False
             await asyncio.sleep(min(pause_s, 0.5))
         return True
@@ -246,8 +278,12 @@ class OutcomeWriter:
                 done, _ = await asyncio.wait([task], timeout=SLOW_ATTEMPT_S)
                 if done:
                     return task.result()
-                logger.warning("%s: an attempt is running for over %.0f s, at %s", what, SLOW_ATTEMPT_S,
-                               " <- ".join(reversed(_awaiting(task.get_coro()))))
+                logger.warning(
+                    "%s: an attempt is running for over %.0f s, at %s",
+                    what,
+                    SLOW_ATTEMPT_S,
+                    " <- ".join(reversed(_awaiting(task.get_coro()))),
+                )
         except asyncio.CancelledError:
             task.cancel()
             raise
@@ -256,12 +292,16 @@ class OutcomeWriter:
         """One pass over ``outcomes``; safe to call again after it raised."""
         await self._write_letters([o for o in outcomes if o.letter is not None and not o.lettered])
         # items stored and neighbours found (parameters.collection) before the result is
-        await collect(getattr(self._publisher, "collections", None),
-                      [o for o in outcomes if o.stored is None and o.result is not None])
+        await collect(
+            getattr(self._publisher, "collections", None),
+            [o for o in outcomes if o.stored is None and o.result is not None],
+        )
         await self._store([o for o in outcomes if o.stored is None and o.result is not None])
         # events naming another client's request_id: a dead letter instead of their result
         await self._write_letters([o for o in outcomes if o.letter is not None and not o.lettered])
-        await self._publish([o for o in outcomes if o.stored is not None and not o.stored.published])
+        await self._publish(
+            [o for o in outcomes if o.stored is not None and not o.stored.published]
+        )
         pending = [o for o in outcomes if not o.audited]
         for o in pending:  # built once: a retry re-sends the same events and counts nothing twice
             if o.events is None:
@@ -273,34 +313,63 @@ class OutcomeWriter:
     async def _write_letters(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
             return
-        letters = [DeadLetter(source_topic=o.source.topic, partition=o.source.partition, offset=o.source.offset,
-                              key=o.source.key, payload=o.source.value, error_code=o.letter.code,
-                              error_message=o.letter.message) for o in outcomes]
+        letters = [
+            DeadLetter(
+                source_topic=o.source.topic,
+                partition=o.source.partition,
+                offset=o.source.offset,
+                key=o.source.key,
+                payload=o.source.value,
+                error_code=o.letter.code,
+                error_message=o.letter.message,
+            )
+            for o in outcomes
+        ]
         claims = await self._publisher.claim_dead_letters(letters)
         for outcome, letter, (at, done) in zip(outcomes, letters, claims, strict=True):
             if not done:
                 src = outcome.source
-                await self._publisher.dead_letter(dataclasses.replace(letter, at=at), outcome.letter.error_type)
-                outcome.audits.append(self.audit_event(outcome, AuditType.DEAD_LETTERED, {
-                    "error_code": letter.error_code, "topic": src.topic, "partition": str(src.partition),
-                    "offset": str(src.offset)}))
+                await self._publisher.dead_letter(
+                    dataclasses.replace(letter, at=at), outcome.letter.error_type
+                )
+                outcome.audits.append(
+                    self.audit_event(
+                        outcome,
+                        AuditType.DEAD_LETTERED,
+                        {
+                            "error_code": letter.error_code,
+                            "topic": src.topic,
+                            "partition": str(src.partition),
+                            "offset": str(src.offset),
+                        },
+                    )
+                )
             outcome.lettered = True
 
     async def _store(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
             return
         encoded = [self._encode(o) for o in outcomes]
-        stored = await self._publisher.store_results([
-            (o.result.request_id, a, o.request.client_id if o.request else None)
-            for o, a in zip(outcomes, encoded, strict=True)])
+        stored = await self._publisher.store_results(
+            [
+                (o.result.request_id, a, o.request.client_id if o.request else None)
+                for o, a in zip(outcomes, encoded, strict=True)
+            ]
+        )
         cache = []
         for outcome, avro, held in zip(outcomes, encoded, stored, strict=True):
             if held is None:
-                logger.warning("event at %s[%d]@%d names request %s of another client", outcome.source.topic,
-                               outcome.source.partition, outcome.source.offset, outcome.result.request_id)
+                logger.warning(
+                    "event at %s[%d]@%d names request %s of another client",
+                    outcome.source.topic,
+                    outcome.source.partition,
+                    outcome.source.offset,
+                    outcome.result.request_id,
+                )
                 outcome.result = None
-                outcome.letter = Letter("REQUEST_ID_TAKEN", "the request_id belongs to another client",
-                                        "RequestIdTaken")
+                outcome.letter = Letter(
+                    "REQUEST_ID_TAKEN", "the request_id belongs to another client", "RequestIdTaken"
+                )
                 outcome.lettered = False
                 continue
             outcome.stored = held
@@ -326,11 +395,24 @@ class OutcomeWriter:
         if not outcomes:
             return
         # NOTE: an outcome with a stored result always has its request (batches, refusals)
-        await self._publisher.publish_results([Publication(
-            task=o.request.task, request_id=o.request_id, avro=o.stored.avro,
-            headers=spans.result_headers(o),
-            latency=Latency(o.request.priority.topic_suffix, o.result.timings.total_ms, o.result.completed_at)
-            if o.stored.won else None) for o in outcomes])
+        await self._publisher.publish_results(
+            [
+                Publication(
+                    task=o.request.task,
+                    request_id=o.request_id,
+                    avro=o.stored.avro,
+                    headers=spans.result_headers(o),
+                    latency=Latency(
+                        o.request.priority.topic_suffix,
+                        o.result.timings.total_ms,
+                        o.result.completed_at,
+                    )
+                    if o.stored.won
+                    else None,
+                )
+                for o in outcomes
+            ]
+        )
         for o in outcomes:
             o.stored = dataclasses.replace(o.stored, published=True)
 
@@ -343,55 +425,108 @@ class OutcomeWriter:
             metrics.DUPLICATES.inc()
             return [*events, self.audit_event(outcome, AuditType.DUPLICATE)]
         metrics.REQUESTS.labels(result.task, result.status.value.lower()).inc()
-        metrics.REQUEST_SECONDS.labels(result.task).observe(max(0, result.completed_at - result.created_at) / 1000.0)
+        metrics.REQUEST_SECONDS.labels(result.task).observe(
+            max(0, result.completed_at - result.created_at) / 1000.0
+        )
         details = {"status": result.status.value}
-        if result.timings.feature_source is not None:  # what its feature lookup took (streams/features.py)
-            details.update(feature_source=result.timings.feature_source,
-                           feature_lookup_ms=f"{result.timings.feature_lookup_ms or 0.0:.3f}")
+        if (
+            result.timings.feature_source is not None
+        ):  # what its feature lookup took (streams/features.py)
+            details.update(
+                feature_source=result.timings.feature_source,
+                feature_lookup_ms=f"{result.timings.feature_lookup_ms or 0.0:.3f}",
+            )
         if result.error is not None:
             details["error_code"] = result.error.code
             metrics.ERRORS.labels(result.task, result.error.code).inc()
         traceparent = spans.traceparent(outcome)
         # traced requests opted into being followed: one INFO line each; the rest at DEBUG
-        (logger.info if traceparent else logger.debug)("request finished", extra={
-            "request_id": result.request_id, "task": result.task, "status": result.status.value,
-            "model": result.model_name, "version": result.model_version, "batch_size": result.batch_size,
-            "traceparent": traceparent})
+        (logger.info if traceparent else logger.debug)(
+            "request finished",
+            extra={
+                "request_id": result.request_id,
+                "task": result.task,
+                "status": result.status.value,
+                "model": result.model_name,
+                "version": result.model_version,
+                "batch_size": result.batch_size,
+                "traceparent": traceparent,
+            },
+        )
         return [*events, self.audit_event(outcome, AuditType[result.status.value], details)]
 
     # --- building ---
-    def result(self, request: InferenceRequest, status: Status, *, model: Model | None = None,
-               outputs: dict[str, np.ndarray] | None = None, error: Error | None = None,
-               batch_size: int = 0, attempts: int = 1, started: int | None = None,
-               inference_ms: float = 0.0) -> InferenceResult:
+    def result(
+        self,
+        request: InferenceRequest,
+        status: Status,
+        *,
+        model: Model | None = None,
+        outputs: dict[str, np.ndarray] | None = None,
+        error: Error | None = None,
+        batch_size: int = 0,
+        attempts: int = 1,
+        started: int | None = None,
+        inference_ms: float = 0.0,
+    ) -> InferenceResult:
         completed = now_ms()
         started = started if started is not None else completed
         created = min(max(request.created_at, 0), MAX_TIMESTAMP_MS)  # hostile values encode too
         return InferenceResult(
-            request_id=request.request_id, task=request.task, status=status, worker_id=self.worker_id,
-            model_name=model.name if model else None, model_version=model.version if model else None,
-            outputs=[Tensor.from_numpy(name, np.ascontiguousarray(a)) for name, a in (outputs or {}).items()],
-            error=error, batch_size=batch_size, attempts=attempts, created_at=created,
+            request_id=request.request_id,
+            task=request.task,
+            status=status,
+            worker_id=self.worker_id,
+            model_name=model.name if model else None,
+            model_version=model.version if model else None,
+            outputs=[
+                Tensor.from_numpy(name, np.ascontiguousarray(a))
+                for name, a in (outputs or {}).items()
+            ],
+            error=error,
+            batch_size=batch_size,
+            attempts=attempts,
+            created_at=created,
             completed_at=completed,
-            timings=Timings(queued_ms=float(max(0, started - created)), inference_ms=inference_ms,
-                            total_ms=float(max(0, completed - created))),
+            timings=Timings(
+                queued_ms=float(max(0, started - created)),
+                inference_ms=inference_ms,
+                total_ms=float(max(0, completed - created)),
+            ),
         )
 
-    def audit_event(self, outcome_or_request: Outcome | InferenceRequest, kind: AuditType,
-                    details: dict[str, str] | None = None, digest: str | None = None) -> AuditEvent:
+    def audit_event(
+        self,
+        outcome_or_request: Outcome | InferenceRequest,
+        kind: AuditType,
+        details: dict[str, str] | None = None,
+        digest: str | None = None,
+    ) -> AuditEvent:
         if isinstance(outcome_or_request, Outcome):
             request, digest = outcome_or_request.request, outcome_or_request.digest
             request_id = outcome_or_request.request_id
         else:
             request, request_id = outcome_or_request, outcome_or_request.request_id
-        return AuditEvent(request_id=request_id, task=request.task if request else "", type=kind,
-                          actor=self.worker_id, input_digest=digest or None, details=details or {})
+        return AuditEvent(
+            request_id=request_id,
+            task=request.task if request else "",
+            type=kind,
+            actor=self.worker_id,
+            input_digest=digest or None,
+            details=details or {},
+        )
 
-    async def mark_started(self, items: Sequence[tuple[InferenceRequest, str]], batch_items: int) -> None:
+    async def mark_started(
+        self, items: Sequence[tuple[InferenceRequest, str]], batch_items: int
+    ) -> None:
         """``(request, digest)`` pairs: running (Redis status) and audit STARTED."""
-        await self._publisher.mark_running([(r.request_id, r.client_id) for r, _ in items], self.worker_id)
-        await self._publisher.audit(self.audit_event(r, AuditType.STARTED, {"batch_items": str(batch_items)},
-                                                     digest) for r, digest in items)
+        await self._publisher.mark_running(
+            [(r.request_id, r.client_id) for r, _ in items], self.worker_id
+        )
+        await self._publisher.audit(
+            self.audit_event(r, AuditType.STARTED, {"batch_items": str(batch_items)}, digest)
+            for r, digest in items
+        )
 
 
 def _awaiting(coro) -> list[str]:

@@ -33,14 +33,25 @@ from .requests import PendingRequest, SourceEvent, input_units
 
 logger = logging.getLogger(__name__)
 
+
 class RequestProcessor:
     """One per worker process; serves ``tasks`` from ``repository``."""
 
     def __init__(
-        self, *, repository: ModelRepository, publisher: ResultPublisher, codec: AvroCodec,
-        prefix: str, worker_id: str, tasks: Sequence[str], max_queued: int = 1024,
-        max_attempts: int = 3, retry_backoff_s: float = 0.05, cache_scope: str = "client",
-        scheduling: str = "deadline", feature_store_url: str | None = None,
+        self,
+        *,
+        repository: ModelRepository,
+        publisher: ResultPublisher,
+        codec: AvroCodec,
+        prefix: str,
+        worker_id: str,
+        tasks: Sequence[str],
+        max_queued: int = 1024,
+        max_attempts: int = 3,
+        retry_backoff_s: float = 0.05,
+        cache_scope: str = "client",
+        scheduling: str = "deadline",
+        feature_store_url: str | None = None,
     ) -> None:
         self._repository = repository
         self._codec = codec
@@ -54,9 +65,17 @@ class RequestProcessor:
         self._intake = Intake(codec, repository, prefix)
         # NOTE: the publisher's Redis client exists once it is started, before any batch runs
         self._features = FeatureLookup(lambda: publisher.redis, prefix, feature_store_url)
-        self._runner = BatchRunner(publisher, codec, self._outcomes, lambda: self._pool,
-                                   max_attempts=max_attempts, retry_backoff_s=retry_backoff_s,
-                                   cache_scope=cache_scope, features=self._features, serving=self.serving)
+        self._runner = BatchRunner(
+            publisher,
+            codec,
+            self._outcomes,
+            lambda: self._pool,
+            max_attempts=max_attempts,
+            retry_backoff_s=retry_backoff_s,
+            cache_scope=cache_scope,
+            features=self._features,
+            serving=self.serving,
+        )
         self._batchers: dict[tuple[str, str], InferenceBatcher[PendingRequest]] = {}
         self._instances: dict[tuple[str, str], Instances] = {}
         """(task, version) -> its model, free instances (batches computing at once) and batch cost."""
@@ -90,8 +109,11 @@ class RequestProcessor:
         for batcher in self._batchers.values():
             left = await batcher.stop()
             if left:
-                logger.warning("%d requests left unacknowledged in %s; they will be redelivered",
-                               len(left), batcher.name)
+                logger.warning(
+                    "%d requests left unacknowledged in %s; they will be redelivered",
+                    len(left),
+                    batcher.name,
+                )
             for item in left:
                 self.ledger.give_up(item.entry)
         await self._outcomes.flush()
@@ -100,7 +122,9 @@ class RequestProcessor:
 
     def new_tasks(self) -> list[str]:
         """Tasks built in the repository (as last read) that this worker does not serve yet."""
-        return sorted(t for t, c in self._repository.configs.items() if c.versions and t not in self.tasks)
+        return sorted(
+            t for t, c in self._repository.configs.items() if c.versions and t not in self.tasks
+        )
 
     async def add_task(self, task: str) -> None:
         """Serve ``task`` too: load and warm its default version; its events are accepted from now."""
@@ -138,13 +162,19 @@ class RequestProcessor:
                 # once (answered as it comes out) instead of waiting for the probe
                 self._breakers.reset(model_breaker(task, current))
             logger.info("task %s now served by version %s (was %s)", task, wanted, current)
-        for key in [k for k in self._batchers if k[1] not in self._repository.get_config(k[0]).served_versions]:
+        for key in [
+            k
+            for k in self._batchers
+            if k[1] not in self._repository.get_config(k[0]).served_versions
+        ]:
             retiring = asyncio.create_task(self._retire(key, self._batchers.pop(key)))
             self._retiring.add(retiring)
             retiring.add_done_callback(self._retiring.discard)
         return switched
 
-    async def _retire(self, key: tuple[str, str], batcher: InferenceBatcher[PendingRequest]) -> None:
+    async def _retire(
+        self, key: tuple[str, str], batcher: InferenceBatcher[PendingRequest]
+    ) -> None:
         """A version no longer served: what is queued for it finishes, then it is unloaded."""
         instances = self._instances.get(key)
         await batcher.drain()
@@ -155,10 +185,16 @@ class RequestProcessor:
         self._repository.unload(*key)
         self._instances.pop(key, None)
         forget(self._breakers, model_breaker(*key))
-        logger.info("task %s: version %s unloaded (served now: %s)", key[0], key[1],
-                    list(self._repository.get_config(key[0]).served_versions))
+        logger.info(
+            "task %s: version %s unloaded (served now: %s)",
+            key[0],
+            key[1],
+            list(self._repository.get_config(key[0]).served_versions),
+        )
 
-    async def _batcher_for(self, task: str, version: str | None) -> InferenceBatcher[PendingRequest]:
+    async def _batcher_for(
+        self, task: str, version: str | None
+    ) -> InferenceBatcher[PendingRequest]:
         config = self._repository.get_config(task)
         version = version or self._active.get(task) or config.default_version
         key = (task, version)
@@ -169,16 +205,21 @@ class RequestProcessor:
                 loop = asyncio.get_running_loop()
                 model = await loop.run_in_executor(self._pool, self._repository.load, task, version)
                 instances = self._instances[key] = Instances(
-                    model, config.instances, asyncio.Semaphore(config.instances), BatchCost())
+                    model, config.instances, asyncio.Semaphore(config.instances), BatchCost()
+                )
                 # NOTE: one batch more than the model has instances: that batch's Redis lookups
                 # (duplicates, cancellations, cache) go on while the others compute, so an instance
                 # finishing a batch finds the next one ready instead of idling for a round trip.
                 batcher = InferenceBatcher(
                     f"{model.name}:{model.version}",
                     lambda batch, i=instances: self._runner.run(i, batch),
-                    max_batch_size=config.max_batch_size, max_batch_delay_ms=config.max_batch_delay_ms,
-                    instances=config.instances, lookahead=1, max_queued=self._max_queued,
-                    cost=instances.cost, deadline_aware=self._deadline_aware,
+                    max_batch_size=config.max_batch_size,
+                    max_batch_delay_ms=config.max_batch_delay_ms,
+                    instances=config.instances,
+                    lookahead=1,
+                    max_queued=self._max_queued,
+                    cost=instances.cost,
+                    deadline_aware=self._deadline_aware,
                     expire=lambda items, i=instances: self._runner.expire(i, items),
                 )
                 await batcher.start()
@@ -189,7 +230,9 @@ class RequestProcessor:
         return self._batchers[key]
 
     # --- intake ---
-    async def handle(self, source: SourceEvent, ack: Ack, release: Callable[[], None] = lambda: None) -> None:
+    async def handle(
+        self, source: SourceEvent, ack: Ack, release: Callable[[], None] = lambda: None
+    ) -> None:
         """Take one raw event from a request topic. Returns once it is queued, or its answer is
         on its way, or it is given up unacknowledged (``release``) because the worker is stopping.
         ``ack`` is called only once it and every earlier event of its partition are answered."""
@@ -205,20 +248,33 @@ class RequestProcessor:
             return
         request = admitted.request
         deadline = request.deadline_at
-        if deadline is None and (default := self._repository.get_config(request.task).default_deadline_ms):
+        if deadline is None and (
+            default := self._repository.get_config(request.task).default_deadline_ms
+        ):
             deadline = request.created_at + default
         try:
-            await batcher.put(PendingRequest(
-                request=request, inputs=admitted.inputs, size=admitted.size,
-                priority=admitted.priority, source=source, entry=entry, digest=admitted.digest,
-                model_version=batcher.name.rsplit(":", 1)[1], units=input_units(admitted.inputs),
-                deadline_ms=deadline, received_ns=received_ns,
-                context=spans.request_context(source.headers, request.trace),
-            ))
+            await batcher.put(
+                PendingRequest(
+                    request=request,
+                    inputs=admitted.inputs,
+                    size=admitted.size,
+                    priority=admitted.priority,
+                    source=source,
+                    entry=entry,
+                    digest=admitted.digest,
+                    model_version=batcher.name.rsplit(":", 1)[1],
+                    units=input_units(admitted.inputs),
+                    deadline_ms=deadline,
+                    received_ns=received_ns,
+                    context=spans.request_context(source.headers, request.trace),
+                )
+            )
         except BatcherClosed:
             self.ledger.give_up(entry)
 
-    async def _admit(self, source: SourceEvent) -> tuple[Admitted, InferenceBatcher[PendingRequest]]:
+    async def _admit(
+        self, source: SourceEvent
+    ) -> tuple[Admitted, InferenceBatcher[PendingRequest]]:
         """Decode and check the event; waits out registry outages (raises _Stopping on shutdown)."""
         delay_s = 0.1
         while True:
@@ -229,29 +285,43 @@ class RequestProcessor:
                 raise
             except Exception as exc:
                 if not is_transient(exc):
-                    raise Refusal("UNDECODABLE", f"cannot decode: {exc!r}", type(exc).__name__) from exc
+                    raise Refusal(
+                        "UNDECODABLE", f"cannot decode: {exc!r}", type(exc).__name__
+                    ) from exc
                 if self._closed:
                     raise _Stopping from exc
-                logger.warning("decoding %s[%d]@%d waits for the schema registry (%s); retrying in %.1fs",
-                               source.topic, source.partition, source.offset, exc, delay_s)
+                logger.warning(
+                    "decoding %s[%d]@%d waits for the schema registry (%s); retrying in %.1fs",
+                    source.topic,
+                    source.partition,
+                    source.offset,
+                    exc,
+                    delay_s,
+                )
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
         admitted = checked(self._intake, source, request, self.tasks)
         try:
             batcher = await self._batcher_for(request.task, request.model_version)
         except ModelError as exc:  # e.g. a version that is built but cannot be loaded
-            raise Refusal(exc.code, str(exc), type(exc).__name__, request=request,
-                          status=Status.FAILED) from exc
+            raise Refusal(
+                exc.code, str(exc), type(exc).__name__, request=request, status=Status.FAILED
+            ) from exc
         return admitted, batcher
 
     def _refused(self, source: SourceEvent, entry: Entry, refusal: Refusal) -> Outcome:
         request = refusal.request
-        outcome = Outcome(source=source, entry=entry, request=request,
-                          letter=Letter(refusal.code, refusal.message, refusal.error_type),
-                          context=spans.request_context(source.headers, request.trace if request else None))
+        outcome = Outcome(
+            source=source,
+            entry=entry,
+            request=request,
+            letter=Letter(refusal.code, refusal.message, refusal.error_type),
+            context=spans.request_context(source.headers, request.trace if request else None),
+        )
         if request is not None and refusal.status is not None:
-            outcome.result = self._outcomes.result(request, refusal.status,
-                                                   error=Error(refusal.code, refusal.message[:2000], False))
+            outcome.result = self._outcomes.result(
+                request, refusal.status, error=Error(refusal.code, refusal.message[:2000], False)
+            )
             try:
                 outcome.digest = input_digest(request.inputs)
             except Exception:  # hostile inputs may not even digest; the audit goes without
@@ -278,7 +348,11 @@ class RequestProcessor:
         found = {}
         for (task, version), instances in self._instances.items():
             if self._active.get(task) == version:
-                found[task] = {"version": version, "instances": instances.count, **instances.cost.to_dict()}
+                found[task] = {
+                    "version": version,
+                    "instances": instances.count,
+                    **instances.cost.to_dict(),
+                }
         return found
 
     def backlogged(self) -> bool:

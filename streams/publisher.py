@@ -95,11 +95,20 @@ class ResultPublisher:
     """Owns the worker's Kafka producer and Redis client."""
 
     def __init__(
-        self, bootstrap_servers: str, redis_url: str, codec: AvroCodec, prefix: str,
-        result_ttl_s: int, linger_ms: int = 2, request_timeout_ms: int = 10_000,
-        max_request_size: int = MAX_REQUEST_BYTES, kafka_options: dict | None = None,
+        self,
+        bootstrap_servers: str,
+        redis_url: str,
+        codec: AvroCodec,
+        prefix: str,
+        result_ttl_s: int,
+        linger_ms: int = 2,
+        request_timeout_ms: int = 10_000,
+        max_request_size: int = MAX_REQUEST_BYTES,
+        kafka_options: dict | None = None,
     ) -> None:
-        self._kafka_options = dict(kafka_options or {})  # TLS/SASL keyword arguments, from the shell
+        self._kafka_options = dict(
+            kafka_options or {}
+        )  # TLS/SASL keyword arguments, from the shell
         self._bootstrap = bootstrap_servers
         self._redis_url = redis_url
         self._codec = codec
@@ -112,13 +121,22 @@ class ResultPublisher:
 
     async def start(self) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap, linger_ms=self._linger_ms, acks="all",
-            request_timeout_ms=self._request_timeout_ms, max_batch_size=1 << 20,
-            max_request_size=self._max_request_size, **self._kafka_options,
+            bootstrap_servers=self._bootstrap,
+            linger_ms=self._linger_ms,
+            acks="all",
+            request_timeout_ms=self._request_timeout_ms,
+            max_batch_size=1 << 20,
+            max_request_size=self._max_request_size,
+            **self._kafka_options,
         )
         await self.producer.start()
-        pool = BlockingConnectionPool.from_url(self._redis_url, max_connections=64, timeout=10,
-                                               socket_connect_timeout=2, socket_timeout=10)
+        pool = BlockingConnectionPool.from_url(
+            self._redis_url,
+            max_connections=64,
+            timeout=10,
+            socket_connect_timeout=2,
+            socket_timeout=10,
+        )
         self.redis = Redis.from_pool(pool)  # owns the pool: aclose() disconnects it
         self._store_owned = self.redis.register_script(_STORE_OWNED)
         self.collections = CollectionStore(self.redis, self._prefix)
@@ -141,7 +159,9 @@ class ResultPublisher:
         await self.stop()
 
     # --- reads ---
-    async def lookup(self, request_ids: Sequence[str], cache_keys: Sequence[str | None]) -> list[Prior]:
+    async def lookup(
+        self, request_ids: Sequence[str], cache_keys: Sequence[str | None]
+    ) -> list[Prior]:
         """What Redis knows of each request before its batch runs, in one round trip: a stored
         result (a redelivery), a cancellation, and a content-cache entry for its inputs."""
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -151,7 +171,9 @@ class ResultPublisher:
                 pipe.get(cache) if cache else pipe.echo(b"")
             rows = await pipe.execute()
         priors = []
-        for (avro, published), cancelled, cached in zip(rows[0::3], rows[1::3], rows[2::3], strict=True):
+        for (avro, published), cancelled, cached in zip(
+            rows[0::3], rows[1::3], rows[2::3], strict=True
+        ):
             stored = StoredResult(avro, published == b"1") if avro is not None else None
             priors.append(Prior(stored, bool(cancelled), cached or None))
         return priors
@@ -168,18 +190,31 @@ class ResultPublisher:
                 pipe.set(key, avro, ex=self._ttl_s)
             await pipe.execute()
 
-    async def mark_running(self, requests: Sequence[tuple[str, str | None]], worker_id: str) -> None:
+    async def mark_running(
+        self, requests: Sequence[tuple[str, str | None]], worker_id: str
+    ) -> None:
         """``(request_id, client_id)`` pairs: running, and whose (Kafka-direct requests included)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for rid, client_id in requests:
                 key = keys.status_key(self._prefix, rid)
-                pipe.hset(key, mapping={keys.STATUS_FIELD: keys.RequestState.RUNNING.value, "worker_id": worker_id})
+                pipe.hset(
+                    key,
+                    mapping={
+                        keys.STATUS_FIELD: keys.RequestState.RUNNING.value,
+                        "worker_id": worker_id,
+                    },
+                )
                 pipe.hsetnx(key, "client_id", client_id or "")  # the first owner stays the owner
                 pipe.expire(key, self._ttl_s)
             await pipe.execute()
 
-    async def heartbeat(self, worker_id: str, tasks: Sequence[str], ttl_s: float,
-                        service: Mapping[str, dict] | None = None) -> None:
+    async def heartbeat(
+        self,
+        worker_id: str,
+        tasks: Sequence[str],
+        ttl_s: float,
+        service: Mapping[str, dict] | None = None,
+    ) -> None:
         """Tell gateways this worker is alive, which tasks it serves and (``service``: task ->
         fit, instances) what their batches cost it."""
         payload = keys.Heartbeat(worker_id, list(tasks)).encode()
@@ -192,7 +227,9 @@ class ResultPublisher:
             # heartbeats long expired are dropped here too, so it stays as small as the fleet
             pipe.zadd(index, {worker_id: now + ttl_ms})
             pipe.zremrangebyscore(index, "-inf", now - keys.WORKER_INDEX_GRACE_MS)
-            if tasks:  # gateways refuse a task no worker has ever served (requests would only queue)
+            if (
+                tasks
+            ):  # gateways refuse a task no worker has ever served (requests would only queue)
                 pipe.sadd(keys.served_tasks_key(self._prefix), *tasks)
             for task, figures in (service or {}).items():
                 key = keys.service_key(self._prefix, task)
@@ -209,7 +246,9 @@ class ResultPublisher:
             await pipe.execute()
 
     # --- writes ---
-    async def store_results(self, results: Sequence[tuple[str, bytes, str | None]]) -> list[StoredResult | None]:
+    async def store_results(
+        self, results: Sequence[tuple[str, bytes, str | None]]
+    ) -> list[StoredResult | None]:
         """Store each ``(request_id, avro, client_id)`` unless a result for that request is there
         already, and record the client as the request's owner if it has none. Returns, per
         request, the result stored now (``won``: by this call) and whether it is flagged
@@ -217,15 +256,20 @@ class ResultPublisher:
         request_id belongs to another client (nothing is written)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for rid, avro, client_id in results:
-                await self._store_owned(keys=[keys.result_key(self._prefix, rid), keys.status_key(self._prefix, rid)],
-                                        args=[avro, self._ttl_s, client_id or ""], client=pipe)
+                await self._store_owned(
+                    keys=[keys.result_key(self._prefix, rid), keys.status_key(self._prefix, rid)],
+                    args=[avro, self._ttl_s, client_id or ""],
+                    client=pipe,
+                )
             replies = await pipe.execute()
         stored: list[StoredResult | None] = []
         for (_rid, avro, _client), (won, held, published) in zip(results, replies, strict=True):
             if won == -1:
                 stored.append(None)
             else:  # held is None only if the key expired in between: ours is then the one to publish
-                stored.append(StoredResult(held if held is not None else avro, published == b"1", won == 1))
+                stored.append(
+                    StoredResult(held if held is not None else avro, published == b"1", won == 1)
+                )
         return stored
 
     async def publish_results(self, items: Sequence[Publication]) -> None:
@@ -235,7 +279,8 @@ class ResultPublisher:
             return
         await self._send_all(
             (topics.results_topic(self._prefix, p.task), p.request_id.encode(), p.avro, p.headers)
-            for p in items)
+            for p in items
+        )
         # one round trip: the published flags, the waiters' wake-ups and /admin/stats' latencies
         async with self.redis.pipeline(transaction=False) as pipe:
             self._flag_published(pipe, [p.request_id for p in items])
@@ -246,9 +291,16 @@ class ResultPublisher:
         # NOTE: HSET only on hashes still there: a result or status that expired since it was
         # stored would otherwise come back as a one-field hash without a TTL, kept for ever.
         for rid in request_ids:
-            pipe.eval(keys.HSET_IF_EXISTS, 1, keys.result_key(self._prefix, rid), FIELD_PUBLISHED, b"1")
-            pipe.eval(keys.HSET_IF_EXISTS, 1, keys.status_key(self._prefix, rid), keys.STATUS_FIELD,
-                      keys.RequestState.DONE.value)
+            pipe.eval(
+                keys.HSET_IF_EXISTS, 1, keys.result_key(self._prefix, rid), FIELD_PUBLISHED, b"1"
+            )
+            pipe.eval(
+                keys.HSET_IF_EXISTS,
+                1,
+                keys.status_key(self._prefix, rid),
+                keys.STATUS_FIELD,
+                keys.RequestState.DONE.value,
+            )
             pipe.expire(keys.status_key(self._prefix, rid), self._ttl_s)
             pipe.publish(keys.result_channel(self._prefix, rid), b"1")
 
@@ -260,7 +312,9 @@ class ResultPublisher:
         touched = set()
         for p in items:
             key = keys.latency_key(self._prefix, p.task, p.latency.priority)
-            pipe.zadd(key, {keys.encode_latency(p.request_id, p.latency.total_ms): p.latency.completed_at})
+            pipe.zadd(
+                key, {keys.encode_latency(p.request_id, p.latency.total_ms): p.latency.completed_at}
+            )
             touched.add(key)
         for key in touched:
             pipe.zremrangebyscore(key, 0, now - LATENCY_WINDOW_MS)
@@ -268,20 +322,26 @@ class ResultPublisher:
 
     async def audit(self, events: Iterable[AuditEvent]) -> None:
         topic = topics.audit_topic(self._prefix)
-        await self._send_all((topic, e.request_id.encode(), self._codec.encode(e), None) for e in events)
+        await self._send_all(
+            (topic, e.request_id.encode(), self._codec.encode(e), None) for e in events
+        )
 
     async def claim_dead_letters(self, letters: Sequence[DeadLetter]) -> list[tuple[int, bool]]:
         """Per letter, the ``at`` its event's dead letter carries (the first claim's) and whether it
         is on the DLQ already. A letter produced again after a crash is then the same letter."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for letter in letters:
-                key = keys.dead_letter_key(self._prefix, letter.source_topic, letter.partition, letter.offset)
+                key = keys.dead_letter_key(
+                    self._prefix, letter.source_topic, letter.partition, letter.offset
+                )
                 pipe.hsetnx(key, "at", letter.at)
                 pipe.expire(key, self._ttl_s)
                 pipe.hmget(key, "at", "done")
             replies = await pipe.execute()
-        return [(int(at) if at is not None else letter.at, done == b"1")
-                for letter, (at, done) in zip(letters, replies[2::3], strict=True)]
+        return [
+            (int(at) if at is not None else letter.at, done == b"1")
+            for letter, (at, done) in zip(letters, replies[2::3], strict=True)
+        ]
 
     async def dead_letter(self, letter: DeadLetter, error_type: str) -> DeadLetter:
         """Produce ``letter`` (its payload cut to fit the producer's limit, never blocking on
@@ -293,22 +353,35 @@ class ResultPublisher:
         while True:
             letter = fit_dead_letter(letter, self._codec, limit, headers)
             try:
-                await self.producer.send_and_wait(topic, self._codec.encode(letter), key=letter.key,
-                                                  headers=headers)
+                await self.producer.send_and_wait(
+                    topic, self._codec.encode(letter), key=letter.key, headers=headers
+                )
                 break
             except MessageSizeTooLargeError:  # the broker's limit is below ours: halve and retry
                 if not letter.payload:
                     raise
                 limit = min(limit, len(letter.payload)) // 2
-                logger.warning("dead letter of %s[%d]@%d too large for the broker; cutting it to %d bytes",
-                               letter.source_topic, letter.partition, letter.offset, limit)
+                logger.warning(
+                    "dead letter of %s[%d]@%d too large for the broker; cutting it to %d bytes",
+                    letter.source_topic,
+                    letter.partition,
+                    letter.offset,
+                    limit,
+                )
         metrics.DEAD_LETTERS.inc()
-        await self.redis.hset(keys.dead_letter_key(self._prefix, letter.source_topic, letter.partition,
-                                                   letter.offset), "done", b"1")
+        await self.redis.hset(
+            keys.dead_letter_key(
+                self._prefix, letter.source_topic, letter.partition, letter.offset
+            ),
+            "done",
+            b"1",
+        )
         return letter
 
     async def _send_all(self, messages: Iterable[tuple[str, bytes, bytes, list | None]]) -> None:
-        futures = [await self.producer.send(topic, value, key=key, headers=headers)
-                   for topic, key, value, headers in messages]
+        futures = [
+            await self.producer.send(topic, value, key=key, headers=headers)
+            for topic, key, value, headers in messages
+        ]
         if futures:
             await asyncio.gather(*futures)

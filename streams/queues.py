@@ -149,15 +149,22 @@ class PriorityQueues(Generic[T]):
                     times.append(head.deadline_ms - predicted)
         return min(times) if times else None
 
-    def cut(self, max_items: int, now: float, starvation_s: float, fits: Fits | None = None) -> list[T]:
+    def cut(
+        self, max_items: int, now: float, starvation_s: float, fits: Fits | None = None
+    ) -> list[T]:
         """Cut one batch: priorities in order (a starving one first), each queue in its run order.
         A request is never split, and the first one is taken even when larger than ``max_items``.
         With ``fits``, the batch stops growing before it would finish past the earliest deadline
         in it, and a request that would miss its deadline even alone in this batch stays queued
         (without setting the batch's deadline): the next batch may start sooner, and once it
         cannot make it even if run at once, :meth:`unreachable` takes it out."""
-        order = sorted(PRIORITIES, key=lambda p: (
-            not (self._queues[p] and now - self._queues[p].oldest() > starvation_s), PRIORITIES.index(p)))
+        order = sorted(
+            PRIORITIES,
+            key=lambda p: (
+                not (self._queues[p] and now - self._queues[p].oldest() > starvation_s),
+                PRIORITIES.index(p),
+            ),
+        )
         batch: list[T] = []
         aside: dict[Priority, list[tuple]] = {}
         room, units, earliest = max_items, 0, None
@@ -168,13 +175,19 @@ class PriorityQueues(Generic[T]):
                     head = queue.head()
                     if batch and head.size > room:
                         return batch
-                    if fits is not None and head.deadline_ms is not None \
-                            and not fits(head.size, head.units, head.deadline_ms):
+                    if (
+                        fits is not None
+                        and head.deadline_ms is not None
+                        and not fits(head.size, head.units, head.deadline_ms)
+                    ):
                         aside.setdefault(priority, []).append(queue.set_aside())
                         continue
                     deadline = _earliest(earliest, head.deadline_ms)
-                    if batch and fits is not None and not fits(max_items - room + head.size, units + head.units,
-                                                               deadline):
+                    if (
+                        batch
+                        and fits is not None
+                        and not fits(max_items - room + head.size, units + head.units, deadline)
+                    ):
                         return batch
                     batch.append(self._pop(queue))
                     room, units, earliest = room - head.size, units + head.units, deadline

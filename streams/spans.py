@@ -48,8 +48,12 @@ def _broken(what: str) -> None:
         logger.debug("tracing failed in %s; carrying on without a span", what, exc_info=True)
         return
     _warned = True
-    logger.warning("tracing failed in %s; carrying on without spans where it fails "
-                   "(further failures are logged at DEBUG)", what, exc_info=True)
+    logger.warning(
+        "tracing failed in %s; carrying on without spans where it fails "
+        "(further failures are logged at DEBUG)",
+        what,
+        exc_info=True,
+    )
 
 
 def tracer() -> tuple[trace.Tracer, bool]:
@@ -108,13 +112,20 @@ def end_queue_wait(item: PendingRequest, end_ns: int | None = None) -> SpanConte
     source = item.source
     try:
         span = tracer_.start_span(
-            f"queue wait {source.topic}", context=item.context or Context(), kind=SpanKind.CONSUMER,
-            start_time=item.received_ns or None, attributes={
-                "messaging.system": "kafka", "messaging.operation.type": "receive",
+            f"queue wait {source.topic}",
+            context=item.context or Context(),
+            kind=SpanKind.CONSUMER,
+            start_time=item.received_ns or None,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "receive",
                 "messaging.destination.name": source.topic,
                 "messaging.destination.partition.id": str(source.partition),
-                "messaging.kafka.offset": source.offset, "streaminfer.request_id": item.request.request_id,
-                "streaminfer.priority": item.priority.topic_suffix})
+                "messaging.kafka.offset": source.offset,
+                "streaminfer.request_id": item.request.request_id,
+                "streaminfer.priority": item.priority.topic_suffix,
+            },
+        )
         span.end(end_time=end_ns)
         context = span.get_span_context()
     except Exception:
@@ -126,8 +137,9 @@ def end_queue_wait(item: PendingRequest, end_ns: int | None = None) -> SpanConte
 
 
 @contextmanager
-def batch(model_name: str, model_version: str, items: Sequence[PendingRequest], batch_items: int
-          ) -> Iterator[SpanContext | None]:
+def batch(
+    model_name: str, model_version: str, items: Sequence[PendingRequest], batch_items: int
+) -> Iterator[SpanContext | None]:
     """ONE span for a batch's compute, ``batch <model>``, linked to each request's queue wait
     (ended here). Yields the batch span's context for the requests' write spans to link to."""
     tracer_, enabled = tracer()
@@ -140,10 +152,19 @@ def batch(model_name: str, model_version: str, items: Sequence[PendingRequest], 
     waits = [end_queue_wait(item, now_ns) for item in items]
     links = [Link(c) for c in waits if c is not None and c.is_valid]
     try:
-        span = tracer_.start_span(f"batch {model_name}", context=Context(), links=links, attributes={
-            "streaminfer.model.name": model_name, "streaminfer.model.version": model_version,
-            "streaminfer.batch.size": batch_items, "streaminfer.batch.requests": len(items),
-            "messaging.batch.message_count": len(items)}, start_time=now_ns)
+        span = tracer_.start_span(
+            f"batch {model_name}",
+            context=Context(),
+            links=links,
+            attributes={
+                "streaminfer.model.name": model_name,
+                "streaminfer.model.version": model_version,
+                "streaminfer.batch.size": batch_items,
+                "streaminfer.batch.requests": len(items),
+                "messaging.batch.message_count": len(items),
+            },
+            start_time=now_ns,
+        )
         context = span.get_span_context()
     except Exception:
         _broken("the batch span")
@@ -174,15 +195,21 @@ def start_writes(outcomes: Sequence[Outcome]) -> list[Span]:
         return []
     started = []
     for outcome in outcomes:
-        links = [Link(outcome.batch)] if outcome.batch is not None and outcome.batch.is_valid else None
+        links = (
+            [Link(outcome.batch)] if outcome.batch is not None and outcome.batch.is_valid else None
+        )
         attributes = {"streaminfer.request_id": outcome.request_id}
         if outcome.result is not None:
             attributes["streaminfer.result.status"] = outcome.result.status.value
         if outcome.letter is not None:
             attributes["streaminfer.dead_letter.code"] = outcome.letter.code
         try:
-            span = tracer_.start_span("write result", context=outcome.context or outcome.root or Context(),
-                                      links=links, attributes=attributes)
+            span = tracer_.start_span(
+                "write result",
+                context=outcome.context or outcome.root or Context(),
+                links=links,
+                attributes=attributes,
+            )
         except Exception:  # its result's headers carry the context it came with
             _broken("a write span")
             continue

@@ -21,7 +21,9 @@ class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)
         # NOTE: aiokafka reads this attribute when start() builds its fetcher, which comes later.
-        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", FETCH_MAX_WAIT_MS_DEFAULT)
+        consumer._fetch_max_wait_ms = getattr(
+            self.app, "fetch_max_wait_ms", FETCH_MAX_WAIT_MS_DEFAULT
+        )
         return consumer
 
     def set_fetch_max_wait(self, ms: int) -> None:

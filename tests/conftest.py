@@ -52,8 +52,14 @@ def _log_dir() -> Path:
 
 def spawn(argv: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen:
     log = open(_log_dir() / log_name, "ab")  # noqa: SIM115 - closed when the process is reaped
-    proc = subprocess.Popen([sys.executable, "-m", "streaminfer", *argv], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streaminfer", *argv],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     proc._log = log  # type: ignore[attr-defined]
     return proc
 
@@ -66,21 +72,25 @@ def stop(proc: subprocess.Popen, timeout_s: float = 15.0) -> int:
     return code
 
 
-def stack_env(bootstrap: str, redis_url: str, prefix: str, repository: Path, **extra: str) -> dict[str, str]:
+def stack_env(
+    bootstrap: str, redis_url: str, prefix: str, repository: Path, **extra: str
+) -> dict[str, str]:
     from streaminfer.embedded import free_port
 
     env = dict(os.environ)
-    env.update({
-        "STREAMINFER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "STREAMINFER_REDIS_URL": redis_url,
-        "STREAMINFER_TOPIC_PREFIX": prefix,
-        "STREAMINFER_MODEL_REPOSITORY": str(repository),
-        "STREAMINFER_AUTH": "disabled",
-        "STREAMINFER_GATEWAY_HOST": "127.0.0.1",
-        "STREAMINFER_GATEWAY_PORT": str(free_port()),
-        "STREAMINFER_WORKER_METRICS_PORT": str(free_port()),
-        "STREAMINFER_WORKER_THREADS": "2",
-    })
+    env.update(
+        {
+            "STREAMINFER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "STREAMINFER_REDIS_URL": redis_url,
+            "STREAMINFER_TOPIC_PREFIX": prefix,
+            "STREAMINFER_MODEL_REPOSITORY": str(repository),
+            "STREAMINFER_AUTH": "disabled",
+            "STREAMINFER_GATEWAY_HOST": "127.0.0.1",
+            "STREAMINFER_GATEWAY_PORT": str(free_port()),
+            "STREAMINFER_WORKER_METRICS_PORT": str(free_port()),
+            "STREAMINFER_WORKER_THREADS": "2",
+        }
+    )
     env.update(extra)
     return env
 
@@ -141,7 +151,9 @@ class Stack:
 
     def close(self, timeout_s: float = 15.0) -> None:
         procs = [p for p in self.gateways + self.workers if not p._log.closed]  # type: ignore[attr-defined]
-        for proc in procs:  # all signalled first: they shut down side by side, not one after another
+        for (
+            proc
+        ) in procs:  # all signalled first: they shut down side by side, not one after another
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout_s

@@ -28,7 +28,9 @@ def _summary(task: str, metrics: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m streaminfer.models.builtin", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m streaminfer.models.builtin", description=__doc__
+    )
     parser.add_argument("--repo", type=Path, default=default_repository(), help="model repository")
     parser.add_argument("--force", action="store_true", help="rebuild tasks that are built")
     parser.add_argument(

@@ -109,9 +109,16 @@ class HaarFaceDetector:
             outputRejectLevels=True,
         )
         faces = []
-        for (x, y, w, h), weight in zip(np.asarray(boxes).reshape(-1, 4), np.ravel(weights), strict=True):
+        for (x, y, w, h), weight in zip(
+            np.asarray(boxes).reshape(-1, 4), np.ravel(weights), strict=True
+        ):
             x, y = max(0, int(x)), max(0, int(y))  # windows lie inside the image; made certain
-            box = {"x": x, "y": y, "width": min(int(w), width - x), "height": min(int(h), height - y)}
+            box = {
+                "x": x,
+                "y": y,
+                "width": min(int(w), width - x),
+                "height": min(int(h), height - y),
+            }
             faces.append({"box": box, "confidence": round(confidence(weight), 6)})
         return sorted(faces, key=lambda face: -face["confidence"])
 
@@ -158,16 +165,24 @@ def _check_photos(detector) -> dict:
         timings.append(time.perf_counter() - started)
         found[name] = len(faces)
         if len(faces) != expected:
-            raise ModelBuildFailed(f"face-detect found {len(faces)} faces in {name}, expected {expected}")
+            raise ModelBuildFailed(
+                f"face-detect found {len(faces)} faces in {name}, expected {expected}"
+            )
     astronaut = detector.detect(_photo("astronaut"))[0]
     box = astronaut["box"]
-    inside = (box["x"] <= ASTRONAUT_FACE[0] <= box["x"] + box["width"]
-              and box["y"] <= ASTRONAUT_FACE[1] <= box["y"] + box["height"])
+    inside = (
+        box["x"] <= ASTRONAUT_FACE[0] <= box["x"] + box["width"]
+        and box["y"] <= ASTRONAUT_FACE[1] <= box["y"] + box["height"]
+    )
     if not inside:
-        raise ModelBuildFailed(f"face-detect's box {box} misses the astronaut's face at {ASTRONAUT_FACE}")
+        raise ModelBuildFailed(
+            f"face-detect's box {box} misses the astronaut's face at {ASTRONAUT_FACE}"
+        )
     found["astronaut_256px"] = len(detector.detect(_thumbnail(_photo("astronaut"), 256)))
     if found["astronaut_256px"] != 1:
-        raise ModelBuildFailed(f"face-detect found {found['astronaut_256px']} faces in the 256 px astronaut")
+        raise ModelBuildFailed(
+            f"face-detect found {found['astronaut_256px']} faces in the 256 px astronaut"
+        )
     return {
         "data_set": "skimage.data photos", "faces_found": found, "astronaut_box": box,
         "astronaut_confidence": astronaut["confidence"],
@@ -195,7 +210,9 @@ def build(version_dir: Path) -> dict:
     # the model as it will be served: the copied file, imported as the python backend does
     name = f"streaminfer_face_detect_build_{id(version_dir)}"
     try:
-        detector = find_model_class(import_model_file(version_dir / ARTIFACT, name), "HaarFaceDetector")()
+        detector = find_model_class(
+            import_model_file(version_dir / ARTIFACT, name), "HaarFaceDetector"
+        )()
     finally:
         sys.modules.pop(name, None)
     detector.load()

@@ -108,16 +108,24 @@ def build_feature_table(path: Path, table: str = "features", key_column: str = "
     data = load_breast_cancer()
     names = [str(name) for name in data.feature_names]
     metadata = sa.MetaData()
-    features = sa.Table(table, metadata, sa.Column(key_column, sa.Text, primary_key=True),
-                        *(sa.Column(name, sa.Float) for name in names))
+    features = sa.Table(
+        table,
+        metadata,
+        sa.Column(key_column, sa.Text, primary_key=True),
+        *(sa.Column(name, sa.Float) for name in names),
+    )
     path.unlink(missing_ok=True)
     engine = sa.create_engine(f"sqlite:///{path}")
     try:
         with engine.begin() as connection:
             metadata.create_all(connection)
-            connection.execute(features.insert(), [
-                {key_column: str(index), **dict(zip(names, map(float, row), strict=True))}
-                for index, row in enumerate(data.data)])
+            connection.execute(
+                features.insert(),
+                [
+                    {key_column: str(index), **dict(zip(names, map(float, row), strict=True))}
+                    for index, row in enumerate(data.data)
+                ],
+            )
     finally:
         engine.dispose()
     return len(data.data)

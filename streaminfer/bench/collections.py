@@ -24,7 +24,9 @@ def vectors(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
     if kind == "random":
         return rng.standard_normal((n, DIMENSION), dtype=np.float32)
     centres = rng.standard_normal((100, DIMENSION), dtype=np.float32)
-    return centres[rng.integers(0, 100, n)] + 0.35 * rng.standard_normal((n, DIMENSION), dtype=np.float32)
+    return centres[rng.integers(0, 100, n)] + 0.35 * rng.standard_normal(
+        (n, DIMENSION), dtype=np.float32
+    )
 
 
 def _timed(index: VectorIndex, queries: np.ndarray) -> tuple[list[list[str]], np.ndarray]:
@@ -39,8 +41,14 @@ def _timed(index: VectorIndex, queries: np.ndarray) -> tuple[list[list[str]], np
 def bench_collection(kind: str, n: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     data = vectors(kind, n, rng)
-    queries = vectors(kind, QUERIES, rng) if kind == "random" else (
-        data[rng.integers(0, n, QUERIES)] + 0.1 * rng.standard_normal((QUERIES, DIMENSION), dtype=np.float32))
+    queries = (
+        vectors(kind, QUERIES, rng)
+        if kind == "random"
+        else (
+            data[rng.integers(0, n, QUERIES)]
+            + 0.1 * rng.standard_normal((QUERIES, DIMENSION), dtype=np.float32)
+        )
+    )
     items = [(f"v{i}", v, {}) for i, v in enumerate(data)]
     exact = VectorIndex(DIMENSION, exact_limit=1 << 62)
     exact.upsert_many(items)
@@ -58,12 +66,20 @@ def bench_collection(kind: str, n: int, seed: int = 0) -> dict:
         return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(of, truth, strict=True)]))
 
     served_by = "exact" if n <= EXACT_LIMIT or falls_short else "hnsw"
-    return {"kind": kind, "items": n, "served_by": served_by,
-            "exact_p50_ms": float(np.percentile(exact_ms, 50)), "exact_p99_ms": float(np.percentile(exact_ms, 99)),
-            "hnsw_p50_ms": float(np.percentile(graph_ms, 50)), "hnsw_p99_ms": float(np.percentile(graph_ms, 99)),
-            "hnsw_recall_at_10": recall(found), "served_recall_at_10": 1.0 if served_by == "exact" else recall(found),
-            "hnsw_expansion_search": graph.expansion_search, "hnsw_calibrated_recall": graph.recall_estimate,
-            "hnsw_build_s": build_s}
+    return {
+        "kind": kind,
+        "items": n,
+        "served_by": served_by,
+        "exact_p50_ms": float(np.percentile(exact_ms, 50)),
+        "exact_p99_ms": float(np.percentile(exact_ms, 99)),
+        "hnsw_p50_ms": float(np.percentile(graph_ms, 50)),
+        "hnsw_p99_ms": float(np.percentile(graph_ms, 99)),
+        "hnsw_recall_at_10": recall(found),
+        "served_recall_at_10": 1.0 if served_by == "exact" else recall(found),
+        "hnsw_expansion_search": graph.expansion_search,
+        "hnsw_calibrated_recall": graph.recall_estimate,
+        "hnsw_build_s": build_s,
+    }
 
 
 def bench_collections(sizes: list[int], kinds: list[str]) -> list[dict]:
@@ -71,10 +87,13 @@ def bench_collections(sizes: list[int], kinds: list[str]) -> list[dict]:
     for kind in kinds:
         for n in sizes:
             row = bench_collection(kind, n)
-            print(f"  {kind:9s} {n:>7d}: exact p50 {row['exact_p50_ms']:.2f} ms p99 {row['exact_p99_ms']:.2f} ms | "
-                  f"hnsw p50 {row['hnsw_p50_ms']:.2f} ms p99 {row['hnsw_p99_ms']:.2f} ms recall@10 "
-                  f"{row['hnsw_recall_at_10']:.3f} at beam {row['hnsw_expansion_search']} (calibrated "
-                  f"{row['hnsw_calibrated_recall']:.3f}; built in {row['hnsw_build_s']:.1f} s) | served by "
-                  f"{row['served_by']}, recall@10 {row['served_recall_at_10']:.3f}", flush=True)
+            print(
+                f"  {kind:9s} {n:>7d}: exact p50 {row['exact_p50_ms']:.2f} ms p99 {row['exact_p99_ms']:.2f} ms | "
+                f"hnsw p50 {row['hnsw_p50_ms']:.2f} ms p99 {row['hnsw_p99_ms']:.2f} ms recall@10 "
+                f"{row['hnsw_recall_at_10']:.3f} at beam {row['hnsw_expansion_search']} (calibrated "
+                f"{row['hnsw_calibrated_recall']:.3f}; built in {row['hnsw_build_s']:.1f} s) | served by "
+                f"{row['served_by']}, recall@10 {row['served_recall_at_10']:.3f}",
+                flush=True,
+            )
             rows.append(row)
     return rows

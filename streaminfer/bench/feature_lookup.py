@@ -55,7 +55,9 @@ async def measure(batch_sizes: list[int], rounds: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp, embedded.redis() as server:
         model_dir = Path(tmp) / TASK
         (model_dir / "1").mkdir(parents=True)
-        (model_dir / "model.yaml").write_text(yaml.safe_dump(yaml.safe_load(template_path(TASK).read_text())))
+        (model_dir / "model.yaml").write_text(
+            yaml.safe_dump(yaml.safe_load(template_path(TASK).read_text()))
+        )
         build_feature_table(model_dir / "1" / FEATURE_TABLE)
         model = _Model(load_model_config(model_dir), model_dir / "1")
         client = aioredis.Redis.from_url(embedded.redis_address(server))
@@ -70,19 +72,37 @@ async def measure(batch_sizes: list[int], rounds: int) -> list[dict]:
                 times: dict[str, list[float]] = {"miss": [], "hit": []}
                 for _ in range(rounds):
                     ids = [str(i) for i in rng.choice(569, size, replace=False)]
-                    await client.delete(*[feature_key(prefix, TASK, model.version, store, e) for e in ids])
+                    await client.delete(
+                        *[feature_key(prefix, TASK, model.version, store, e) for e in ids]
+                    )
                     for kind in ("miss", "hit"):
-                        items = [_Item(_Request(str(uuid.uuid4())), {"entity_id": np.array([e], dtype=object)})
-                                 for e in ids]
+                        items = [
+                            _Item(
+                                _Request(str(uuid.uuid4())),
+                                {"entity_id": np.array([e], dtype=object)},
+                            )
+                            for e in ids
+                        ]
                         started = time.perf_counter()
                         failed, looked = await lookup.fill(model, items)
                         times[kind].append((time.perf_counter() - started) * 1000.0)
                         assert not failed and {v.source for v in looked.values()} == (
-                            {"db"} if kind == "miss" else {"cache"})
-                figures.append({"batch": size, "rounds": rounds, **{
-                    f"{kind}_{stat}_ms": round(value, 3) for kind, values in times.items()
-                    for stat, value in (("median", statistics.median(values)),
-                                        ("p99", float(np.percentile(values, 99))))}})
+                            {"db"} if kind == "miss" else {"cache"}
+                        )
+                figures.append(
+                    {
+                        "batch": size,
+                        "rounds": rounds,
+                        **{
+                            f"{kind}_{stat}_ms": round(value, 3)
+                            for kind, values in times.items()
+                            for stat, value in (
+                                ("median", statistics.median(values)),
+                                ("p99", float(np.percentile(values, 99))),
+                            )
+                        },
+                    }
+                )
         finally:
             lookup.close()
             await client.aclose()

@@ -9,8 +9,24 @@ import numpy as np
 
 TASK = "text-embedding"
 NO_CACHE = {"cache": "false"}  # measure the model path, not the content cache
-WORDS = ("stream", "kafka", "model", "batch", "latency", "gateway", "worker", "vector", "search",
-         "result", "cluster", "partition", "offset", "schema", "tensor", "inference")
+WORDS = (
+    "stream",
+    "kafka",
+    "model",
+    "batch",
+    "latency",
+    "gateway",
+    "worker",
+    "vector",
+    "search",
+    "result",
+    "cluster",
+    "partition",
+    "offset",
+    "schema",
+    "tensor",
+    "inference",
+)
 
 
 @dataclass
@@ -52,22 +68,38 @@ def corpus(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(6, 24)))) + f" #{i}" for i in range(n)]
 
 
-def figures(scenario: str, batch: int, latencies_s: list[float], seconds: float, items: int,
-            mean_batch: float | None = None, success_rate: float | None = None) -> Figures:
+def figures(
+    scenario: str,
+    batch: int,
+    latencies_s: list[float],
+    seconds: float,
+    items: int,
+    mean_batch: float | None = None,
+    success_rate: float | None = None,
+) -> Figures:
     ms = np.asarray(latencies_s) * 1000.0
-    return Figures(scenario, batch, items, round(seconds, 3), round(items / seconds, 1),
-                   *(round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)), round(float(ms.max()), 2),
-                   None if mean_batch is None else round(mean_batch, 2),
-                   None if success_rate is None else round(success_rate, 4))
+    return Figures(
+        scenario,
+        batch,
+        items,
+        round(seconds, 3),
+        round(items / seconds, 1),
+        *(round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)),
+        round(float(ms.max()), 2),
+        None if mean_batch is None else round(mean_batch, 2),
+        None if success_rate is None else round(success_rate, 4),
+    )
 
 
 def table(rows: list[Figures]) -> str:
-    head = "| scenario | items | items/s | p50 ms | p95 ms | p99 ms | max ms | mean batch | success |"
+    head = (
+        "| scenario | items | items/s | p50 ms | p95 ms | p99 ms | max ms | mean batch | success |"
+    )
     lines = [head, "|" + "---|" * 9]
     for r in rows:
-        lines.append(f"| {r.scenario} | {r.items} | {r.throughput:.1f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | "
-                     f"{r.p99_ms:.1f} | {r.max_ms:.1f} | {'' if r.mean_batch is None else r.mean_batch} | "
-                     f"{'' if r.success_rate is None else f'{r.success_rate:.1%}'} |")
+        lines.append(
+            f"| {r.scenario} | {r.items} | {r.throughput:.1f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | "
+            f"{r.p99_ms:.1f} | {r.max_ms:.1f} | {'' if r.mean_batch is None else r.mean_batch} | "
+            f"{'' if r.success_rate is None else f'{r.success_rate:.1%}'} |"
+        )
     return "\n".join(lines)
-
-

@@ -29,8 +29,9 @@ class Response:
         return self.headers.get("connection", "").lower() != "close"
 
 
-def encode_request(method: str, host: str, path: str, body: bytes = b"",
-                   headers: dict[str, str] | None = None) -> bytes:
+def encode_request(
+    method: str, host: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> bytes:
     """The bytes of one HTTP/1.1 request with a Content-Length body."""
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
@@ -39,7 +40,9 @@ def encode_request(method: str, host: str, path: str, body: bytes = b"",
 
 def post_json(host: str, path: str, payload: dict, headers: dict[str, str] | None = None) -> bytes:
     body = json.dumps(payload, separators=(",", ":")).encode()
-    return encode_request("POST", host, path, body, {"Content-Type": "application/json", **(headers or {})})
+    return encode_request(
+        "POST", host, path, body, {"Content-Type": "application/json", **(headers or {})}
+    )
 
 
 def parse_head(head: bytes) -> tuple[int, dict[str, str]]:

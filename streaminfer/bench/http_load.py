@@ -47,22 +47,45 @@ def child_pids(pid: int) -> list[int]:
 
 
 @contextmanager
-def bench_gateway(kafka: str, redis_url: str, prefix: str, repository: Path, log_dir: Path, workers: int = 1
-                  ) -> Iterator[RunningGateway]:
+def bench_gateway(
+    kafka: str, redis_url: str, prefix: str, repository: Path, log_dir: Path, workers: int = 1
+) -> Iterator[RunningGateway]:
     """A gateway serving text-embedding under ``prefix`` from ``workers`` processes, without auth,
     lag bound or rate limit (they would refuse the load under test); stopped by PID at exit."""
     port = embedded.free_port()
-    env = dict(os.environ, STREAMINFER_KAFKA_BOOTSTRAP_SERVERS=kafka, STREAMINFER_REDIS_URL=redis_url,
-               STREAMINFER_TOPIC_PREFIX=prefix, STREAMINFER_MODEL_REPOSITORY=str(repository),
-               STREAMINFER_TASKS=TASK, STREAMINFER_GATEWAY_HOST=embedded.LOOPBACK,
-               STREAMINFER_GATEWAY_PORT=str(port), STREAMINFER_AUTH="disabled",
-               STREAMINFER_MAX_LAG_PER_TASK="0", STREAMINFER_LOG_LEVEL="WARNING",
-               # NOTE: no rate limiter runs without auth; these only make sure of it
-               STREAMINFER_RATE_LIMIT_PER_S="1e9", STREAMINFER_RATE_LIMIT_BURST=str(10**9))
+    env = dict(
+        os.environ,
+        STREAMINFER_KAFKA_BOOTSTRAP_SERVERS=kafka,
+        STREAMINFER_REDIS_URL=redis_url,
+        STREAMINFER_TOPIC_PREFIX=prefix,
+        STREAMINFER_MODEL_REPOSITORY=str(repository),
+        STREAMINFER_TASKS=TASK,
+        STREAMINFER_GATEWAY_HOST=embedded.LOOPBACK,
+        STREAMINFER_GATEWAY_PORT=str(port),
+        STREAMINFER_AUTH="disabled",
+        STREAMINFER_MAX_LAG_PER_TASK="0",
+        STREAMINFER_LOG_LEVEL="WARNING",
+        # NOTE: no rate limiter runs without auth; these only make sure of it
+        STREAMINFER_RATE_LIMIT_PER_S="1e9",
+        STREAMINFER_RATE_LIMIT_BURST=str(10**9),
+    )
     with open(log_dir / f"gateway-{prefix}-{workers}.log", "wb") as log:
-        gateway = subprocess.Popen([sys.executable, "-m", "streaminfer", "--log-level", "WARNING", "gateway",
-                                    "--workers", str(workers)],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        gateway = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streaminfer",
+                "--log-level",
+                "WARNING",
+                "gateway",
+                "--workers",
+                str(workers),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             embedded.wait_for_http(f"http://{embedded.LOOPBACK}:{port}/health", [gateway])
             serving: tuple[int, ...] = ()
@@ -114,9 +137,14 @@ def accepted(response: Response) -> bool:
     return response.status == 202
 
 
-async def closed_loop(gateway: RunningGateway, requests: Iterable[bytes], connections: int,
-                      is_success: Callable[[Response], bool], progress: tqdm, until: float | None = None
-                      ) -> tuple[list[float], int, float]:
+async def closed_loop(
+    gateway: RunningGateway,
+    requests: Iterable[bytes],
+    connections: int,
+    is_success: Callable[[Response], bool],
+    progress: tqdm,
+    until: float | None = None,
+) -> tuple[list[float], int, float]:
     """Send ``requests`` over ``connections`` keep-alive connections, one in flight on each, until
     they run out or ``time.perf_counter()`` passes ``until``. Returns each request's latency
     (response received - request sent), the count of failures, and the elapsed seconds."""
@@ -157,37 +185,61 @@ def _run(coroutine: Coroutine):
     return uvloop.run(coroutine)
 
 
-def measure_http(gateway: RunningGateway, texts: list[str], concurrency: int, desc: str
-                 ) -> tuple[list[float], int, float]:
+def measure_http(
+    gateway: RunningGateway, texts: list[str], concurrency: int, desc: str
+) -> tuple[list[float], int, float]:
     """Closed loop of text-embedding submissions that wait for their result (``?wait=``)."""
     host = f"{gateway.host}:{gateway.port}"
-    requests = [post_json(host, f"/v1/infer/{TASK}?wait={WAIT_S:g}", {"inputs": {"text": t}, "parameters": NO_CACHE})
-                for t in texts]
+    requests = [
+        post_json(
+            host,
+            f"/v1/infer/{TASK}?wait={WAIT_S:g}",
+            {"inputs": {"text": t}, "parameters": NO_CACHE},
+        )
+        for t in texts
+    ]
     with tqdm(total=len(requests), desc=desc, unit="req", leave=False) as progress:
         return _run(closed_loop(gateway, requests, concurrency, result_succeeded, progress))
 
 
-def measure_submit(gateway: RunningGateway, texts: list[str], connections: int, seconds: float, desc: str
-                   ) -> tuple[list[float], int, float]:
+def measure_submit(
+    gateway: RunningGateway, texts: list[str], connections: int, seconds: float, desc: str
+) -> tuple[list[float], int, float]:
     """Closed loop of submissions without waiting (202), for ``seconds``."""
     host = f"{gateway.host}:{gateway.port}"
-    requests = [post_json(host, f"/v1/infer/{TASK}", {"inputs": {"text": t}, "parameters": NO_CACHE})
-                for t in texts]
+    requests = [
+        post_json(host, f"/v1/infer/{TASK}", {"inputs": {"text": t}, "parameters": NO_CACHE})
+        for t in texts
+    ]
     return _for_seconds(gateway, requests, connections, seconds, accepted, desc)
 
 
-def measure_floor(gateway: RunningGateway, connections: int, seconds: float) -> tuple[list[float], int, float]:
+def measure_floor(
+    gateway: RunningGateway, connections: int, seconds: float
+) -> tuple[list[float], int, float]:
     """The same closed loop on ``GET /health`` (no body, no Redis, no Kafka): what the HTTP stack
     alone allows this process, the baseline the submit path is compared with."""
     request = encode_request("GET", f"{gateway.host}:{gateway.port}", "/health")
-    return _for_seconds(gateway, [request], connections, seconds, lambda r: r.status == 200, "GET /health")
+    return _for_seconds(
+        gateway, [request], connections, seconds, lambda r: r.status == 200, "GET /health"
+    )
 
 
-def _for_seconds(gateway: RunningGateway, requests: list[bytes], connections: int, seconds: float,
-                 is_success: Callable[[Response], bool], desc: str) -> tuple[list[float], int, float]:
+def _for_seconds(
+    gateway: RunningGateway,
+    requests: list[bytes],
+    connections: int,
+    seconds: float,
+    is_success: Callable[[Response], bool],
+    desc: str,
+) -> tuple[list[float], int, float]:
     with tqdm(desc=desc, unit="req", leave=False) as progress:
         until = time.perf_counter() + seconds
-        return _run(closed_loop(gateway, itertools.cycle(requests), connections, is_success, progress, until))
+        return _run(
+            closed_loop(
+                gateway, itertools.cycle(requests), connections, is_success, progress, until
+            )
+        )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -207,11 +259,20 @@ def cpu_meter(pids: dict[str, int]) -> Iterator[dict[str, float]]:
     used["load generator"] = round(time.process_time() - own, 2)
 
 
-def submit_summary(latencies: list[float], failures: int, seconds: float, connections: int,
-                   cpu: dict[str, float]) -> dict:
+def submit_summary(
+    latencies: list[float], failures: int, seconds: float, connections: int, cpu: dict[str, float]
+) -> dict:
     ms = np.asarray(latencies) * 1000.0
-    return {"connections": connections, "seconds": round(seconds, 3), "requests": len(latencies),
-            "requests_per_s": round(len(latencies) / seconds, 1),
-            **{f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)},
-            "max_ms": round(float(ms.max()), 2), "non_202": failures, "cpu_seconds": cpu,
-            "cpu_percent_of_a_core": {name: round(100 * used / seconds, 1) for name, used in cpu.items()}}
+    return {
+        "connections": connections,
+        "seconds": round(seconds, 3),
+        "requests": len(latencies),
+        "requests_per_s": round(len(latencies) / seconds, 1),
+        **{f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)},
+        "max_ms": round(float(ms.max()), 2),
+        "non_202": failures,
+        "cpu_seconds": cpu,
+        "cpu_percent_of_a_core": {
+            name: round(100 * used / seconds, 1) for name, used in cpu.items()
+        },
+    }

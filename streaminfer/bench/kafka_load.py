@@ -45,22 +45,40 @@ class LoadRun:
         self.workers[result.worker_id] += 1
 
     def figures(self, scenario: str, max_batch_size: int) -> Figures:
-        return figures(scenario, max_batch_size, self.latencies_s, self.seconds, len(self.latencies_s),
-                       float(np.mean(self.batch_sizes)))
+        return figures(
+            scenario,
+            max_batch_size,
+            self.latencies_s,
+            self.seconds,
+            len(self.latencies_s),
+            float(np.mean(self.batch_sizes)),
+        )
 
 
 def full_batch_ms(runs: Sequence[LoadRun], max_batch_size: int) -> float | None:
     """Mean compute time of the full batches among ``runs``; None when none was full."""
-    ms = [t for run in runs for t, size in zip(run.inference_ms, run.batch_sizes, strict=True)
-          if size >= max_batch_size]
+    ms = [
+        t
+        for run in runs
+        for t, size in zip(run.inference_ms, run.batch_sizes, strict=True)
+        if size >= max_batch_size
+    ]
     return float(np.mean(ms)) if ms else None
 
 
-def results_consumer(bootstrap: str, prefix: str, on_record: Callable[[InferenceResult], None]) -> ResultConsumer:
+def results_consumer(
+    bootstrap: str, prefix: str, on_record: Callable[[InferenceResult], None]
+) -> ResultConsumer:
     """A downstream consumer of text-embedding results from the moment it starts, handing each to
     ``on_record`` and keeping none (the drives match results to their requests themselves)."""
-    return ResultConsumer(bootstrap, TASK, prefix=prefix, max_buffered=0, on_record=on_record,
-                          fetch_max_wait_ms=Settings().kafka_fetch_max_wait_ms)
+    return ResultConsumer(
+        bootstrap,
+        TASK,
+        prefix=prefix,
+        max_buffered=0,
+        on_record=on_record,
+        fetch_max_wait_ms=Settings().kafka_fetch_max_wait_ms,
+    )
 
 
 def request_producer(bootstrap: str, prefix: str, linger_ms: int) -> RequestProducer:
@@ -68,13 +86,24 @@ def request_producer(bootstrap: str, prefix: str, linger_ms: int) -> RequestProd
     return RequestProducer(bootstrap, prefix=prefix, linger_ms=linger_ms, acks=1)
 
 
-def text_request(text: str, priority: Priority = Priority.NORMAL, *, created_at: int | None = None,
-                 deadline_at: int | None = None) -> InferenceRequest:
+def text_request(
+    text: str,
+    priority: Priority = Priority.NORMAL,
+    *,
+    created_at: int | None = None,
+    deadline_at: int | None = None,
+) -> InferenceRequest:
     """A one-text embedding request that skips the content cache; ``created_at`` (default now)
     and ``deadline_at`` in epoch milliseconds."""
     created = now_ms() if created_at is None else created_at
-    return build_request(TASK, {"text": [text]}, priority=priority, parameters=NO_CACHE, created_at=created,
-                         deadline_ms=None if deadline_at is None else max(1, deadline_at - created))
+    return build_request(
+        TASK,
+        {"text": [text]},
+        priority=priority,
+        parameters=NO_CACHE,
+        created_at=created,
+        deadline_ms=None if deadline_at is None else max(1, deadline_at - created),
+    )
 
 
 @dataclass(frozen=True)
@@ -90,8 +119,14 @@ class _Exchange:
     """A producer writing text-embedding requests at NORMAL priority and a consumer matching the
     results to them by request id, until ``total`` have come back."""
 
-    def __init__(self, bootstrap: str, prefix: str, total: int, desc: str,
-                 on_result: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        prefix: str,
+        total: int,
+        desc: str,
+        on_result: Callable[[], None] = lambda: None,
+    ) -> None:
         self._bootstrap = bootstrap
         self._prefix = prefix
         self._total = total
@@ -124,8 +159,11 @@ class _Exchange:
         """Write one request; its latency will count from ``sent_at`` (a ``perf_counter`` time),
         and so do its ``created_at`` and, with ``deadline_in_ms``, its ``deadline_at``. Returns its id."""
         created = self.epoch_ms(sent_at)
-        request = text_request(text, created_at=created,
-                               deadline_at=None if deadline_in_ms is None else created + round(deadline_in_ms))
+        request = text_request(
+            text,
+            created_at=created,
+            deadline_at=None if deadline_in_ms is None else created + round(deadline_in_ms),
+        )
         self._sent[request.request_id] = sent_at
         await self._producer.produce(request)  # delivery not awaited: the schedule is not held up
         return request.request_id
@@ -139,7 +177,9 @@ class _Exchange:
                 raise self._consumer.failure
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"{len(self.run.latencies_s)} of {self._total} results in {timeout_s:g} s")
+                raise TimeoutError(
+                    f"{len(self.run.latencies_s)} of {self._total} results in {timeout_s:g} s"
+                )
             try:
                 await asyncio.wait_for(self._all_back.wait(), min(remaining, 1.0))
             except TimeoutError:
@@ -165,7 +205,9 @@ class _Exchange:
         await self._consumer.stop()
 
 
-async def drive_kafka(bootstrap: str, prefix: str, texts: list[str], concurrency: int, desc: str) -> LoadRun:
+async def drive_kafka(
+    bootstrap: str, prefix: str, texts: list[str], concurrency: int, desc: str
+) -> LoadRun:
     """Closed loop: ``concurrency`` requests in flight, the next sent as soon as a result is back."""
     window = asyncio.Semaphore(concurrency)
     async with _Exchange(bootstrap, prefix, len(texts), desc, on_result=window.release) as exchange:
@@ -180,8 +222,12 @@ def send_offsets(rate_per_s: float, count: int) -> list[float]:
     return [i / rate_per_s for i in range(count)]
 
 
-async def paced(offsets: Sequence[float], start: float, clock: Callable[[], float] = time.perf_counter,
-                sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> AsyncIterator[float]:
+async def paced(
+    offsets: Sequence[float],
+    start: float,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+) -> AsyncIterator[float]:
     """Each due time (``start`` + offset), yielded no earlier than it falls due. The schedule runs
     against the clock, not from the previous send: after a slow send the requests already due go
     out at once, so slow sends do not lower the offered rate."""
@@ -193,8 +239,14 @@ async def paced(offsets: Sequence[float], start: float, clock: Callable[[], floa
         yield due
 
 
-async def drive_open_loop(bootstrap: str, prefix: str, texts: list[str], rate_per_s: float, desc: str,
-                          duration_s: float | None = None) -> LoadRun:
+async def drive_open_loop(
+    bootstrap: str,
+    prefix: str,
+    texts: list[str],
+    rate_per_s: float,
+    desc: str,
+    duration_s: float | None = None,
+) -> LoadRun:
     """Open loop: requests offered at ``rate_per_s`` whatever the worker's pace, ``len(texts)`` of
     them or as many as ``duration_s`` holds (texts reused). Latency counts from each request's
     scheduled send time, so a send that goes out late still counts its wait."""
@@ -207,8 +259,9 @@ async def drive_open_loop(bootstrap: str, prefix: str, texts: list[str], rate_pe
         return await exchange.results()
 
 
-async def drive_priority_burst(bootstrap: str, prefix: str, texts: list[str], mix: tuple[float, float, float],
-                               seed: int = 1) -> dict[str, list[float]]:
+async def drive_priority_burst(
+    bootstrap: str, prefix: str, texts: list[str], mix: tuple[float, float, float], seed: int = 1
+) -> dict[str, list[float]]:
     """Write every request at once (a backlog: saturation), priorities drawn by ``mix``
     (high, normal, low); return each priority's queueing times (created -> batch start), ms."""
     rng = np.random.default_rng(seed)
@@ -228,8 +281,10 @@ async def drive_priority_burst(bootstrap: str, prefix: str, texts: list[str], mi
                 all_back.set()
 
     try:
-        async with results_consumer(bootstrap, prefix, receive) as consumer, \
-                request_producer(bootstrap, prefix, linger_ms=5) as producer:
+        async with (
+            results_consumer(bootstrap, prefix, receive) as consumer,
+            request_producer(bootstrap, prefix, linger_ms=5) as producer,
+        ):
             deliveries = []
             for text, level in zip(texts, drawn, strict=True):
                 request = text_request(text, levels[level])
@@ -263,9 +318,17 @@ class DeadlineDrive:
     """Not every result came back within the wait."""
 
 
-async def drive_deadlines(bootstrap: str, prefix: str, texts: list[str], rate_per_s: float, duration_s: float,
-                          classes: Sequence[str], budgets_ms: dict[str, float], desc: str,
-                          wait_s: float = 60.0) -> DeadlineDrive:
+async def drive_deadlines(
+    bootstrap: str,
+    prefix: str,
+    texts: list[str],
+    rate_per_s: float,
+    duration_s: float,
+    classes: Sequence[str],
+    budgets_ms: dict[str, float],
+    desc: str,
+    wait_s: float = 60.0,
+) -> DeadlineDrive:
     """Open loop at ``rate_per_s`` for ``duration_s``; request i has class ``classes[i % len]`` and
     ``deadline_at`` = its scheduled send (= ``created_at``) + that class's budget. Waits for every
     result, at most ``wait_s`` after the last send; what did not come back is absent from ``received``."""

@@ -20,12 +20,14 @@ def bench_raw(repository: Path, texts: list[str], batch: int, threads: int | Non
     repo = ModelRepository(repository, device="cpu", intra_op_num_threads=threads)
     instances = repo.get_config(TASK).instances
     model = repo.load(TASK)
-    progress = tqdm(total=len(texts), desc=f"raw onnxruntime batch={batch}", unit="item", leave=False)
+    progress = tqdm(
+        total=len(texts), desc=f"raw onnxruntime batch={batch}", unit="item", leave=False
+    )
 
     def one(i: int) -> float:
         t0 = time.perf_counter()
-        model.predict_batch({"text": np.array(texts[i:i + batch], dtype=object)})
-        progress.update(len(texts[i:i + batch]))
+        model.predict_batch({"text": np.array(texts[i : i + batch], dtype=object)})
+        progress.update(len(texts[i : i + batch]))
         return time.perf_counter() - t0
 
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -34,5 +36,7 @@ def bench_raw(repository: Path, texts: list[str], batch: int, threads: int | Non
     seconds = time.perf_counter() - start
     progress.close()
     found = figures(f"raw onnxruntime (batch {batch})", batch, latencies, seconds, len(texts))
-    found.cpu_ms_per_item = {"model": round(1000 * (time.process_time() - cpu_start) / len(texts), 2)}
+    found.cpu_ms_per_item = {
+        "model": round(1000 * (time.process_time() - cpu_start) / len(texts), 2)
+    }
     return found

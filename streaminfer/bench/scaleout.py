@@ -40,19 +40,42 @@ DEPLOYMENTS = (
 )
 
 
-def bench_scaleout(kafka: str, redis_url: str, repository: Path, texts: list[str], max_batch_size: int,
-                   concurrency: int, threads: int | None, out_dir: Path,
-                   deployments: tuple[Deployment, ...] = DEPLOYMENTS) -> list[dict]:
+def bench_scaleout(
+    kafka: str,
+    redis_url: str,
+    repository: Path,
+    texts: list[str],
+    max_batch_size: int,
+    concurrency: int,
+    threads: int | None,
+    out_dir: Path,
+    deployments: tuple[Deployment, ...] = DEPLOYMENTS,
+) -> list[dict]:
     """One closed-loop run of ``texts`` per deployment, after a warm-up once all its workers consume."""
     rows = []
     for deployment in deployments:
-        with bench_worker(kafka, redis_url, repository, max_batch_size, threads, out_dir,
-                          workers=deployment.workers, partitions=deployment.partitions,
-                          instances=deployment.instances) as workers:
+        with bench_worker(
+            kafka,
+            redis_url,
+            repository,
+            max_batch_size,
+            threads,
+            out_dir,
+            workers=deployment.workers,
+            partitions=deployment.partitions,
+            instances=deployment.instances,
+        ) as workers:
             asyncio.run(drive_kafka(kafka, workers.prefix, texts[:50], concurrency, "warm-up"))
-            run = asyncio.run(drive_kafka(kafka, workers.prefix, texts, concurrency, deployment.label))
-        rows.append({**asdict(deployment), **asdict(run.figures(deployment.label, max_batch_size)),
-                     "results_per_worker": sorted(run.workers.values(), reverse=True)})
+            run = asyncio.run(
+                drive_kafka(kafka, workers.prefix, texts, concurrency, deployment.label)
+            )
+        rows.append(
+            {
+                **asdict(deployment),
+                **asdict(run.figures(deployment.label, max_batch_size)),
+                "results_per_worker": sorted(run.workers.values(), reverse=True),
+            }
+        )
     return rows
 
 
@@ -63,6 +86,8 @@ def scaleout_summary(rows: list[dict]) -> str:
     lines = [table([Figures(**{name: row[name] for name in names}) for row in rows])]
     base = rows[0]
     for row in rows:
-        lines.append(f"  {row['scenario']}: {row['throughput'] / base['throughput']:.2f}x of {base['scenario']}; "
-                     f"results per worker {row['results_per_worker']}")
+        lines.append(
+            f"  {row['scenario']}: {row['throughput'] / base['throughput']:.2f}x of {base['scenario']}; "
+            f"results per worker {row['results_per_worker']}"
+        )
     return "\n".join(lines)

@@ -25,7 +25,9 @@ from ..settings import Settings
 from .figures import TASK
 
 
-def bench_repository(source: Path, target: Path, max_batch_size: int, instances: int | None = None) -> Path:
+def bench_repository(
+    source: Path, target: Path, max_batch_size: int, instances: int | None = None
+) -> Path:
     """A repository holding only text-embedding, with ``max_batch_size`` (and ``instances``, the
     batches computing at once) overridden."""
     task_dir = target / TASK
@@ -49,22 +51,41 @@ class Workers:
 
 
 @contextmanager
-def bench_worker(kafka: str, redis_url: str, repository: Path, max_batch_size: int, threads: int | None,
-                 log_dir: Path, *, workers: int = 1, partitions: int | None = None,
-                 instances: int | None = None, env: dict[str, str] | None = None) -> Iterator[Workers]:
+def bench_worker(
+    kafka: str,
+    redis_url: str,
+    repository: Path,
+    max_batch_size: int,
+    threads: int | None,
+    log_dir: Path,
+    *,
+    workers: int = 1,
+    partitions: int | None = None,
+    instances: int | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[Workers]:
     """``workers`` worker processes in one consumer group, serving text-embedding with
     ``max_batch_size`` on a topic prefix of their own, created with ``partitions`` per topic
     (default: the setting), with ``env`` added to their environment (e.g.
     ``STREAMINFER_WORKER_SCHEDULING``); yields them once every worker holds partitions."""
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     extra_env = dict(env or {})
-    settings = Settings(kafka_bootstrap_servers=kafka, topic_prefix=prefix,
-                        **({"topic_partitions": partitions} if partitions else {}))
+    settings = Settings(
+        kafka_bootstrap_servers=kafka,
+        topic_prefix=prefix,
+        **({"topic_partitions": partitions} if partitions else {}),
+    )
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         repo = bench_repository(repository, Path(tmp) / "repo", max_batch_size, instances)
-        env = dict(os.environ, STREAMINFER_KAFKA_BOOTSTRAP_SERVERS=kafka, STREAMINFER_REDIS_URL=redis_url,
-                   STREAMINFER_TOPIC_PREFIX=prefix, STREAMINFER_MODEL_REPOSITORY=str(repo),
-                   STREAMINFER_TOPIC_PARTITIONS=str(settings.topic_partitions), STREAMINFER_LOG_LEVEL="WARNING")
+        env = dict(
+            os.environ,
+            STREAMINFER_KAFKA_BOOTSTRAP_SERVERS=kafka,
+            STREAMINFER_REDIS_URL=redis_url,
+            STREAMINFER_TOPIC_PREFIX=prefix,
+            STREAMINFER_MODEL_REPOSITORY=str(repo),
+            STREAMINFER_TOPIC_PARTITIONS=str(settings.topic_partitions),
+            STREAMINFER_LOG_LEVEL="WARNING",
+        )
         if threads:
             env["STREAMINFER_WORKER_THREADS"] = str(threads)
         env.update(extra_env)
@@ -74,10 +95,15 @@ def bench_worker(kafka: str, redis_url: str, repository: Path, max_batch_size: i
         for n in range(workers):
             metrics_port = embedded.free_port()
             log = stack.enter_context(open(log_dir / f"worker-{prefix}-{n}.log", "wb"))
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "streaminfer", "--log-level", "WARNING", "worker"],
-                env=dict(env, STREAMINFER_WORKER_METRICS_PORT=str(metrics_port)),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "streaminfer", "--log-level", "WARNING", "worker"],
+                    env=dict(env, STREAMINFER_WORKER_METRICS_PORT=str(metrics_port)),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
             stack.callback(embedded.terminate, procs[-1], 30)
             metrics_urls.append(f"http://127.0.0.1:{metrics_port}/metrics")
         for url in metrics_urls:
@@ -86,8 +112,13 @@ def bench_worker(kafka: str, redis_url: str, repository: Path, max_batch_size: i
         yield Workers(prefix, tuple(proc.pid for proc in procs))
 
 
-def wait_until_consuming(redis_url: str, prefix: str, workers: int, procs: list[subprocess.Popen],
-                         timeout_s: float = 120.0) -> None:
+def wait_until_consuming(
+    redis_url: str,
+    prefix: str,
+    workers: int,
+    procs: list[subprocess.Popen],
+    timeout_s: float = 120.0,
+) -> None:
     """Until ``workers`` workers have a heartbeat in Redis, which they write only while they hold
     partitions: a run started earlier would see the group rebalance under it."""
     client = redis.Redis.from_url(redis_url)
@@ -96,9 +127,13 @@ def wait_until_consuming(redis_url: str, prefix: str, workers: int, procs: list[
         while sum(1 for _ in client.scan_iter(match=keys.worker_key(prefix, "*"))) < workers:
             for proc in procs:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"a bench worker exited with {proc.returncode} before consuming")
+                    raise RuntimeError(
+                        f"a bench worker exited with {proc.returncode} before consuming"
+                    )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{workers} workers on {prefix} did not all consume within {timeout_s}s")
+                raise TimeoutError(
+                    f"{workers} workers on {prefix} did not all consume within {timeout_s}s"
+                )
             time.sleep(0.2)
     finally:
         client.close()

@@ -36,8 +36,11 @@ def bench_codec(repeats: int = 5) -> dict:
     """Best and median of ``repeats`` timings each: on a shared VM one timing can be half another."""
     ours = sorted(codec_roundtrips_per_second() for _ in range(repeats))
     theirs = sorted(fastavro_roundtrips_per_second() for _ in range(repeats))
-    return {"roundtrips_per_s": round(ours[-1]), "median_roundtrips_per_s": round(ours[len(ours) // 2]),
-            "fastavro_roundtrips_per_s": round(theirs[-1])}
+    return {
+        "roundtrips_per_s": round(ours[-1]),
+        "median_roundtrips_per_s": round(ours[len(ours) // 2]),
+        "fastavro_roundtrips_per_s": round(theirs[-1]),
+    }
 
 
 def check_targets(report: dict, rows: list[Figures]) -> list[dict]:
@@ -47,24 +50,42 @@ def check_targets(report: dict, rows: list[Figures]) -> list[dict]:
     kafka = next((r for r in rows if r.scenario.startswith("kafka, batching on")), None)
     if raw and kafka:
         share = kafka.throughput / raw.throughput
-        targets.append({"target": f"Kafka end to end >= {KAFKA_SHARE_OF_RAW:.0%} of raw ONNX Runtime",
-                        "measured": f"{share:.0%} ({kafka.throughput:.1f} / {raw.throughput:.1f} items/s)",
-                        "passed": share >= KAFKA_SHARE_OF_RAW})
+        targets.append(
+            {
+                "target": f"Kafka end to end >= {KAFKA_SHARE_OF_RAW:.0%} of raw ONNX Runtime",
+                "measured": f"{share:.0%} ({kafka.throughput:.1f} / {raw.throughput:.1f} items/s)",
+                "passed": share >= KAFKA_SHARE_OF_RAW,
+            }
+        )
     load = report.get("load") or {}
     if load.get("target"):
         t = load["target"]
-        targets.append({"target": "p99 at 50% load <= 2 x full batch compute + 25 ms",
-                        "measured": f"p99 {t['p99_ms']:.0f} ms, bound {t['bound_ms']:.0f} ms",
-                        "passed": t["passed"]})
+        targets.append(
+            {
+                "target": "p99 at 50% load <= 2 x full batch compute + 25 ms",
+                "measured": f"p99 {t['p99_ms']:.0f} ms, bound {t['bound_ms']:.0f} ms",
+                "passed": t["passed"],
+            }
+        )
     targets += issue12_targets(report)
     if "gateway_submit" in report:
         rate = report["gateway_submit"]["requests_per_s"]
-        targets.append({"target": f"gateway async submit >= {GATEWAY_SUBMITS_PER_S:,} req/s, one process",
-                        "measured": f"{rate:,.0f} req/s", "passed": rate >= GATEWAY_SUBMITS_PER_S})
+        targets.append(
+            {
+                "target": f"gateway async submit >= {GATEWAY_SUBMITS_PER_S:,} req/s, one process",
+                "measured": f"{rate:,.0f} req/s",
+                "passed": rate >= GATEWAY_SUBMITS_PER_S,
+            }
+        )
     if "codec" in report:
         rate = report["codec"]["roundtrips_per_s"]
-        targets.append({"target": f"Avro encode + decode >= {CODEC_ROUNDTRIPS_PER_S:,}/s",
-                        "measured": f"{rate:,}/s", "passed": rate >= CODEC_ROUNDTRIPS_PER_S})
+        targets.append(
+            {
+                "target": f"Avro encode + decode >= {CODEC_ROUNDTRIPS_PER_S:,}/s",
+                "measured": f"{rate:,}/s",
+                "passed": rate >= CODEC_ROUNDTRIPS_PER_S,
+            }
+        )
     return targets
 
 
@@ -73,27 +94,48 @@ def issue12_targets(report: dict) -> list[dict]:
     targets = []
     deadlines = (report.get("deadlines") or {}).get("target") or {}
     if deadlines.get("share_passed") is not None:
-        targets.append({"target": "goodput at 1.5x overload (deadline scheduling) >= 90% of closed-loop saturation",
-                        "measured": f"{deadlines['goodput_over_saturation']:.1%}",
-                        "passed": deadlines["share_passed"]})
+        targets.append(
+            {
+                "target": "goodput at 1.5x overload (deadline scheduling) >= 90% of closed-loop saturation",
+                "measured": f"{deadlines['goodput_over_saturation']:.1%}",
+                "passed": deadlines["share_passed"],
+            }
+        )
     if deadlines.get("ratio_passed") is not None:
-        targets.append({"target": "goodput deadline scheduling >= 1.5x FIFO",
-                        "measured": f"{deadlines['deadline_over_fifo']:.2f}x", "passed": deadlines["ratio_passed"]})
+        targets.append(
+            {
+                "target": "goodput deadline scheduling >= 1.5x FIFO",
+                "measured": f"{deadlines['deadline_over_fifo']:.2f}x",
+                "passed": deadlines["ratio_passed"],
+            }
+        )
     light = (report.get("light") or {}).get("target")
     if light:
-        targets.append({"target": "p50 at 5% load <= transport floor + batch-1 compute + 5 ms",
-                        "measured": f"p50 {light['p50_ms']:.1f} ms, bound {light['bound_ms']:.1f} ms",
-                        "passed": light["passed"]})
+        targets.append(
+            {
+                "target": "p50 at 5% load <= transport floor + batch-1 compute + 5 ms",
+                "measured": f"p50 {light['p50_ms']:.1f} ms, bound {light['bound_ms']:.1f} ms",
+                "passed": light["passed"],
+            }
+        )
     sustained = (report.get("load") or {}).get("sustained")
     if sustained:
-        targets.append({"target": f"open loop at {sustained['fraction']:.0%} of saturation: achieved >= 98% of "
-                                  "offered, p99 <= 2 x full batch + 25 ms",
-                        "measured": f"{sustained['achieved_share']:.1%}, p99 {sustained['p99_ms']:.0f} ms "
-                                    f"(bound {sustained['bound_ms']:.0f})", "passed": sustained["passed"]})
+        targets.append(
+            {
+                "target": f"open loop at {sustained['fraction']:.0%} of saturation: achieved >= 98% of "
+                "offered, p99 <= 2 x full batch + 25 ms",
+                "measured": f"{sustained['achieved_share']:.1%}, p99 {sustained['p99_ms']:.0f} ms "
+                f"(bound {sustained['bound_ms']:.0f})",
+                "passed": sustained["passed"],
+            }
+        )
     return targets
 
 
 def targets_table(targets: list[dict]) -> str:
     lines = ["| target | measured | |", "|---|---|---|"]
-    lines += [f"| {t['target']} | {t['measured']} | {'PASS' if t['passed'] else 'FAIL'} |" for t in targets]
+    lines += [
+        f"| {t['target']} | {t['measured']} | {'PASS' if t['passed'] else 'FAIL'} |"
+        for t in targets
+    ]
     return "\n".join(lines)

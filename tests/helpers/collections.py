@@ -30,13 +30,17 @@ class MemoryCollections:
         return self._of(client_id, name)[0].dimension
 
     async def list(self, client_id):
-        return [{"name": n, "count": len(i), "dimension": i.dimension}
-                for n, (i, _) in sorted(self.spaces.get(client_id, {}).items())]
+        return [
+            {"name": n, "count": len(i), "dimension": i.dimension}
+            for n, (i, _) in sorted(self.spaces.get(client_id, {}).items())
+        ]
 
     async def put(self, client_id, name, item_id, embedding, metadata=None):
         check_name(name), check_item_id(item_id)
         vector, metadata = check_embedding(embedding), check_metadata(metadata)
-        index, items = self.spaces.setdefault(client_id, {}).setdefault(name, (VectorIndex(vector.size), {}))
+        index, items = self.spaces.setdefault(client_id, {}).setdefault(
+            name, (VectorIndex(vector.size), {})
+        )
         if index.dimension != vector.size:
             raise CollectionError("COLLECTION_DIMENSION_MISMATCH", "wrong dimension")
         index.upsert(item_id, vector, metadata)
@@ -47,7 +51,11 @@ class MemoryCollections:
         _, items = self._of(client_id, name)
         if item_id not in items:
             raise CollectionError("ITEM_NOT_FOUND", "no item")
-        return {"id": item_id, "embedding": items[item_id][0].tolist(), "metadata": items[item_id][1]}
+        return {
+            "id": item_id,
+            "embedding": items[item_id][0].tolist(),
+            "metadata": items[item_id][1],
+        }
 
     async def delete(self, client_id, name, item_id):
         index, items = self._of(client_id, name)

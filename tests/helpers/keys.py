@@ -10,6 +10,8 @@ async def create_api_key(redis_url: str, prefix: str, client: str, admin: bool =
 
     redis = Redis.from_url(redis_url)
     try:
-        return await ApiKeyStore(redis, prefix).create(client, ["inference:submit", "inference:read"], admin)
+        return await ApiKeyStore(redis, prefix).create(
+            client, ["inference:submit", "inference:read"], admin
+        )
     finally:
         await redis.aclose()

@@ -27,7 +27,9 @@ def _applies(requirement: Requirement, extras: set[str]) -> bool:
         return False
 
 
-def closure(requirements: list[str], extras: frozenset[str] = frozenset()) -> dict[str, metadata.Distribution]:
+def closure(
+    requirements: list[str], extras: frozenset[str] = frozenset()
+) -> dict[str, metadata.Distribution]:
     """The installed distributions ``requirements`` (as a distribution's Requires-Dist, with
     ``extras`` asked for) need, theirs included, by normalised name; a requirement not installed
     here or at a version it excludes is an error."""
@@ -43,7 +45,10 @@ def closure(requirements: list[str], extras: frozenset[str] = frozenset()) -> di
         if name in found and extras <= extras_seen[name]:
             continue
         dist = found.get(name) or metadata.distribution(requirement.name)
-        assert requirement.specifier.contains(dist.version, prereleases=True), (str(requirement), dist.version)
+        assert requirement.specifier.contains(dist.version, prereleases=True), (
+            str(requirement),
+            dist.version,
+        )
         found[name] = dist
         extras_seen[name] = extras_seen.get(name, set()) | extras
         pending += [(Requirement(r), extras) for r in dist.requires or []]

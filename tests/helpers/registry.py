@@ -32,8 +32,9 @@ class RegistryState:
         with self.lock:
             # NOTE: as the real one, the same schema in other whitespace is the same schema.
             parsed = json.loads(schema)
-            schema_id = next((i for i, known in self.schemas.items() if json.loads(known) == parsed),
-                             None)
+            schema_id = next(
+                (i for i, known in self.schemas.items() if json.loads(known) == parsed), None
+            )
             if schema_id is None:
                 schema_id = self.first_id + len(self.schemas)
                 self.schemas[schema_id] = schema
@@ -107,9 +108,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def fake_registry(*, first_id: int = 1, credentials: tuple[str, str] | None = None,
-                  certfile: Path | None = None, keyfile: Path | None = None,
-                  ) -> Iterator[tuple[str, RegistryState]]:
+def fake_registry(
+    *,
+    first_id: int = 1,
+    credentials: tuple[str, str] | None = None,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
+) -> Iterator[tuple[str, RegistryState]]:
     """(url, state) of a registry on 127.0.0.1; HTTPS with `certfile`/`keyfile`."""
     state = RegistryState(first_id=first_id, credentials=credentials)
     handler = type("Handler", (_Handler,), {"state": state})

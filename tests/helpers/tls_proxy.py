@@ -12,8 +12,16 @@ from pathlib import Path
 
 
 class TlsProxy:
-    def __init__(self, upstream_port: int, certfile: Path, keyfile: Path, *, port: int = 0,
-                 client_ca: Path | None = None, upstream_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        upstream_port: int,
+        certfile: Path,
+        keyfile: Path,
+        *,
+        port: int = 0,
+        client_ca: Path | None = None,
+        upstream_host: str = "127.0.0.1",
+    ) -> None:
         self._upstream = (upstream_host, upstream_port)
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._context.load_cert_chain(str(certfile), str(keyfile))
@@ -23,7 +31,9 @@ class TlsProxy:
         self.port = port
         self.handshake_errors: list[str] = []
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tls-proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="tls-proxy", daemon=True
+        )
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -34,8 +44,9 @@ class TlsProxy:
         return self
 
     async def _listen(self) -> asyncio.Server:
-        return await asyncio.start_server(self._serve, "127.0.0.1", self.port, ssl=self._context,
-                                          ssl_handshake_timeout=5)
+        return await asyncio.start_server(
+            self._serve, "127.0.0.1", self.port, ssl=self._context, ssl_handshake_timeout=5
+        )
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -65,6 +76,7 @@ class TlsProxy:
                 self._server.close()
             for writer in list(self._writers):
                 writer.close()
+
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)

@@ -17,10 +17,19 @@ class Up:
     lines: list[str] = field(default_factory=list)
 
 
-def start_up(argv: list[str], env: dict[str, str], log: IO[str], cwd=None, timeout_s: float = 180) -> Up:
+def start_up(
+    argv: list[str], env: dict[str, str], log: IO[str], cwd=None, timeout_s: float = 180
+) -> Up:
     """Run ``argv`` (a `streaminfer up` command line) and read stdout until it says Ctrl-C."""
-    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=log, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        start_new_session=True,
+    )
     up = Up(proc)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:

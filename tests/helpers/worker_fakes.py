@@ -26,10 +26,19 @@ TASK = "echo"
 
 def config(max_batch_size: int = 8) -> ModelConfig:
     return ModelConfig(
-        name="echo-model", task=TASK, backend="onnxruntime",
-        inputs=(TensorSpec("x", "FP32", (2,)),), outputs=(TensorSpec("y", "FP32", (2,)),),
-        max_batch_size=max_batch_size, max_batch_delay_ms=20, instances=1, device="cpu", warmup=False,
-        path=Path("/nonexistent"), versions=("1",), default_version="1",
+        name="echo-model",
+        task=TASK,
+        backend="onnxruntime",
+        inputs=(TensorSpec("x", "FP32", (2,)),),
+        outputs=(TensorSpec("y", "FP32", (2,)),),
+        max_batch_size=max_batch_size,
+        max_batch_delay_ms=20,
+        instances=1,
+        device="cpu",
+        warmup=False,
+        path=Path("/nonexistent"),
+        versions=("1",),
+        default_version="1",
     )
 
 
@@ -79,8 +88,10 @@ class FakePublisher:
         self.codec = AvroCodec()
 
     async def lookup(self, ids, cache_keys):
-        return [Prior(self.stored.get(i), i in self.cancelled_ids, self.cache.get(k) if k else None)
-                for i, k in zip(ids, cache_keys, strict=True)]
+        return [
+            Prior(self.stored.get(i), i in self.cancelled_ids, self.cache.get(k) if k else None)
+            for i, k in zip(ids, cache_keys, strict=True)
+        ]
 
     def cache_key(self, task, version, digest):
         return f"{task}:{version}:{digest}"
@@ -115,7 +126,9 @@ class FakePublisher:
         self.audits.extend(events)
 
     async def claim_dead_letters(self, letters):
-        return [(lt.at, (lt.source_topic, lt.partition, lt.offset) in self.lettered) for lt in letters]
+        return [
+            (lt.at, (lt.source_topic, lt.partition, lt.offset) in self.lettered) for lt in letters
+        ]
 
     async def dead_letter(self, letter, error_type):
         self.letters.append((letter, error_type))
@@ -124,18 +137,31 @@ class FakePublisher:
 
 
 def event(codec: AvroCodec, x, offset: int = 0, **fields) -> tuple[SourceEvent, InferenceRequest]:
-    request = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK,
-                               inputs=[Tensor.from_numpy("x", np.asarray(x, dtype=np.float32))], **fields)
-    return SourceEvent(f"{PREFIX}.requests.{TASK}.normal", 0, offset, request.request_id.encode(),
-                       codec.encode(request)), request
+    request = InferenceRequest(
+        request_id=str(uuid.uuid4()),
+        task=TASK,
+        inputs=[Tensor.from_numpy("x", np.asarray(x, dtype=np.float32))],
+        **fields,
+    )
+    return SourceEvent(
+        f"{PREFIX}.requests.{TASK}.normal",
+        0,
+        offset,
+        request.request_id.encode(),
+        codec.encode(request),
+    ), request
 
 
-async def feed(processor: RequestProcessor, events, acked: list[int], timeout_s: float = 2.0) -> None:
+async def feed(
+    processor: RequestProcessor, events, acked: list[int], timeout_s: float = 2.0
+) -> None:
     """Hand ``events`` to a started processor, then wait until all are acked (or the timeout)."""
     expected = len(acked) + len(events)
     for source in events:
+
         async def ack(offset=source.offset):
             acked.append(offset)
+
         await processor.handle(source, ack)
     await until_acked(acked, expected, timeout_s)
 
@@ -159,16 +185,24 @@ async def run(processor: RequestProcessor, events, timeout_s: float = 2.0) -> li
 
 
 def make(model: FakeModel, publisher: FakePublisher, codec) -> RequestProcessor:
-    return RequestProcessor(repository=FakeRepository(model), publisher=publisher, codec=codec, prefix=PREFIX,
-                            worker_id="w1", tasks=[TASK], retry_backoff_s=0.001)
+    return RequestProcessor(
+        repository=FakeRepository(model),
+        publisher=publisher,
+        codec=codec,
+        prefix=PREFIX,
+        worker_id="w1",
+        tasks=[TASK],
+        retry_backoff_s=0.001,
+    )
 
 
 class Faulty(FakePublisher):
     """Fails ``method`` the first ``times`` calls, or (``times=None``) on every call for ``for_s``
     seconds from the first one, raising ``error`` (a Redis connection error by default)."""
 
-    def __init__(self, method: str, times: int | None = 1, for_s: float = 0.0,
-                 error: Exception | None = None) -> None:
+    def __init__(
+        self, method: str, times: int | None = 1, for_s: float = 0.0, error: Exception | None = None
+    ) -> None:
         super().__init__()
         self.failed = 0
         since: list[float] = []

@@ -15,8 +15,6 @@ from helpers.kafka import collect
 pytestmark = pytest.mark.integration
 
 
-
-
 @pytest.fixture
 async def client(stack):
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as http:
@@ -24,44 +22,85 @@ async def client(stack):
 
 
 async def test_unknown_task_is_404(client):
-    body = assert_error(await client.post("/v1/infer/no-such-task", json={"inputs": {"text": "x"}}),
-                        404, "TASK_NOT_FOUND")
+    body = assert_error(
+        await client.post("/v1/infer/no-such-task", json={"inputs": {"text": "x"}}),
+        404,
+        "TASK_NOT_FOUND",
+    )
     assert "text-embedding" in body["details"]["tasks"]
 
 
 async def test_malformed_json_is_400(client):
-    response = await client.post("/v1/infer/text-embedding", content=b'{"inputs": {"text": "unclosed',
-                                 headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/v1/infer/text-embedding",
+        content=b'{"inputs": {"text": "unclosed',
+        headers={"Content-Type": "application/json"},
+    )
     assert_error(response, 400, "INVALID_REQUEST")
 
 
 async def test_missing_inputs_is_422(client):
-    assert_error(await client.post("/v1/infer/text-embedding", json={"priority": "high"}), 422, "INVALID_REQUEST")
+    assert_error(
+        await client.post("/v1/infer/text-embedding", json={"priority": "high"}),
+        422,
+        "INVALID_REQUEST",
+    )
 
 
-@pytest.mark.parametrize("task,inputs,fragment", [
-    ("text-embedding", {"text": ""}, "empty"),
-    ("text-embedding", {"text": ["fine", ""]}, "empty"),
-    ("image-classify", {"pixels": [[0.0] * 8] * 7}, "shape"),
-    ("image-classify", [{"name": "pixels", "datatype": "FP32", "shape": [1, 8, 7], "data": [0.0] * 56}], "shape"),
-    ("image-classify", [{"name": "pixels", "datatype": "INT64", "shape": [1, 8, 8], "data": [0] * 64}], "datatype"),
-    ("tabular-classify", {"features": {"not a feature": 1.0}}, "not a feature"),
-    ("image-classify", [{"name": "pixels", "datatype": "FP32", "shape": [1, 8, 8], "data": [0.0] * 10}], "pixels"),
-])
+@pytest.mark.parametrize(
+    "task,inputs,fragment",
+    [
+        ("text-embedding", {"text": ""}, "empty"),
+        ("text-embedding", {"text": ["fine", ""]}, "empty"),
+        ("image-classify", {"pixels": [[0.0] * 8] * 7}, "shape"),
+        (
+            "image-classify",
+            [{"name": "pixels", "datatype": "FP32", "shape": [1, 8, 7], "data": [0.0] * 56}],
+            "shape",
+        ),
+        (
+            "image-classify",
+            [{"name": "pixels", "datatype": "INT64", "shape": [1, 8, 8], "data": [0] * 64}],
+            "datatype",
+        ),
+        ("tabular-classify", {"features": {"not a feature": 1.0}}, "not a feature"),
+        (
+            "image-classify",
+            [{"name": "pixels", "datatype": "FP32", "shape": [1, 8, 8], "data": [0.0] * 10}],
+            "pixels",
+        ),
+    ],
+)
 async def test_invalid_tensors_are_422_before_publishing(client, task, inputs, fragment):
-    body = assert_error(await client.post(f"/v1/infer/{task}", json={"inputs": inputs}), 422, "INVALID_REQUEST")
-    assert fragment.lower() in body["message"].lower() or fragment in str(body["details"]).lower(), body
+    body = assert_error(
+        await client.post(f"/v1/infer/{task}", json={"inputs": inputs}), 422, "INVALID_REQUEST"
+    )
+    assert (
+        fragment.lower() in body["message"].lower() or fragment in str(body["details"]).lower()
+    ), body
 
 
 async def test_bad_priority_and_unknown_version(client):
-    assert_error(await client.post("/v1/infer/text-embedding", json={"inputs": {"text": "x"}, "priority": "urgent"}),
-                 422, "INVALID_REQUEST")
-    assert_error(await client.post("/v1/infer/text-embedding", json={"inputs": {"text": "x"}, "model_version": "999"}),
-                 404, "MODEL_VERSION_NOT_FOUND")
+    assert_error(
+        await client.post(
+            "/v1/infer/text-embedding", json={"inputs": {"text": "x"}, "priority": "urgent"}
+        ),
+        422,
+        "INVALID_REQUEST",
+    )
+    assert_error(
+        await client.post(
+            "/v1/infer/text-embedding", json={"inputs": {"text": "x"}, "model_version": "999"}
+        ),
+        404,
+        "MODEL_VERSION_NOT_FOUND",
+    )
 
 
 async def test_oversize_body_is_413(client):
-    response = await client.post("/v1/infer/text-embedding", json={"inputs": {"text": "x" * 2_000_000}})
+    response = await client.post(
+        "/v1/infer/text-embedding", json={"inputs": {"text": "x" * 2_000_000}}
+    )
     assert_error(response, 413, "PAYLOAD_TOO_LARGE")
 
 
@@ -75,9 +114,13 @@ async def test_undecodable_events_go_to_dlq_and_worker_keeps_serving(stack, clie
     from streaminfer.schemas.codec import AvroCodec
     from streaminfer.schemas.records import InferenceRequest, Tensor
 
-    valid = AvroCodec().encode(InferenceRequest(
-        request_id=str(uuid.uuid4()), task="text-embedding",
-        inputs=[Tensor.from_numpy("text", np.array(["valid"], dtype=object))]))
+    valid = AvroCodec().encode(
+        InferenceRequest(
+            request_id=str(uuid.uuid4()),
+            task="text-embedding",
+            inputs=[Tensor.from_numpy("text", np.array(["valid"], dtype=object))],
+        )
+    )
     poison = {
         f"random-{uuid.uuid4()}".encode(): os.urandom(64),
         f"truncated-{uuid.uuid4()}".encode(): valid[: len(valid) // 2],
@@ -92,7 +135,9 @@ async def test_undecodable_events_go_to_dlq_and_worker_keeps_serving(stack, clie
     finally:
         await producer.stop()
 
-    response = await client.post("/v1/infer/text-embedding", params={"wait": 30}, json={"inputs": {"text": "after poison"}})
+    response = await client.post(
+        "/v1/infer/text-embedding", params={"wait": 30}, json={"inputs": {"text": "after poison"}}
+    )
     assert response.status_code == 200 and response.json()["status"] == "succeeded"
 
     def all_dead(messages):

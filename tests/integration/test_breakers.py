@@ -37,19 +37,27 @@ def features_body() -> dict:
     from sklearn.datasets import load_breast_cancer
 
     data = load_breast_cancer()
-    return {"inputs": {"features": dict(zip(data.feature_names, map(float, data.data[0]), strict=True))}}
+    return {
+        "inputs": {"features": dict(zip(data.feature_names, map(float, data.data[0]), strict=True))}
+    }
 
 
 def sample(metrics_text: str, name: str, labels: str = "") -> float | None:
     """The value of ``name{labels}`` in a Prometheus text page; the sum over label sets when
     ``labels`` is empty."""
-    values = [float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
-              if line.startswith(name) and not line.startswith("#")
-              and (line.startswith(f"{name}{{{labels}}}") if labels else line[len(name)] in " {")]
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith(name)
+        and not line.startswith("#")
+        and (line.startswith(f"{name}{{{labels}}}") if labels else line[len(name)] in " {")
+    ]
     return sum(values) if values else None
 
 
-async def test_gateway_fails_fast_while_redis_is_frozen_and_closes_once_it_is_back(make_stack, own_redis):
+async def test_gateway_fails_fast_while_redis_is_frozen_and_closes_once_it_is_back(
+    make_stack, own_redis
+):
     from streaminfer.embedded import redis_address
 
     stack = make_stack(redis_url=redis_address(own_redis), STREAMINFER_TASKS=TASK)
@@ -64,6 +72,7 @@ async def test_gateway_fails_fast_while_redis_is_frozen_and_closes_once_it_is_ba
 
         os.kill(own_redis.proc.pid, signal.SIGSTOP)
         try:
+
             async def timed_post():
                 started = time.monotonic()
                 response = await client.post(f"/v1/infer/{TASK}", json=body)
@@ -108,14 +117,20 @@ async def test_gateway_fails_fast_while_redis_is_frozen_and_closes_once_it_is_ba
         assert close_s < 2 + 5 + 2, f"closed {close_s:.2f} s after Redis came back"
         states = (await client.get("/ready")).json()["circuits"]
         assert states["redis"]["state"] == "closed"
-        assert sample((await client.get("/metrics")).text, "inference_circuit_state", 'name="redis"') == 0.0
+        assert (
+            sample((await client.get("/metrics")).text, "inference_circuit_state", 'name="redis"')
+            == 0.0
+        )
         # nothing lost: every request accepted now has its result
-        results = await asyncio.gather(*(client.post(f"/v1/infer/{TASK}", params={"wait": 30}, json=body)
-                                         for _ in range(10)))
+        results = await asyncio.gather(
+            *(client.post(f"/v1/infer/{TASK}", params={"wait": 30}, json=body) for _ in range(10))
+        )
         assert [r.json()["status"] for r in results] == ["succeeded"] * 10
-    print(f"\ngateway, Redis frozen: closed {slow_s:.2f} s per request; open: median "
-          f"{fast[len(fast) // 2] * 1000:.1f} ms, max {fast[-1] * 1000:.1f} ms; "
-          f"Redis back -> breaker closed, first request succeeded: {close_s:.2f} s")
+    print(
+        f"\ngateway, Redis frozen: closed {slow_s:.2f} s per request; open: median "
+        f"{fast[len(fast) // 2] * 1000:.1f} ms, max {fast[-1] * 1000:.1f} ms; "
+        f"Redis back -> breaker closed, first request succeeded: {close_s:.2f} s"
+    )
 
 
 async def worker_metrics(port: int) -> str:
@@ -124,7 +139,8 @@ async def worker_metrics(port: int) -> str:
 
 
 async def test_worker_pauses_its_partitions_while_redis_is_away_and_answers_everything_once(
-        make_stack, own_redis, kafka_server):
+    make_stack, own_redis, kafka_server
+):
     from streaminfer.embedded import redis_address
 
     stack = make_stack(redis_url=redis_address(own_redis), STREAMINFER_TASKS="text-embedding")
@@ -152,7 +168,9 @@ async def test_worker_pauses_its_partitions_while_redis_is_away_and_answers_ever
     later = await produce_requests(stack.bootstrap, stack.prefix, 30)
     await asyncio.sleep(3.0)
     text = await worker_metrics(port)
-    assert (sample(text, "inference_batcher_queued") or 0.0) == queued, "paused: nothing more fetched"
+    assert (sample(text, "inference_batcher_queued") or 0.0) == queued, (
+        "paused: nothing more fetched"
+    )
     assert sample(text, "inference_circuit_state", 'name="redis"') == 2.0
 
     own_redis.restart()
@@ -163,7 +181,9 @@ async def test_worker_pauses_its_partitions_while_redis_is_away_and_answers_ever
         closed = sample(text, "inference_circuit_state", 'name="redis"') == 0.0
         return text if closed and sample(text, "inference_partitions_paused") == 0 else None
 
-    assert await until(resumed, timeout_s=30, interval_s=0.1), "closed and resumed once Redis is back"
+    assert await until(resumed, timeout_s=30, interval_s=0.1), (
+        "closed and resumed once Redis is back"
+    )
     resume_s = time.monotonic() - back
     ids = during + later
     results = await read_results(stack.bootstrap, stack.prefix, ids, timeout_s=90)
@@ -171,22 +191,30 @@ async def test_worker_pauses_its_partitions_while_redis_is_away_and_answers_ever
     statuses = {r.status.value for answers in results.values() for r in answers}
     assert statuses == {"SUCCEEDED"}, statuses
     assert all(len(answers) == 1 for answers in results.values()), "each answered once"
-    print(f"\nworker, Redis stopped: breaker open and partitions paused {open_s:.2f} s after; "
-          f"Redis back -> closed and resumed in {resume_s:.2f} s; {len(ids)} requests answered once")
+    print(
+        f"\nworker, Redis stopped: breaker open and partitions paused {open_s:.2f} s after; "
+        f"Redis back -> closed and resumed in {resume_s:.2f} s; {len(ids)} requests answered once"
+    )
 
 
 async def test_gateway_fails_fast_while_the_broker_is_frozen_and_closes_once_it_is_back(
-        make_stack, own_kafka, redis_server):
+    make_stack, own_kafka, redis_server
+):
     from streaminfer.embedded import bootstrap_address
 
-    stack = make_stack(bootstrap=bootstrap_address(own_kafka), redis_url=redis_server, STREAMINFER_TASKS=TASK)
+    stack = make_stack(
+        bootstrap=bootstrap_address(own_kafka), redis_url=redis_server, STREAMINFER_TASKS=TASK
+    )
     stack.add_worker()
     url = stack.add_gateway(STREAMINFER_KAFKA_REQUEST_TIMEOUT_MS="1500", **GATEWAY_BREAKER)
     body = features_body()
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        assert (await client.post(f"/v1/infer/{TASK}", params={"wait": 30}, json=body)).status_code == 200
+        assert (
+            await client.post(f"/v1/infer/{TASK}", params={"wait": 30}, json=body)
+        ).status_code == 200
         os.kill(own_kafka.proc.pid, signal.SIGSTOP)
         try:
+
             async def timed_post():
                 started = time.monotonic()
                 response = await client.post(f"/v1/infer/{TASK}", json=body)
@@ -210,7 +238,9 @@ async def test_gateway_fails_fast_while_the_broker_is_frozen_and_closes_once_it_
             response = await client.post(f"/v1/infer/{TASK}", params={"wait": 30}, json=body)
             return response if response.status_code == 200 else None
 
-        assert await until(succeeded, timeout_s=60, interval_s=0.2), "the broker is back: requests succeed"
+        assert await until(succeeded, timeout_s=60, interval_s=0.2), (
+            "the broker is back: requests succeed"
+        )
         states = (await client.get("/ready")).json()["circuits"]
         assert states["kafka"]["state"] == "closed"
 
@@ -243,12 +273,23 @@ def fragile_repository(root, flag) -> str:
 
     (root / "fragile" / "1").mkdir(parents=True)
     (root / "fragile" / "1" / "model.py").write_text(FRAGILE_MODEL)
-    (root / "fragile" / "model.yaml").write_text(yaml.safe_dump({
-        "task": "fragile", "name": "fragile-doubler", "backend": "python", "max_batch_size": 16,
-        "max_batch_delay_ms": 50, "instances": 1, "device": "cpu", "warmup": True,
-        "python": {"class": "Fragile", "parameters": {"flag": str(flag)}},
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [2]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [2]}]}))
+    (root / "fragile" / "model.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "task": "fragile",
+                "name": "fragile-doubler",
+                "backend": "python",
+                "max_batch_size": 16,
+                "max_batch_delay_ms": 50,
+                "instances": 1,
+                "device": "cpu",
+                "warmup": True,
+                "python": {"class": "Fragile", "parameters": {"flag": str(flag)}},
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [2]}],
+                "outputs": [{"name": "y", "datatype": "FP32", "shape": [2]}],
+            }
+        )
+    )
     return str(root)
 
 
@@ -267,18 +308,28 @@ async def produce_x(bootstrap: str, prefix: str, count: int) -> list[str]:
     await producer.start()
     try:
         for i in range(count):
-            request = InferenceRequest(request_id=str(uuid.uuid4()), task="fragile", priority=Priority.NORMAL,
-                                       inputs=[Tensor.from_numpy("x", np.array([[i, 1.0]], dtype=np.float32))])
+            request = InferenceRequest(
+                request_id=str(uuid.uuid4()),
+                task="fragile",
+                priority=Priority.NORMAL,
+                inputs=[Tensor.from_numpy("x", np.array([[i, 1.0]], dtype=np.float32))],
+            )
             ids.append(request.request_id)
-            await (await producer.send(request_topic(prefix, "fragile", Priority.NORMAL), codec.encode(request),
-                                       key=request.request_id.encode()))
+            await (
+                await producer.send(
+                    request_topic(prefix, "fragile", Priority.NORMAL),
+                    codec.encode(request),
+                    key=request.request_id.encode(),
+                )
+            )
     finally:
         await producer.stop()
     return ids
 
 
 async def test_a_model_that_fails_everything_opens_its_breaker_and_its_requests_wait(
-        make_stack, redis_server, tmp_path):
+    make_stack, redis_server, tmp_path
+):
     """A real worker on a python-backend model whose device is 'gone' (every call fails, its
     warm-up input too): after 5 failing batches (the worker's default threshold) the model's
     breaker opens and the task's partitions pause; requests sent meanwhile are neither failed nor
@@ -288,7 +339,9 @@ async def test_a_model_that_fails_everything_opens_its_breaker_and_its_requests_
 
     flag = tmp_path / "broken"
     repo = fragile_repository(tmp_path / "repo", flag)
-    stack = make_stack(redis_url=redis_server, STREAMINFER_MODEL_REPOSITORY=repo, STREAMINFER_TASKS="fragile")
+    stack = make_stack(
+        redis_url=redis_server, STREAMINFER_MODEL_REPOSITORY=repo, STREAMINFER_TASKS="fragile"
+    )
     stack.add_worker()
     port = stack.metrics_ports[0]
     flag.write_text("x")
@@ -309,17 +362,28 @@ async def test_a_model_that_fails_everything_opens_its_breaker_and_its_requests_
     ids = early + held
     from helpers.kafka import read_records
 
-    results = await read_records(stack.bootstrap, results_topic(stack.prefix, "fragile"), InferenceResult,
-                                 {i.encode() for i in ids}, lambda g: len(g) >= len(ids), timeout_s=90)
+    results = await read_records(
+        stack.bootstrap,
+        results_topic(stack.prefix, "fragile"),
+        InferenceResult,
+        {i.encode() for i in ids},
+        lambda g: len(g) >= len(ids),
+        timeout_s=90,
+    )
     recovered_s = time.monotonic() - back
     assert set(results) == set(ids), f"{len(set(ids) - set(results))} unanswered"
     assert all(len(r) == 1 for r in results.values()), "each answered once"
     assert {results[i][0].status.value for i in held} == {"SUCCEEDED"}, "held, not failed"
     failed = [i for i in early if results[i][0].status.value == "FAILED"]
     assert failed, "the batches before it opened failed as before"
-    assert sample(await worker_metrics(port), "inference_circuit_state", 'name="model:fragile:1"') == 0.0
-    print(f"\nmodel breaker: opened after {len(failed)} failed requests; held requests succeeded "
-          f"{recovered_s:.1f} s after the model recovered")
+    assert (
+        sample(await worker_metrics(port), "inference_circuit_state", 'name="model:fragile:1"')
+        == 0.0
+    )
+    print(
+        f"\nmodel breaker: opened after {len(failed)} failed requests; held requests succeeded "
+        f"{recovered_s:.1f} s after the model recovered"
+    )
 
 
 async def _paused(port: int):

@@ -13,25 +13,46 @@ pytestmark = pytest.mark.integration
 
 
 def cli(stack, *args: str, timeout_s: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streaminfer", *args], env=stack.env, capture_output=True,
-                          text=True, timeout=timeout_s)
+    return subprocess.run(
+        [sys.executable, "-m", "streaminfer", *args],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
 
 
 def test_submit_then_tail_results_and_audit_for_that_request(stack):
-    submitted = cli(stack, "submit", "text-embedding", "--text", "from the cli", "--url", stack.gateway_url)
+    submitted = cli(
+        stack, "submit", "text-embedding", "--text", "from the cli", "--url", stack.gateway_url
+    )
     assert submitted.returncode == 0, submitted.stderr
     body = json.loads(submitted.stdout)
     assert body["status"] == "succeeded" and len(body["outputs"]["embedding"]) == 384
     rid = body["request_id"]
 
-    results = cli(stack, "tail", "results", "--task", "text-embedding", "--request-id", rid,
-                  "--from-beginning", "--max", "1", "--idle-timeout", "20")
+    results = cli(
+        stack,
+        "tail",
+        "results",
+        "--task",
+        "text-embedding",
+        "--request-id",
+        rid,
+        "--from-beginning",
+        "--max",
+        "1",
+        "--idle-timeout",
+        "20",
+    )
     assert results.returncode == 0, results.stderr
     lines = [json.loads(line) for line in results.stdout.splitlines()]
     assert [r["request_id"] for r in lines] == [rid]
     assert lines[0]["status"] == "SUCCEEDED" and lines[0]["outputs"][0]["name"] == "embedding"
 
-    audit = cli(stack, "tail", "audit", "--request-id", rid, "--from-beginning", "--idle-timeout", "3")
+    audit = cli(
+        stack, "tail", "audit", "--request-id", rid, "--from-beginning", "--idle-timeout", "3"
+    )
     kinds = [json.loads(line)["type"] for line in audit.stdout.splitlines()]
     assert {"ACCEPTED", "STARTED", "SUCCEEDED"} <= set(kinds) and len(kinds) >= 3
 
@@ -48,7 +69,10 @@ def test_models_list_and_config_show(stack):
     assert {"text-embedding", "image-classify", "tabular-classify"} <= set(rows)
     assert "onnxruntime" in rows["text-embedding"] and "torch" in rows["image-classify"]
     shown = json.loads(cli(stack, "config", "show").stdout)
-    assert shown["topic_prefix"] == stack.prefix and shown["kafka_bootstrap_servers"] == stack.bootstrap
+    assert (
+        shown["topic_prefix"] == stack.prefix
+        and shown["kafka_bootstrap_servers"] == stack.bootstrap
+    )
     assert "redis_url" in shown and "jwt_public_keys" not in shown
 
 

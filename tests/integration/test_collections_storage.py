@@ -65,7 +65,9 @@ async def test_a_catch_up_reads_the_changelog_in_pages(redis, monkeypatch) -> No
 
     monkeypatch.setattr(redis, "zrangebyscore", counted)
     found = await reader.search(None, "c", [1.0, 1.0], 100)
-    assert sorted(m.id for m in found) == sorted(f"i{i}" for i in range(20)) and found[0].id == "i19"
+    assert (
+        sorted(m.id for m in found) == sorted(f"i{i}" for i in range(20)) and found[0].id == "i19"
+    )
     assert max(pages) == 3 and sum(pages) == 20 and len(pages) == 7, pages
     pages.clear()
     await writer.put(None, "c", "i0", [-1.0, 0.0])  # then only what changed, in one page
@@ -75,7 +77,9 @@ async def test_a_catch_up_reads_the_changelog_in_pages(redis, monkeypatch) -> No
     assert "i1" not in {m.id for m in await reader.search(None, "c", [1.0, 1.0], 100)}
 
 
-async def test_tombstones_are_capped_and_a_reader_behind_the_trim_point_rebuilds(redis, monkeypatch) -> None:
+async def test_tombstones_are_capped_and_a_reader_behind_the_trim_point_rebuilds(
+    redis, monkeypatch
+) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}"
     monkeypatch.setattr(module, "MAX_TOMBSTONES", 5)
     writer, behind, current = (CollectionStore(redis, prefix) for _ in range(3))
@@ -97,7 +101,9 @@ async def test_tombstones_are_capped_and_a_reader_behind_the_trim_point_rebuilds
     for store in (behind, current):
         found = {m.id for m in await store.search(None, "c", [1.0, 0.0], 100)}
         assert found == {f"i{i}" for i in range(13, 30)}, "no deleted item comes back"
-    assert current._cached[("", "c")].index is kept, "a reader within the tombstones just applies them"
+    assert current._cached[("", "c")].index is kept, (
+        "a reader within the tombstones just applies them"
+    )
     assert behind._cached[("", "c")].index is not stale, "a reader behind the trim point rebuilt"
     await writer.put(None, "c", "i3", [1.0, 3.0])  # a deleted id written again is live again
     assert await redis.zscore(deleted, "i3") is None

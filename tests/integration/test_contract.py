@@ -20,8 +20,11 @@ async def test_gateway_honours_its_schema(stack, auth):
     # its own gateway, so generated ?wait values cannot hold a test for a minute each
     url = stack.add_gateway(STREAMINFER_MAX_WAIT_S="0.5", STREAMINFER_AUTH=auth)
     # with auth on, every call carries an admin's valid key: the whole surface, not only the 401s
-    headers = {"X-API-Key": await create_api_key(stack.redis_url, stack.prefix, "fuzzer", admin=True)} \
-        if auth != "disabled" else {}
+    headers = (
+        {"X-API-Key": await create_api_key(stack.redis_url, stack.prefix, "fuzzer", admin=True)}
+        if auth != "disabled"
+        else {}
+    )
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
     failures: dict[str, str] = {}
     operations = 0
@@ -30,8 +33,12 @@ async def test_gateway_honours_its_schema(stack, auth):
         operations += 1
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def check(case) -> None:
             case.call_and_validate(base_url=url, timeout=30, headers=headers)
 
@@ -39,6 +46,8 @@ async def test_gateway_honours_its_schema(stack, auth):
             await asyncio.to_thread(check)
         except BaseException as exc:  # noqa: BLE001 - collect every operation's verdict, then report them together
             failures[operation.label] = str(exc)[:1500]
-    print(f"\ncontract (auth {auth}): {operations} operations x up to {EXAMPLES_PER_OPERATION} examples")
+    print(
+        f"\ncontract (auth {auth}): {operations} operations x up to {EXAMPLES_PER_OPERATION} examples"
+    )
     assert operations >= 15
     assert failures == {}, "\n\n".join(f"{k}: {v}" for k, v in failures.items())

@@ -39,13 +39,21 @@ CODEC = AvroCodec()
 
 
 def valid_request(text: str | None = None, **fields) -> InferenceRequest:
-    return InferenceRequest(request_id=str(uuid.uuid4()), task=TASK, inputs=[
-        Tensor.from_numpy("text", np.array([text or f"valid {uuid.uuid4().hex[:8]}"], dtype=object))], **fields)
+    return InferenceRequest(
+        request_id=str(uuid.uuid4()),
+        task=TASK,
+        inputs=[
+            Tensor.from_numpy(
+                "text", np.array([text or f"valid {uuid.uuid4().hex[:8]}"], dtype=object)
+            )
+        ],
+        **fields,
+    )
 
 
 def varint_beyond_int64() -> bytes:
     """A request whose created_at is a 10-byte varint worth more than int64 holds."""
-    data = CODEC.encode(valid_request(created_at=2 ** 63 - 1))
+    data = CODEC.encode(valid_request(created_at=2**63 - 1))
     return data.replace(b"\xfe" + b"\xff" * 8 + b"\x01", b"\xfe" + b"\xff" * 8 + b"\x7f")
 
 
@@ -55,25 +63,39 @@ def garbage(i: int) -> bytes:
     if kind == 0:
         return os.urandom(16 + i % 50)
     if kind == 1:
-        return CODEC.encode(InferenceRequest(request_id=str(uuid.uuid4()), task=TASK,
-                                             inputs=[Tensor("text", DataType.BYTES, [2 ** 62, 0], [])]))
+        return CODEC.encode(
+            InferenceRequest(
+                request_id=str(uuid.uuid4()),
+                task=TASK,
+                inputs=[Tensor("text", DataType.BYTES, [2**62, 0], [])],
+            )
+        )
     if kind == 2:
         return CODEC.encode(valid_request(created_at=-1))
     if kind == 3:
         return varint_beyond_int64()
     if kind == 4:
-        return CODEC.encode(InferenceRequest(request_id=str(uuid.uuid4()), task="not-served",
-                                             inputs=[Tensor("x", DataType.FP32, [1], b"\0" * 4)]))
+        return CODEC.encode(
+            InferenceRequest(
+                request_id=str(uuid.uuid4()),
+                task="not-served",
+                inputs=[Tensor("x", DataType.FP32, [1], b"\0" * 4)],
+            )
+        )
     return b""
 
 
-async def produce(bootstrap: str, events: list[tuple[str, int, bytes | None, bytes]]) -> list[tuple[str, int, int]]:
+async def produce(
+    bootstrap: str, events: list[tuple[str, int, bytes | None, bytes]]
+) -> list[tuple[str, int, int]]:
     """``(topic, partition, key, value)`` in order; returns where each landed."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4 << 20)
     await producer.start()
     try:
-        futures = [await producer.send(topic, value, key=key, partition=partition)
-                   for topic, partition, key, value in events]
+        futures = [
+            await producer.send(topic, value, key=key, partition=partition)
+            for topic, partition, key, value in events
+        ]
         metadata = await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -87,21 +109,33 @@ async def committed(bootstrap: str, group: str, partitions) -> dict[tuple[str, i
     await admin.start()
     try:  # NOTE: partitions named: Tansu does not answer the "all partitions" form of the request
         offsets = await admin.list_consumer_group_offsets(
-            group, partitions=[TopicPartition(t, p) for t, p in partitions])
+            group, partitions=[TopicPartition(t, p) for t, p in partitions]
+        )
     finally:
         await admin.close()
-    return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+    return {
+        (tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0
+    }
 
 
-async def dead_letters(bootstrap: str, prefix: str, until, timeout_s: float) -> dict[tuple[str, int, int], list]:
-    letters = await read_records(bootstrap, dlq_topic(prefix), DeadLetter, None, lambda g: until(
-        {(lt.source_topic, lt.partition, lt.offset) for group in g.values() for lt in group}), timeout_s)
+async def dead_letters(
+    bootstrap: str, prefix: str, until, timeout_s: float
+) -> dict[tuple[str, int, int], list]:
+    letters = await read_records(
+        bootstrap,
+        dlq_topic(prefix),
+        DeadLetter,
+        None,
+        lambda g: until(
+            {(lt.source_topic, lt.partition, lt.offset) for group in g.values() for lt in group}
+        ),
+        timeout_s,
+    )
     by_source: dict[tuple[str, int, int], list] = defaultdict(list)
     for group in letters.values():
         for letter in group:
             by_source[(letter.source_topic, letter.partition, letter.offset)].append(letter)
     return by_source
-
 
 
 @pytest.mark.slow
@@ -135,8 +169,12 @@ async def test_sigkill_with_garbage_on_the_same_partitions_loses_nothing(make_st
     done_at_kill = await count_results(stack.redis_url, stack.prefix)
 
     results = await read_results(stack.bootstrap, stack.prefix, valid_ids, timeout_s=240)
-    letters = await dead_letters(stack.bootstrap, stack.prefix, lambda seen: junk <= seen, timeout_s=120)
-    assert set(results) == set(valid_ids), f"lost {len(set(valid_ids) - set(results))} valid requests"
+    letters = await dead_letters(
+        stack.bootstrap, stack.prefix, lambda seen: junk <= seen, timeout_s=120
+    )
+    assert set(results) == set(valid_ids), (
+        f"lost {len(set(valid_ids) - set(results))} valid requests"
+    )
     for rid, copies in results.items():
         assert all(c.status is Status.SUCCEEDED for c in copies), rid
         # a copy can only be the one stored result published again after the kill
@@ -144,27 +182,36 @@ async def test_sigkill_with_garbage_on_the_same_partitions_loses_nothing(make_st
     assert junk <= set(letters), f"{len(junk - set(letters))} garbage events without a dead letter"
     assert not valid_at & set(letters), "no valid request was dead-lettered"
     for where, copies in letters.items():
-        assert len({(lt.error_code, lt.at) for lt in copies}) == 1, f"{where}: {len(copies)} distinct letters"
+        assert len({(lt.error_code, lt.at) for lt in copies}) == 1, (
+            f"{where}: {len(copies)} distinct letters"
+        )
     assert stack.workers[1].poll() is None, "the surviving worker is alive"
     republished = sum(len(c) - 1 for c in results.values())
     relettered = sum(len(c) - 1 for c in letters.values())
-    print(f"\nkill -9 after {done_at_kill} of 1200 results, {len(junk)} garbage events interleaved: "
-          f"lost 0, results re-published {republished}, dead letters re-published {relettered}")
+    print(
+        f"\nkill -9 after {done_at_kill} of 1200 results, {len(junk)} garbage events interleaved: "
+        f"lost 0, results re-published {republished}, dead letters re-published {relettered}"
+    )
 
 
 # --- hypothesis: valid Avro that says impossible things ------------------------------------
 
-BIG = [2 ** 31, 2 ** 32 + 1, 2 ** 62, 2 ** 63 - 1, -(2 ** 63), -1]
-TIMESTAMPS = st.one_of(st.integers(0, 4_102_444_800_000), st.sampled_from(
-    [-(2 ** 63), -1, 2 ** 63 - 1, 253_402_300_800_000, 2 ** 53]))
+BIG = [2**31, 2**32 + 1, 2**62, 2**63 - 1, -(2**63), -1]
+TIMESTAMPS = st.one_of(
+    st.integers(0, 4_102_444_800_000),
+    st.sampled_from([-(2**63), -1, 2**63 - 1, 253_402_300_800_000, 2**53]),
+)
 
 tensors = st.builds(
     Tensor,
     name=st.sampled_from(["text", "features", "x", ""]),
     datatype=st.sampled_from(list(DataType)),
     shape=st.lists(st.one_of(st.integers(-2, 40), st.sampled_from(BIG)), max_size=4),
-    data=st.one_of(st.binary(max_size=48), st.lists(st.binary(max_size=8), max_size=6),
-                   st.sampled_from([b"\0" * 120, [b"x" * 300_000], ["e\u0301".encode()] * 3])),
+    data=st.one_of(
+        st.binary(max_size=48),
+        st.lists(st.binary(max_size=8), max_size=6),
+        st.sampled_from([b"\0" * 120, [b"x" * 300_000], ["e\u0301".encode()] * 3]),
+    ),
 )
 
 
@@ -172,18 +219,24 @@ tensors = st.builds(
 def hostile_event(draw) -> tuple[str, bytes, str | None]:
     """(task whose topic it goes to, value, request_id when a result may answer it)."""
     if draw(st.integers(0, 9)) == 0:  # not even Avro, or Avro of something else
-        value = draw(st.one_of(st.binary(max_size=60), st.binary(max_size=60).map(lambda b: b"\xc3\x01" + b)))
+        value = draw(
+            st.one_of(st.binary(max_size=60), st.binary(max_size=60).map(lambda b: b"\xc3\x01" + b))
+        )
         return TASK, value, None
     id_kind = draw(st.sampled_from(["uuid"] * 6 + ["empty", "long", "control"]))
     rid = {"uuid": str(uuid.uuid4()), "empty": "", "long": "r" * 5000, "control": "a\x00b"}[id_kind]
     task = draw(st.sampled_from([TASK, TASK, "tabular-classify", "not-served", "", "T" * 300]))
     request = InferenceRequest(
-        request_id=rid, task=task,
+        request_id=rid,
+        task=task,
         model_version=draw(st.sampled_from([None, None, "1", "999", "", "../../etc"])),
         priority=draw(st.sampled_from(list(Priority))),
         inputs=draw(st.lists(tensors, max_size=3)),
-        parameters=draw(st.dictionaries(st.sampled_from(["cache", "collection", ""]), st.text(max_size=12),
-                                        max_size=2)),
+        parameters=draw(
+            st.dictionaries(
+                st.sampled_from(["cache", "collection", ""]), st.text(max_size=12), max_size=2
+            )
+        ),
         created_at=draw(TIMESTAMPS),
         deadline_at=draw(st.one_of(st.none(), TIMESTAMPS)),
         client_id=draw(st.sampled_from([None, "", "c" * 1000])),
@@ -197,7 +250,9 @@ def hostile_event(draw) -> tuple[str, bytes, str | None]:
 def hostile_stack(kafka_server, redis_server, model_repository):
     from conftest import Stack
 
-    stack = Stack(kafka_server, redis_server, model_repository, STREAMINFER_TASKS=f"{TASK},tabular-classify")
+    stack = Stack(
+        kafka_server, redis_server, model_repository, STREAMINFER_TASKS=f"{TASK},tabular-classify"
+    )
     try:
         stack.add_worker()
         yield stack
@@ -215,9 +270,14 @@ class Answers:
 
     async def __aenter__(self) -> Answers:
         topics = [results_topic(self.stack.prefix, t) for t in (TASK, "tabular-classify")]
-        self._consumer = AIOKafkaConsumer(*topics, dlq_topic(self.stack.prefix),
-                                          bootstrap_servers=self.stack.bootstrap, group_id=None,
-                                          auto_offset_reset="earliest", fetch_max_wait_ms=20)
+        self._consumer = AIOKafkaConsumer(
+            *topics,
+            dlq_topic(self.stack.prefix),
+            bootstrap_servers=self.stack.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=20,
+        )
         await self._consumer.start()
         self._task = asyncio.create_task(self._read())
         return self
@@ -229,7 +289,9 @@ class Answers:
                 for m in records:
                     if m.topic == dlq:
                         letter = CODEC.decode(m.value, DeadLetter)
-                        self.letters[(letter.source_topic, letter.partition, letter.offset)].append(letter)
+                        self.letters[(letter.source_topic, letter.partition, letter.offset)].append(
+                            letter
+                        )
                     else:
                         self.results[m.key.decode()].append(CODEC.decode(m.value, InferenceResult))
 
@@ -258,9 +320,17 @@ TOTALS = Counter()
 
 
 @pytest.mark.slow
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=False, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=False,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 @given(st.lists(hostile_event(), min_size=HOSTILE_PER_EXAMPLE, max_size=HOSTILE_PER_EXAMPLE))
 async def test_hostile_valid_avro_is_answered_once_and_the_worker_lives(hostile_stack, drawn):
     stack = hostile_stack
@@ -271,8 +341,14 @@ async def test_hostile_valid_avro_is_answered_once_and_the_worker_lives(hostile_
         if i % 5 == 0:  # valid requests in between, on the same partitions
             request = valid_request()
             valid_ids.append(request.request_id)
-            events.append((request_topic(stack.prefix, TASK, Priority.NORMAL), i % 6,
-                           request.request_id.encode(), CODEC.encode(request)))
+            events.append(
+                (
+                    request_topic(stack.prefix, TASK, Priority.NORMAL),
+                    i % 6,
+                    request.request_id.encode(),
+                    CODEC.encode(request),
+                )
+            )
             expect_result.append(request.request_id)
     placed = await produce(stack.bootstrap, events)
     ends: dict[tuple[str, int], int] = {}

@@ -27,8 +27,13 @@ N_NEW = 5
 
 
 def cli(stack, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streaminfer", "dlq", *args], env=stack.env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "streaminfer", "dlq", *args],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def lines(done: subprocess.CompletedProcess) -> tuple[list[dict], str]:
@@ -44,8 +49,12 @@ def request(task: str):
     from streaminfer.schemas.records import InferenceRequest, Tensor
 
     row = load_breast_cancer().data[0].astype("float32").reshape(1, 30)
-    return InferenceRequest(request_id=str(uuid.uuid4()), task=task, client_id="upstream",
-                            inputs=[Tensor.from_numpy("features", row)])
+    return InferenceRequest(
+        request_id=str(uuid.uuid4()),
+        task=task,
+        client_id="upstream",
+        inputs=[Tensor.from_numpy("features", row)],
+    )
 
 
 async def produce(bootstrap: str, messages: list[tuple[str, bytes | None, bytes]]) -> None:
@@ -68,8 +77,9 @@ async def read_all(bootstrap: str, topic: str) -> list:
     """Every record of ``topic`` up to its end offsets now (no consumer group to join)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                fetch_max_wait_ms=50)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=50
+    )
     await consumer.start()
     try:
         await consumer.topics()
@@ -102,7 +112,8 @@ async def end_offset_total(bootstrap: str, topic: str) -> int:
 
 
 async def test_dead_letters_of_a_task_without_a_model_are_replayed_once_it_has_one(
-        make_stack, redis_server, model_repository, tmp_path):
+    make_stack, redis_server, model_repository, tmp_path
+):
     from redis.asyncio import Redis
 
     from streaminfer.schemas import keys
@@ -114,8 +125,11 @@ async def test_dead_letters_of_a_task_without_a_model_are_replayed_once_it_has_o
     started = time.monotonic()
     repo = tmp_path / "repo"
     shutil.copytree(model_repository / OLD, repo / OLD)
-    stack = make_stack(redis_url=redis_server, STREAMINFER_MODEL_REPOSITORY=str(repo),
-                       STREAMINFER_WORKER_MODEL_POLL_S="1")
+    stack = make_stack(
+        redis_url=redis_server,
+        STREAMINFER_MODEL_REPOSITORY=str(repo),
+        STREAMINFER_WORKER_MODEL_POLL_S="1",
+    )
     stack.add_worker()  # no task list: it takes up tasks dropped into the repository
     prefix, bootstrap, codec = stack.prefix, stack.bootstrap, AvroCodec()
     dlq, old_topic = dlq_topic(prefix), request_topic(prefix, OLD, "normal")
@@ -123,8 +137,11 @@ async def test_dead_letters_of_a_task_without_a_model_are_replayed_once_it_has_o
     # Letters the worker writes itself: a request for NEW on OLD's topic (TASK_NOT_FOUND; on that
     # topic it can never succeed) and junk (UNDECODABLE; replayable, and dead-lettered again).
     misplaced = [request(NEW) for _ in range(2)]
-    await produce(bootstrap, [(old_topic, r.request_id.encode(), codec.encode(r))
-                              for r in misplaced] + [(old_topic, b"junk-key", b"junk")])
+    await produce(
+        bootstrap,
+        [(old_topic, r.request_id.encode(), codec.encode(r)) for r in misplaced]
+        + [(old_topic, b"junk-key", b"junk")],
+    )
     assert len(await collect(bootstrap, dlq, lambda m: len(m) >= 3, timeout_s=30)) == 3
 
     # Requests for NEW on its own topic, answered TASK_NOT_FOUND. NOTE: no worker writes these
@@ -136,23 +153,53 @@ async def test_dead_letters_of_a_task_without_a_model_are_replayed_once_it_has_o
     await publisher.start()
     try:
         for offset, r in enumerate(pending):
-            letter = DeadLetter(source_topic=request_topic(prefix, NEW, "normal"), partition=0,
-                                offset=offset, key=r.request_id.encode(), payload=codec.encode(r),
-                                error_code="TASK_NOT_FOUND", error_message=f"{NEW!r} not served")
+            letter = DeadLetter(
+                source_topic=request_topic(prefix, NEW, "normal"),
+                partition=0,
+                offset=offset,
+                key=r.request_id.encode(),
+                payload=codec.encode(r),
+                error_code="TASK_NOT_FOUND",
+                error_message=f"{NEW!r} not served",
+            )
             await publisher.claim_dead_letters([letter])
             await publisher.dead_letter(letter, "ModelNotFound")
     finally:
         await publisher.stop()
     # Hostile records: junk that is no letter, letters naming topics that are not request
     # topics of this prefix (never to be produced to), a letter whose bytes are not what it says.
-    foreign = [f"evil-{uuid.uuid4().hex[:6]}", f"{prefix}x.requests.{NEW}.normal",
-               results_topic(prefix, OLD)]
-    hostile = [DeadLetter(source_topic=t, partition=0, offset=0, payload=codec.encode(request(NEW)),
-                          error_code="TASK_NOT_FOUND", error_message="x") for t in foreign]
-    hostile.append(DeadLetter(source_topic=old_topic, partition=0, offset=9, payload=b"tampered",
-                              payload_sha256="0" * 64, error_code="UNDECODABLE", error_message="x"))
-    await produce(bootstrap, [(dlq, None, b"\x00\x01 not a dead letter")]
-                  + [(dlq, None, codec.encode(letter)) for letter in hostile])
+    foreign = [
+        f"evil-{uuid.uuid4().hex[:6]}",
+        f"{prefix}x.requests.{NEW}.normal",
+        results_topic(prefix, OLD),
+    ]
+    hostile = [
+        DeadLetter(
+            source_topic=t,
+            partition=0,
+            offset=0,
+            payload=codec.encode(request(NEW)),
+            error_code="TASK_NOT_FOUND",
+            error_message="x",
+        )
+        for t in foreign
+    ]
+    hostile.append(
+        DeadLetter(
+            source_topic=old_topic,
+            partition=0,
+            offset=9,
+            payload=b"tampered",
+            payload_sha256="0" * 64,
+            error_code="UNDECODABLE",
+            error_message="x",
+        )
+    )
+    await produce(
+        bootstrap,
+        [(dlq, None, b"\x00\x01 not a dead letter")]
+        + [(dlq, None, codec.encode(letter)) for letter in hostile],
+    )
 
     listing = cli(stack, "list", "--error-code", "TASK_NOT_FOUND")
     assert listing.returncode == 0, listing.stderr
@@ -194,8 +241,9 @@ async def test_dead_letters_of_a_task_without_a_model_are_replayed_once_it_has_o
         for item in replayed:
             reasons.setdefault(item.get("reason", item["action"]), []).append(item)
         assert last == f"replayed {N_NEW + 1}, skipped {len(replayed) - N_NEW - 1}", done.stdout
-        assert ({item["request_id"] for item in reasons["replayed"]}
-                == {r.request_id for r in pending} | {None}), "the junk has no request id"
+        assert {item["request_id"] for item in reasons["replayed"]} == {
+            r.request_id for r in pending
+        } | {None}, "the junk has no request id"
         assert len(reasons["task-mismatch"]) == 2 and len(reasons["not-a-dead-letter"]) == 1
         assert len(reasons["not-a-request-topic"]) == 3 and len(reasons["payload-mismatch"]) == 1
         assert "replaying" in done.stderr and "skipped: " in done.stderr
@@ -220,20 +268,30 @@ async def test_dead_letters_of_a_task_without_a_model_are_replayed_once_it_has_o
         # exactly one result per request (a second would have landed by now); the replayed
         # events carry the letters they came from
         ids = {r.request_id.encode() for r in pending}
-        results = [codec.decode(m.value, InferenceResult)
-                   for m in await read_all(bootstrap, results_topic(prefix, NEW)) if m.key in ids]
+        results = [
+            codec.decode(m.value, InferenceResult)
+            for m in await read_all(bootstrap, results_topic(prefix, NEW))
+            if m.key in ids
+        ]
         assert sorted(r.request_id for r in results) == sorted(r.request_id for r in pending)
         assert {r.status.name for r in results} == {"SUCCEEDED"}
-        refs = {dict(m.headers)["streaminfer-replay-of"].decode()
-                for m in await read_all(bootstrap, new_topic)}
-        assert refs == {f"{dlq}:{i['dlq']['partition']}:{i['dlq']['offset']}"
-                        for i in reasons["replayed"] if i["request_id"]}
+        refs = {
+            dict(m.headers)["streaminfer-replay-of"].decode()
+            for m in await read_all(bootstrap, new_topic)
+        }
+        assert refs == {
+            f"{dlq}:{i['dlq']['partition']}:{i['dlq']['offset']}"
+            for i in reasons["replayed"]
+            if i["request_id"]
+        }
     finally:
         await redis.aclose()
         codec.close()
     assert stack.workers[0].poll() is None
-    print(f"\ndlq replay end to end in {time.monotonic() - started:.1f}s; "
-          + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
+    print(
+        f"\ndlq replay end to end in {time.monotonic() - started:.1f}s; "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items())
+    )
 
 
 async def test_an_empty_or_missing_dead_letter_topic_ends_at_once(kafka_server, redis_server):
@@ -246,8 +304,12 @@ async def test_an_empty_or_missing_dead_letter_topic_ends_at_once(kafka_server, 
         prefix = f"t{uuid.uuid4().hex[:8]}"
         if create:
             await ensure_topics(kafka_server, [dlq_topic(prefix)], 3)
-        env = dict(os.environ, STREAMINFER_KAFKA_BOOTSTRAP_SERVERS=kafka_server,
-                   STREAMINFER_REDIS_URL=redis_server, STREAMINFER_TOPIC_PREFIX=prefix)
+        env = dict(
+            os.environ,
+            STREAMINFER_KAFKA_BOOTSTRAP_SERVERS=kafka_server,
+            STREAMINFER_REDIS_URL=redis_server,
+            STREAMINFER_TOPIC_PREFIX=prefix,
+        )
         stack = type("Env", (), {"env": env})
         started = time.monotonic()
         listing = cli(stack, "list")

@@ -69,7 +69,9 @@ async def test_images_of_different_sizes_at_once(stack):
         (_thumbnail(skimage_data.coffee(), 256), None),
     ]
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
-        bodies = await asyncio.gather(*(_infer(client, {"image": _png(image)}) for image, _ in cases))
+        bodies = await asyncio.gather(
+            *(_infer(client, {"image": _png(image)}) for image, _ in cases)
+        )
     for (_, point), body in zip(cases, bodies, strict=True):
         faces = body["outputs"]["faces"]
         if point is None:
@@ -80,7 +82,12 @@ async def test_images_of_different_sizes_at_once(stack):
 
 async def test_a_uint8_tensor(stack):
     small = _thumbnail(skimage_data.astronaut(), 256)
-    tensor = {"name": "image", "datatype": "UINT8", "shape": [1, *small.shape], "data": small.ravel().tolist()}
+    tensor = {
+        "name": "image",
+        "datatype": "UINT8",
+        "shape": [1, *small.shape],
+        "data": small.ravel().tolist(),
+    }
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
         body = await _infer(client, [tensor])
         tasks = (await client.get("/v1/tasks")).json()
@@ -90,13 +97,21 @@ async def test_a_uint8_tensor(stack):
     assert listed[TASK]["friendly_json_outputs"] == {"faces": "faces_json"}
 
 
-@pytest.mark.parametrize(("image", "fragment"), [
-    (base64.b64encode(b"definitely not an image").decode(), "not a readable image"),
-    (_png(np.zeros((700, 700, 3), dtype=np.uint8)), "image of 700x700 is too large; at most 307200"),
-])
+@pytest.mark.parametrize(
+    ("image", "fragment"),
+    [
+        (base64.b64encode(b"definitely not an image").decode(), "not a readable image"),
+        (
+            _png(np.zeros((700, 700, 3), dtype=np.uint8)),
+            "image of 700x700 is too large; at most 307200",
+        ),
+    ],
+)
 async def test_hostile_images_are_refused_before_publishing(stack, image, fragment):
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
-        response = await client.post(f"/v1/infer/{TASK}", params={"wait": 5}, json={"inputs": {"image": image}})
+        response = await client.post(
+            f"/v1/infer/{TASK}", params={"wait": 5}, json={"inputs": {"image": image}}
+        )
     assert response.status_code == 422, response.text
     assert fragment in response.text
 
@@ -119,15 +134,24 @@ def _drop_version(task_dir, version: str, old: str, new: str) -> None:
     staging.rename(task_dir / version)
 
 
-async def test_new_python_code_takes_traffic_and_versions_coexist(make_stack, redis_server, face_repo):
-    stack = make_stack(redis_url=redis_server, STREAMINFER_MODEL_REPOSITORY=str(face_repo),
-                       STREAMINFER_TASKS=TASK, STREAMINFER_WORKER_MODEL_POLL_S="0.5")
+async def test_new_python_code_takes_traffic_and_versions_coexist(
+    make_stack, redis_server, face_repo
+):
+    stack = make_stack(
+        redis_url=redis_server,
+        STREAMINFER_MODEL_REPOSITORY=str(face_repo),
+        STREAMINFER_TASKS=TASK,
+        STREAMINFER_WORKER_MODEL_POLL_S="0.5",
+    )
     worker = stack.add_worker()
     stack.add_gateway()
     body = {"inputs": {"image": _png(skimage_data.astronaut())}, "parameters": {"cache": "false"}}
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
+
         async def infer(**extra) -> dict:
-            response = await client.post(f"/v1/infer/{TASK}", params={"wait": 30}, json={**body, **extra})
+            response = await client.post(
+                f"/v1/infer/{TASK}", params={"wait": 30}, json={**body, **extra}
+            )
             assert response.status_code == 200, response.text
             return response.json()
 
@@ -152,12 +176,19 @@ async def test_new_python_code_takes_traffic_and_versions_coexist(make_stack, re
         assert second["outputs"]["faces"][0]["box"] == first["outputs"]["faces"][0]["box"]
         pinned = await infer(model_version="1")
         assert pinned["model"]["version"] == "1", "the old code still serves beside the new"
-        assert pinned["outputs"]["faces"][0]["confidence"] == first["outputs"]["faces"][0]["confidence"]
+        assert (
+            pinned["outputs"]["faces"][0]["confidence"]
+            == first["outputs"]["faces"][0]["confidence"]
+        )
 
         # version 3: predict_batch raises on real photos (its warm-up images are 96x128)
-        _drop_version(task_dir, "3", "        height, width = image.shape[:2]\n",
-                      "        height, width = image.shape[:2]\n"
-                      "        if width > 200:\n            raise RuntimeError('broken release')\n")
+        _drop_version(
+            task_dir,
+            "3",
+            "        height, width = image.shape[:2]\n",
+            "        height, width = image.shape[:2]\n"
+            "        if width > 200:\n            raise RuntimeError('broken release')\n",
+        )
         deadline = time.monotonic() + 30
         failed = await client.post(f"/v1/infer/{TASK}", params={"wait": 30}, json=body)
         while failed.json()["model"]["version"] != "3" and time.monotonic() < deadline:
@@ -165,8 +196,13 @@ async def test_new_python_code_takes_traffic_and_versions_coexist(make_stack, re
             failed = await client.post(f"/v1/infer/{TASK}", params={"wait": 30}, json=body)
         result = failed.json()
         assert result["status"] == "failed" and result["model"]["version"] == "3", result
-        assert result["error"]["code"] == "INFERENCE_FAILED" and "broken release" in result["error"]["message"]
-        assert result["error"]["retriable"] is True and result["attempts"] == 3, "retried as any backend"
+        assert (
+            result["error"]["code"] == "INFERENCE_FAILED"
+            and "broken release" in result["error"]["message"]
+        )
+        assert result["error"]["retriable"] is True and result["attempts"] == 3, (
+            "retried as any backend"
+        )
         rollback = await infer(model_version="2")
         assert rollback["status"] == "succeeded" and len(rollback["outputs"]["faces"]) == 1
     assert worker.poll() is None, "no restart"

@@ -32,7 +32,6 @@ async def wait_for(predicate, timeout_s: float, interval_s: float = 0.2):
     raise TimeoutError("condition not met in time")
 
 
-
 async def test_sigkill_of_one_of_two_workers_loses_nothing(make_stack, own_redis):
     from streaminfer.embedded import redis_address
 
@@ -53,12 +52,17 @@ async def test_sigkill_of_one_of_two_workers_loses_nothing(make_stack, own_redis
         # a copy can only be the same stored result published again after the kill
         assert len({(c.worker_id, c.completed_at) for c in copies}) == 1, rid
     assert await count_results(stack.redis_url, stack.prefix) == 3000
-    audits = await read_records(stack.bootstrap, audit_topic(stack.prefix), AuditEvent, None,
-                                lambda g: False, timeout_s=5)
-    suppressed = sum(1 for events in audits.values() for e in events if e.type is AuditType.DUPLICATE)
+    audits = await read_records(
+        stack.bootstrap, audit_topic(stack.prefix), AuditEvent, None, lambda g: False, timeout_s=5
+    )
+    suppressed = sum(
+        1 for events in audits.values() for e in events if e.type is AuditType.DUPLICATE
+    )
     republished = sum(len(c) - 1 for c in results.values())
-    print(f"\nkill -9 with {in_flight} of 3000 requests not yet done: lost 0, "
-          f"redeliveries suppressed {suppressed}, results re-published {republished}")
+    print(
+        f"\nkill -9 with {in_flight} of 3000 requests not yet done: lost 0, "
+        f"redeliveries suppressed {suppressed}, results re-published {republished}"
+    )
 
 
 async def _at_least(stack, n: int) -> bool:
@@ -81,13 +85,18 @@ async def test_sigterm_finishes_in_flight_work_and_nothing_runs_twice(make_stack
     stack.add_worker()
     results = await read_results(stack.bootstrap, stack.prefix, ids, timeout_s=180)
     assert set(results) == set(ids)
-    audits = await read_records(stack.bootstrap, audit_topic(stack.prefix), AuditEvent, None,
-                                lambda g: False, timeout_s=5)
-    runs = Counter(e.request_id for events in audits.values() for e in events if e.type is AuditType.STARTED)
+    audits = await read_records(
+        stack.bootstrap, audit_topic(stack.prefix), AuditEvent, None, lambda g: False, timeout_s=5
+    )
+    runs = Counter(
+        e.request_id for events in audits.values() for e in events if e.type is AuditType.STARTED
+    )
     duplicates = [e for events in audits.values() for e in events if e.type is AuditType.DUPLICATE]
     assert set(runs.values()) == {1}, "no request ran twice"
     assert duplicates == [], "nothing done before SIGTERM was redelivered"
-    print(f"\nSIGTERM: stopped in {stopped_in:.2f}s with {done_at_stop} of 1500 done; nothing reprocessed")
+    print(
+        f"\nSIGTERM: stopped in {stopped_in:.2f}s with {done_at_stop} of 1500 done; nothing reprocessed"
+    )
 
 
 async def test_redis_outage_gateway_503_then_everything_completes(make_stack, own_redis):
@@ -99,8 +108,12 @@ async def test_redis_outage_gateway_503_then_everything_completes(make_stack, ow
     own_redis._terminate(5.0)  # Redis goes away
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         started = time.monotonic()
-        response = await client.post("/v1/infer/text-embedding", json={"inputs": {"text": "redis is down"}})
-        assert response.status_code == 503 and response.json()["error_code"] == "SERVICE_UNAVAILABLE"
+        response = await client.post(
+            "/v1/infer/text-embedding", json={"inputs": {"text": "redis is down"}}
+        )
+        assert (
+            response.status_code == 503 and response.json()["error_code"] == "SERVICE_UNAVAILABLE"
+        )
         assert "retry-after" in response.headers and time.monotonic() - started < 15
         assert (await client.get("/ready")).status_code == 503
         ids = await produce_requests(stack.bootstrap, stack.prefix, 20)  # upstream keeps writing
@@ -111,31 +124,44 @@ async def test_redis_outage_gateway_503_then_everything_completes(make_stack, ow
         assert all(len(r) == 1 and r[0].status is Status.SUCCEEDED for r in results.values())
         body = (await client.get(f"/v1/results/{ids[0]}")).json()
         assert body["status"] == "succeeded", "the result was stored in the restarted Redis"
-        ok = await client.post("/v1/infer/text-embedding", params={"wait": 30},
-                               json={"inputs": {"text": "redis is back"}})
+        ok = await client.post(
+            "/v1/infer/text-embedding",
+            params={"wait": 30},
+            json={"inputs": {"text": "redis is back"}},
+        )
         assert ok.status_code == 200
 
 
 async def test_broker_pause_gateway_503_then_recovers(make_stack, own_kafka, redis_server):
     from streaminfer.embedded import bootstrap_address
 
-    stack = make_stack(bootstrap=bootstrap_address(own_kafka), redis_url=redis_server,
-                       STREAMINFER_KAFKA_REQUEST_TIMEOUT_MS="2000", **TASK_ONLY)
+    stack = make_stack(
+        bootstrap=bootstrap_address(own_kafka),
+        redis_url=redis_server,
+        STREAMINFER_KAFKA_REQUEST_TIMEOUT_MS="2000",
+        **TASK_ONLY,
+    )
     stack.add_worker()
     url = stack.add_gateway()
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        assert (await client.post("/v1/infer/text-embedding", params={"wait": 30},
-                                  json={"inputs": {"text": "before"}})).status_code == 200
+        assert (
+            await client.post(
+                "/v1/infer/text-embedding", params={"wait": 30}, json={"inputs": {"text": "before"}}
+            )
+        ).status_code == 200
         os.kill(own_kafka.proc.pid, signal.SIGSTOP)
         try:
             started = time.monotonic()
-            response = await client.post("/v1/infer/text-embedding", json={"inputs": {"text": "paused"}})
+            response = await client.post(
+                "/v1/infer/text-embedding", json={"inputs": {"text": "paused"}}
+            )
             assert response.status_code == 503, response.text
             assert time.monotonic() - started < 10
         finally:
             os.kill(own_kafka.proc.pid, signal.SIGCONT)
-        after = await client.post("/v1/infer/text-embedding", params={"wait": 60},
-                                  json={"inputs": {"text": "after"}})
+        after = await client.post(
+            "/v1/infer/text-embedding", params={"wait": 60}, json={"inputs": {"text": "after"}}
+        )
         assert after.status_code == 200 and after.json()["status"] == "succeeded"
 
 
@@ -147,6 +173,7 @@ async def test_lag_past_the_bound_answers_429_overloaded(make_stack, redis_serve
     try:
         await produce_requests(stack.bootstrap, stack.prefix, 60)
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
             async def overloaded():
                 r = await client.post("/v1/infer/text-embedding", json={"inputs": {"text": "more"}})
                 return r if r.status_code == 429 else None
@@ -156,7 +183,9 @@ async def test_lag_past_the_bound_answers_429_overloaded(make_stack, redis_serve
             os.kill(worker.pid, signal.SIGCONT)
 
             async def accepted():
-                r = await client.post("/v1/infer/text-embedding", json={"inputs": {"text": "drained"}})
+                r = await client.post(
+                    "/v1/infer/text-embedding", json={"inputs": {"text": "drained"}}
+                )
                 return r.status_code == 202
 
             await wait_for(accepted, timeout_s=60, interval_s=0.5)

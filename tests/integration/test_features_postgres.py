@@ -43,12 +43,28 @@ class Postgres:
         if os.geteuid() == 0:
             shutil.chown(self.data.parent, "postgres")
             shutil.chown(pwfile, "postgres")
-        self._run("initdb", "-D", str(self.data), "-U", "streaminfer", "--auth=scram-sha-256",
-                  f"--pwfile={pwfile}")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "streaminfer",
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
+        )
 
     def start(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-w", "-l", str(self.data.parent / "log"), "start",
-                  "-o", f"-h 127.0.0.1 -p {self.port} -k {self.data.parent}")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-w",
+            "-l",
+            str(self.data.parent / "log"),
+            "start",
+            "-o",
+            f"-h 127.0.0.1 -p {self.port} -k {self.data.parent}",
+        )
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-w", "-m", "fast", "stop")
@@ -70,11 +86,17 @@ def postgres() -> Iterator[Postgres]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def test_a_postgres_feature_store_stopped_and_started(kafka_server, redis_server, model_repository,
-                                                           postgres: Postgres, tmp_path: Path) -> None:
+async def test_a_postgres_feature_store_stopped_and_started(
+    kafka_server, redis_server, model_repository, postgres: Postgres, tmp_path: Path
+) -> None:
     repo = private_repository(model_repository, tmp_path / "repo")
-    rows = copy_table(f"sqlite:///{repo / TASK / '1' / 'features.sqlite'}", postgres.url, "features",
-                      "entity_id", list(row(0)))
+    rows = copy_table(
+        f"sqlite:///{repo / TASK / '1' / 'features.sqlite'}",
+        postgres.url,
+        "features",
+        "entity_id",
+        list(row(0)),
+    )
     assert rows == 569
     stack = Stack(kafka_server, redis_server, repo, STREAMINFER_FEATURE_STORE_URL=postgres.url)
     try:
@@ -83,7 +105,9 @@ async def test_a_postgres_feature_store_stopped_and_started(kafka_server, redis_
         async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=40) as client:
             first = await infer(client, {"entity_id": "0"})
             direct = await infer(client, {"features": row(0)})
-            assert first["status"] == "succeeded" and first["timings"]["feature_source"] == "db", first
+            assert first["status"] == "succeeded" and first["timings"]["feature_source"] == "db", (
+                first
+            )
             assert first["outputs"] == direct["outputs"]
             unknown = await infer(client, {"entity_id": "99999"})
             assert unknown["error"]["code"] == "FEATURES_NOT_FOUND"
@@ -92,7 +116,9 @@ async def test_a_postgres_feature_store_stopped_and_started(kafka_server, redis_
             accepted = await client.post(f"/v1/infer/{TASK}", json={"inputs": {"entity_id": "5"}})
             request_id = accepted.json()["request_id"]
             held = await client.get(f"/v1/results/{request_id}", params={"wait": 4})
-            assert held.json()["status"] in ("queued", "running"), held.text  # waits: no failure, no letter
+            assert held.json()["status"] in ("queued", "running"), (
+                held.text
+            )  # waits: no failure, no letter
             postgres.start()
             done = await client.get(f"/v1/results/{request_id}", params={"wait": 30})
             assert done.json()["status"] == "succeeded", done.text

@@ -30,19 +30,23 @@ def two_task_repo(model_repository, tmp_path):
     return repo
 
 
-
-async def test_a_task_no_worker_serves_is_refused_until_one_does(make_stack, redis_server, two_task_repo):
+async def test_a_task_no_worker_serves_is_refused_until_one_does(
+    make_stack, redis_server, two_task_repo
+):
     from sklearn.datasets import load_breast_cancer
 
     from streaminfer.embedded import terminate, wait_for_http
 
     data = load_breast_cancer()
-    body = {"inputs": {"features": dict(zip(data.feature_names, map(float, data.data[0]), strict=True))}}
+    body = {
+        "inputs": {"features": dict(zip(data.feature_names, map(float, data.data[0]), strict=True))}
+    }
     stack = make_stack(redis_url=redis_server, STREAMINFER_MODEL_REPOSITORY=str(two_task_repo))
     old_worker = stack.add_worker(STREAMINFER_TASKS=OLD)  # started before the new task existed
     url = stack.add_gateway(wait=False)  # serves every task in the repository: /ready stays 503
     wait_for_http(f"{url}/health", stack.gateways)
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
         async def old_answered():
             response = await client.post(f"/v1/infer/{OLD}", params={"wait": 30}, json=body)
             return response if response.status_code == 200 else None
@@ -54,9 +58,26 @@ async def test_a_task_no_worker_serves_is_refused_until_one_does(make_stack, red
         refused = await client.post(f"/v1/infer/{NEW}", json=body)
         error = assert_error(refused, 503, "SERVICE_UNAVAILABLE")
         assert error["details"]["task"] == NEW and int(refused.headers["retry-after"]) >= 1
-        assert assert_error(await client.post(f"/v2/models/{NEW}/infer", json={"inputs": [
-            {"name": "features", "datatype": "FP32", "shape": [1, 30], "data": [0.0] * 30}]}),
-            503, "SERVICE_UNAVAILABLE")["details"]["task"] == NEW
+        assert (
+            assert_error(
+                await client.post(
+                    f"/v2/models/{NEW}/infer",
+                    json={
+                        "inputs": [
+                            {
+                                "name": "features",
+                                "datatype": "FP32",
+                                "shape": [1, 30],
+                                "data": [0.0] * 30,
+                            }
+                        ]
+                    },
+                ),
+                503,
+                "SERVICE_UNAVAILABLE",
+            )["details"]["task"]
+            == NEW
+        )
 
         # with its only worker gone, a task once served is still accepted: Kafka holds it
         assert terminate(old_worker, 20) == 0
@@ -73,14 +94,19 @@ async def test_a_task_no_worker_serves_is_refused_until_one_does(make_stack, red
 
         answered = await until(new_accepted, timeout_s=90)
         assert answered is not None, "still refused after a worker took the task up"
-        assert answered.status_code == 200 and answered.json()["status"] == "succeeded", answered.text
+        assert answered.status_code == 200 and answered.json()["status"] == "succeeded", (
+            answered.text
+        )
         assert answered.json()["task"] == NEW
         held = await client.get(f"/v1/results/{queued.json()['request_id']}", params={"wait": 30})
-        assert held.json()["status"] == "succeeded", "the request accepted while no worker ran was answered"
+        assert held.json()["status"] == "succeeded", (
+            "the request accepted while no worker ran was answered"
+        )
 
 
 async def test_a_worker_serving_the_whole_repository_takes_up_a_task_dropped_into_it(
-        make_stack, redis_server, model_repository, tmp_path):
+    make_stack, redis_server, model_repository, tmp_path
+):
     """A worker started without a task list serves a task that appears later: it creates the
     topics, subscribes and warms the model; the gateway then accepts the task and it is answered."""
     from sklearn.datasets import load_breast_cancer
@@ -88,9 +114,14 @@ async def test_a_worker_serving_the_whole_repository_takes_up_a_task_dropped_int
     repo = tmp_path / "repo"
     shutil.copytree(model_repository / OLD, repo / OLD)
     data = load_breast_cancer()
-    body = {"inputs": {"features": dict(zip(data.feature_names, map(float, data.data[3]), strict=True))}}
-    stack = make_stack(redis_url=redis_server, STREAMINFER_MODEL_REPOSITORY=str(repo),
-                       STREAMINFER_WORKER_MODEL_POLL_S="1")
+    body = {
+        "inputs": {"features": dict(zip(data.feature_names, map(float, data.data[3]), strict=True))}
+    }
+    stack = make_stack(
+        redis_url=redis_server,
+        STREAMINFER_MODEL_REPOSITORY=str(repo),
+        STREAMINFER_WORKER_MODEL_POLL_S="1",
+    )
     stack.add_worker()
     url = stack.add_gateway()
     shutil.copytree(model_repository / OLD, tmp_path / "staging")  # complete before it appears
@@ -100,6 +131,7 @@ async def test_a_worker_serving_the_whole_repository_takes_up_a_task_dropped_int
     (tmp_path / "staging").rename(repo / NEW)
     started = time.monotonic()
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
         async def answered():
             response = await client.post(f"/v1/infer/{NEW}", params={"wait": 20}, json=body)
             return response if response.status_code == 200 else None
@@ -109,4 +141,6 @@ async def test_a_worker_serving_the_whole_repository_takes_up_a_task_dropped_int
         assert response.json()["status"] == "succeeded" and response.json()["task"] == NEW
         old = await client.post(f"/v1/infer/{OLD}", params={"wait": 20}, json=body)
         assert old.status_code == 200, "the old task is still served after the rebalance"
-    print(f"\nnew task served {time.monotonic() - started:.1f}s after it appeared in the repository")
+    print(
+        f"\nnew task served {time.monotonic() - started:.1f}s after it appeared in the repository"
+    )

@@ -26,8 +26,9 @@ def features_body() -> dict:
     from sklearn.datasets import load_breast_cancer
 
     data = load_breast_cancer()
-    return {"inputs": {"features": dict(zip(data.feature_names, map(float, data.data[0]), strict=True))}}
-
+    return {
+        "inputs": {"features": dict(zip(data.feature_names, map(float, data.data[0]), strict=True))}
+    }
 
 
 async def dump(redis_url: str, pattern: str) -> dict[bytes, bytes]:
@@ -61,22 +62,44 @@ async def test_redis_outage_with_auth_on_is_503_with_retry_after_then_2xx(make_s
     headers = {"X-API-Key": await create_api_key(stack.redis_url, stack.prefix, "alice")}
     admin = {"X-API-Key": await create_api_key(stack.redis_url, stack.prefix, "ops", admin=True)}
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        before = await client.post(f"/v1/infer/{TASK}", params={"wait": 30}, json=body, headers=headers)
+        before = await client.post(
+            f"/v1/infer/{TASK}", params={"wait": 30}, json=body, headers=headers
+        )
         assert before.status_code == 200, before.text
         request_id = before.json()["request_id"]
         # NOTE: the embedded Redis keeps nothing across a restart; a real one would keep the keys
         keys = await dump(stack.redis_url, f"{stack.prefix}:api*")
 
         own_redis._terminate(5.0)  # Redis goes away
-        routes = [("POST", f"/v1/infer/{TASK}", body, headers),
-                  ("GET", f"/v1/results/{request_id}", None, headers),
-                  ("DELETE", f"/v1/requests/{request_id}", None, headers),
-                  ("GET", "/v1/tasks", None, headers),
-                  ("GET", "/admin/stats", None, admin),
-                  ("POST", f"/v2/models/{TASK}/infer", {"inputs": [{"name": "features", "datatype": "FP32",
-                                                                    "shape": [1, 30], "data": [0.0] * 30}]}, headers),
-                  ("GET", f"/v2/models/{TASK}", None, headers),
-                  ("POST", f"/v1/infer/{TASK}", body, {"Authorization": f"Bearer {headers['X-API-Key']}"})]
+        routes = [
+            ("POST", f"/v1/infer/{TASK}", body, headers),
+            ("GET", f"/v1/results/{request_id}", None, headers),
+            ("DELETE", f"/v1/requests/{request_id}", None, headers),
+            ("GET", "/v1/tasks", None, headers),
+            ("GET", "/admin/stats", None, admin),
+            (
+                "POST",
+                f"/v2/models/{TASK}/infer",
+                {
+                    "inputs": [
+                        {
+                            "name": "features",
+                            "datatype": "FP32",
+                            "shape": [1, 30],
+                            "data": [0.0] * 30,
+                        }
+                    ]
+                },
+                headers,
+            ),
+            ("GET", f"/v2/models/{TASK}", None, headers),
+            (
+                "POST",
+                f"/v1/infer/{TASK}",
+                body,
+                {"Authorization": f"Bearer {headers['X-API-Key']}"},
+            ),
+        ]
         for method, path, json_body, credentials in routes:
             started = time.monotonic()
             response = await client.request(method, path, json=json_body, headers=credentials)
@@ -94,9 +117,13 @@ async def test_redis_outage_with_auth_on_is_503_with_retry_after_then_2xx(make_s
             return response if response.status_code == 202 else None
 
         assert await until(accepted, timeout_s=30), "Redis is back: submissions are accepted again"
-        after = await client.post(f"/v1/infer/{TASK}", params={"wait": 30}, json=body, headers=headers)
+        after = await client.post(
+            f"/v1/infer/{TASK}", params={"wait": 30}, json=body, headers=headers
+        )
         assert after.status_code == 200 and after.json()["status"] == "succeeded", after.text
-        assert (await client.get(f"/v1/results/{after.json()['request_id']}", headers=headers)).status_code == 200
+        assert (
+            await client.get(f"/v1/results/{after.json()['request_id']}", headers=headers)
+        ).status_code == 200
 
 
 async def test_ready_names_kafka_while_the_broker_is_paused(make_stack, own_kafka, redis_server):
@@ -150,8 +177,9 @@ async def test_idempotency_claims_stay_bound_until_the_publish_is_confirmed(redi
         first = await store.claim_idempotency("alice", "k1", "rid-1", "digest-a")
         assert (first.request_id, first.same_body, first.published) == ("rid-1", True, False)
         retry = await store.claim_idempotency("alice", "k1", "rid-2", "digest-a")
-        assert (retry.request_id, retry.same_body, retry.published) == ("rid-1", True, False), \
+        assert (retry.request_id, retry.same_body, retry.published) == ("rid-1", True, False), (
             "unconfirmed: the retry gets the first id, to publish it again"
+        )
         await store.confirm_idempotency("alice", "k1", "rid-1", "digest-a")
         confirmed = await store.claim_idempotency("alice", "k1", "rid-3", "digest-a")
         assert (confirmed.request_id, confirmed.published) == ("rid-1", True)
@@ -159,7 +187,9 @@ async def test_idempotency_claims_stay_bound_until_the_publish_is_confirmed(redi
         redis_key = keys.idempotency_key(store._prefix, "alice", "k1")
         assert 0 < await store.redis.ttl(redis_key) <= 60, "confirming keeps the claim's expiry"
         await store.confirm_idempotency("bob", "never-claimed", "rid-5", "digest-a")
-        assert not await store.redis.exists(keys.idempotency_key(store._prefix, "bob", "never-claimed"))
+        assert not await store.redis.exists(
+            keys.idempotency_key(store._prefix, "bob", "never-claimed")
+        )
 
         await store.mark_queued("rid-1", "tiny", "alice")
         await store.redis.hset(keys.status_key(store._prefix, "rid-1"), "status", "running")
@@ -168,7 +198,9 @@ async def test_idempotency_claims_stay_bound_until_the_publish_is_confirmed(redi
 
         assert await store.served_tasks(["a", "b"]) == {"a", "b"}
         assert await store.served_tasks() == {"a", "b"}
-        assert await store.redis.ttl(keys.served_tasks_key(store._prefix)) == -1, "the record never expires"
+        assert await store.redis.ttl(keys.served_tasks_key(store._prefix)) == -1, (
+            "the record never expires"
+        )
     finally:
         raw = Redis.from_url(redis_server)
         try:
@@ -180,7 +212,9 @@ async def test_idempotency_claims_stay_bound_until_the_publish_is_confirmed(redi
         await store.stop()
 
 
-async def test_a_result_stored_while_the_subscription_was_down_ends_the_wait_once_it_is_back(own_redis):
+async def test_a_result_stored_while_the_subscription_was_down_ends_the_wait_once_it_is_back(
+    own_redis,
+):
     """A worker may store (and announce) a result while the gateway's result subscription is
     still reconnecting after a Redis restart: nobody hears that announcement. The waiter must
     look again once subscribed, not wait out its whole ?wait= (seen: a 30 s wait timed out)."""
@@ -196,6 +230,7 @@ async def test_a_result_stored_while_the_subscription_was_down_ends_the_wait_onc
     store = ResultStore(url, codec, "t-rejoin-" + os.urandom(4).hex(), ttl_s=60)
     await store.start()
     try:
+
         async def subscribed(up: bool = True) -> bool:
             return store._subscribed.is_set() == up
 
@@ -205,14 +240,22 @@ async def test_a_result_stored_while_the_subscription_was_down_ends_the_wait_onc
         own_redis._terminate(5.0)
         assert await until(lambda: subscribed(False), timeout_s=10, interval_s=0.02)
         own_redis.restart()
-        result = InferenceResult(request_id="rid-1", task=TASK, status=Status.SUCCEEDED, worker_id="w")
+        result = InferenceResult(
+            request_id="rid-1", task=TASK, status=Status.SUCCEEDED, worker_id="w"
+        )
         async with Redis.from_url(url) as redis:  # the worker's store and announcement, at once
-            await redis.hset(keys.result_key(store._prefix, "rid-1"), keys.RESULT_FIELD_AVRO, codec.encode(result))
+            await redis.hset(
+                keys.result_key(store._prefix, "rid-1"),
+                keys.RESULT_FIELD_AVRO,
+                codec.encode(result),
+            )
             await redis.publish(keys.result_channel(store._prefix, "rid-1"), b"1")
         started = time.monotonic()
         found = await asyncio.wait_for(waiting, 25)
         assert found is not None and found.request_id == "rid-1"
-        assert time.monotonic() - started < 5, "found once subscribed again, not after the whole wait"
+        assert time.monotonic() - started < 5, (
+            "found once subscribed again, not after the whole wait"
+        )
     finally:
         await store.stop()
 
@@ -234,6 +277,7 @@ async def test_a_subscription_that_dies_without_a_reset_is_noticed_and_the_wait_
     store.liveness_s = 0.6
     await store.start()
     try:
+
         async def subscribed(up: bool = True) -> bool:
             return store._subscribed.is_set() == up
 
@@ -242,13 +286,20 @@ async def test_a_subscription_that_dies_without_a_reset_is_noticed_and_the_wait_
         await asyncio.sleep(0.2)
         os.kill(own_redis.proc.pid, signal.SIGSTOP)
         try:
-            assert await until(lambda: subscribed(False), timeout_s=5, interval_s=0.05), \
+            assert await until(lambda: subscribed(False), timeout_s=5, interval_s=0.05), (
                 "a frozen subscription is taken as lost"
+            )
         finally:
             os.kill(own_redis.proc.pid, signal.SIGCONT)
-        result = InferenceResult(request_id="rid-2", task=TASK, status=Status.SUCCEEDED, worker_id="w")
+        result = InferenceResult(
+            request_id="rid-2", task=TASK, status=Status.SUCCEEDED, worker_id="w"
+        )
         async with Redis.from_url(url) as redis:
-            await redis.hset(keys.result_key(store._prefix, "rid-2"), keys.RESULT_FIELD_AVRO, codec.encode(result))
+            await redis.hset(
+                keys.result_key(store._prefix, "rid-2"),
+                keys.RESULT_FIELD_AVRO,
+                codec.encode(result),
+            )
             await redis.publish(keys.result_channel(store._prefix, "rid-2"), b"1")
         started = time.monotonic()
         found = await asyncio.wait_for(waiting, 25)

@@ -13,7 +13,9 @@ pytestmark = pytest.mark.integration
 
 
 async def infer(client: httpx.AsyncClient, task: str, inputs, wait: float = 30) -> dict:
-    response = await client.post(f"/v1/infer/{task}", params={"wait": wait}, json={"inputs": inputs})
+    response = await client.post(
+        f"/v1/infer/{task}", params={"wait": wait}, json={"inputs": inputs}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "succeeded", body
@@ -22,9 +24,14 @@ async def infer(client: httpx.AsyncClient, task: str, inputs, wait: float = 30) 
 
 async def test_text_embedding_is_unit_norm_and_meaningful(stack):
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
-        texts = ["A man is playing a guitar.", "Someone plays the guitar.",
-                 "The stock market fell sharply on Tuesday."]
-        bodies = await asyncio.gather(*(infer(client, "text-embedding", {"text": t}) for t in texts))
+        texts = [
+            "A man is playing a guitar.",
+            "Someone plays the guitar.",
+            "The stock market fell sharply on Tuesday.",
+        ]
+        bodies = await asyncio.gather(
+            *(infer(client, "text-embedding", {"text": t}) for t in texts)
+        )
     vectors = [np.asarray(b["outputs"]["embedding"], dtype=np.float64) for b in bodies]
     for body, vector in zip(bodies, vectors, strict=True):
         assert vector.shape == (384,)
@@ -38,7 +45,9 @@ async def test_text_embedding_is_unit_norm_and_meaningful(stack):
 
 async def test_text_embedding_several_items_in_one_request(stack):
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
-        body = await infer(client, "text-embedding", {"text": ["first text", "second text", "third"]})
+        body = await infer(
+            client, "text-embedding", {"text": ["first text", "second text", "third"]}
+        )
     embeddings = body["outputs"]["embedding"]
     assert len(embeddings) == 3 and all(len(e) == 384 for e in embeddings)
 
@@ -48,11 +57,14 @@ async def test_image_classify_labels_held_out_digits(stack):
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    _, x_test, _, y_test = train_test_split(digits.images, digits.target, test_size=0.2,
-                                            random_state=0, stratify=digits.target)
+    _, x_test, _, y_test = train_test_split(
+        digits.images, digits.target, test_size=0.2, random_state=0, stratify=digits.target
+    )
     x_test, y_test = x_test[:100], y_test[:100]
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
-        bodies = await asyncio.gather(*(infer(client, "image-classify", {"pixels": x.tolist()}) for x in x_test))
+        bodies = await asyncio.gather(
+            *(infer(client, "image-classify", {"pixels": x.tolist()}) for x in x_test)
+        )
     labels = np.array([b["outputs"]["label"] for b in bodies])
     probabilities = np.array([b["outputs"]["probabilities"] for b in bodies])
     assert probabilities.shape == (100, 10)
@@ -67,7 +79,9 @@ async def test_tabular_classify_returns_label_and_probability(stack):
     data = load_breast_cancer()
     rows = [dict(zip(data.feature_names, map(float, x), strict=True)) for x in data.data[:40]]
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
-        bodies = await asyncio.gather(*(infer(client, "tabular-classify", {"features": r}) for r in rows))
+        bodies = await asyncio.gather(
+            *(infer(client, "tabular-classify", {"features": r}) for r in rows)
+        )
     labels = np.array([b["outputs"]["label"] for b in bodies])
     probability = np.array([b["outputs"]["probability"] for b in bodies])
     assert ((probability >= 0) & (probability <= 1)).all()
@@ -91,8 +105,11 @@ async def test_result_is_readable_later_and_long_polls(stack):
 
 async def test_prefer_wait_header_and_tasks_listing(stack):
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
-        response = await client.post("/v1/infer/text-embedding", headers={"Prefer": "wait=30"},
-                                     json={"inputs": {"text": "prefer header"}, "priority": 9})
+        response = await client.post(
+            "/v1/infer/text-embedding",
+            headers={"Prefer": "wait=30"},
+            json={"inputs": {"text": "prefer header"}, "priority": 9},
+        )
         assert response.status_code == 200 and response.json()["status"] == "succeeded"
         tasks = (await client.get("/v1/tasks")).json()["tasks"]
     names = {t["task"] for t in tasks}

@@ -41,15 +41,21 @@ def pki(tmp_path_factory):
 
 @pytest.fixture
 def registry(pki):
-    with fake_registry(credentials=(USER, PASSWORD), certfile=pki.server_cert,
-                       keyfile=pki.server_key) as served:
+    with fake_registry(
+        credentials=(USER, PASSWORD), certfile=pki.server_cert, keyfile=pki.server_key
+    ) as served:
         yield served
 
 
 def _settings(url: str, pki, **fields) -> Settings:
-    values = {"schema_registry_url": url, "schema_registry_username": USER,
-              "schema_registry_password": PASSWORD, "schema_registry_cafile": pki.ca,
-              "topic_prefix": "reg", **fields}
+    values = {
+        "schema_registry_url": url,
+        "schema_registry_username": USER,
+        "schema_registry_password": PASSWORD,
+        "schema_registry_cafile": pki.ca,
+        "topic_prefix": "reg",
+        **fields,
+    }
     return Settings(**values)
 
 
@@ -58,8 +64,12 @@ def _codec(settings: Settings) -> AvroCodec:
 
 
 def _request() -> InferenceRequest:
-    return InferenceRequest("r1", TASK, [Tensor("text", DataType.BYTES, [1], [b"over TLS"])],
-                            created_at=1_764_000_000_000)
+    return InferenceRequest(
+        "r1",
+        TASK,
+        [Tensor("text", DataType.BYTES, [1], [b"over TLS"])],
+        created_at=1_764_000_000_000,
+    )
 
 
 def _expected_auth() -> str:
@@ -82,8 +92,9 @@ async def test_https_registry_with_basic_auth_and_the_ca(registry, pki) -> None:
     # The same settings, in confluent-kafka's configuration names, reach the same registry.
     schema_registry = pytest.importorskip("confluent_kafka.schema_registry")
     avro = pytest.importorskip("confluent_kafka.schema_registry.avro")
-    client = schema_registry.SchemaRegistryClient({
-        "url": url, "basic.auth.user.info": f"{USER}:{PASSWORD}", "ssl.ca.location": str(pki.ca)})
+    client = schema_registry.SchemaRegistryClient(
+        {"url": url, "basic.auth.user.info": f"{USER}:{PASSWORD}", "ssl.ca.location": str(pki.ca)}
+    )
     decoded = avro.AvroDeserializer(client)(data, None)
     assert decoded["request_id"] == "r1" and decoded["inputs"][0]["data"] == [b"over TLS"]
 
@@ -94,11 +105,15 @@ async def test_a_wrong_password_is_a_clear_error_and_never_a_decode_error(regist
         data = good.encode(_request())
     with _codec(_settings(url, pki, schema_registry_password="wrong")) as codec:
         for attempt in (codec.prepare_async(), codec.decode_async(data, InferenceRequest)):
-            with pytest.raises(RegistryAuthError, match="HTTP 401: the registry refused the credentials") as info:
+            with pytest.raises(
+                RegistryAuthError, match="HTTP 401: the registry refused the credentials"
+            ) as info:
                 await attempt
             # Retriable: the worker waits (SPEC section 9) and the event is not dead-lettered.
             assert info.value.retriable and not isinstance(info.value, DecodeError)
-    with _codec(_settings(url, pki, schema_registry_username=None, schema_registry_password=None)) as anonymous:
+    with _codec(
+        _settings(url, pki, schema_registry_username=None, schema_registry_password=None)
+    ) as anonymous:
         with pytest.raises(RegistryAuthError):
             anonymous.encode(_request())
     assert state.authorizations[-1] is None  # nothing sent without credentials
@@ -107,9 +122,13 @@ async def test_a_wrong_password_is_a_clear_error_and_never_a_decode_error(regist
 @pytest.mark.parametrize("cafile", ["other", "system"])
 def test_an_untrusted_certificate_says_so(registry, pki, cafile: str) -> None:
     url, state = registry
-    settings = _settings(url, pki, schema_registry_cafile=pki.other_ca if cafile == "other" else None)
+    settings = _settings(
+        url, pki, schema_registry_cafile=pki.other_ca if cafile == "other" else None
+    )
     with _codec(settings) as codec:
-        with pytest.raises(RegistryUnavailable, match="TLS: the registry's certificate is not trusted"):
+        with pytest.raises(
+            RegistryUnavailable, match="TLS: the registry's certificate is not trusted"
+        ):
             codec.encode(_request())
     assert state.calls == []  # the handshake failed: no credentials went out
 
@@ -117,14 +136,22 @@ def test_an_untrusted_certificate_says_so(registry, pki, cafile: str) -> None:
 # -- a full request -------------------------------------------------------------------------------
 
 
-def _consume_all(bootstrap: str, topics: list[str], timeout_s: float = 10.0) -> dict[str, list[bytes]]:
+def _consume_all(
+    bootstrap: str, topics: list[str], timeout_s: float = 10.0
+) -> dict[str, list[bytes]]:
     """Everything on ``topics`` now: read from the start up to their end offsets."""
     from aiokafka import AIOKafkaConsumer
 
     async def read() -> dict[str, list[bytes]]:
         # no consumer group (joining one costs 5 s on Tansu): every partition, from the start
-        consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                    group_id=None, enable_auto_commit=False, fetch_max_wait_ms=20)
+        consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=20,
+        )
         await consumer.start()
         seen: dict[str, list[bytes]] = {topic: [] for topic in topics}
         try:
@@ -140,7 +167,9 @@ def _consume_all(bootstrap: str, topics: list[str], timeout_s: float = 10.0) -> 
                 for partition, messages in batch.items():
                     seen[partition.topic].extend(m.value for m in messages)
             else:
-                raise AssertionError(f"{topics} not read to their end offsets {ends} in {timeout_s} s")
+                raise AssertionError(
+                    f"{topics} not read to their end offsets {ends} in {timeout_s} s"
+                )
         finally:
             await consumer.stop()
         return seen
@@ -148,12 +177,18 @@ def _consume_all(bootstrap: str, topics: list[str], timeout_s: float = 10.0) -> 
     return asyncio.run(read())
 
 
-def test_full_request_with_an_https_registry_and_the_topic_strategy(registry, pki, make_stack,
-                                                                     redis_server, kafka_server) -> None:
+def test_full_request_with_an_https_registry_and_the_topic_strategy(
+    registry, pki, make_stack, redis_server, kafka_server
+) -> None:
     url, state = registry
-    env = {"STREAMINFER_SCHEMA_REGISTRY_URL": url, "STREAMINFER_SCHEMA_REGISTRY_USERNAME": USER,
-           "STREAMINFER_SCHEMA_REGISTRY_PASSWORD": PASSWORD, "STREAMINFER_SCHEMA_REGISTRY_CAFILE": str(pki.ca),
-           "STREAMINFER_SCHEMA_REGISTRY_SUBJECT_STRATEGY": "topic", "STREAMINFER_TASKS": TASK}
+    env = {
+        "STREAMINFER_SCHEMA_REGISTRY_URL": url,
+        "STREAMINFER_SCHEMA_REGISTRY_USERNAME": USER,
+        "STREAMINFER_SCHEMA_REGISTRY_PASSWORD": PASSWORD,
+        "STREAMINFER_SCHEMA_REGISTRY_CAFILE": str(pki.ca),
+        "STREAMINFER_SCHEMA_REGISTRY_SUBJECT_STRATEGY": "topic",
+        "STREAMINFER_TASKS": TASK,
+    }
     stack = make_stack(redis_url=redis_server, **env)
     # A worker with the wrong password first: it says why it waits, and consumes nothing.
     refused = stack.add_worker(wait=False, STREAMINFER_SCHEMA_REGISTRY_PASSWORD="wrong")
@@ -169,20 +204,37 @@ def test_full_request_with_an_https_registry_and_the_topic_strategy(registry, pk
 
     stack.add_worker()
     gateway = stack.add_gateway()
-    response = httpx.post(f"{gateway}/v1/infer/{TASK}", params={"wait": 30}, timeout=40,
-                          json={"inputs": {"text": "registry over TLS"}})
+    response = httpx.post(
+        f"{gateway}/v1/infer/{TASK}",
+        params={"wait": 30},
+        timeout=40,
+        json={"inputs": {"text": "registry over TLS"}},
+    )
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "succeeded"
 
     prefix = stack.prefix
-    wanted = {f"{topic}-value" for topic in [*request_topics(prefix, TASK), results_topic(prefix, TASK),
-                                             audit_topic(prefix), dlq_topic(prefix)]}
+    wanted = {
+        f"{topic}-value"
+        for topic in [
+            *request_topics(prefix, TASK),
+            results_topic(prefix, TASK),
+            audit_topic(prefix),
+            dlq_topic(prefix),
+        ]
+    }
     assert wanted <= set(state.subjects), sorted(state.subjects)
     assert not any(s.startswith("io.streaminfer.v1.Inference") for s in state.subjects)
-    assert set(state.authorizations) == {_expected_auth(), httpx.BasicAuth(USER, "wrong")._auth_header}
+    assert set(state.authorizations) == {
+        _expected_auth(),
+        httpx.BasicAuth(USER, "wrong")._auth_header,
+    }
     # On Kafka: Confluent framing with ids the registry holds; nothing dead-lettered.
     seen = _consume_all(kafka_server, all_topics(prefix, [TASK]))
-    framed = [value for topic, values in seen.items() if topic != dlq_topic(prefix) for value in values]
-    assert framed and all(v[:1] == b"\x00" and int.from_bytes(v[1:5], "big") in state.schemas
-                          for v in framed)
+    framed = [
+        value for topic, values in seen.items() if topic != dlq_topic(prefix) for value in values
+    ]
+    assert framed and all(
+        v[:1] == b"\x00" and int.from_bytes(v[1:5], "big") in state.schemas for v in framed
+    )
     assert seen[dlq_topic(prefix)] == []

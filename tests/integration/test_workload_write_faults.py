@@ -43,8 +43,13 @@ CODEC = AvroCodec()
 COUNT = 30
 
 
-async def serve(kafka_server: str, publisher: ResultPublisher, processor: RequestProcessor,
-                requests: list[InferenceRequest], prefix: str) -> dict[str, list[InferenceResult]]:
+async def serve(
+    kafka_server: str,
+    publisher: ResultPublisher,
+    processor: RequestProcessor,
+    requests: list[InferenceRequest],
+    prefix: str,
+) -> dict[str, list[InferenceResult]]:
     """Feed ``requests`` (3 partitions), wait until all are acked in order; their results."""
     topic = request_topic(prefix, TASK, Priority.NORMAL)
     offsets = [0, 0, 0]
@@ -54,11 +59,14 @@ async def serve(kafka_server: str, publisher: ResultPublisher, processor: Reques
     try:
         for i, request in enumerate(requests):
             p = i % 3
-            source = SourceEvent(topic, p, offsets[p], request.request_id.encode(), CODEC.encode(request))
+            source = SourceEvent(
+                topic, p, offsets[p], request.request_id.encode(), CODEC.encode(request)
+            )
             offsets[p] += 1
 
             async def ack(at=(p, source.offset)):
                 acked.append(at)
+
             await processor.handle(source, ack)
         while len(acked) < len(requests) and time.monotonic() - started < 60:
             await asyncio.sleep(0.05)
@@ -69,8 +77,14 @@ async def serve(kafka_server: str, publisher: ResultPublisher, processor: Reques
         mine = [o for pp, o in acked if pp == p]
         assert mine == list(range(len(mine))), f"partition {p} acked out of order"
     wanted = {r.request_id.encode() for r in requests}
-    results = await read_records(kafka_server, results_topic(prefix, TASK), InferenceResult, wanted,
-                                 lambda g: len(g) >= len(wanted), timeout_s=30)
+    results = await read_records(
+        kafka_server,
+        results_topic(prefix, TASK),
+        InferenceResult,
+        wanted,
+        lambda g: len(g) >= len(wanted),
+        timeout_s=30,
+    )
     assert set(results) == {r.request_id for r in requests}, "a result per request on its topic"
     for rid, copies in results.items():
         assert len({(c.worker_id, c.completed_at) for c in copies}) == 1, f"{rid}: several results"
@@ -79,11 +93,14 @@ async def serve(kafka_server: str, publisher: ResultPublisher, processor: Reques
 
 @pytest.mark.parametrize("when", ["before", "after"], ids=["refused", "reply-lost"])
 @pytest.mark.parametrize("once", [True, False], ids=["once", "for-3s"])
-async def test_a_failing_collection_write_stores_each_item_once(kafka_server, redis_server, when, once):
+async def test_a_failing_collection_write_stores_each_item_once(
+    kafka_server, redis_server, when, once
+):
     prefix = f"t{uuid.uuid4().hex[:8]}"
     await ensure_topics(kafka_server, [*all_topics(prefix, [TASK])], partitions=3)
-    publisher = ResultPublisher(kafka_server, redis_server, CODEC, prefix, result_ttl_s=600,
-                                request_timeout_ms=3000)
+    publisher = ResultPublisher(
+        kafka_server, redis_server, CODEC, prefix, result_ttl_s=600, request_timeout_ms=3000
+    )
     await publisher.start()
     fault, store = Fault(once, for_s=3.0), publisher.collections
     upsert = store._upsert
@@ -97,12 +114,24 @@ async def test_a_failing_collection_write_stores_each_item_once(kafka_server, re
         return done
 
     store._upsert = failing_upsert
-    processor = RequestProcessor(repository=FakeRepository(FakeModel()), publisher=publisher, codec=CODEC,
-                                 prefix=prefix, worker_id="w-collections", tasks=[TASK], retry_backoff_s=0.001)
-    requests = [InferenceRequest(request_id=str(uuid.uuid4()), task=TASK,
-                                 parameters={"collection": "docs", "item_id": f"item-{i}"},
-                                 inputs=[Tensor.from_numpy("x", np.array([[i + 1.0, 1.0]], np.float32))])
-                for i in range(COUNT)]
+    processor = RequestProcessor(
+        repository=FakeRepository(FakeModel()),
+        publisher=publisher,
+        codec=CODEC,
+        prefix=prefix,
+        worker_id="w-collections",
+        tasks=[TASK],
+        retry_backoff_s=0.001,
+    )
+    requests = [
+        InferenceRequest(
+            request_id=str(uuid.uuid4()),
+            task=TASK,
+            parameters={"collection": "docs", "item_id": f"item-{i}"},
+            inputs=[Tensor.from_numpy("x", np.array([[i + 1.0, 1.0]], np.float32))],
+        )
+        for i in range(COUNT)
+    ]
     try:
         results = await serve(kafka_server, publisher, processor, requests, prefix)
         assert fault.fired, "the fault fired"
@@ -117,8 +146,10 @@ async def test_a_failing_collection_write_stores_each_item_once(kafka_server, re
         assert top.id == f"item-{COUNT - 1}"
     finally:
         await publisher.stop()
-    print(f"\ncollection write failing {'once' if once else 'for 3 s'} ({when} it lands): "
-          f"fired {fault.fired}x, {COUNT} items stored once")
+    print(
+        f"\ncollection write failing {'once' if once else 'for 3 s'} ({when} it lands): "
+        f"fired {fault.fired}x, {COUNT} items stored once"
+    )
 
 
 COLUMNS = ["a", "b"]
@@ -131,10 +162,15 @@ def feature_model(tmp_path: Path) -> FakeModel:
     (tmp_path / "1").mkdir()
     with contextlib.closing(sqlite3.connect(tmp_path / "1" / "features.sqlite")) as db, db:
         db.execute('CREATE TABLE features (entity_id TEXT PRIMARY KEY, "a" REAL, "b" REAL)')
-        db.executemany("INSERT INTO features VALUES (?, ?, ?)", [(str(i), i, 1.0) for i in range(COUNT)])
+        db.executemany(
+            "INSERT INTO features VALUES (?, ?, ?)", [(str(i), i, 1.0) for i in range(COUNT)]
+        )
     base = config()
-    features = parse_features({"url": "sqlite:///{version_dir}/features.sqlite", "columns": COLUMNS,
-                               "cache_ttl_s": 600}, base.inputs, {})
+    features = parse_features(
+        {"url": "sqlite:///{version_dir}/features.sqlite", "columns": COLUMNS, "cache_ttl_s": 600},
+        base.inputs,
+        {},
+    )
     model = FakeModel()
     model.config = dataclasses.replace(base, path=tmp_path, features=features)
     model.path = tmp_path / "1"
@@ -142,17 +178,27 @@ def feature_model(tmp_path: Path) -> FakeModel:
 
 
 @pytest.mark.parametrize("once", [True, False], ids=["once", "for-3s"])
-async def test_a_failing_feature_cache_write_answers_every_request(kafka_server, redis_server, tmp_path, once):
+async def test_a_failing_feature_cache_write_answers_every_request(
+    kafka_server, redis_server, tmp_path, once
+):
     prefix = f"t{uuid.uuid4().hex[:8]}"
     await ensure_topics(kafka_server, [*all_topics(prefix, [TASK])], partitions=3)
-    publisher = ResultPublisher(kafka_server, redis_server, CODEC, prefix, result_ttl_s=600,
-                                request_timeout_ms=3000)
+    publisher = ResultPublisher(
+        kafka_server, redis_server, CODEC, prefix, result_ttl_s=600, request_timeout_ms=3000
+    )
     await publisher.start()
     model = feature_model(tmp_path)
     repository = FakeRepository(model)
     repository.configs = {TASK: model.config}
-    processor = RequestProcessor(repository=repository, publisher=publisher, codec=CODEC, prefix=prefix,
-                                 worker_id="w-features", tasks=[TASK], retry_backoff_s=0.001)
+    processor = RequestProcessor(
+        repository=repository,
+        publisher=publisher,
+        codec=CODEC,
+        prefix=prefix,
+        worker_id="w-features",
+        tasks=[TASK],
+        retry_backoff_s=0.001,
+    )
     fault, lookup = Fault(once, for_s=3.0), processor._features
     to_cache = lookup._to_cache
 
@@ -162,15 +208,23 @@ async def test_a_failing_feature_cache_write_answers_every_request(kafka_server,
         return await to_cache(*args, **kwargs)
 
     lookup._to_cache = failing_to_cache
-    requests = [InferenceRequest(request_id=str(uuid.uuid4()), task=TASK, inputs=[
-        Tensor.from_numpy("entity_id", np.array([str(i)], dtype=object))]) for i in range(COUNT)]
+    requests = [
+        InferenceRequest(
+            request_id=str(uuid.uuid4()),
+            task=TASK,
+            inputs=[Tensor.from_numpy("entity_id", np.array([str(i)], dtype=object))],
+        )
+        for i in range(COUNT)
+    ]
     try:
         results = await serve(kafka_server, publisher, processor, requests, prefix)
         assert fault.fired, "the fault fired"
         for i, request in enumerate(requests):
             result = results[request.request_id][0]
             assert result.status is Status.SUCCEEDED, result.error
-            assert result.outputs[0].to_numpy().tolist() == [[2.0 * i, 2.0]]  # its row's features, doubled
+            assert result.outputs[0].to_numpy().tolist() == [
+                [2.0 * i, 2.0]
+            ]  # its row's features, doubled
         url = resolve_url(model.config.features["url"], tmp_path, tmp_path / "1")
         store = store_id(url, "features")
         for i in range(COUNT):
@@ -179,5 +233,7 @@ async def test_a_failing_feature_cache_write_answers_every_request(kafka_server,
             assert 0 < await publisher.redis.ttl(key) <= 600
     finally:
         await publisher.stop()
-    print(f"\nfeature cache write failing {'once' if once else 'for 3 s'}: fired {fault.fired}x, "
-          f"{COUNT} requests answered, {COUNT} rows cached")
+    print(
+        f"\nfeature cache write failing {'once' if once else 'for 3 s'}: fired {fault.fired}x, "
+        f"{COUNT} requests answered, {COUNT} rows cached"
+    )

@@ -75,8 +75,11 @@ def inject(publisher: ResultPublisher, write: str, fault: Fault, prefix: str) ->
 
         publisher.store_results = store_results
         return
-    topic = {"results-produce": results_topic(prefix, TASK), "audit-produce": audit_topic(prefix),
-             "dead-letter-produce": dlq_topic(prefix)}[write]
+    topic = {
+        "results-produce": results_topic(prefix, TASK),
+        "audit-produce": audit_topic(prefix),
+        "dead-letter-produce": dlq_topic(prefix),
+    }[write]
     send = publisher.producer.send
 
     async def failing_send(to, *args, **kwargs):
@@ -94,9 +97,14 @@ def events(prefix: str, count: int) -> tuple[list[SourceEvent], list[str], list[
     offsets = [0, 0, 0]
     for i in range(count):
         p = i % 3
-        request = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK, inputs=[
-            Tensor.from_numpy("x", np.array([[i, 1.0]], dtype=np.float32))])
-        out.append(SourceEvent(topic, p, offsets[p], request.request_id.encode(), CODEC.encode(request)))
+        request = InferenceRequest(
+            request_id=str(uuid.uuid4()),
+            task=TASK,
+            inputs=[Tensor.from_numpy("x", np.array([[i, 1.0]], dtype=np.float32))],
+        )
+        out.append(
+            SourceEvent(topic, p, offsets[p], request.request_id.encode(), CODEC.encode(request))
+        )
         ids.append(request.request_id)
         out.append(SourceEvent(topic, p, offsets[p] + 1, b"junk", b"not avro %d" % i))
         junk.append((p, offsets[p] + 1))
@@ -104,26 +112,40 @@ def events(prefix: str, count: int) -> tuple[list[SourceEvent], list[str], list[
     return out, ids, junk
 
 
-@pytest.mark.parametrize("write", ["redis-store", "results-produce", "audit-produce", "dead-letter-produce"])
+@pytest.mark.parametrize(
+    "write", ["redis-store", "results-produce", "audit-produce", "dead-letter-produce"]
+)
 @pytest.mark.parametrize("once", [True, False], ids=["once", "for-3s"])
-async def test_a_failing_write_loses_nothing_and_stalls_nothing(kafka_server, redis_server, write, once):
+async def test_a_failing_write_loses_nothing_and_stalls_nothing(
+    kafka_server, redis_server, write, once
+):
     prefix = f"t{uuid.uuid4().hex[:8]}"
     await ensure_topics(kafka_server, [*all_topics(prefix, [TASK])], partitions=3)
-    publisher = ResultPublisher(kafka_server, redis_server, CODEC, prefix, result_ttl_s=600,
-                                request_timeout_ms=3000)
+    publisher = ResultPublisher(
+        kafka_server, redis_server, CODEC, prefix, result_ttl_s=600, request_timeout_ms=3000
+    )
     await publisher.start()
     fault = Fault(once, for_s=3.0)
     inject(publisher, write, fault, prefix)
-    processor = RequestProcessor(repository=FakeRepository(FakeModel()), publisher=publisher, codec=CODEC,
-                                 prefix=prefix, worker_id="w-faults", tasks=[TASK], retry_backoff_s=0.001)
+    processor = RequestProcessor(
+        repository=FakeRepository(FakeModel()),
+        publisher=publisher,
+        codec=CODEC,
+        prefix=prefix,
+        worker_id="w-faults",
+        tasks=[TASK],
+        retry_backoff_s=0.001,
+    )
     sources, ids, junk = events(prefix, 60)
     acked: list[tuple[int, int]] = []
     started = time.monotonic()
     await processor.start()
     try:
         for source in sources:
+
             async def ack(at=(source.partition, source.offset)):
                 acked.append(at)
+
             await processor.handle(source, ack)
         while len(acked) < len(sources) and time.monotonic() - started < 60:
             await asyncio.sleep(0.05)
@@ -137,36 +159,65 @@ async def test_a_failing_write_loses_nothing_and_stalls_nothing(kafka_server, re
         mine = [o for pp, o in acked if pp == p]
         assert mine == sorted(mine) == list(range(len(mine))), f"partition {p} acked out of order"
     wanted = {i.encode() for i in ids}
-    results = await read_records(kafka_server, results_topic(prefix, TASK), InferenceResult, wanted,
-                                 lambda g: len(g) >= len(wanted), timeout_s=30)
+    results = await read_records(
+        kafka_server,
+        results_topic(prefix, TASK),
+        InferenceResult,
+        wanted,
+        lambda g: len(g) >= len(wanted),
+        timeout_s=30,
+    )
     assert set(results) == set(ids), f"{len(set(ids) - set(results))} results not on their topic"
     for rid, copies in results.items():
         assert len({(c.worker_id, c.completed_at) for c in copies}) == 1, f"{rid}: several results"
         assert copies[0].status is Status.SUCCEEDED
-    letters = await read_records(kafka_server, dlq_topic(prefix), DeadLetter, None,
-                                 lambda g: sum(map(len, g.values())) >= len(junk), timeout_s=30)
+    letters = await read_records(
+        kafka_server,
+        dlq_topic(prefix),
+        DeadLetter,
+        None,
+        lambda g: sum(map(len, g.values())) >= len(junk),
+        timeout_s=30,
+    )
     sources_seen = sorted((lt.partition, lt.offset) for group in letters.values() for lt in group)
     assert sources_seen == sorted(junk), "one dead letter per undecodable event"
-    print(f"\n{write} failing {'once' if once else 'for 3 s'}: fired {fault.fired}x, "
-          f"{len(ids)} results and {len(junk)} dead letters, all acked in {took:.1f}s")
+    print(
+        f"\n{write} failing {'once' if once else 'for 3 s'}: fired {fault.fired}x, "
+        f"{len(ids)} results and {len(junk)} dead letters, all acked in {took:.1f}s"
+    )
 
 
-async def test_a_dead_letter_past_the_producer_limit_is_cut_to_fit_and_never_blocks(kafka_server, redis_server):
+async def test_a_dead_letter_past_the_producer_limit_is_cut_to_fit_and_never_blocks(
+    kafka_server, redis_server
+):
     prefix = f"t{uuid.uuid4().hex[:8]}"
     await ensure_topics(kafka_server, [*all_topics(prefix, [TASK])], partitions=1)
     limit = 64 * 1024
-    publisher = ResultPublisher(kafka_server, redis_server, CODEC, prefix, result_ttl_s=600,
-                                max_request_size=limit)
+    publisher = ResultPublisher(
+        kafka_server, redis_server, CODEC, prefix, result_ttl_s=600, max_request_size=limit
+    )
     await publisher.start()
-    processor = RequestProcessor(repository=FakeRepository(FakeModel()), publisher=publisher, codec=CODEC,
-                                 prefix=prefix, worker_id="w-big", tasks=[TASK])
-    payload = os.urandom(limit - 300)  # fits as a request; with the letter's ~200 bytes it would not
+    processor = RequestProcessor(
+        repository=FakeRepository(FakeModel()),
+        publisher=publisher,
+        codec=CODEC,
+        prefix=prefix,
+        worker_id="w-big",
+        tasks=[TASK],
+    )
+    payload = os.urandom(
+        limit - 300
+    )  # fits as a request; with the letter's ~200 bytes it would not
     acked = []
     await processor.start()
     try:
+
         async def ack():
             acked.append(0)
-        await processor.handle(SourceEvent(request_topic(prefix, TASK, Priority.NORMAL), 0, 0, b"big", payload), ack)
+
+        await processor.handle(
+            SourceEvent(request_topic(prefix, TASK, Priority.NORMAL), 0, 0, b"big", payload), ack
+        )
         deadline = time.monotonic() + 20
         while not acked and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -174,7 +225,9 @@ async def test_a_dead_letter_past_the_producer_limit_is_cut_to_fit_and_never_blo
         await processor.stop()
         await publisher.stop()
     assert acked == [0], "the event was answered"
-    letters = await read_records(kafka_server, dlq_topic(prefix), DeadLetter, None, lambda g: bool(g), timeout_s=20)
+    letters = await read_records(
+        kafka_server, dlq_topic(prefix), DeadLetter, None, lambda g: bool(g), timeout_s=20
+    )
     (letter,) = [lt for group in letters.values() for lt in group]
     import hashlib
 
@@ -185,13 +238,19 @@ async def test_a_dead_letter_past_the_producer_limit_is_cut_to_fit_and_never_blo
 
 
 @pytest.mark.slow
-async def test_commits_failing_while_the_broker_is_paused_lose_nothing(make_stack, own_kafka, redis_server):
+async def test_commits_failing_while_the_broker_is_paused_lose_nothing(
+    make_stack, own_kafka, redis_server
+):
     from helpers.kafka import produce_requests, read_results
 
     from streaminfer.embedded import bootstrap_address
 
-    stack = make_stack(bootstrap=bootstrap_address(own_kafka), redis_url=redis_server,
-                       STREAMINFER_TASKS="text-embedding", STREAMINFER_KAFKA_REQUEST_TIMEOUT_MS="2000")
+    stack = make_stack(
+        bootstrap=bootstrap_address(own_kafka),
+        redis_url=redis_server,
+        STREAMINFER_TASKS="text-embedding",
+        STREAMINFER_KAFKA_REQUEST_TIMEOUT_MS="2000",
+    )
     worker = stack.add_worker()
     ids = await produce_requests(stack.bootstrap, stack.prefix, 400)
     await asyncio.sleep(2.0)  # the worker is mid-stream

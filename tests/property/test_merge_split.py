@@ -10,8 +10,10 @@ from streaminfer.streams.merging import merge_inputs, split_outputs
 
 
 @settings(max_examples=200, deadline=None)
-@given(sizes=st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=12),
-       width=st.integers(min_value=1, max_value=4))
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=12),
+    width=st.integers(min_value=1, max_value=4),
+)
 def test_split_of_merge_is_identity(sizes, width):
     requests = []
     counter = 0

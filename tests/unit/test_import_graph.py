@@ -15,8 +15,14 @@ ALLOWED = {
     "schemas": set(),
     "models": set(),
     "streams": {"schemas", "models"},
-    "gateway": {"schemas", "models.config", "models.friendly", "models.errors", "models.signature",
-                "models.validation"},
+    "gateway": {
+        "schemas",
+        "models.config",
+        "models.friendly",
+        "models.errors",
+        "models.signature",
+        "models.validation",
+    },
     "streaminfer": OURS,
 }
 
@@ -39,10 +45,16 @@ def ours(module: str) -> str | None:
         return None
     return rest if rest.split(".")[0] in OURS - {"streaminfer"} else "streaminfer." + rest
 
+
 def allowed(package: str, module: str) -> bool:
     rules = ALLOWED[package]
-    return any(module == rule or module.startswith(rule + ".") or rule == module.split(".")[0] and "." not in rule
-               for rule in rules)
+    return any(
+        module == rule
+        or module.startswith(rule + ".")
+        or rule == module.split(".")[0]
+        and "." not in rule
+        for rule in rules
+    )
 
 
 def test_dependencies_run_one_way():
@@ -54,9 +66,13 @@ def test_gateway_modules_do_not_pull_in_torch_or_onnxruntime():
     import subprocess
     import sys
 
-    code = ("import sys, streaminfer.gateway.app, streaminfer.gateway.routes; "
-            "print([m for m in ('torch', 'onnxruntime') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    code = (
+        "import sys, streaminfer.gateway.app, streaminfer.gateway.routes; "
+        "print([m for m in ('torch', 'onnxruntime') if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "[]"
 
 

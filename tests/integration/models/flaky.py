@@ -17,8 +17,14 @@ TRANSIENT = 7.0
 SLOW = 5.0
 
 CONFIG = {
-    "task": "flaky", "name": "flaky-doubler", "backend": "torch", "max_batch_size": 16,
-    "max_batch_delay_ms": 300, "instances": 1, "device": "cpu", "warmup": True,
+    "task": "flaky",
+    "name": "flaky-doubler",
+    "backend": "torch",
+    "max_batch_size": 16,
+    "max_batch_delay_ms": 300,
+    "instances": 1,
+    "device": "cpu",
+    "warmup": True,
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [2]}],
     "outputs": [{"name": "y", "datatype": "FP32", "shape": [2]}],
 }

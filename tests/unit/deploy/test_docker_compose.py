@@ -18,24 +18,36 @@ SERVICES = COMPOSE["services"]
 
 
 def test_services_of_the_production_shape():
-    assert {"kafka", "redis", "topic-init", "gateway", "worker", "prometheus", "grafana"} <= set(SERVICES)
+    assert {"kafka", "redis", "topic-init", "gateway", "worker", "prometheus", "grafana"} <= set(
+        SERVICES
+    )
     kafka = SERVICES["kafka"]
     assert kafka["image"].startswith("apache/kafka")
     assert "broker,controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"], "KRaft, no ZooKeeper"
-    assert "ports" not in SERVICES["worker"] and "container_name" not in SERVICES["worker"], \
+    assert "ports" not in SERVICES["worker"] and "container_name" not in SERVICES["worker"], (
         "workers must scale with --scale worker=N"
+    )
     assert SERVICES["topic-init"]["command"] == ["topics", "create"]
     for name in ("gateway", "worker"):
-        assert SERVICES[name]["depends_on"]["topic-init"]["condition"] == "service_completed_successfully"
+        assert (
+            SERVICES[name]["depends_on"]["topic-init"]["condition"]
+            == "service_completed_successfully"
+        )
 
 
 def test_environment_names_are_settings():
     fields = {f"STREAMINFER_{name.upper()}" for name in Settings.model_fields}
-    used = {key for service in SERVICES.values() for key in (service.get("environment") or {})
-            if key.startswith("STREAMINFER_")}
+    used = {
+        key
+        for service in SERVICES.values()
+        for key in (service.get("environment") or {})
+        if key.startswith("STREAMINFER_")
+    }
     assert used and used <= fields, used - fields
     env = SERVICES["gateway"]["environment"]
-    Settings(**{k.removeprefix("STREAMINFER_").lower(): v for k, v in env.items()})  # values validate too
+    Settings(
+        **{k.removeprefix("STREAMINFER_").lower(): v for k, v in env.items()}
+    )  # values validate too
 
 
 def test_secure_by_default():
@@ -46,8 +58,14 @@ def test_secure_by_default():
     assert "ports" not in redis, "Redis is reachable only on the compose network"
     assert "--requirepass" in redis["command"]
     assert "${STREAMINFER_REDIS_PASSWORD:?" in env["STREAMINFER_REDIS_URL"], "no default password"
-    assert SERVICES["keys-init"]["command"][:2] == ["keys", "create"] and "--admin" in SERVICES["keys-init"]["command"]
-    assert SERVICES["gateway"]["depends_on"]["keys-init"]["condition"] == "service_completed_successfully"
+    assert (
+        SERVICES["keys-init"]["command"][:2] == ["keys", "create"]
+        and "--admin" in SERVICES["keys-init"]["command"]
+    )
+    assert (
+        SERVICES["gateway"]["depends_on"]["keys-init"]["condition"]
+        == "service_completed_successfully"
+    )
     for name, service in SERVICES.items():
         if "ports" in service:
             assert name in {"gateway", "kafka", "prometheus", "grafana"}, name
@@ -58,7 +76,9 @@ def test_referenced_files_exist():
         build = service.get("build")
         if build:
             context = ROOT / (build if isinstance(build, str) else build.get("context", "."))
-            dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+            dockerfile = (
+                "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+            )
             assert (context / dockerfile).is_file(), dockerfile
         for volume in service.get("volumes", []):
             host = volume.split(":")[0]
@@ -70,10 +90,14 @@ def test_prometheus_scrapes_the_bound_ports():
     config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     env = SERVICES["gateway"]["environment"]
-    assert jobs["gateway"]["static_configs"][0]["targets"] == [f"gateway:{env['STREAMINFER_GATEWAY_PORT']}"]
+    assert jobs["gateway"]["static_configs"][0]["targets"] == [
+        f"gateway:{env['STREAMINFER_GATEWAY_PORT']}"
+    ]
     worker_sd = jobs["worker"]["dns_sd_configs"][0]
     assert worker_sd["port"] == int(env["STREAMINFER_WORKER_METRICS_PORT"])
-    assert env["STREAMINFER_WORKER_METRICS_HOST"] == "0.0.0.0", "scrapable from the Prometheus container"
+    assert env["STREAMINFER_WORKER_METRICS_HOST"] == "0.0.0.0", (
+        "scrapable from the Prometheus container"
+    )
     assert set(worker_sd["names"]) <= set(SERVICES)
 
 
@@ -81,9 +105,14 @@ def test_dashboard_queries_metrics_that_exist():
     from streaminfer.gateway import metrics as gateway_metrics
     from streaminfer.streams import metrics as worker_metrics
 
-    known = {m.name for registry in (gateway_metrics.REGISTRY, worker_metrics.REGISTRY)
-             for m in registry.collect()}
-    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "streaminfer.json").read_text())
+    known = {
+        m.name
+        for registry in (gateway_metrics.REGISTRY, worker_metrics.REGISTRY)
+        for m in registry.collect()
+    }
+    dashboard = json.loads(
+        (ROOT / "deploy" / "grafana" / "dashboards" / "streaminfer.json").read_text()
+    )
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("throughput", "latency", "batch size", "lag", "errors"):
         assert topic in titles

@@ -36,8 +36,11 @@ def _module(name: str):
 
 
 def _load() -> dict[str, list[dict]]:
-    return {path.name: [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-            for path in sorted(KUBE.glob("*.yaml")) if path.name != "kustomization.yaml"}
+    return {
+        path.name: [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+        for path in sorted(KUBE.glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+    }
 
 
 FILES = _load()
@@ -53,7 +56,11 @@ CONFIG = _objects("ConfigMap")["streaminfer-config"]["data"]
 SECRETS = _objects("Secret")
 DEPLOYMENTS = _objects("Deployment")
 SCALED_OBJECTS = _objects("ScaledObject")
-WORKERS = {name: d for name, d in DEPLOYMENTS.items() if d["spec"]["template"]["spec"]["containers"][0]["args"][0] == "worker"}
+WORKERS = {
+    name: d
+    for name, d in DEPLOYMENTS.items()
+    if d["spec"]["template"]["spec"]["containers"][0]["args"][0] == "worker"
+}
 
 
 def _pod_specs() -> list[dict]:
@@ -94,6 +101,7 @@ def _settings(env: dict[str, str], tmp_path: Path) -> Settings:
 
 # --- kustomization and built-in kinds ------------------------------------------------------
 
+
 def test_kustomization_lists_every_manifest_and_only_existing_files():
     resources = KUSTOMIZATION["resources"]
     assert len(resources) == len(set(resources))
@@ -106,8 +114,11 @@ def test_kustomization_lists_every_manifest_and_only_existing_files():
     assert used <= images, used - images
 
 
-@pytest.mark.parametrize("obj", [o for o in OBJECTS if o["kind"] not in CRD_KINDS],
-                         ids=lambda o: f"{o['kind']}/{o['metadata']['name']}")
+@pytest.mark.parametrize(
+    "obj",
+    [o for o in OBJECTS if o["kind"] not in CRD_KINDS],
+    ids=lambda o: f"{o['kind']}/{o['metadata']['name']}",
+)
 def test_builtin_kinds_validate_against_the_kubernetes_schemas(obj):
     try:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
@@ -117,19 +128,25 @@ def test_builtin_kinds_validate_against_the_kubernetes_schemas(obj):
 
 def test_only_known_crd_kinds_are_left_unvalidated():
     kinds = {o["kind"]: o["apiVersion"] for o in OBJECTS if o["kind"] in CRD_KINDS}
-    assert kinds == {"ScaledObject": "keda.sh/v1alpha1", "TriggerAuthentication": "keda.sh/v1alpha1",
-                     "ServiceMonitor": "monitoring.coreos.com/v1"}
+    assert kinds == {
+        "ScaledObject": "keda.sh/v1alpha1",
+        "TriggerAuthentication": "keda.sh/v1alpha1",
+        "ServiceMonitor": "monitoring.coreos.com/v1",
+    }
 
 
 def test_the_validator_rejects_a_broken_manifest():
     """The schema check really checks (strict: an unknown field fails)."""
     broken = yaml.safe_load(yaml.safe_dump(DEPLOYMENTS["streaminfer-gateway"]))
-    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["pathh"] = "/ready"
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["pathh"] = (
+        "/ready"
+    )
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
 
 
 # --- settings -----------------------------------------------------------------------------
+
 
 def test_environment_names_are_settings():
     fields = {f"STREAMINFER_{name.upper()}" for name in Settings.model_fields}
@@ -181,10 +198,13 @@ def test_gateway_and_worker_settings_of_the_spec():
     assert gpu["STREAMINFER_DEVICE"] == "cuda"
     served = [set(_container_env(d)["STREAMINFER_TASKS"].split(",")) for d in WORKERS.values()]
     assert set().union(*served) == BUILTIN_TASKS, "every task has workers"
-    assert sum(map(len, served)) == len(BUILTIN_TASKS), "one group: each task in one Deployment only"
+    assert sum(map(len, served)) == len(BUILTIN_TASKS), (
+        "one group: each task in one Deployment only"
+    )
 
 
 # --- pods ---------------------------------------------------------------------------------
+
 
 def test_gateway_probes_hit_routes_that_exist():
     routes = {route.path for route in _module("gateway.routes").router.routes}
@@ -211,7 +231,11 @@ def test_worker_ports_and_probes():
 def test_grace_periods_outlast_the_drains():
     # A worker's shutdown drains each model's batcher for up to drain()'s timeout (serving a task
     # may hold two versions during a reload), then flushes and leaves the group.
-    drain_s = inspect.signature(_module("streams.batcher").InferenceBatcher.drain).parameters["timeout_s"].default
+    drain_s = (
+        inspect.signature(_module("streams.batcher").InferenceBatcher.drain)
+        .parameters["timeout_s"]
+        .default
+    )
     assert drain_s > 0
     for name, deployment in WORKERS.items():
         tasks = _container_env(deployment)["STREAMINFER_TASKS"].split(",")
@@ -243,15 +267,25 @@ def test_gpu_worker():
     assert container["image"] == "streaminfer-gpu"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
-    assert all(c["image"] == "streaminfer" for name, d in DEPLOYMENTS.items() if name != "streaminfer-worker-gpu"
-               for c in d["spec"]["template"]["spec"]["containers"])
+    assert all(
+        c["image"] == "streaminfer"
+        for name, d in DEPLOYMENTS.items()
+        if name != "streaminfer-worker-gpu"
+        for c in d["spec"]["template"]["spec"]["containers"]
+    )
 
 
 def test_jobs():
-    jobs = {j["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["topics", "create"]: j
-            for j in _objects("Job").values()}
+    jobs = {
+        j["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["topics", "create"]: j
+        for j in _objects("Job").values()
+    }
     assert True in jobs, "a topic-init Job"
-    keys = [j for j in _objects("Job").values() if j["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["keys", "create"]]
+    keys = [
+        j
+        for j in _objects("Job").values()
+        if j["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["keys", "create"]
+    ]
     assert keys and "--if-absent" in keys[0]["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
@@ -263,10 +297,14 @@ def test_services_pdbs_and_hpa_select_real_pods():
         for name, obj in _objects(kind).items():
             selector = obj["spec"]["selector"]
             selector = selector.get("matchLabels", selector)
-            assert any(selector.items() <= labels(d).items() for d in DEPLOYMENTS.values()), f"{kind}/{name}"
+            assert any(selector.items() <= labels(d).items() for d in DEPLOYMENTS.values()), (
+                f"{kind}/{name}"
+            )
     pdbs = [o["spec"]["selector"]["matchLabels"] for o in _objects("PodDisruptionBudget").values()]
     for deployment in DEPLOYMENTS.values():
-        assert any(p.items() <= labels(deployment).items() for p in pdbs), deployment["metadata"]["name"]
+        assert any(p.items() <= labels(deployment).items() for p in pdbs), deployment["metadata"][
+            "name"
+        ]
     hpa = _objects("HorizontalPodAutoscaler")["streaminfer-gateway"]
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"]["name"] in DEPLOYMENTS
@@ -283,7 +321,9 @@ def test_service_monitors_scrape_named_ports():
     assert {"streaminfer-gateway", "streaminfer-worker"} <= set(monitors)
     for name, monitor in monitors.items():
         selector = monitor["spec"]["selector"]["matchLabels"]
-        matched = [s for s in services.values() if selector.items() <= s["metadata"]["labels"].items()]
+        matched = [
+            s for s in services.values() if selector.items() <= s["metadata"]["labels"].items()
+        ]
         assert matched, name
         ports = {p["name"] for s in matched for p in s["spec"]["ports"]}
         for endpoint in monitor["spec"]["endpoints"]:
@@ -291,6 +331,7 @@ def test_service_monitors_scrape_named_ports():
 
 
 # --- KEDA ---------------------------------------------------------------------------------
+
 
 def _triggers(scaled: dict, kind: str) -> list[dict]:
     return [t for t in scaled["spec"]["triggers"] if t["type"] == kind]
@@ -312,8 +353,11 @@ def test_kafka_triggers_match_the_topics_and_group_of_the_code(name, tmp_path):
     settings = _settings(_container_env(deployment), tmp_path)
     tasks = settings.task_list
     assert tasks and set(tasks) <= BUILTIN_TASKS
-    expected = {topics.request_topic(settings.topic_prefix, task, p): (task, p.topic_suffix)
-                for task in tasks for p in topics.PRIORITIES}
+    expected = {
+        topics.request_topic(settings.topic_prefix, task, p): (task, p.topic_suffix)
+        for task in tasks
+        for p in topics.PRIORITIES
+    }
     kafka = _triggers(scaled, "kafka")
     seen = [t["metadata"]["topic"] for t in kafka]
     assert sorted(seen) == sorted(expected), "one trigger per request topic of the tasks served"
@@ -363,6 +407,12 @@ def test_trigger_authentication_reads_existing_secret_keys():
         for ref in auth["spec"]["secretTargetRef"]:
             assert ref["key"] in SECRETS[ref["name"]]["stringData"], ref
     sasl = SECRETS["streaminfer-kafka-sasl"]["stringData"]
-    keda_sasl = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
+    keda_sasl = {
+        "PLAIN": "plaintext",
+        "SCRAM-SHA-256": "scram_sha256",
+        "SCRAM-SHA-512": "scram_sha512",
+    }
     assert sasl["sasl"] == keda_sasl[CONFIG["STREAMINFER_KAFKA_SASL_MECHANISM"]]
-    assert (sasl["tls"] == "enable") == CONFIG["STREAMINFER_KAFKA_SECURITY_PROTOCOL"].endswith("SSL")
+    assert (sasl["tls"] == "enable") == CONFIG["STREAMINFER_KAFKA_SECURITY_PROTOCOL"].endswith(
+        "SSL"
+    )

@@ -17,7 +17,10 @@ from streaminfer.schemas.records import InferenceResult
 from streaminfer.settings import Settings
 
 TASK_YAML = {
-    "task": "tiny", "name": "tiny-model", "backend": "onnxruntime", "max_batch_size": 4,
+    "task": "tiny",
+    "name": "tiny-model",
+    "backend": "onnxruntime",
+    "max_batch_size": 4,
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [3]}],
     "outputs": [{"name": "y", "datatype": "FP32", "shape": [3]}],
 }
@@ -105,7 +108,9 @@ def make_gateway(repository):
         app = create_app(Settings(model_repository=repository, **settings))
         producer, store = producer or MemoryProducer(), store or MemoryStore()
         app.state.service = InferenceService(producer, store, repository, "unit", max_wait_s=2)
-        client = TestClient(app, raise_server_exceptions=False)  # no lifespan: nothing to connect to
+        client = TestClient(
+            app, raise_server_exceptions=False
+        )  # no lifespan: nothing to connect to
         client.producer, client.store = producer, store
         return client
 

@@ -24,8 +24,11 @@ def signing_key():
 
 @pytest.fixture(scope="module")
 def public_pem(signing_key) -> str:
-    return signing_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                 serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return (
+        signing_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,9 @@ def authenticator(public_pem) -> Authenticator:
 
 
 def token(signing_key, **claims) -> str:
-    return jwt.encode({"sub": "alice", "exp": int(time.time()) + 300, **claims}, signing_key, algorithm="ES256")
+    return jwt.encode(
+        {"sub": "alice", "exp": int(time.time()) + 300, **claims}, signing_key, algorithm="ES256"
+    )
 
 
 @pytest.mark.parametrize("is_admin", ["false", "true", 1, 0, None, [], {}], ids=repr)
@@ -47,7 +52,9 @@ def test_a_non_boolean_is_admin_is_an_invalid_token(authenticator, signing_key, 
 
 @pytest.mark.parametrize("is_admin", [True, False])
 def test_a_boolean_is_admin_is_read_as_given(authenticator, signing_key, is_admin):
-    principal = authenticator._verify_jwt(token(signing_key, permissions=SUBMIT_READ, is_admin=is_admin))
+    principal = authenticator._verify_jwt(
+        token(signing_key, permissions=SUBMIT_READ, is_admin=is_admin)
+    )
     assert principal.is_admin is is_admin and principal.client_id == "alice"
 
 
@@ -55,29 +62,46 @@ def test_no_is_admin_claim_is_not_admin(authenticator, signing_key):
     assert authenticator._verify_jwt(token(signing_key, permissions=SUBMIT_READ)).is_admin is False
 
 
-@pytest.mark.parametrize("claims,scopes", [
-    ({"permissions": SUBMIT_READ}, set(SUBMIT_READ)),
-    ({"permissions": "inference:submit inference:read"}, set(SUBMIT_READ)),
-    ({"scope": "inference:read"}, {"inference:read"}),
-    ({"scope": ["inference:submit"]}, {"inference:submit"}),
-    ({"permissions": ["inference:read"], "scope": "inference:submit openid"}, {*SUBMIT_READ, "openid"}),
-    ({}, set()),
-], ids=["permissions list", "permissions string", "scope string", "scope list", "both", "none"])
-def test_scopes_are_a_list_or_a_space_separated_string_in_either_claim(authenticator, signing_key, claims, scopes):
+@pytest.mark.parametrize(
+    "claims,scopes",
+    [
+        ({"permissions": SUBMIT_READ}, set(SUBMIT_READ)),
+        ({"permissions": "inference:submit inference:read"}, set(SUBMIT_READ)),
+        ({"scope": "inference:read"}, {"inference:read"}),
+        ({"scope": ["inference:submit"]}, {"inference:submit"}),
+        (
+            {"permissions": ["inference:read"], "scope": "inference:submit openid"},
+            {*SUBMIT_READ, "openid"},
+        ),
+        ({}, set()),
+    ],
+    ids=["permissions list", "permissions string", "scope string", "scope list", "both", "none"],
+)
+def test_scopes_are_a_list_or_a_space_separated_string_in_either_claim(
+    authenticator, signing_key, claims, scopes
+):
     assert authenticator._verify_jwt(token(signing_key, **claims)).scopes == scopes
 
 
 @pytest.mark.parametrize("claim", ["permissions", "scope"])
-@pytest.mark.parametrize("value", [42, {"inference:read": True}, ["inference:read", 7], True], ids=repr)
+@pytest.mark.parametrize(
+    "value", [42, {"inference:read": True}, ["inference:read", 7], True], ids=repr
+)
 def test_scopes_of_another_type_are_an_invalid_token(authenticator, signing_key, claim, value):
     with pytest.raises(Unauthorized, match=f"{claim} must be a list of strings"):
         authenticator._verify_jwt(token(signing_key, **{claim: value}))
 
 
-@pytest.mark.parametrize("claims", [
-    {"permissions": 42}, {"permissions": {"inference:submit": True}}, {"is_admin": "false", "permissions": SUBMIT_READ},
-    {"scope": 3.5},
-], ids=["permissions int", "permissions object", "is_admin string", "scope float"])
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"permissions": 42},
+        {"permissions": {"inference:submit": True}},
+        {"is_admin": "false", "permissions": SUBMIT_READ},
+        {"scope": 3.5},
+    ],
+    ids=["permissions int", "permissions object", "is_admin string", "scope float"],
+)
 def test_loose_claims_over_http_are_401_never_500(make_gateway, public_pem, signing_key, claims):
     gateway = make_gateway(auth="jwt", jwt_public_keys=public_pem)
     headers = {"Authorization": f"Bearer {token(signing_key, **claims)}"}

@@ -88,7 +88,9 @@ def test_routes_answer_503_with_retry_after_at_once_and_show_the_state(make_gate
     assert redis.calls == 2
     assert 'inference_circuit_state{name="redis"} 2.0' in client.get("/metrics").text
     ready = client.get("/ready").json()
-    assert ready["circuits"]["redis"]["value"] == 2 and ready["circuits"]["kafka"]["state"] == "closed"
+    assert (
+        ready["circuits"]["redis"]["value"] == 2 and ready["circuits"]["kafka"]["state"] == "closed"
+    )
     assert ready["checks"]["redis"] is False, "existing fields kept"
 
 
@@ -134,8 +136,15 @@ async def test_the_producer_fails_fast_once_the_kafka_breaker_opens():
     producer._producer = StuckProducer()
     producer.breakers = make_breakers(2, 30.0)
     producer._partition = lambda topic, key: 0
-    request = InferenceRequest(request_id="r1", task="tiny", priority=Priority.NORMAL, inputs=[],
-                               parameters={}, created_at=1, deadline_at=None)
+    request = InferenceRequest(
+        request_id="r1",
+        task="tiny",
+        priority=Priority.NORMAL,
+        inputs=[],
+        parameters={},
+        created_at=1,
+        deadline_at=None,
+    )
     accepted = AuditEvent(request_id="r1", task="tiny", type=AuditType.ACCEPTED, actor="gateway")
     loop = asyncio.get_running_loop()
     for _ in range(2):

@@ -33,8 +33,11 @@ ROUTES = [
     ("DELETE", "/v1/requests/some-id", None),
     ("GET", "/v1/tasks", None),
     ("GET", "/admin/stats", None),
-    ("POST", "/v2/models/tiny/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3],
-                                                   "data": [1, 2, 3]}]}),
+    (
+        "POST",
+        "/v2/models/tiny/infer",
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]},
+    ),
     ("GET", "/v2/models/tiny", None),
 ]
 
@@ -94,8 +97,11 @@ def signing_key():
 @pytest.fixture
 def secured(make_gateway, signing_key):
     """Makes gateways with auth on (API keys and JWTs signed by ``signing_key``)."""
-    pem = signing_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    pem = (
+        signing_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
     def make(**kwargs):
         return make_gateway(auth="apikey,jwt", jwt_public_keys=pem, **kwargs)
@@ -104,8 +110,16 @@ def secured(make_gateway, signing_key):
 
 
 def jwt_headers(signing_key) -> dict[str, str]:
-    token = jwt.encode({"sub": "alice", "permissions": ["inference:submit", "inference:read"], "is_admin": True,
-                        "exp": int(time.time()) + 300}, signing_key, algorithm="ES256")
+    token = jwt.encode(
+        {
+            "sub": "alice",
+            "permissions": ["inference:submit", "inference:read"],
+            "is_admin": True,
+            "exp": int(time.time()) + 300,
+        },
+        signing_key,
+        algorithm="ES256",
+    )
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -123,13 +137,17 @@ def test_api_key_lookup_without_redis_is_503(secured, exc, method, path, body):
     response = gateway.request(method, path, json=body, headers={"X-API-Key": "si_some-key"})
     assert "API key store" in assert_unavailable(response)["message"]
     # an API key sent as a bearer token takes the same path
-    assert_unavailable(gateway.request(method, path, json=body, headers={"Authorization": "Bearer si_some-key"}))
+    assert_unavailable(
+        gateway.request(method, path, json=body, headers={"Authorization": "Bearer si_some-key"})
+    )
 
 
 @pytest.mark.parametrize("exc", OUTAGES, ids=IDS)
 @pytest.mark.parametrize("credentials", ["api key", "jwt"])
 @pytest.mark.parametrize("method,path,body", ROUTES, ids=[f"{m} {p}" for m, p, _ in ROUTES])
-def test_rate_limiter_without_redis_is_503(secured, signing_key, exc, credentials, method, path, body):
+def test_rate_limiter_without_redis_is_503(
+    secured, signing_key, exc, credentials, method, path, body
+):
     gateway = secured()
     gateway.app.state.auth.api_keys = KeyStore()
     gateway.app.state.rate_limiter = RateLimiter(DownRedis(exc), "unit", per_s=100, burst=200)
@@ -140,8 +158,11 @@ def test_rate_limiter_without_redis_is_503(secured, signing_key, exc, credential
 
 
 @pytest.mark.parametrize("exc", OUTAGES, ids=IDS)
-@pytest.mark.parametrize("method,path,body", [r for r in ROUTES if r[1] not in ("/v1/tasks", "/v2/models/tiny")],
-                         ids=[f"{m} {p}" for m, p, _ in ROUTES if p not in ("/v1/tasks", "/v2/models/tiny")])
+@pytest.mark.parametrize(
+    "method,path,body",
+    [r for r in ROUTES if r[1] not in ("/v1/tasks", "/v2/models/tiny")],
+    ids=[f"{m} {p}" for m, p, _ in ROUTES if p not in ("/v1/tasks", "/v2/models/tiny")],
+)
 def test_result_store_without_redis_is_503_with_auth_off(make_gateway, exc, method, path, body):
     gateway = make_gateway(store=DownStore(exc))
     assert_unavailable(gateway.request(method, path, json=body))
@@ -182,8 +203,12 @@ def test_ready_is_503_not_500_when_redis_goes_away_after_the_ping(secured, exc):
 def test_503s_are_documented_with_the_error_body(make_gateway):
     paths = make_gateway().get("/openapi.json").json()["paths"]
     for method, path, _ in [*ROUTES, ("GET", "/v2/models/tiny/ready", None)]:
-        documented = paths[path.replace("some-id", "{request_id}").replace("tiny", "{task}")][method.lower()]
+        documented = paths[path.replace("some-id", "{request_id}").replace("tiny", "{task}")][
+            method.lower()
+        ]
         schema = documented["responses"]["503"]["content"]["application/json"]["schema"]
-        assert schema["$ref"].endswith("/OIPErrorBody" if path.startswith("/v2") else "/ErrorBody"), (method, path)
+        assert schema["$ref"].endswith(
+            "/OIPErrorBody" if path.startswith("/v2") else "/ErrorBody"
+        ), (method, path)
     ready = paths["/ready"]["get"]["responses"]["503"]["content"]["application/json"]["schema"]
     assert ready["$ref"].endswith("/Readiness"), "/ready's 503 is its checks, not an error body"

@@ -44,7 +44,9 @@ class FakeKafkaProducer:
 @pytest.fixture
 async def producer(monkeypatch):
     monkeypatch.setattr(producer_module, "AIOKafkaProducer", FakeKafkaProducer)
-    made = RequestProducer("127.0.0.1:9092", codec=None, prefix="unit", probe_timeout_s=0.2, probe_cache_s=0.3)
+    made = RequestProducer(
+        "127.0.0.1:9092", codec=None, prefix="unit", probe_timeout_s=0.2, probe_cache_s=0.3
+    )
     await made.start()
     yield made
     await made.stop()

@@ -54,7 +54,9 @@ def store() -> ResultStore:
 
 async def test_concurrent_submissions_share_one_pipeline():
     results = store()
-    await asyncio.gather(*(results.mark_queued(f"r{i}", "tiny", "alice" if i % 2 else None) for i in range(50)))
+    await asyncio.gather(
+        *(results.mark_queued(f"r{i}", "tiny", "alice" if i % 2 else None) for i in range(50))
+    )
     assert len(results.redis.pipelines) == 1
     written = results.redis.pipelines[0]
     assert [args[0] for args in written] == [keys.status_key("unit", f"r{i}") for i in range(50)]
@@ -66,21 +68,29 @@ async def test_submissions_during_a_write_go_in_the_next_one():
     first = asyncio.create_task(results.mark_queued("a", "tiny", None))
     await asyncio.sleep(0)  # the writer has taken "a" and waits on Redis
     await asyncio.sleep(0)
-    await asyncio.gather(first, results.mark_queued("b", "tiny", None), results.mark_queued("c", "tiny", None))
-    assert [[args[0].rsplit(":", 1)[1] for args in p] for p in results.redis.pipelines] == [["a"], ["b", "c"]]
+    await asyncio.gather(
+        first, results.mark_queued("b", "tiny", None), results.mark_queued("c", "tiny", None)
+    )
+    assert [[args[0].rsplit(":", 1)[1] for args in p] for p in results.redis.pipelines] == [
+        ["a"],
+        ["b", "c"],
+    ]
 
 
 async def test_a_pipeline_holds_at_most_the_bound():
     results = store()
-    await asyncio.gather(*(results.mark_queued(f"r{i}", "tiny", None) for i in range(MAX_QUEUED_PER_WRITE + 3)))
+    await asyncio.gather(
+        *(results.mark_queued(f"r{i}", "tiny", None) for i in range(MAX_QUEUED_PER_WRITE + 3))
+    )
     assert [len(p) for p in results.redis.pipelines] == [MAX_QUEUED_PER_WRITE, 3]
 
 
 async def test_redis_failing_is_503_for_every_submission_of_the_batch_and_the_next_one_recovers():
     results = store()
     results.redis.fail = True
-    outcomes = await asyncio.gather(*(results.mark_queued(f"r{i}", "tiny", None) for i in range(5)),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(results.mark_queued(f"r{i}", "tiny", None) for i in range(5)), return_exceptions=True
+    )
     assert all(isinstance(o, ServiceUnavailable) for o in outcomes), outcomes
     results.redis.fail = False
     await results.mark_queued("again", "tiny", None)
@@ -98,7 +108,9 @@ async def test_a_submission_that_goes_away_does_not_fail_the_others():
         await gone
 
 
-@pytest.mark.parametrize("turns", [1, 2, 3], ids=["before-the-write", "mid-write", "after-taking-more"])
+@pytest.mark.parametrize(
+    "turns", [1, 2, 3], ids=["before-the-write", "mid-write", "after-taking-more"]
+)
 async def test_stopping_fails_what_still_waits(turns):
     results = store()
     waiting = [asyncio.create_task(results.mark_queued(f"r{i}", "tiny", None)) for i in range(3)]

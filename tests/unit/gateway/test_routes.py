@@ -12,8 +12,10 @@ from streaminfer.settings import Settings
 
 
 def test_submit_publishes_a_request_and_answers_202(gateway):
-    response = gateway.post("/v1/infer/tiny", json={"inputs": {"x": [1, 2, 3]}, "priority": 8,
-                                                      "parameters": {"cache": False}})
+    response = gateway.post(
+        "/v1/infer/tiny",
+        json={"inputs": {"x": [1, 2, 3]}, "priority": 8, "parameters": {"cache": False}},
+    )
     assert response.status_code == 202
     body = response.json()
     request, accepted = gateway.producer.sent[0]
@@ -25,8 +27,11 @@ def test_submit_publishes_a_request_and_answers_202(gateway):
 
 
 def test_a_client_request_id_is_echoed_over_the_assigned_one(gateway):
-    response = gateway.post("/v1/infer/tiny", json={"inputs": {"x": [1, 2, 3]}},
-                            headers={"X-Request-ID": "client-trace-7"})
+    response = gateway.post(
+        "/v1/infer/tiny",
+        json={"inputs": {"x": [1, 2, 3]}},
+        headers={"X-Request-ID": "client-trace-7"},
+    )
     assert response.status_code == 202
     assert response.headers["x-request-id"] == "client-trace-7"
     assert response.json()["request_id"] != "client-trace-7"  # the request still gets its own id
@@ -35,36 +40,56 @@ def test_a_client_request_id_is_echoed_over_the_assigned_one(gateway):
 
 
 def test_oip_tensors_are_accepted(gateway):
-    response = gateway.post("/v1/infer/tiny", json={"inputs": [
-        {"name": "x", "datatype": "FP32", "shape": [2, 3], "data": [1, 2, 3, 4, 5, 6]}]})
+    response = gateway.post(
+        "/v1/infer/tiny",
+        json={
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [2, 3], "data": [1, 2, 3, 4, 5, 6]}
+            ]
+        },
+    )
     assert response.status_code == 202
     assert gateway.producer.sent[0][0].inputs[0].shape == [2, 3]
 
 
-@pytest.mark.parametrize("body,status", [
-    ({"inputs": {"x": [1, 2]}}, 422),                       # wrong shape
-    ({"inputs": {"x": [1, 2, "three"]}}, 422),              # not numbers
-    ({"inputs": {"x": [[1, 2, 3]] * 5}}, 422),              # more items than max_batch_size
-    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1]}]}, 422),
-    ({"inputs": [{"name": "x", "datatype": "NOPE", "shape": [1, 3], "data": [1, 2, 3]}]}, 422),
-    ({"inputs": {"x": [1, 2, 3]}, "deadline_ms": -5}, 422),
-    ({"inputs": {"x": [1, 2, 3]}, "priority": 11}, 422),
-    ({}, 422),
-])
+@pytest.mark.parametrize(
+    "body,status",
+    [
+        ({"inputs": {"x": [1, 2]}}, 422),  # wrong shape
+        ({"inputs": {"x": [1, 2, "three"]}}, 422),  # not numbers
+        ({"inputs": {"x": [[1, 2, 3]] * 5}}, 422),  # more items than max_batch_size
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1]}]}, 422),
+        ({"inputs": [{"name": "x", "datatype": "NOPE", "shape": [1, 3], "data": [1, 2, 3]}]}, 422),
+        ({"inputs": {"x": [1, 2, 3]}, "deadline_ms": -5}, 422),
+        ({"inputs": {"x": [1, 2, 3]}, "priority": 11}, 422),
+        ({}, 422),
+    ],
+)
 def test_invalid_bodies_are_rejected_before_publishing(gateway, body, status):
     error(gateway.post("/v1/infer/tiny", json=body), status, "INVALID_REQUEST")
     assert gateway.producer.sent == []
 
 
 def test_malformed_json_and_oversize_bodies(gateway):
-    error(gateway.post("/v1/infer/tiny", content=b"{nope", headers={"content-type": "application/json"}),
-          400, "INVALID_REQUEST")
-    error(gateway.post("/v1/infer/tiny", json={"inputs": {"x": [1.0] * 5000}}), 413, "PAYLOAD_TOO_LARGE")
+    error(
+        gateway.post(
+            "/v1/infer/tiny", content=b"{nope", headers={"content-type": "application/json"}
+        ),
+        400,
+        "INVALID_REQUEST",
+    )
+    error(
+        gateway.post("/v1/infer/tiny", json={"inputs": {"x": [1.0] * 5000}}),
+        413,
+        "PAYLOAD_TOO_LARGE",
+    )
     assert gateway.producer.sent == []
 
 
 def test_unknown_task_route_and_method(gateway):
-    body = error(gateway.post("/v1/infer/nope", json={"inputs": {"x": [1, 2, 3]}}), 404, "TASK_NOT_FOUND")
+    body = error(
+        gateway.post("/v1/infer/nope", json={"inputs": {"x": [1, 2, 3]}}), 404, "TASK_NOT_FOUND"
+    )
     assert body["details"]["tasks"] == ["tiny"]
     error(gateway.get("/no/such/route"), 404, "REQUEST_NOT_FOUND")
     error(gateway.put("/v1/infer/tiny"), 405, "INVALID_REQUEST")
@@ -74,9 +99,15 @@ def test_wait_returns_the_result_when_done(gateway):
     def finish():
         request = gateway.producer.sent[-1][0]
         gateway.store.results[request.request_id] = InferenceResult(
-            request_id=request.request_id, task="tiny", status=Status.SUCCEEDED, worker_id="w1",
-            model_name="tiny-model", model_version="1", batch_size=3,
-            outputs=[Tensor.from_numpy("y", np.array([[2.0, 4.0, 6.0]], dtype=np.float32))])
+            request_id=request.request_id,
+            task="tiny",
+            status=Status.SUCCEEDED,
+            worker_id="w1",
+            model_name="tiny-model",
+            model_version="1",
+            batch_size=3,
+            outputs=[Tensor.from_numpy("y", np.array([[2.0, 4.0, 6.0]], dtype=np.float32))],
+        )
 
     original = gateway.producer.submit
 
@@ -102,8 +133,13 @@ def test_results_status_cancel_and_unknown(gateway):
 
 
 def test_prefer_wait_must_be_a_number(gateway):
-    error(gateway.post("/v1/infer/tiny", headers={"Prefer": "wait=soon"}, json={"inputs": {"x": [1, 2, 3]}}),
-          422, "INVALID_REQUEST")
+    error(
+        gateway.post(
+            "/v1/infer/tiny", headers={"Prefer": "wait=soon"}, json={"inputs": {"x": [1, 2, 3]}}
+        ),
+        422,
+        "INVALID_REQUEST",
+    )
 
 
 def test_tasks_ready_health_info_docs(gateway):
@@ -126,7 +162,14 @@ def test_refuses_to_start_without_auth(repository):
 def test_refuses_auth_disabled_on_a_non_loopback_bind_unless_told_twice(repository, host):
     with pytest.raises(AuthNotConfigured, match="STREAMINFER_ALLOW_INSECURE_BIND"):
         create_app(Settings(model_repository=repository, auth="disabled", gateway_host=host))
-    create_app(Settings(model_repository=repository, auth="disabled", gateway_host=host, allow_insecure_bind=True))
+    create_app(
+        Settings(
+            model_repository=repository,
+            auth="disabled",
+            gateway_host=host,
+            allow_insecure_bind=True,
+        )
+    )
     create_app(Settings(model_repository=repository, auth="apikey", gateway_host=host))
 
 
@@ -142,8 +185,13 @@ def test_idempotency_key_same_body_same_request_other_body_conflict(gateway):
     assert first.status_code == again.status_code == 202
     assert first.json()["request_id"] == again.json()["request_id"]
     assert len(gateway.producer.sent) == 1, "no second event"
-    conflict = error(gateway.post("/v1/infer/tiny", json={"inputs": {"x": [3, 2, 1]}},
-                                  headers={"Idempotency-Key": "k1"}), 409, "IDEMPOTENCY_CONFLICT")
+    conflict = error(
+        gateway.post(
+            "/v1/infer/tiny", json={"inputs": {"x": [3, 2, 1]}}, headers={"Idempotency-Key": "k1"}
+        ),
+        409,
+        "IDEMPOTENCY_CONFLICT",
+    )
     assert conflict["details"]["request_id"] == first.json()["request_id"]
     other = gateway.post("/v1/infer/tiny", json=body, headers={"Idempotency-Key": "k2"})
     assert other.json()["request_id"] != first.json()["request_id"]
@@ -156,7 +204,9 @@ def test_overloaded_task_answers_429_with_retry_after(gateway):
 
     service = gateway.app.state.service
     service.lag, service.max_lag_per_task = Lag(), 10
-    body = error(gateway.post("/v1/infer/tiny", json={"inputs": {"x": [1, 2, 3]}}), 429, "OVERLOADED")
+    body = error(
+        gateway.post("/v1/infer/tiny", json={"inputs": {"x": [1, 2, 3]}}), 429, "OVERLOADED"
+    )
     assert body["details"] == {"lag": 50, "bound": 10}
     assert gateway.producer.sent == []
     service.max_lag_per_task = 100
@@ -168,10 +218,26 @@ def test_size_limits_before_publishing(gateway):
     from streaminfer.gateway.inputs import InputLimits
 
     service.limits = InputLimits(max_text_chars=5, max_image_bytes=10, max_parameters=2)
-    error(gateway.post("/v1/infer/tiny", json={"inputs": {"x": [1, 2, 3]}, "parameters": {"a": 1, "b": 2, "c": 3}}),
-          422, "INVALID_REQUEST")
-    error(gateway.post("/v1/infer/tiny", json={"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1],
-                                                            "data": ["far too long"]}]}), 413, "PAYLOAD_TOO_LARGE")
+    error(
+        gateway.post(
+            "/v1/infer/tiny",
+            json={"inputs": {"x": [1, 2, 3]}, "parameters": {"a": 1, "b": 2, "c": 3}},
+        ),
+        422,
+        "INVALID_REQUEST",
+    )
+    error(
+        gateway.post(
+            "/v1/infer/tiny",
+            json={
+                "inputs": [
+                    {"name": "x", "datatype": "BYTES", "shape": [1], "data": ["far too long"]}
+                ]
+            },
+        ),
+        413,
+        "PAYLOAD_TOO_LARGE",
+    )
     assert gateway.producer.sent == []
 
 
@@ -179,6 +245,9 @@ def test_ready_names_kafka_when_the_broker_does_not_answer(gateway):
     gateway.producer.reachable = False  # the probe's metadata request timed out
     response = gateway.get("/ready")
     assert response.status_code == 503 and response.headers["retry-after"]
-    assert response.json() == {"status": "not ready", "checks": {"kafka": False, "redis": True, "worker:tiny": True}}
+    assert response.json() == {
+        "status": "not ready",
+        "checks": {"kafka": False, "redis": True, "worker:tiny": True},
+    }
     gateway.producer.reachable = True
     assert gateway.get("/ready").status_code == 200

@@ -38,7 +38,9 @@ def test_a_task_no_worker_has_served_is_refused(unserved):
 
 def test_a_task_once_served_is_accepted_while_its_workers_are_down(unserved):
     unserved.store.workers = {"w2": ["tiny"]}
-    assert unserved.get("/ready").json()["checks"]["worker:tiny"] is True  # /ready's heartbeat read counts
+    assert (
+        unserved.get("/ready").json()["checks"]["worker:tiny"] is True
+    )  # /ready's heartbeat read counts
     unserved.store.workers = {}
     assert unserved.get("/ready").status_code == 503
     assert unserved.post("/v1/infer/tiny", json=BODY).status_code == 202

@@ -21,7 +21,9 @@ def times_out_once(gateway):
         calls.append(request.request_id)
         await original(request, accepted)  # delivered...
         if len(calls) == 1:
-            raise ServiceUnavailable("the message broker is not reachable; retry later")  # ...unconfirmed
+            raise ServiceUnavailable(
+                "the message broker is not reachable; retry later"
+            )  # ...unconfirmed
 
     gateway.producer.submit = submit
     return calls
@@ -44,8 +46,11 @@ def test_a_retry_after_a_publish_timeout_keeps_the_request_id_and_publishes_it_a
     again = gateway.post("/v1/infer/tiny", json=BODY, headers=headers)
     assert again.json()["request_id"] == first_id
     assert len(calls) == 2, "once acknowledged, a retry publishes nothing"
-    conflict = assert_error(gateway.post("/v1/infer/tiny", json={"inputs": {"x": [3, 2, 1]}}, headers=headers),
-                            409, "IDEMPOTENCY_CONFLICT")
+    conflict = assert_error(
+        gateway.post("/v1/infer/tiny", json={"inputs": {"x": [3, 2, 1]}}, headers=headers),
+        409,
+        "IDEMPOTENCY_CONFLICT",
+    )
     assert conflict["details"]["request_id"] == first_id
 
 
@@ -54,7 +59,9 @@ def test_a_republished_request_keeps_the_state_a_worker_gave_it(gateway):
     headers = {"Idempotency-Key": "order-2"}
     gateway.post("/v1/infer/tiny", json=BODY, headers=headers)
     gateway.store.statuses[calls[0]]["status"] = "running"  # a worker took the delivered copy
-    assert gateway.post("/v1/infer/tiny", json=BODY, headers=headers).json()["request_id"] == calls[0]
+    assert (
+        gateway.post("/v1/infer/tiny", json=BODY, headers=headers).json()["request_id"] == calls[0]
+    )
     assert gateway.store.statuses[calls[0]]["status"] == "running"
 
 
@@ -68,7 +75,9 @@ def test_a_failure_before_publishing_keeps_the_key_bound_too(gateway):
     original = gateway.store.mark_queued
     gateway.store.mark_queued = redis_away
     headers = {"Idempotency-Key": "order-3"}
-    assert_error(gateway.post("/v1/infer/tiny", json=BODY, headers=headers), 503, "SERVICE_UNAVAILABLE")
+    assert_error(
+        gateway.post("/v1/infer/tiny", json=BODY, headers=headers), 503, "SERVICE_UNAVAILABLE"
+    )
     assert gateway.producer.sent == []
     gateway.store.mark_queued = original
     retried = gateway.post("/v1/infer/tiny", json=BODY, headers=headers)
@@ -85,13 +94,16 @@ def test_without_a_key_each_submission_is_its_own_request(gateway):
     assert ok.json()["request_id"] == second != first
 
 
-@pytest.mark.parametrize("kafka, redis, workers, ready", [
-    (True, True, {"w1": ["tiny"]}, True),
-    (False, True, {"w1": ["tiny"]}, False),
-    (True, False, {"w1": ["tiny"]}, False),
-    (True, True, {"w1": ["other"]}, False),
-    (True, True, {}, False),
-])
+@pytest.mark.parametrize(
+    "kafka, redis, workers, ready",
+    [
+        (True, True, {"w1": ["tiny"]}, True),
+        (False, True, {"w1": ["tiny"]}, False),
+        (True, False, {"w1": ["tiny"]}, False),
+        (True, True, {"w1": ["other"]}, False),
+        (True, True, {}, False),
+    ],
+)
 def test_both_readiness_routes_answer_from_one_check(gateway, kafka, redis, workers, ready):
     gateway.producer.reachable = kafka
     gateway.store.workers = workers
@@ -108,8 +120,11 @@ def test_both_readiness_routes_answer_from_one_check(gateway, kafka, redis, work
 
 
 def test_an_unknown_version_is_the_same_404_on_v1_and_v2(gateway):
-    v1 = assert_error(gateway.post("/v1/infer/tiny", json={**BODY, "model_version": "9"}), 404,
-                      "MODEL_VERSION_NOT_FOUND")
+    v1 = assert_error(
+        gateway.post("/v1/infer/tiny", json={**BODY, "model_version": "9"}),
+        404,
+        "MODEL_VERSION_NOT_FOUND",
+    )
     v2 = assert_error(gateway.get("/v2/models/tiny/versions/9"), 404, "MODEL_VERSION_NOT_FOUND")
     assert v1["message"] == v2["message"] == "task 'tiny' serves no model version '9'"
     assert v1["details"] == {"versions": ["1"]}

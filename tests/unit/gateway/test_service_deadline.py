@@ -18,12 +18,20 @@ BODY = {"inputs": {"x": [1, 2, 3]}}
 
 def with_model_default(repository, default_ms) -> None:
     path = repository / "tiny" / "model.yaml"
-    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "default_deadline_ms": default_ms}))
+    path.write_text(
+        yaml.safe_dump({**yaml.safe_load(path.read_text()), "default_deadline_ms": default_ms})
+    )
 
 
 def serve(gateway, repository, default_deadline_ms=None) -> None:
-    gateway.app.state.service = InferenceService(gateway.producer, gateway.store, repository, "unit",
-                                                 max_wait_s=2, default_deadline_ms=default_deadline_ms)
+    gateway.app.state.service = InferenceService(
+        gateway.producer,
+        gateway.store,
+        repository,
+        "unit",
+        max_wait_s=2,
+        default_deadline_ms=default_deadline_ms,
+    )
 
 
 def submitted(gateway, body=BODY):
@@ -70,14 +78,18 @@ def test_a_requests_own_deadline_wins_over_both(gateway, repository, own):
 def test_a_bad_own_deadline_is_refused_not_replaced_by_a_default(gateway, repository, own):
     with_model_default(repository, 250)
     serve(gateway, repository, default_deadline_ms=1500)
-    assert_error(gateway.post("/v1/infer/tiny", json={**BODY, "deadline_ms": own}), 422, "INVALID_REQUEST")
+    assert_error(
+        gateway.post("/v1/infer/tiny", json={**BODY, "deadline_ms": own}), 422, "INVALID_REQUEST"
+    )
     assert gateway.producer.sent == []
 
 
 @pytest.mark.parametrize("own", ["soon", 1.5, [1], {"ms": 1}])
 def test_a_deadline_of_the_wrong_type_is_refused(gateway, repository, own):
     serve(gateway, repository, default_deadline_ms=1500)
-    assert_error(gateway.post("/v1/infer/tiny", json={**BODY, "deadline_ms": own}), 422, "INVALID_REQUEST")
+    assert_error(
+        gateway.post("/v1/infer/tiny", json={**BODY, "deadline_ms": own}), 422, "INVALID_REQUEST"
+    )
     assert gateway.producer.sent == []
 
 
@@ -90,8 +102,14 @@ def test_an_explicit_null_deadline_takes_the_default(gateway, repository):
 @pytest.mark.parametrize("bad", [0, -5, MAX_DEADLINE_MS + 1])
 def test_a_hostile_setting_is_refused_at_construction(gateway, repository, bad):
     with pytest.raises(ValueError, match="default_deadline_ms"):
-        InferenceService(gateway.producer, gateway.store, repository, "unit", max_wait_s=2,
-                         default_deadline_ms=bad)
+        InferenceService(
+            gateway.producer,
+            gateway.store,
+            repository,
+            "unit",
+            max_wait_s=2,
+            default_deadline_ms=bad,
+        )
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", str(MAX_DEADLINE_MS + 1), "soon"])

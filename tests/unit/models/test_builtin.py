@@ -107,7 +107,12 @@ def test_tabular_template_lists_sklearn_feature_names_in_order(tmp_path):
 
 def test_batch_sizes(tmp_path):
     sizes = {task: _template(task, tmp_path).max_batch_size for task in BUILTIN_TASKS}
-    assert sizes == {"text-embedding": 32, "image-classify": 64, "tabular-classify": 64, "face-detect": 8}
+    assert sizes == {
+        "text-embedding": 32,
+        "image-classify": 64,
+        "tabular-classify": 64,
+        "face-detect": 8,
+    }
 
 
 def test_importing_the_package_stays_light():
@@ -143,7 +148,11 @@ def test_build_skip_and_force(tmp_path):
     assert not first["skipped"] and first["accuracy"] >= 0.93
     model_dir = tmp_path / "tabular-classify"
     assert sorted(p.name for p in model_dir.iterdir()) == ["1", "model.yaml"]  # no staging left
-    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["features.sqlite", "metrics.json", "model.onnx"]
+    assert sorted(p.name for p in (model_dir / "1").iterdir()) == [
+        "features.sqlite",
+        "metrics.json",
+        "model.onnx",
+    ]
     assert is_built(tmp_path, "tabular-classify")
 
     artifact = model_dir / "1" / "model.onnx"

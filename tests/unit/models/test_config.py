@@ -39,7 +39,9 @@ def test_loads_every_field(make_model_dir, classifier_yaml):
 
 
 def test_a_default_deadline_is_read(make_model_dir, classifier_yaml):
-    config = load_model_config(make_model_dir(classifier_yaml("onnxruntime", default_deadline_ms=250)))
+    config = load_model_config(
+        make_model_dir(classifier_yaml("onnxruntime", default_deadline_ms=250))
+    )
     assert config.default_deadline_ms == 250 and config.signature()["default_deadline_ms"] == 250
 
 

@@ -396,7 +396,7 @@ def test_one_bad_image_refuses_the_batch_before_any_is_decoded(image_config, dec
 def test_all_the_images_of_a_request_are_bounded_together(image_config, decodes):
     from streaminfer.models.friendly import MAX_IMAGE_PIXELS, MAX_REQUEST_IMAGE_PIXELS
 
-    side = int(MAX_IMAGE_PIXELS ** 0.5)
+    side = int(MAX_IMAGE_PIXELS**0.5)
     each = _encoded(Image.new("1", (side, side)), "PNG")
     count = MAX_REQUEST_IMAGE_PIXELS // MAX_IMAGE_PIXELS + 1
     with pytest.raises(InvalidInput, match="pixels in all"):
@@ -413,4 +413,6 @@ def test_only_png_and_jpeg_are_accepted(image_config, fmt):
 
 def test_jpeg_is_accepted(image_config):
     image = Image.fromarray(np.full((16, 16), 255, dtype=np.uint8))
-    assert friendly_to_tensors(image_config, {"image": _encoded(image, "JPEG")})["pixels"].shape == (1, 8, 8)
+    assert friendly_to_tensors(image_config, {"image": _encoded(image, "JPEG")})[
+        "pixels"
+    ].shape == (1, 8, 8)

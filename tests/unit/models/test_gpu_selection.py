@@ -11,8 +11,11 @@ from streaminfer.models.onnx_runtime import OnnxModel
 
 @pytest.fixture
 def onnx_config(make_model_dir, classifier_yaml, tiny_onnx):
-    return load_model_config(make_model_dir(classifier_yaml("onnxruntime", device="auto"),
-                                            files={"model.onnx": tiny_onnx}))
+    return load_model_config(
+        make_model_dir(
+            classifier_yaml("onnxruntime", device="auto"), files={"model.onnx": tiny_onnx}
+        )
+    )
 
 
 def sessions_opened(monkeypatch, cuda_starts: bool = True) -> list[list[str]]:
@@ -39,8 +42,10 @@ def sessions_opened(monkeypatch, cuda_starts: bool = True) -> list[list[str]]:
     return opened
 
 
-@pytest.mark.parametrize("gpu,expected", [(True, ["CUDAExecutionProvider", "CPUExecutionProvider"]),
-                                          (False, ["CPUExecutionProvider"])])
+@pytest.mark.parametrize(
+    "gpu,expected",
+    [(True, ["CUDAExecutionProvider", "CPUExecutionProvider"]), (False, ["CPUExecutionProvider"])],
+)
 def test_onnx_providers_follow_the_device(monkeypatch, onnx_config, gpu, expected):
     monkeypatch.setattr(OnnxModel, "_cuda_available", staticmethod(lambda: gpu))
     opened = sessions_opened(monkeypatch)
@@ -50,13 +55,18 @@ def test_onnx_providers_follow_the_device(monkeypatch, onnx_config, gpu, expecte
     assert opened == [expected]
 
 
-def test_torch_maps_onto_the_resolved_device(monkeypatch, make_model_dir, classifier_yaml, tiny_torchscript):
+def test_torch_maps_onto_the_resolved_device(
+    monkeypatch, make_model_dir, classifier_yaml, tiny_torchscript
+):
     import torch
 
     from streaminfer.models.torch_runtime import TorchModel
 
-    config = load_model_config(make_model_dir(classifier_yaml("torch", device="auto"),
-                                              files={"model.pt": tiny_torchscript("tuple")}))
+    config = load_model_config(
+        make_model_dir(
+            classifier_yaml("torch", device="auto"), files={"model.pt": tiny_torchscript("tuple")}
+        )
+    )
     monkeypatch.setattr(TorchModel, "_cuda_available", staticmethod(lambda: True))
     seen = {}
     real_load = torch.jit.load
@@ -75,13 +85,17 @@ def test_torch_maps_onto_the_resolved_device(monkeypatch, make_model_dir, classi
     assert seen["map_location"].startswith("cuda")
 
 
-def test_cuda_that_onnx_runtime_cannot_start_fails_the_load_naming_the_fix(monkeypatch, onnx_config):
+def test_cuda_that_onnx_runtime_cannot_start_fails_the_load_naming_the_fix(
+    monkeypatch, onnx_config
+):
     from streaminfer.models.errors import ModelConfigError
 
     monkeypatch.setattr(OnnxModel, "_cuda_available", staticmethod(lambda: True))
     sessions_opened(monkeypatch, cuda_starts=False)
     model = OnnxModel(onnx_config, device="cuda")
-    with pytest.raises(ModelConfigError, match=r"could not start CUDAExecutionProvider.*streaminfer\[gpu\]"):
+    with pytest.raises(
+        ModelConfigError, match=r"could not start CUDAExecutionProvider.*streaminfer\[gpu\]"
+    ):
         model.load()
 
 
@@ -91,7 +105,10 @@ def test_a_gpu_build_of_onnx_runtime_without_a_gpu_is_not_cuda(monkeypatch, onnx
 
     import streaminfer.models.onnx_runtime as onnx_runtime
 
-    monkeypatch.setattr(onnxruntime, "get_available_providers",
-                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        onnxruntime,
+        "get_available_providers",
+        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
     monkeypatch.setattr(onnx_runtime, "gpu_present", lambda: False)
     assert OnnxModel(onnx_config).device == "cpu"

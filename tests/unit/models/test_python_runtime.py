@@ -65,8 +65,9 @@ def python_model(make_model_dir):
     """``python_model(source, **yaml_overrides)``: an unloaded PythonModel of that model.py."""
 
     def make(source: str, versions=("1",), **overrides) -> PythonModel:
-        model_dir = make_model_dir(_yaml(**overrides), versions=versions,
-                                   files={"model.py": _source(source)})
+        model_dir = make_model_dir(
+            _yaml(**overrides), versions=versions, files={"model.py": _source(source)}
+        )
         model = create_model(load_model_config(model_dir), device="cpu")
         assert isinstance(model, PythonModel)
         return model
@@ -115,7 +116,9 @@ def test_the_one_class_with_predict_batch_is_found(python_model):
 
 def test_two_candidate_classes_need_a_name(python_model):
     two = SCALER + "\nclass Other(Scaler):\n    pass\n"
-    with pytest.raises(ModelConfigError, match=r"2 classes with a predict_batch \(\['Other', 'Scaler'\]\)"):
+    with pytest.raises(
+        ModelConfigError, match=r"2 classes with a predict_batch \(\['Other', 'Scaler'\]\)"
+    ):
         python_model(two).load()
     named = python_model(two, python={"class": "Other", "parameters": {"factor": 5}})
     named.load()
@@ -124,7 +127,9 @@ def test_two_candidate_classes_need_a_name(python_model):
 
 
 def test_no_such_class(python_model):
-    with pytest.raises(ModelConfigError, match=r"has no class 'Missing' \(python.class\); it has \['Scaler'\]"):
+    with pytest.raises(
+        ModelConfigError, match=r"has no class 'Missing' \(python.class\); it has \['Scaler'\]"
+    ):
         python_model(SCALER, python={"class": "Missing"}).load()
 
 
@@ -165,13 +170,17 @@ def test_syntax_error_names_the_line(python_model):
 def test_an_exception_at_import(python_model):
     with pytest.raises(ModelConfigError, match=r"importing .*model\.py raised ZeroDivisionError"):
         python_model("x = 1 / 0\n").load()
-    with pytest.raises(ModelConfigError, match=r"raised SystemExit"):  # model code cannot end the worker
+    with pytest.raises(
+        ModelConfigError, match=r"raised SystemExit"
+    ):  # model code cannot end the worker
         python_model("import sys\nsys.exit(3)\n").load()
 
 
 def test_load_raising_and_bad_parameters(python_model):
     failing = SCALER.replace("self.loaded = True", "raise FileNotFoundError('weights.bin')")
-    with pytest.raises(ModelConfigError, match=r"Scaler of .* failed to load: FileNotFoundError: weights.bin"):
+    with pytest.raises(
+        ModelConfigError, match=r"Scaler of .* failed to load: FileNotFoundError: weights.bin"
+    ):
         python_model(failing).load()
     with pytest.raises(ModelConfigError, match=r"failed to load: TypeError"):
         python_model(SCALER, python={"parameters": {"no_such_argument": 1}}).load()
@@ -209,12 +218,18 @@ def test_inputs_are_validated_before_the_model_sees_them(python_model):
     [
         ('return [inputs["x"]]', r"predict_batch returned list, expected a dict"),
         ('return {"y": inputs["x"]}', r"produced no output 'count'"),
-        ('return {"y": inputs["x"][:, :2], "count": np.zeros(2, dtype=np.int64)}',
-         r"output 'y' has shape \[2, 2\], model.yaml declares \[2, 3\]"),
-        ('return {"y": inputs["x"], "count": np.zeros((2,), dtype=np.float64) + 0.5}',
-         r"output 'count' is float64, model.yaml declares INT64"),
-        ('return {"y": np.array([["a"] * 3] * 2), "count": np.zeros(2, dtype=np.int64)}',
-         r"output 'y' is <U1, model.yaml declares FP32"),
+        (
+            'return {"y": inputs["x"][:, :2], "count": np.zeros(2, dtype=np.int64)}',
+            r"output 'y' has shape \[2, 2\], model.yaml declares \[2, 3\]",
+        ),
+        (
+            'return {"y": inputs["x"], "count": np.zeros((2,), dtype=np.float64) + 0.5}',
+            r"output 'count' is float64, model.yaml declares INT64",
+        ),
+        (
+            'return {"y": np.array([["a"] * 3] * 2), "count": np.zeros(2, dtype=np.int64)}',
+            r"output 'y' is <U1, model.yaml declares FP32",
+        ),
     ],
 )
 def test_wrong_outputs_are_config_errors(python_model, body, message):
@@ -253,7 +268,9 @@ def test_bytes_outputs_must_be_text(python_model):
     assert good.predict_batch({"x": X})["tag"].tolist() == ["ok", "ok"]
     bad = python_model(source.replace("[TAG]", "[7]"), outputs=outputs)
     bad.load()
-    with pytest.raises(ModelConfigError, match=r"output 'tag' is object, model.yaml declares BYTES"):
+    with pytest.raises(
+        ModelConfigError, match=r"output 'tag' is object, model.yaml declares BYTES"
+    ):
         bad.predict_batch({"x": X})
 
 
@@ -261,7 +278,10 @@ def test_python_section_checks():
     from streaminfer.models.config_sections import parse_python
 
     assert parse_python(None, "python") == {"class": None, "parameters": {}}
-    assert parse_python({"class": "A", "parameters": {"k": 1}}, "python") == {"class": "A", "parameters": {"k": 1}}
+    assert parse_python({"class": "A", "parameters": {"k": 1}}, "python") == {
+        "class": "A",
+        "parameters": {"k": 1},
+    }
     for raw, backend, message in [
         ({"class": "A"}, "onnxruntime", "needs backend python"),
         ({"class": "not a name"}, "python", "python.class must be a class name"),
@@ -290,7 +310,9 @@ def test_two_versions_side_by_side(make_model_dir):
     np.testing.assert_array_equal(one.predict_batch({"x": X})["y"], X * 10)
     np.testing.assert_array_equal(two.predict_batch({"x": X})["y"], X * 20)
     modules = {type(one._instance).__module__, type(two._instance).__module__}
-    assert len(modules) == 2 and all(name.startswith(f"{MODULE_PREFIX}.tiny_py.v") for name in modules)
+    assert len(modules) == 2 and all(
+        name.startswith(f"{MODULE_PREFIX}.tiny_py.v") for name in modules
+    )
     # each version has its own module state
     assert sys.modules[type(one._instance).__module__].CALLS == [2]
     with ThreadPoolExecutor(4) as pool:  # and both serve from several threads at once

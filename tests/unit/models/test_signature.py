@@ -39,4 +39,8 @@ def test_task_name_patterns_are_one_pattern():
 
 
 def test_tensor_spec_to_dict():
-    assert TensorSpec("x", "FP32", (2, -1)).to_dict() == {"name": "x", "datatype": "FP32", "shape": [2, -1]}
+    assert TensorSpec("x", "FP32", (2, -1)).to_dict() == {
+        "name": "x",
+        "datatype": "FP32",
+        "shape": [2, -1],
+    }

@@ -45,8 +45,13 @@ def states():
 
 @pytest.fixture
 def breakers(clock, states) -> Breakers:
-    return Breakers(3, 5.0, is_failure=lambda exc: isinstance(exc, ConnectionError),
-                    on_state=lambda name, value: states.append((name, value)), clock=clock)
+    return Breakers(
+        3,
+        5.0,
+        is_failure=lambda exc: isinstance(exc, ConnectionError),
+        on_state=lambda name, value: states.append((name, value)),
+        clock=clock,
+    )
 
 
 def fail(breakers: Breakers, name: str = "redis") -> None:
@@ -99,7 +104,9 @@ def test_open_fails_fast_with_retry_after_and_never_runs_the_block(breakers, clo
     assert breakers.retry_after_header("redis") == "1", "never 0: a client must wait"
 
 
-def test_open_to_half_open_after_the_reset_time_then_closed_on_a_good_probe(breakers, clock, states):
+def test_open_to_half_open_after_the_reset_time_then_closed_on_a_good_probe(
+    breakers, clock, states
+):
     for _ in range(3):
         fail(breakers)
     clock.now += 5.1
@@ -147,13 +154,19 @@ def test_describe_for_ready_and_stats(breakers, clock):
     for _ in range(3):
         fail(breakers)
     described = breakers.describe()
-    assert described["kafka"] == {"state": "closed", "value": 0, "failures": 0, "retry_after_s": 0.0}
+    assert described["kafka"] == {
+        "state": "closed",
+        "value": 0,
+        "failures": 0,
+        "retry_after_s": 0.0,
+    }
     assert described["redis"]["state"] == "open" and described["redis"]["value"] == 2
     assert described["redis"]["retry_after_s"] == pytest.approx(5.0)
 
 
-@pytest.mark.parametrize(("failures", "reset_s"), [(0, 5.0), (-1, 5.0), (3, 0.0), (3, -2.0),
-                                                   (3, float("nan"))])
+@pytest.mark.parametrize(
+    ("failures", "reset_s"), [(0, 5.0), (-1, 5.0), (3, 0.0), (3, -2.0), (3, float("nan"))]
+)
 def test_hostile_settings_are_refused(failures, reset_s):
     with pytest.raises(ValueError):
         Breakers(failures, reset_s)
@@ -176,7 +189,9 @@ async def test_guard_holds_across_awaits_and_concurrent_blocks(breakers):
 
 
 @pytest.mark.parametrize("wall_step_s", [-3600.0, 3600.0])
-def test_the_reset_is_timed_on_our_clock_whatever_the_wall_clock_does(clock, states, monkeypatch, wall_step_s):
+def test_the_reset_is_timed_on_our_clock_whatever_the_wall_clock_does(
+    clock, states, monkeypatch, wall_step_s
+):
     """pybreaker times its reset on the wall clock: stepped back during an outage, it would
     refuse the probe our (monotonic) clock says is due and drop its success; stepped forward,
     it would let calls through early. Only our clock counts."""
@@ -188,8 +203,13 @@ def test_the_reset_is_timed_on_our_clock_whatever_the_wall_clock_does(clock, sta
             return datetime.fromtimestamp(wall["now"], tz)
 
     monkeypatch.setattr(pybreaker, "datetime", WallDatetime)
-    breakers = Breakers(1, 5.0, is_failure=lambda exc: True,
-                        on_state=lambda name, value: states.append((name, value)), clock=clock)
+    breakers = Breakers(
+        1,
+        5.0,
+        is_failure=lambda exc: True,
+        on_state=lambda name, value: states.append((name, value)),
+        clock=clock,
+    )
     breakers.record("redis", Down("refused"))
     assert breakers.is_open("redis")
     wall["now"] += wall_step_s

@@ -45,8 +45,14 @@ def test_exact_search_is_cosine_best_first_without_the_excluded_item() -> None:
     found = index.search(np.array([1.0, 0.05, 0.0]), 3)
     assert [m.id for m in found] == ["x", "near-x", "y"]
     assert found[0].score == pytest.approx(1 / np.sqrt(1 + 0.05**2), rel=1e-5)
-    assert [m.id for m in index.search(np.array([1.0, 0.0, 0.0]), 2, exclude="x")] == ["near-x", "y"]
-    assert [m.id for m in index.search(np.array([1.0, 0.0, 0.0]), 5, where={"kind": "axis"})] == ["x", "y"]
+    assert [m.id for m in index.search(np.array([1.0, 0.0, 0.0]), 2, exclude="x")] == [
+        "near-x",
+        "y",
+    ]
+    assert [m.id for m in index.search(np.array([1.0, 0.0, 0.0]), 5, where={"kind": "axis"})] == [
+        "x",
+        "y",
+    ]
     assert index.search(np.array([1.0, 0.0, 0.0]), 5, where={"kind": "none"}) == []
     assert index.search(np.array([1.0, 0.0, 0.0]), 0) == []
 
@@ -74,8 +80,13 @@ def test_the_hnsw_index_keeps_recall_at_10_against_exact_search() -> None:
     exact.upsert_many(items)
     assert approximate.is_approximate and not exact.is_approximate
     queries = clustered(50, seed=1)
-    recall = np.mean([len({m.id for m in approximate.search(q, 10)} & {m.id for m in exact.search(q, 10)}) / 10
-                      for q in queries])
+    recall = np.mean(
+        [
+            len({m.id for m in approximate.search(q, 10)} & {m.id for m in exact.search(q, 10)})
+            / 10
+            for q in queries
+        ]
+    )
     assert recall >= 0.95
     # writes after the build reach the graph: removed ids are never found, new ones are
     for i in range(0, 3000, 2):
@@ -102,8 +113,13 @@ def test_uniformly_random_vectors_keep_recall_at_10_through_the_graph() -> None:
     exact.upsert_many(items)
     assert approximate.is_approximate and approximate.recall_estimate >= 0.97
     queries = rng.standard_normal((100, 384), dtype=np.float32)
-    recall = np.mean([len({m.id for m in approximate.search(q, 10)} & {m.id for m in exact.search(q, 10)}) / 10
-                      for q in queries])
+    recall = np.mean(
+        [
+            len({m.id for m in approximate.search(q, 10)} & {m.id for m in exact.search(q, 10)})
+            / 10
+            for q in queries
+        ]
+    )
     assert recall >= 0.95, (recall, approximate.expansion_search)
     assert built < 30, f"built and calibrated in {built:.1f} s"
 
@@ -123,8 +139,20 @@ def test_a_graph_that_cannot_reach_the_target_recall_is_not_searched(monkeypatch
     assert [m.id for m in index.search(q, 10)] == [m.id for m in exact.search(q, 10)]
 
 
-@pytest.mark.parametrize("vector", [[], [0.0, 0.0], [1.0, float("nan")], [float("inf"), 1.0], [1e39, 1.0],
-                                    [[1.0, 2.0], [3.0, 4.0]], "text", [1.0] * 4097, None])
+@pytest.mark.parametrize(
+    "vector",
+    [
+        [],
+        [0.0, 0.0],
+        [1.0, float("nan")],
+        [float("inf"), 1.0],
+        [1e39, 1.0],
+        [[1.0, 2.0], [3.0, 4.0]],
+        "text",
+        [1.0] * 4097,
+        None,
+    ],
+)
 def test_hostile_embeddings_are_refused(vector) -> None:
     with pytest.raises(CollectionError) as caught:
         check_embedding(vector)
@@ -154,7 +182,11 @@ def test_k_names_ids_and_metadata() -> None:
         with pytest.raises(CollectionError):
             check_item_id(bad)
     assert check_metadata({"genre": "jazz", "year": 1959, "live": False, "x": None}) == {
-        "genre": "jazz", "year": 1959, "live": False, "x": None}
+        "genre": "jazz",
+        "year": 1959,
+        "live": False,
+        "x": None,
+    }
     for bad in ({"x": "y" * 5000}, {"x": [1]}, {"x": {"y": 1}}, {"x": float("nan")}, ["x"]):
         with pytest.raises(CollectionError):
             check_metadata(bad)
@@ -164,22 +196,37 @@ def test_collection_parameters_of_a_request() -> None:
     assert collection_parameters({}) is None
     asked = collection_parameters({"collection": "songs", "item_id": "a", "similar_k": "500"})
     assert (asked.collection, asked.item_id, asked.similar_k) == ("songs", "a", MAX_K)
-    for bad in ({"item_id": "a"}, {"similar_k": "3"}, {"collection": "songs"},
-                {"collection": "songs", "similar_k": "0"}, {"collection": "So ngs", "item_id": "a"}):
+    for bad in (
+        {"item_id": "a"},
+        {"similar_k": "3"},
+        {"collection": "songs"},
+        {"collection": "songs", "similar_k": "0"},
+        {"collection": "So ngs", "item_id": "a"},
+    ):
         with pytest.raises(CollectionError):
             collection_parameters(bad)
 
 
 def _result(similar=None) -> InferenceResult:
-    return InferenceResult(request_id="r-1", task="text-embedding", status=Status.SUCCEEDED, worker_id="w",
-                           created_at=1, completed_at=2, similar=similar)
+    return InferenceResult(
+        request_id="r-1",
+        task="text-embedding",
+        status=Status.SUCCEEDED,
+        worker_id="w",
+        created_at=1,
+        completed_at=2,
+        similar=similar,
+    )
 
 
 def test_a_result_of_the_previous_version_decodes_without_similar() -> None:
     codec = AvroCodec()
     older = parse_schema(json.loads(V2.read_text()))
     out = BytesIO()
-    out.write(SINGLE_OBJECT_MAGIC + bytes.fromhex(fingerprint(to_parsing_canonical_form(older), "CRC-64-AVRO")))
+    out.write(
+        SINGLE_OBJECT_MAGIC
+        + bytes.fromhex(fingerprint(to_parsing_canonical_form(older), "CRC-64-AVRO"))
+    )
     schemaless_writer(out, older, {k: v for k, v in _result().to_avro().items() if k != "similar"})
     assert out.getvalue()[2:10] != codec.fingerprint(InferenceResult)  # a real older writer
     assert codec.decode(out.getvalue(), InferenceResult).similar is None

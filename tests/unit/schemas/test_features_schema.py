@@ -18,15 +18,25 @@ V1 = SCHEMA_DIR / "history" / "io.streaminfer.v1.InferenceResult.v1.avsc"
 
 
 def _result(timings: Timings) -> InferenceResult:
-    return InferenceResult(request_id="r-1", task="tabular-classify", status=Status.SUCCEEDED,
-                           worker_id="w", timings=timings, created_at=1, completed_at=2)
+    return InferenceResult(
+        request_id="r-1",
+        task="tabular-classify",
+        status=Status.SUCCEEDED,
+        worker_id="w",
+        timings=timings,
+        created_at=1,
+        completed_at=2,
+    )
 
 
 def test_a_result_of_the_previous_version_decodes_with_no_lookup() -> None:
     codec = AvroCodec()
     older = parse_schema(json.loads(V1.read_text()))
     out = BytesIO()
-    out.write(SINGLE_OBJECT_MAGIC + bytes.fromhex(fingerprint(to_parsing_canonical_form(older), "CRC-64-AVRO")))
+    out.write(
+        SINGLE_OBJECT_MAGIC
+        + bytes.fromhex(fingerprint(to_parsing_canonical_form(older), "CRC-64-AVRO"))
+    )
     schemaless_writer(out, older, _result(Timings(1.0, 2.0, 3.0)).to_avro())
     assert out.getvalue()[2:10] != codec.fingerprint(InferenceResult)  # a real older writer
     decoded = codec.decode(out.getvalue(), InferenceResult)
@@ -35,7 +45,9 @@ def test_a_result_of_the_previous_version_decodes_with_no_lookup() -> None:
 
 def test_the_previous_reader_reads_a_result_with_lookup_timings() -> None:
     codec = AvroCodec()
-    data = codec.encode(_result(Timings(1.0, 2.0, 3.0, feature_lookup_ms=0.4, feature_source="cache")))
+    data = codec.encode(
+        _result(Timings(1.0, 2.0, 3.0, feature_lookup_ms=0.4, feature_source="cache"))
+    )
     assert codec.decode(data, InferenceResult).timings.feature_source == "cache"
     writer = parse_schema(load_schema(str(SCHEMA_DIR / "io.streaminfer.v1.InferenceResult.avsc")))
     reader = parse_schema(json.loads(V1.read_text()))

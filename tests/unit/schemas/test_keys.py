@@ -65,11 +65,20 @@ def test_heartbeat_round_trip() -> None:
     assert keys.Heartbeat.decode(keys.Heartbeat("w-2", []).encode()).tasks == []
 
 
-@pytest.mark.parametrize("garbled", [
-    b"not json", b"\xff", b"[1, 2]", b'{"worker_id": "w"}', b'{"tasks": []}',
-    b'{"worker_id": 7, "tasks": []}', b'{"worker_id": "w", "tasks": "text-embedding"}',
-    b'{"worker_id": "w", "tasks": [1]}', b"[" * 100_000,
-])
+@pytest.mark.parametrize(
+    "garbled",
+    [
+        b"not json",
+        b"\xff",
+        b"[1, 2]",
+        b'{"worker_id": "w"}',
+        b'{"tasks": []}',
+        b'{"worker_id": 7, "tasks": []}',
+        b'{"worker_id": "w", "tasks": "text-embedding"}',
+        b'{"worker_id": "w", "tasks": [1]}',
+        b"[" * 100_000,
+    ],
+)
 def test_a_garbled_heartbeat_is_a_value_error(garbled) -> None:
     with pytest.raises(ValueError, match="not a worker heartbeat"):
         keys.Heartbeat.decode(garbled)

@@ -60,7 +60,11 @@ def test_fields_mirror_the_schema(name):
         assert may_be_none == _optional(schema_field["type"]), field_name
         if "default" in schema_field:  # what from_avro falls back on when the field is absent
             field = class_fields[field_name]
-            default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+            default = (
+                field.default
+                if field.default_factory is dataclasses.MISSING
+                else field.default_factory()
+            )
             assert default == schema_field["default"], field_name
     assert avro_fields(name) == RECORDS[name]["fields"]
 
@@ -70,16 +74,50 @@ def _records() -> list[object]:
     return [
         Error("E", "message", True),
         Timings(1.0, 2.5, 3.5, 0.25, "cache"),
-        InferenceRequest("r", "t", [tensor], "2", Priority.HIGH, {"a": "b"}, 1_700_000_000_123,
-                         1_700_000_001_000, "idem", "client", {"traceparent": "00-x"}),
+        InferenceRequest(
+            "r",
+            "t",
+            [tensor],
+            "2",
+            Priority.HIGH,
+            {"a": "b"},
+            1_700_000_000_123,
+            1_700_000_001_000,
+            "idem",
+            "client",
+            {"traceparent": "00-x"},
+        ),
         InferenceRequest("r", "t", []),
-        InferenceResult("r", "t", Status.FAILED, "w", "m", "1", [tensor], Error("E", "m"),
-                        Timings(1.0, 2.0, 3.0), 4, 2, 1_000, 2_000,
-                        [{"id": "i", "score": 0.5, "metadata": "{}"}]),
+        InferenceResult(
+            "r",
+            "t",
+            Status.FAILED,
+            "w",
+            "m",
+            "1",
+            [tensor],
+            Error("E", "m"),
+            Timings(1.0, 2.0, 3.0),
+            4,
+            2,
+            1_000,
+            2_000,
+            [{"id": "i", "score": 0.5, "metadata": "{}"}],
+        ),
         InferenceResult("r", "t", Status.SUCCEEDED, "w"),
         AuditEvent("r", "t", AuditType.DEAD_LETTERED, "w", input_digest="ab", details={"k": "v"}),
-        DeadLetter("t", 1, 2, b"payload", "UNDECODABLE", "m", key=b"k", truncated=True,
-                   payload_length=100, payload_sha256="ff"),
+        DeadLetter(
+            "t",
+            1,
+            2,
+            b"payload",
+            "UNDECODABLE",
+            "m",
+            key=b"k",
+            truncated=True,
+            payload_length=100,
+            payload_sha256="ff",
+        ),
     ]
 
 
@@ -96,8 +134,16 @@ def test_round_trips_through_fastavro_with_logical_types(record):
 
 def test_enums_and_timestamps_are_converted_back():
     at = datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
-    request = InferenceRequest.from_avro({"request_id": "r", "task": "t", "inputs": [],
-                                          "priority": "HIGH", "created_at": at, "deadline_at": None})
+    request = InferenceRequest.from_avro(
+        {
+            "request_id": "r",
+            "task": "t",
+            "inputs": [],
+            "priority": "HIGH",
+            "created_at": at,
+            "deadline_at": None,
+        }
+    )
     assert request.priority is Priority.HIGH
     assert request.created_at == int(at.timestamp() * 1000) and request.deadline_at is None
     result = InferenceResult("r", "t", Status.SUCCEEDED, "w").to_avro()

@@ -64,9 +64,14 @@ def http() -> Iterator[Callable[..., httpx.Client]]:
 def test_subject_names_per_strategy() -> None:
     topics = ["p.requests.a.high", "p.requests.a.low"]
     assert subject_names("record", REQ, topics) == [REQ]
-    assert subject_names("topic", REQ, topics) == ["p.requests.a.high-value", "p.requests.a.low-value"]
-    assert subject_names("topic_record", REQ, topics) == [f"p.requests.a.high-{REQ}",
-                                                         f"p.requests.a.low-{REQ}"]
+    assert subject_names("topic", REQ, topics) == [
+        "p.requests.a.high-value",
+        "p.requests.a.low-value",
+    ]
+    assert subject_names("topic_record", REQ, topics) == [
+        f"p.requests.a.high-{REQ}",
+        f"p.requests.a.low-{REQ}",
+    ]
     assert subject_names("topic", REQ, topics + topics[:1]) == subject_names("topic", REQ, topics)
     # A type written to no topic of its own (nested in others) keeps its name.
     assert subject_names("topic", Tensor.AVRO_NAME, []) == [Tensor.AVRO_NAME]
@@ -77,7 +82,9 @@ def test_subject_names_per_strategy() -> None:
 
 def test_record_topics_follow_the_topic_names() -> None:
     topics = record_topics("acme", ["a", "b", "a"])
-    assert topics[REQ] == [f"acme.requests.{t}.{p}" for t in "ab" for p in ("high", "normal", "low")]
+    assert topics[REQ] == [
+        f"acme.requests.{t}.{p}" for t in "ab" for p in ("high", "normal", "low")
+    ]
     assert topics[RES] == ["acme.results.a", "acme.results.b"]
     assert topics[f"{NAMESPACE}.AuditEvent"] == ["acme.audit"]
     assert topics[f"{NAMESPACE}.DeadLetter"] == ["acme.dlq"]
@@ -101,14 +108,23 @@ def test_client_checks_its_strategy() -> None:
 def test_the_codec_registers_under_the_strategys_subjects(http, strategy: str) -> None:
     registry = Registry()
     mapping = record_topics("p", ["text-embedding"])
-    client = RegistryClient(URL, client=http(registry), subject_strategy=strategy,
-                            topics=lambda name: mapping.get(name, []))
+    client = RegistryClient(
+        URL,
+        client=http(registry),
+        subject_strategy=strategy,
+        topics=lambda name: mapping.get(name, []),
+    )
     codec = AvroCodec(registry=client)
-    data = codec.encode(InferenceRequest("r1", "text-embedding",
-                                         [Tensor("text", DataType.BYTES, [1], [b"x"])], created_at=1))
-    wanted = {"record": [REQ],
-              "topic": [f"{t}-value" for t in mapping[REQ]],
-              "topic_record": [f"{t}-{REQ}" for t in mapping[REQ]]}[strategy]
+    data = codec.encode(
+        InferenceRequest(
+            "r1", "text-embedding", [Tensor("text", DataType.BYTES, [1], [b"x"])], created_at=1
+        )
+    )
+    wanted = {
+        "record": [REQ],
+        "topic": [f"{t}-value" for t in mapping[REQ]],
+        "topic_record": [f"{t}-{REQ}" for t in mapping[REQ]],
+    }[strategy]
     assert sorted(registry.subjects) == sorted(wanted)
     # One global id whatever the subjects: the framing is the same under every strategy.
     (schema_id,) = {i for ids in registry.subjects.values() for i in ids}
@@ -118,18 +134,29 @@ def test_the_codec_registers_under_the_strategys_subjects(http, strategy: str) -
 def test_different_ids_for_one_schema_are_not_trusted(http) -> None:
     answers = iter([7, 8])
     client = RegistryClient(
-        URL, client=http(lambda request: httpx.Response(200, json={"id": next(answers)})),
-        subject_strategy="topic", topics=lambda name: ["a", "b"])
+        URL,
+        client=http(lambda request: httpx.Response(200, json={"id": next(answers)})),
+        subject_strategy="topic",
+        topics=lambda name: ["a", "b"],
+    )
     with pytest.raises(RegistryUnavailable, match="got ids"):
         client.register(REQ, {"type": "string"})
 
 
 @pytest.mark.parametrize("code", [401, 403])
 def test_refused_credentials_are_a_clear_retriable_error(http, code: int) -> None:
-    client = RegistryClient(URL, client=http(
-        lambda request: httpx.Response(code, json={"error_code": code, "message": "Unauthorized"})))
+    client = RegistryClient(
+        URL,
+        client=http(
+            lambda request: httpx.Response(
+                code, json={"error_code": code, "message": "Unauthorized"}
+            )
+        ),
+    )
     for call in (lambda: client.register(REQ, {"type": "string"}), lambda: client.schema_by_id(3)):
-        with pytest.raises(RegistryAuthError, match=f"HTTP {code}: the registry refused the credentials"):
+        with pytest.raises(
+            RegistryAuthError, match=f"HTTP {code}: the registry refused the credentials"
+        ):
             call()
     error = RegistryAuthError("x")
     # Retried like an outage, so a worker never dead-letters an event for our configuration.
@@ -156,8 +183,12 @@ def test_the_shell_builds_the_client_with_the_strategy_and_the_tasks_topics(tmp_
     from streaminfer import connectivity
     from streaminfer.settings import Settings
 
-    settings = Settings(schema_registry_url="http://reg:pw@127.0.0.1:1/", topic_prefix="acme",
-                        schema_registry_subject_strategy="topic", model_repository=tmp_path)
+    settings = Settings(
+        schema_registry_url="http://reg:pw@127.0.0.1:1/",
+        topic_prefix="acme",
+        schema_registry_subject_strategy="topic",
+        model_repository=tmp_path,
+    )
     assert connectivity.schema_registry(Settings()) is None
     tasks = ["a"]
     client = connectivity.schema_registry(settings, tasks=lambda: tasks)
@@ -180,11 +211,19 @@ def test_the_worker_builds_the_client_with_the_strategy(tmp_path) -> None:
     from streaminfer.streams.app import WorkerOptions, create_worker
 
     http = httpx.Client(transport=httpx.MockTransport(Registry()))
-    options = WorkerOptions(bootstrap_servers="127.0.0.1:1", redis_url="redis://127.0.0.1:1/0",
-                            topic_prefix="acme", group_id="g", model_repository=str(tmp_path),
-                            tasks=["a"], worker_id="w", metrics_port=None,
-                            schema_registry_url=URL, registry_http=http,
-                            schema_registry_subject_strategy="topic_record")
+    options = WorkerOptions(
+        bootstrap_servers="127.0.0.1:1",
+        redis_url="redis://127.0.0.1:1/0",
+        topic_prefix="acme",
+        group_id="g",
+        model_repository=str(tmp_path),
+        tasks=["a"],
+        worker_id="w",
+        metrics_port=None,
+        schema_registry_url=URL,
+        registry_http=http,
+        schema_registry_subject_strategy="topic_record",
+    )
     _app, runtime = create_worker(options)
     try:
         registry = runtime.codec._registry

@@ -54,23 +54,38 @@ def registry() -> Iterator[tuple[str, RegistryState]]:
 
 def _codec(url: str, strategy: str = "record") -> AvroCodec:
     topics = record_topics(PREFIX, [TASK])
-    return AvroCodec(registry=RegistryClient(url, subject_strategy=strategy,
-                                             topics=lambda name: topics.get(name, [])))
+    return AvroCodec(
+        registry=RegistryClient(
+            url, subject_strategy=strategy, topics=lambda name: topics.get(name, [])
+        )
+    )
 
 
 def _request() -> InferenceRequest:
     return InferenceRequest(
-        "r-42", TASK, [Tensor("text", DataType.BYTES, [2], [b"hello", "wörld".encode()])],
-        priority=Priority.HIGH, created_at=1_764_000_000_123, deadline_at=1_764_000_002_623,
-        parameters={"k": "v"}, client_id="alice",
+        "r-42",
+        TASK,
+        [Tensor("text", DataType.BYTES, [2], [b"hello", "wörld".encode()])],
+        priority=Priority.HIGH,
+        created_at=1_764_000_000_123,
+        deadline_at=1_764_000_002_623,
+        parameters={"k": "v"},
+        client_id="alice",
     )
 
 
 def _result() -> InferenceResult:
     return InferenceResult(
-        "r-42", TASK, Status.SUCCEEDED, "w1", model_name="minilm", model_version="3",
+        "r-42",
+        TASK,
+        Status.SUCCEEDED,
+        "w1",
+        model_name="minilm",
+        model_version="3",
         outputs=[Tensor.from_numpy("embedding", np.array([[0.5, -1.25, 3.0]], dtype=np.float32))],
-        timings=Timings(1.0, 2.0, 3.0), batch_size=7, created_at=1_764_000_000_123,
+        timings=Timings(1.0, 2.0, 3.0),
+        batch_size=7,
+        created_at=1_764_000_000_123,
         completed_at=1_764_000_000_456,
     )
 
@@ -108,8 +123,10 @@ def test_confluents_serializer_writes_what_we_decode(registry, strategy: str) ->
     url, state = registry
     client = schema_registry.SchemaRegistryClient({"url": url})
     serializer = avro.AvroSerializer(
-        client, json.dumps(plain_schema(PLAIN.schema(InferenceRequest))),
-        conf={"subject.name.strategy": STRATEGIES[strategy]})
+        client,
+        json.dumps(plain_schema(PLAIN.schema(InferenceRequest))),
+        conf={"subject.name.strategy": STRATEGIES[strategy]},
+    )
     context = serialization.SerializationContext(TOPIC, serialization.MessageField.VALUE)
     data = serializer(_request().to_avro(), context)
     (subject,) = state.subjects
@@ -140,8 +157,9 @@ def test_a_newer_producer_schema_is_resolved_against_ours(registry) -> None:
     url, _state = registry
     newer = plain_schema(PLAIN.schema(InferenceRequest))
     newer["fields"] = [*newer["fields"], {"name": "tenant", "type": "string", "default": "none"}]
-    serializer = avro.AvroSerializer(schema_registry.SchemaRegistryClient({"url": url}),
-                                     json.dumps(newer))
+    serializer = avro.AvroSerializer(
+        schema_registry.SchemaRegistryClient({"url": url}), json.dumps(newer)
+    )
     context = serialization.SerializationContext(TOPIC, serialization.MessageField.VALUE)
     data = serializer({**_request().to_avro(), "tenant": "acme"}, context)
     with _codec(url) as codec:
@@ -156,6 +174,13 @@ def test_hostile_confluent_frames(registry) -> None:
         good = codec.encode(_request())
         with pytest.raises(UnknownSchema):  # an id the registry does not know
             codec.decode(b"\x00\xff\xff\xff\xff" + good[5:], InferenceRequest)
-        for bad in (b"\x00", b"\x00\x01\x02", good[:5], good[:-1], good + b"\x00", b"\x01" + good[1:]):
+        for bad in (
+            b"\x00",
+            b"\x00\x01\x02",
+            good[:5],
+            good[:-1],
+            good + b"\x00",
+            b"\x01" + good[1:],
+        ):
             with pytest.raises(DecodeError):
                 codec.decode(bad, InferenceRequest)

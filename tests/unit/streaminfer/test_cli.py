@@ -20,8 +20,15 @@ def submit(monkeypatch, capsys, *argv: str) -> tuple[int, list[dict]]:
         if request.url.path == "/v1/tasks":
             return httpx.Response(200, json={"tasks": []})
         sent.append(json.loads(request.content))
-        return httpx.Response(200, json={"request_id": "r", "task": "text-embedding", "status": "succeeded",
-                                         "outputs": {"similar": [{"id": "a", "score": 0.9, "metadata": {}}]}})
+        return httpx.Response(
+            200,
+            json={
+                "request_id": "r",
+                "task": "text-embedding",
+                "status": "succeeded",
+                "outputs": {"similar": [{"id": "a", "score": 0.9, "metadata": {}}]},
+            },
+        )
 
     class MockedClient(Client):
         def __init__(self, base_url: str, **options) -> None:
@@ -37,14 +44,26 @@ def submit(monkeypatch, capsys, *argv: str) -> tuple[int, list[dict]]:
 
 
 def test_collection_flags_become_parameters(monkeypatch, capsys) -> None:
-    code, sent = submit(monkeypatch, capsys, "--text", "hello", "--collection", "songs", "--item-id", "t1",
-                        "--similar-k", "5")
+    code, sent = submit(
+        monkeypatch,
+        capsys,
+        "--text",
+        "hello",
+        "--collection",
+        "songs",
+        "--item-id",
+        "t1",
+        "--similar-k",
+        "5",
+    )
     assert code == 0
     assert sent[0]["parameters"] == {"collection": "songs", "item_id": "t1", "similar_k": "5"}
 
 
 def test_collection_flags_join_the_parameters_of_a_json_body(monkeypatch, capsys) -> None:
     body = json.dumps({"inputs": {"text": "hi"}, "parameters": {"cache": "false"}})
-    code, sent = submit(monkeypatch, capsys, "--json", body, "--collection", "songs", "--similar-k", "3")
+    code, sent = submit(
+        monkeypatch, capsys, "--json", body, "--collection", "songs", "--similar-k", "3"
+    )
     assert code == 0
     assert sent[0]["parameters"] == {"cache": "false", "collection": "songs", "similar_k": "3"}

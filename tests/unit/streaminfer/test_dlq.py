@@ -43,37 +43,54 @@ def codec():
 
 
 def a_request(task: str = "tiny", rid: str = "r-1") -> InferenceRequest:
-    return InferenceRequest(request_id=rid, task=task, created_at=1_700_000_000_000,
-                            inputs=[Tensor.from_numpy("x", np.zeros((1, 3), dtype=np.float32))])
+    return InferenceRequest(
+        request_id=rid,
+        task=task,
+        created_at=1_700_000_000_000,
+        inputs=[Tensor.from_numpy("x", np.zeros((1, 3), dtype=np.float32))],
+    )
 
 
 def an_entry(codec, offset: int = 0, request: InferenceRequest | None = None, **fields) -> Entry:
     request = request or a_request(rid=f"r-{offset}")
     payload = fields.pop("payload", None)
-    letter = DeadLetter(**{"source_topic": TOPIC, "partition": 0, "offset": offset,
-                           "key": request.request_id.encode(),
-                           "payload": codec.encode(request) if payload is None else payload,
-                           "error_code": "TASK_NOT_FOUND", "error_message": "not served",
-                           "at": 1_700_000_000_000, **fields})
+    letter = DeadLetter(
+        **{
+            "source_topic": TOPIC,
+            "partition": 0,
+            "offset": offset,
+            "key": request.request_id.encode(),
+            "payload": codec.encode(request) if payload is None else payload,
+            "error_code": "TASK_NOT_FOUND",
+            "error_message": "not served",
+            "at": 1_700_000_000_000,
+            **fields,
+        }
+    )
     decoded = request if payload is None else None
     return Entry(DLQ, 0, 100 + offset, letter, request=decoded)
 
 
 # --- parsing ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "ms"), [
-    ("2023-11-14T22:13:20Z", 1_700_000_000_000),
-    ("2023-11-14T22:13:20.5+00:00", 1_700_000_000_500),
-    ("2023-11-14T23:13:20+01:00", 1_700_000_000_000),
-    ("2023-11-14T22:13:20", 1_700_000_000_000),  # no offset: UTC
-    ("2023-11-14", 1_699_920_000_000),
-])
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("2023-11-14T22:13:20Z", 1_700_000_000_000),
+        ("2023-11-14T22:13:20.5+00:00", 1_700_000_000_500),
+        ("2023-11-14T23:13:20+01:00", 1_700_000_000_000),
+        ("2023-11-14T22:13:20", 1_700_000_000_000),  # no offset: UTC
+        ("2023-11-14", 1_699_920_000_000),
+    ],
+)
 def test_since_takes_iso_8601_and_reads_no_offset_as_utc(text, ms):
     assert parse_time(text) == ms
 
 
-@pytest.mark.parametrize("text", ["yesterday", "", "1700000000000", "2023-13-01",
-                                  "2023-11-14T25:00Z"])
+@pytest.mark.parametrize(
+    "text", ["yesterday", "", "1700000000000", "2023-13-01", "2023-11-14T25:00Z"]
+)
 def test_since_refuses_what_is_not_an_iso_time_with_a_usage_error(text, capsys):
     with pytest.raises(argparse.ArgumentTypeError):
         parse_time(text)
@@ -83,9 +100,27 @@ def test_since_refuses_what_is_not_an_iso_time_with_a_usage_error(text, capsys):
 
 
 def test_the_cli_parses_filters_and_refuses_negative_counts(capsys):
-    args = build_parser().parse_args([
-        "dlq", "replay", "--error-code", "A,B", "--error-code", "C", "--source-topic", TOPIC,
-        "--since", "2023-11-14", "--key", "k", "--limit", "5", "--dry-run", "--max-replays", "0"])
+    args = build_parser().parse_args(
+        [
+            "dlq",
+            "replay",
+            "--error-code",
+            "A,B",
+            "--error-code",
+            "C",
+            "--source-topic",
+            TOPIC,
+            "--since",
+            "2023-11-14",
+            "--key",
+            "k",
+            "--limit",
+            "5",
+            "--dry-run",
+            "--max-replays",
+            "0",
+        ]
+    )
     where = LetterFilter.from_args(args)
     assert where.error_codes == {"A", "B", "C"} and where.source_topic == TOPIC and where.key == "k"
     assert where.since_ms == 1_699_920_000_000 and where.until_ms is None
@@ -97,20 +132,23 @@ def test_the_cli_parses_filters_and_refuses_negative_counts(capsys):
     assert build_parser().parse_args(["dlq", "show", "0:7"]).ref == "0:7"
 
 
-@pytest.mark.parametrize(("ref", "expected"), [("0:7", (0, 7)), (f"{DLQ}:3:12", (3, 12)),
-                                               (" 1:2 ", (1, 2))])
+@pytest.mark.parametrize(
+    ("ref", "expected"), [("0:7", (0, 7)), (f"{DLQ}:3:12", (3, 12)), (" 1:2 ", (1, 2))]
+)
 def test_a_letter_is_named_by_partition_and_offset_with_or_without_its_topic(ref, expected):
     assert parse_ref(ref, DLQ) == expected
 
 
-@pytest.mark.parametrize("ref", ["7", "a:b", "0:-1", "-1:0", "0:1:2", f"{PREFIX}.audit:0:1",
-                                 "0:1.5", "0:١"])
+@pytest.mark.parametrize(
+    "ref", ["7", "a:b", "0:-1", "-1:0", "0:1:2", f"{PREFIX}.audit:0:1", "0:1.5", "0:١"]
+)
 def test_a_bad_letter_reference_is_refused(ref):
     with pytest.raises(DlqError):
         parse_ref(ref, DLQ)
 
 
 # --- filters ----------------------------------------------------------------------------------
+
 
 def test_filters_select_by_code_topic_time_and_key(codec):
     letter = an_entry(codec).letter
@@ -130,12 +168,17 @@ def test_filters_select_by_code_topic_time_and_key(codec):
 
 def test_records_that_are_no_letters_show_only_when_nothing_is_filtered():
     assert LetterFilter().matches(None)
-    for where in (LetterFilter(error_codes=frozenset({"UNDECODABLE"})), LetterFilter(key="k"),
-                  LetterFilter(since_ms=0), LetterFilter(source_topic=TOPIC)):
+    for where in (
+        LetterFilter(error_codes=frozenset({"UNDECODABLE"})),
+        LetterFilter(key="k"),
+        LetterFilter(since_ms=0),
+        LetterFilter(source_topic=TOPIC),
+    ):
         assert not where.matches(None)
 
 
 # --- what is never replayed -------------------------------------------------------------------
+
 
 def test_a_sound_letter_may_be_replayed(codec):
     assert refusal(an_entry(codec), PREFIX, EXISTING) is None
@@ -143,33 +186,57 @@ def test_a_sound_letter_may_be_replayed(codec):
     assert refusal(undecodable, PREFIX, EXISTING) is None
 
 
-@pytest.mark.parametrize("source", [
-    "evil", f"{PREFIX}.results.tiny", f"{PREFIX}.audit", DLQ, f"{PREFIX}x.requests.tiny.normal",
-    "other.requests.tiny.normal", f"{PREFIX}.requests.tiny.urgent",
-    f"{PREFIX}.requests.Tiny.normal",
-    f"{PREFIX}.requests.tiny.normal\n", f"{PREFIX}.requests..normal", f"{PREFIX}.requests.tiny",
-    f"{PREFIX}.requests.tiny.normal.x", "",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "evil",
+        f"{PREFIX}.results.tiny",
+        f"{PREFIX}.audit",
+        DLQ,
+        f"{PREFIX}x.requests.tiny.normal",
+        "other.requests.tiny.normal",
+        f"{PREFIX}.requests.tiny.urgent",
+        f"{PREFIX}.requests.Tiny.normal",
+        f"{PREFIX}.requests.tiny.normal\n",
+        f"{PREFIX}.requests..normal",
+        f"{PREFIX}.requests.tiny",
+        f"{PREFIX}.requests.tiny.normal.x",
+        "",
+    ],
+)
 def test_a_letter_naming_any_but_a_request_topic_of_this_prefix_is_never_replayed(codec, source):
     entry = an_entry(codec, source_topic=source)
     assert refusal(entry, PREFIX, EXISTING | {source}) == "not-a-request-topic"
 
 
 def test_a_truncated_letter_is_not_replayed(codec):
-    entry = an_entry(codec, truncated=True, payload=b"head", payload_length=4000,
-                     payload_sha256="ab" * 32)
+    entry = an_entry(
+        codec, truncated=True, payload=b"head", payload_length=4000, payload_sha256="ab" * 32
+    )
     assert refusal(entry, PREFIX, EXISTING) == "truncated"
 
 
 def test_a_letter_whose_payload_is_not_what_it_says_is_not_replayed(codec):
     payload = codec.encode(a_request())
     digest = hashlib.sha256(payload).hexdigest()
-    assert refusal(an_entry(codec, payload=payload, payload_sha256=digest.upper(),
-                            payload_length=len(payload)), PREFIX, EXISTING) is None
-    assert refusal(an_entry(codec, payload=payload, payload_sha256="0" * 64), PREFIX,
-                   EXISTING) == "payload-mismatch"
-    assert refusal(an_entry(codec, payload=payload, payload_length=len(payload) + 1), PREFIX,
-                   EXISTING) == "payload-mismatch"
+    assert (
+        refusal(
+            an_entry(
+                codec, payload=payload, payload_sha256=digest.upper(), payload_length=len(payload)
+            ),
+            PREFIX,
+            EXISTING,
+        )
+        is None
+    )
+    assert (
+        refusal(an_entry(codec, payload=payload, payload_sha256="0" * 64), PREFIX, EXISTING)
+        == "payload-mismatch"
+    )
+    assert (
+        refusal(an_entry(codec, payload=payload, payload_length=len(payload) + 1), PREFIX, EXISTING)
+        == "payload-mismatch"
+    )
 
 
 def test_an_oversized_payload_is_not_replayed(codec):
@@ -189,6 +256,7 @@ def test_a_source_topic_that_does_not_exist_is_not_created_by_a_replay(codec):
 
 # --- the replay and its bound -----------------------------------------------------------------
 
+
 class FakeRedis:
     """The calls the replayer makes, on a dict; the claim script as its Lua says."""
 
@@ -203,6 +271,7 @@ class FakeRedis:
                 return -1
             self.values[keys[0]] = self.values.get(keys[0], 0) + 1
             return self.values[keys[0]]
+
         return claim
 
     async def exists(self, key: str) -> int:
@@ -247,15 +316,18 @@ async def test_one_payload_is_replayed_at_most_max_replays_times_across_runs(cod
     payload = b"junk that keeps coming back"
     for run in range(4):  # each run sees the letters so far: the replay is dead-lettered again
         one = replayer(redis, FakeProducer(), max_replays=2)
-        lines = [await one.handle(an_entry(codec, offset=i, payload=payload), EXISTING)
-                 for i in range(run + 1)]
+        lines = [
+            await one.handle(an_entry(codec, offset=i, payload=payload), EXISTING)
+            for i in range(run + 1)
+        ]
         replayed = [line for line in lines if line["action"] == "replayed"]
         assert len(replayed) == (1 if run < 2 else 0), run
         assert one.skipped["duplicate-payload"] == (run if run < 2 else 0)
         assert one.skipped["replay-limit"] == (0 if run < 2 else run + 1)
     assert redis.values[replay_count_key(PREFIX, hashlib.sha256(payload).hexdigest())] == 2
     assert (await replayer(redis, FakeProducer(), max_replays=0).handle(an_entry(codec), EXISTING))[
-        "reason"] == "replay-limit", "--max-replays 0 replays nothing"
+        "reason"
+    ] == "replay-limit", "--max-replays 0 replays nothing"
 
 
 async def test_a_request_with_a_result_by_now_is_skipped(codec):
@@ -280,11 +352,13 @@ async def test_a_dry_run_changes_nothing_and_still_reports_the_bound(codec):
 async def test_a_replay_that_fails_to_produce_does_not_count_against_the_bound(codec):
     redis = FakeRedis()
     with pytest.raises(ConnectionError):
-        await replayer(redis, FakeProducer(fail=True), max_replays=1).handle(an_entry(codec),
-                                                                             EXISTING)
+        await replayer(redis, FakeProducer(fail=True), max_replays=1).handle(
+            an_entry(codec), EXISTING
+        )
     assert set(redis.values.values()) == {0}
     assert (await replayer(redis, FakeProducer(), max_replays=1).handle(an_entry(codec), EXISTING))[
-        "action"] == "replayed"
+        "action"
+    ] == "replayed"
 
 
 class HangingProducer:
@@ -310,7 +384,8 @@ async def test_a_cancelled_replay_keeps_its_claim_so_the_bound_holds(codec):
     assert redis.values[replay_count_key(PREFIX, digest)] == 1, "possibly sent: counted"
     again = FakeProducer()
     line = await replayer(redis, again, max_replays=1).handle(
-        an_entry(codec, offset=1, payload=entry.letter.payload), EXISTING)
+        an_entry(codec, offset=1, payload=entry.letter.payload), EXISTING
+    )
     assert line["reason"] == "replay-limit" and again.sent == [], "no replay past the bound"
 
 
@@ -346,12 +421,18 @@ async def test_a_produce_failing_for_a_while_replays_each_letter_once_when_run_a
         assert run.replayed == 0 and run.skipped == {"replay-limit": 1}
     last = replayer(redis, producer, max_replays=1)  # back
     lines = [await last.handle(entry, EXISTING) for entry in letters]
-    assert [line.get("reason", line["action"]) for line in lines] == ["replay-limit", *["replayed"] * 4]
-    assert sorted(value for _, value, _, _ in producer.sent) == [f"payload {i}".encode() for i in range(5)]
+    assert [line.get("reason", line["action"]) for line in lines] == [
+        "replay-limit",
+        *["replayed"] * 4,
+    ]
+    assert sorted(value for _, value, _, _ in producer.sent) == [
+        f"payload {i}".encode() for i in range(5)
+    ]
     assert set(redis.values.values()) == {1}, "each payload counted once"
 
 
 # --- records on the DLQ topic -----------------------------------------------------------------
+
 
 def reader_with(codec) -> DlqReader:
     reader = DlqReader(Settings(topic_prefix=PREFIX))
@@ -376,8 +457,16 @@ async def test_junk_on_the_dlq_topic_is_reported_not_a_crash_and_never_replayed(
 
 async def test_a_letter_is_listed_without_its_payload_and_shown_with_it(codec):
     request = a_request(rid="listed")
-    letter = DeadLetter(TOPIC, 2, 9, codec.encode(request), "TASK_NOT_FOUND", "not served",
-                        key=b"listed", at=1_700_000_000_000)
+    letter = DeadLetter(
+        TOPIC,
+        2,
+        9,
+        codec.encode(request),
+        "TASK_NOT_FOUND",
+        "not served",
+        key=b"listed",
+        at=1_700_000_000_000,
+    )
     headers = [("streaminfer-error-type", b"X")]
     entry = await reader_with(codec)._decode(record(codec.encode(letter), headers))
     summary = entry.summary()
@@ -392,8 +481,16 @@ async def test_a_letter_is_listed_without_its_payload_and_shown_with_it(codec):
 
 
 async def test_a_letter_with_a_hostile_payload_and_key_is_listed_safely(codec):
-    letter = DeadLetter(TOPIC, 0, 1, b"\xc3\x01" + b"\x00" * 10, "UNDECODABLE", "\x1b[2J" * 3,
-                        key=b"\xff\xfe\x1b[31m", at=-5)
+    letter = DeadLetter(
+        TOPIC,
+        0,
+        1,
+        b"\xc3\x01" + b"\x00" * 10,
+        "UNDECODABLE",
+        "\x1b[2J" * 3,
+        key=b"\xff\xfe\x1b[31m",
+        at=-5,
+    )
     entry = await reader_with(codec)._decode(record(codec.encode(letter)))
     assert entry.letter is not None and entry.request is None
     line = json.dumps(entry.summary())
@@ -404,10 +501,12 @@ async def test_a_letter_with_a_hostile_payload_and_key_is_listed_safely(codec):
 class FakeConsumer:
     """Partitions of the DLQ topic as lists of values; ``late`` arrive after the end offsets."""
 
-    def __init__(self, partitions: dict[int, list], late: dict[int, list] | None = None,
-                 first: int = 0) -> None:
-        self.data = {p: [(first + i, v) for i, v in enumerate(values)]
-                     for p, values in partitions.items()}
+    def __init__(
+        self, partitions: dict[int, list], late: dict[int, list] | None = None, first: int = 0
+    ) -> None:
+        self.data = {
+            p: [(first + i, v) for i, v in enumerate(values)] for p, values in partitions.items()
+        }
         self.ends = {p: first + len(values) for p, values in partitions.items()}
         for p, values in (late or {}).items():
             self.data[p] += [(self.ends[p] + i, v) for i, v in enumerate(values)]
@@ -443,9 +542,11 @@ class FakeConsumer:
         self.fetches += 1
         out = {}
         for tp in tps:
-            records = [SimpleNamespace(topic=DLQ, partition=tp.partition, offset=o, value=v,
-                                       headers=())
-                       for o, v in self.data[tp.partition] if o >= self.positions[tp]][:2]
+            records = [
+                SimpleNamespace(topic=DLQ, partition=tp.partition, offset=o, value=v, headers=())
+                for o, v in self.data[tp.partition]
+                if o >= self.positions[tp]
+            ][:2]
             if records:
                 out[tp] = records
                 self.positions[tp] = records[-1].offset + 1

@@ -26,15 +26,19 @@ def repository(tmp_path: Path) -> Path:
     return tmp_path / "repo"
 
 
-def test_load_copies_every_row_and_if_absent_leaves_it(repository: Path, tmp_path: Path, monkeypatch, capsys):
+def test_load_copies_every_row_and_if_absent_leaves_it(
+    repository: Path, tmp_path: Path, monkeypatch, capsys
+):
     target = tmp_path / "store.sqlite"
     monkeypatch.setenv("STREAMINFER_MODEL_REPOSITORY", str(repository))
     monkeypatch.setenv("STREAMINFER_FEATURE_STORE_URL", f"sqlite:///{target}")
     with pytest.raises(SystemExit) as exited:
         cli.main(["features", "load"])
     assert exited.value.code == 0 and "569 rows" in capsys.readouterr().out
-    with contextlib.closing(sqlite3.connect(target)) as copy, contextlib.closing(
-            sqlite3.connect(repository / TASK / "1" / FEATURE_TABLE)) as original:
+    with (
+        contextlib.closing(sqlite3.connect(target)) as copy,
+        contextlib.closing(sqlite3.connect(repository / TASK / "1" / FEATURE_TABLE)) as original,
+    ):
         query = "SELECT * FROM features ORDER BY entity_id"
         assert copy.execute(query).fetchall() == original.execute(query).fetchall()
         copy.execute("DELETE FROM features WHERE entity_id = '0'")
@@ -60,7 +64,12 @@ def test_load_without_a_target_or_a_section_is_a_clear_error(repository: Path, m
 def test_the_feature_store_url_is_a_secret_setting() -> None:
     from streaminfer.settings import Settings
 
-    settings = Settings(feature_store_url="postgresql+psycopg://app:s3cret@db.example:5432/features")
+    settings = Settings(
+        feature_store_url="postgresql+psycopg://app:s3cret@db.example:5432/features"
+    )
     assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.summary())
-    assert settings.summary()["feature_store_url"] == "postgresql+psycopg://app:***@db.example:5432/features"
+    assert (
+        settings.summary()["feature_store_url"]
+        == "postgresql+psycopg://app:***@db.example:5432/features"
+    )
     assert Settings().summary()["feature_store_url"] is None

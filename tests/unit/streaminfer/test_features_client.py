@@ -7,14 +7,29 @@ from streaminfer.client.results import Result
 
 
 def test_a_result_with_lookup_timings_is_read() -> None:
-    body = {"request_id": "r", "task": "tabular-classify", "status": "succeeded",
-            "model": {"name": "m", "version": "1"}, "outputs": {"label": 0, "probability": 0.25},
-            "timings": {"queued_ms": 1.0, "inference_ms": 0.5, "total_ms": 2.0, "feature_lookup_ms": 0.4,
-                        "feature_source": "cache"},
-            "batch_size": 1, "attempts": 1, "error": None}
+    body = {
+        "request_id": "r",
+        "task": "tabular-classify",
+        "status": "succeeded",
+        "model": {"name": "m", "version": "1"},
+        "outputs": {"label": 0, "probability": 0.25},
+        "timings": {
+            "queued_ms": 1.0,
+            "inference_ms": 0.5,
+            "total_ms": 2.0,
+            "feature_lookup_ms": 0.4,
+            "feature_source": "cache",
+        },
+        "batch_size": 1,
+        "attempts": 1,
+        "error": None,
+    }
     result = Result.from_body(body)
     assert result.succeeded and result.timings["feature_lookup_ms"] == 0.4
-    assert "feature_source" not in result.timings and result.raw["timings"]["feature_source"] == "cache"
+    assert (
+        "feature_source" not in result.timings
+        and result.raw["timings"]["feature_source"] == "cache"
+    )
 
 
 def test_request_producer_inputs_make_an_entity_tensor_the_worker_accepts(tmp_path) -> None:

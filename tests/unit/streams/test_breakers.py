@@ -55,16 +55,29 @@ def gauge(name: str) -> float:
     return metrics.REGISTRY.get_sample_value("inference_circuit_state", {"name": name})
 
 
-@pytest.mark.parametrize(("error", "name"), [
-    (RedisConnectionError("refused"), "redis"), (KafkaTimeoutError(), "kafka"),
-    (RegistryUnavailable("down"), "registry"), (FeatureStoreDown("feature-store:tab", "no db"), "feature-store:tab"),
-    (ModelDown("model:a:1", "all failed"), "model:a:1")])
+@pytest.mark.parametrize(
+    ("error", "name"),
+    [
+        (RedisConnectionError("refused"), "redis"),
+        (KafkaTimeoutError(), "kafka"),
+        (RegistryUnavailable("down"), "registry"),
+        (FeatureStoreDown("feature-store:tab", "no db"), "feature-store:tab"),
+        (ModelDown("model:a:1", "all failed"), "model:a:1"),
+    ],
+)
 def test_each_dependency_error_names_its_breaker(error, name):
     assert dependency_of(error) == name
 
 
-@pytest.mark.parametrize("error", [ValueError("bug"), OSError("which one?"), KeyError("x"),
-                                   FeatureStoreUnavailable("which task's?")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("bug"),
+        OSError("which one?"),
+        KeyError("x"),
+        FeatureStoreUnavailable("which task's?"),
+    ],
+)
 def test_other_errors_name_no_breaker(error):
     assert dependency_of(error) is None
 
@@ -82,7 +95,9 @@ async def test_the_retry_loop_opens_the_breaker_stops_trying_then_probes_and_clo
     assert len(write.attempts) == 3, "open: no retry burnt before the reset time"
     write.down = False
     assert await asyncio.wait_for(task, 5) is True
-    assert len(write.attempts) == 4 and write.attempts[-1] - opened >= 0.5, "one probe, after the reset"
+    assert len(write.attempts) == 4 and write.attempts[-1] - opened >= 0.5, (
+        "one probe, after the reset"
+    )
     assert breakers.value("redis") == CLOSED and gauge("redis") == CLOSED
 
 
@@ -109,7 +124,9 @@ async def test_a_write_waiting_on_an_open_breaker_gives_up_on_shutdown():
     while not breakers.is_open("redis"):
         await asyncio.sleep(0.01)
     writer.closed = True
-    assert await asyncio.wait_for(task, 2) is False, "given up: its events stay unacked, redelivered"
+    assert await asyncio.wait_for(task, 2) is False, (
+        "given up: its events stay unacked, redelivered"
+    )
     assert len(write.attempts) == 1
 
 
@@ -158,11 +175,23 @@ def test_partitions_pause_while_open_and_resume_once_closed():
 
 def test_a_model_breaker_pauses_only_its_tasks_partitions():
     breakers = make_breakers(1, 30.0)
-    a0, a1, b0 = TP(("unit.requests.a.normal", 0)), TP(("unit.requests.a.high", 1)), TP(("unit.requests.b.normal", 0))
+    a0, a1, b0 = (
+        TP(("unit.requests.a.normal", 0)),
+        TP(("unit.requests.a.high", 1)),
+        TP(("unit.requests.b.normal", 0)),
+    )
     consumer = Consumer({a0, a1, b0})
-    topics = {"a": {"unit.requests.a.normal", "unit.requests.a.high"}, "b": {"unit.requests.b.normal"}}
-    pause = PartitionPause(breakers, lambda: consumer.assigned, consumer.pause, consumer.resume,
-                           topics_of=topics.__getitem__)
+    topics = {
+        "a": {"unit.requests.a.normal", "unit.requests.a.high"},
+        "b": {"unit.requests.b.normal"},
+    }
+    pause = PartitionPause(
+        breakers,
+        lambda: consumer.assigned,
+        consumer.pause,
+        consumer.resume,
+        topics_of=topics.__getitem__,
+    )
     breakers.record("model:a:1", ModelDown("model:a:1", "all failed"))
     pause.sync()
     assert consumer.paused == {a0, a1}
@@ -204,10 +233,14 @@ async def test_a_failed_batch_counts_against_the_model_only_if_its_warmup_input_
     for _ in range(5):  # poisonous requests: the model runs its warm-up input
         await judge_batch(breakers, "model:a:1", failed, healthy, healthy.predict)
     assert not breakers.is_open("model:a:1") and healthy.warmups == 5
-    await judge_batch(breakers, "model:a:1", [Done("INFERENCE_FAILED"), Done(None)], broken, broken.predict)
+    await judge_batch(
+        breakers, "model:a:1", [Done("INFERENCE_FAILED"), Done(None)], broken, broken.predict
+    )
     await judge_batch(breakers, "model:a:1", [Done("INVALID_INPUT")] * 2, broken, broken.predict)
     assert broken.warmups == 0, "checked only when every request failed on the model"
-    await judge_batch(breakers, "model:a:1", [Done("INFERENCE_FAILED")], broken, broken.predict)  # one counts
+    await judge_batch(
+        breakers, "model:a:1", [Done("INFERENCE_FAILED")], broken, broken.predict
+    )  # one counts
     with pytest.raises(ModelCircuitOpen):
         await judge_batch(breakers, "model:a:1", failed, broken, broken.predict)
     assert breakers.is_open("model:a:1")
@@ -228,8 +261,10 @@ async def test_a_model_that_keeps_failing_opens_its_breaker_and_its_requests_wai
     await processor.start()
     try:
         for source, _ in events:
+
             async def ack(offset=source.offset):
                 acked.append(offset)
+
             await processor.handle(source, ack)
         deadline = time.monotonic() + 5
         while not breakers.is_open("model:echo:1") and time.monotonic() < deadline:
@@ -269,13 +304,24 @@ def test_a_feature_store_breaker_pauses_only_its_tasks_partitions_and_holds_only
     from streaminfer.streams.breakers import wait_s
 
     breakers = make_breakers(1, 30.0)
-    f0, g0, p0 = (TP(("unit.requests.tabular.normal", 0)), TP(("unit.requests.churn.normal", 0)),
-                  TP(("unit.requests.text.normal", 0)))
+    f0, g0, p0 = (
+        TP(("unit.requests.tabular.normal", 0)),
+        TP(("unit.requests.churn.normal", 0)),
+        TP(("unit.requests.text.normal", 0)),
+    )
     consumer = Consumer({f0, g0, p0})
-    topics = {"tabular": {"unit.requests.tabular.normal"}, "churn": {"unit.requests.churn.normal"},
-              "text": {"unit.requests.text.normal"}}
-    pause = PartitionPause(breakers, lambda: consumer.assigned, consumer.pause, consumer.resume,
-                           topics_of=topics.__getitem__)
+    topics = {
+        "tabular": {"unit.requests.tabular.normal"},
+        "churn": {"unit.requests.churn.normal"},
+        "text": {"unit.requests.text.normal"},
+    }
+    pause = PartitionPause(
+        breakers,
+        lambda: consumer.assigned,
+        consumer.pause,
+        consumer.resume,
+        topics_of=topics.__getitem__,
+    )
     breakers.record("feature-store:tabular", FeatureStoreDown("feature-store:tabular", "no db"))
     pause.sync()
     assert consumer.paused == {f0}, "churn reads another database: it goes on"
@@ -290,8 +336,13 @@ def test_partitions_fetch_again_once_the_probe_is_due_so_new_events_can_probe():
     breakers = make_breakers(1, 0.05)
     a0 = TP(("unit.requests.a.normal", 0))
     consumer = Consumer({a0})
-    pause = PartitionPause(breakers, lambda: consumer.assigned, consumer.pause, consumer.resume,
-                           topics_of=lambda task: {"unit.requests.a.normal"})
+    pause = PartitionPause(
+        breakers,
+        lambda: consumer.assigned,
+        consumer.pause,
+        consumer.resume,
+        topics_of=lambda task: {"unit.requests.a.normal"},
+    )
     breakers.record("model:a:1", ModelDown("model:a:1", "all failed"))
     pause.sync()
     assert consumer.paused == {a0}
@@ -309,8 +360,13 @@ def test_a_pause_undone_by_the_consumer_is_made_again():
     breakers = make_breakers(1, 30.0)
     t0, t1 = TP(("t", 0)), TP(("t", 1))
     consumer = Consumer({t0, t1})
-    pause = PartitionPause(breakers, lambda: consumer.assigned, consumer.pause, consumer.resume,
-                           paused_now=lambda: consumer.paused)
+    pause = PartitionPause(
+        breakers,
+        lambda: consumer.assigned,
+        consumer.pause,
+        consumer.resume,
+        paused_now=lambda: consumer.paused,
+    )
     breakers.record("redis", RedisConnectionError("refused"))
     pause.sync()
     assert consumer.paused == {t0, t1}
@@ -379,7 +435,10 @@ async def test_while_a_rebalance_drains_held_and_failing_writes_give_up_then_wai
     assert await asyncio.wait_for(task, 2) is False
     breakers.record("kafka", KafkaTimeoutError())
     starting = Flaky(KafkaTimeoutError())
-    assert await asyncio.wait_for(writer.until_written("a write begun while draining", starting), 2) is False
+    assert (
+        await asyncio.wait_for(writer.until_written("a write begun while draining", starting), 2)
+        is False
+    )
     assert starting.attempts == [], "Kafka's breaker is open: not even tried"
     breakers.reset("kafka")
     bare = Flaky(OSError("which dependency?"))
@@ -462,8 +521,10 @@ async def test_a_batch_of_poisonous_requests_fails_alone_and_never_opens_the_mod
     await processor.start()
     try:
         for source, _ in events:
+
             async def ack(offset=source.offset):
                 acked.append(offset)
+
             await processor.handle(source, ack)
         await until_acked(acked, 4, timeout_s=5)
     finally:
@@ -518,7 +579,11 @@ class TwoVersions:
     def __init__(self) -> None:
         from helpers.worker_fakes import TASK, config
 
-        self.models = {"1": Versioned("1", True), "2": Versioned("2", False), "3": Versioned("3", False)}
+        self.models = {
+            "1": Versioned("1", True),
+            "2": Versioned("2", False),
+            "3": Versioned("3", False),
+        }
         self.configs = {TASK: config()}
         self.unloaded: list[str] = []
 
@@ -527,8 +592,9 @@ class TwoVersions:
 
         from helpers.worker_fakes import TASK
 
-        self.configs[TASK] = dataclasses.replace(self.configs[TASK], versions=versions,
-                                                 default_version=versions[-1])
+        self.configs[TASK] = dataclasses.replace(
+            self.configs[TASK], versions=versions, default_version=versions[-1]
+        )
 
     def get_config(self, task):
         return self.configs[task]
@@ -543,7 +609,9 @@ class TwoVersions:
         self.unloaded.append(version)
 
 
-async def test_a_new_version_is_not_held_by_the_old_ones_breaker_and_the_old_ones_batch_is_answered(codec):
+async def test_a_new_version_is_not_held_by_the_old_ones_breaker_and_the_old_ones_batch_is_answered(
+    codec,
+):
     """v1's device is gone: its batch is held by ``model:echo:1`` and the task's partitions
     pause. v2 rolls out: it serves at once (its own breaker), nothing is paused for v1 any more,
     and v1's held batch is answered as it comes out (FAILED, a dead letter, as before the
@@ -556,11 +624,23 @@ async def test_a_new_version_is_not_held_by_the_old_ones_breaker_and_the_old_one
 
     repository, publisher = TwoVersions(), FakePublisher()
     publisher.breakers = breakers = make_breakers(1, 60.0)
-    processor = RequestProcessor(repository=repository, publisher=publisher, codec=codec, prefix=PREFIX,
-                                 worker_id="w1", tasks=[TASK], retry_backoff_s=0.001)
-    pause = PartitionPause(breakers, lambda: {TP(("unit.requests.echo.normal", 0))}, lambda tps: None,
-                           lambda tps: None, topics_of=lambda task: {"unit.requests.echo.normal"},
-                           serving=processor.serving)
+    processor = RequestProcessor(
+        repository=repository,
+        publisher=publisher,
+        codec=codec,
+        prefix=PREFIX,
+        worker_id="w1",
+        tasks=[TASK],
+        retry_backoff_s=0.001,
+    )
+    pause = PartitionPause(
+        breakers,
+        lambda: {TP(("unit.requests.echo.normal", 0))},
+        lambda tps: None,
+        lambda tps: None,
+        topics_of=lambda task: {"unit.requests.echo.normal"},
+        serving=processor.serving,
+    )
     acked: list[int] = []
 
     async def send(offset: int, **fields) -> None:
@@ -568,6 +648,7 @@ async def test_a_new_version_is_not_held_by_the_old_ones_breaker_and_the_old_one
 
         async def ack(offset=offset):
             acked.append(offset)
+
         await processor.handle(source, ack)
 
     def answered() -> list[tuple[str, str]]:
@@ -601,7 +682,9 @@ async def test_a_new_version_is_not_held_by_the_old_ones_breaker_and_the_old_one
     finally:
         await processor.stop()
     assert sorted(acked) == [0, 1, 2]
-    assert all(r.error.code == "INFERENCE_FAILED" for r in publisher.results if r.model_version == "1")
+    assert all(
+        r.error.code == "INFERENCE_FAILED" for r in publisher.results if r.model_version == "1"
+    )
     assert len(publisher.letters) == 2
     assert repository.unloaded == ["1"]
     assert "model:echo:1" not in breakers.names(), "an unloaded version's breaker is gone"
@@ -626,6 +709,7 @@ async def test_a_rebalance_releases_the_batches_a_breaker_holds(codec):
 
             async def ack(offset=offset):
                 acked.append(offset)
+
             await processor.handle(source, ack, lambda offset=offset: released.append(offset))
         deadline = time.monotonic() + 5
         while not breakers.is_open("model:echo:1") and time.monotonic() < deadline:

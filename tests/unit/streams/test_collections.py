@@ -33,18 +33,24 @@ async def answer(processor, publisher, codec, *events) -> list:
     acked: list[int] = []
     found = []
     for x, parameters, client in events:
-        source, request = event(codec, x, offset=len(acked), parameters=parameters, client_id=client)
+        source, request = event(
+            codec, x, offset=len(acked), parameters=parameters, client_id=client
+        )
         await feed(processor, [source], acked)
         found.append(next(r for r in publisher.results if r.request_id == request.request_id))
     return found
 
 
-async def test_items_are_stored_and_neighbours_come_back_best_first_without_self(publisher, codec) -> None:
+async def test_items_are_stored_and_neighbours_come_back_best_first_without_self(
+    publisher, codec
+) -> None:
     processor = make(FakeModel(), publisher, codec)
     await processor.start()
     try:
         first, second, third, other = await answer(
-            processor, publisher, codec,
+            processor,
+            publisher,
+            codec,
             ([[1.0, 0.0]], {"collection": "c", "item_id": "a"}, "alice"),
             ([[1.0, 1.0]], {"collection": "c", "item_id": "b"}, "alice"),
             ([[1.0, 0.2]], {"collection": "c", "item_id": "q", "similar_k": "5"}, "alice"),
@@ -61,21 +67,35 @@ async def test_items_are_stored_and_neighbours_come_back_best_first_without_self
     assert other.status is Status.SUCCEEDED and other.similar == []  # bob's namespace is empty
 
 
-@pytest.mark.parametrize(("x", "parameters", "code"), [
-    ([[1.0, 0.0], [0.0, 1.0]], {"collection": "c", "item_id": "a"}, "INVALID_REQUEST"),  # two items
-    ([[1.0, 0.0]], {"collection": "c", "similar_k": "many"}, "INVALID_REQUEST"),  # Kafka-direct, unchecked
-    ([[1.0, 0.0]], {"item_id": "a"}, "INVALID_REQUEST"),
-    ([[1.0, 0.0]], {"collection": "c", "item_id": "a/b"}, "INVALID_REQUEST"),
-    ([[0.0, 0.0]], {"collection": "c", "item_id": "zero"}, "INVALID_REQUEST"),
-    ([[1.0, 0.0]], {"collection": "three", "item_id": "a"}, "COLLECTION_DIMENSION_MISMATCH"),
-])
-async def test_what_cannot_be_served_fails_the_request_alone(publisher, codec, x, parameters, code) -> None:
+@pytest.mark.parametrize(
+    ("x", "parameters", "code"),
+    [
+        (
+            [[1.0, 0.0], [0.0, 1.0]],
+            {"collection": "c", "item_id": "a"},
+            "INVALID_REQUEST",
+        ),  # two items
+        (
+            [[1.0, 0.0]],
+            {"collection": "c", "similar_k": "many"},
+            "INVALID_REQUEST",
+        ),  # Kafka-direct, unchecked
+        ([[1.0, 0.0]], {"item_id": "a"}, "INVALID_REQUEST"),
+        ([[1.0, 0.0]], {"collection": "c", "item_id": "a/b"}, "INVALID_REQUEST"),
+        ([[0.0, 0.0]], {"collection": "c", "item_id": "zero"}, "INVALID_REQUEST"),
+        ([[1.0, 0.0]], {"collection": "three", "item_id": "a"}, "COLLECTION_DIMENSION_MISMATCH"),
+    ],
+)
+async def test_what_cannot_be_served_fails_the_request_alone(
+    publisher, codec, x, parameters, code
+) -> None:
     await publisher.collections.put("alice", "three", "first", [1.0, 0.0, 0.0])
     processor = make(FakeModel(), publisher, codec)
     await processor.start()
     try:
-        failed, fine = await answer(processor, publisher, codec, (x, parameters, "alice"),
-                                    ([[3.0, 4.0]], {}, "alice"))
+        failed, fine = await answer(
+            processor, publisher, codec, (x, parameters, "alice"), ([[3.0, 4.0]], {}, "alice")
+        )
     finally:
         await processor.stop()
     assert failed.status is Status.FAILED and failed.error.code == code and failed.outputs == []

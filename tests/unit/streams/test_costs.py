@@ -29,8 +29,9 @@ def test_the_terms_are_recovered_from_batches_of_varied_size(fixed, per_item, pe
         units = items * (20 + (k * 7) % 300)  # texts of varied length
         cost.observe(items, units, fixed + per_item * items + per_unit * units)
     for items, units in ((1, 30), (32, 32 * 200), (8, 8 * 300)):
-        assert cost.predict_ms(items, units) == pytest.approx(fixed + per_item * items + per_unit * units,
-                                                              rel=0.05, abs=0.2)
+        assert cost.predict_ms(items, units) == pytest.approx(
+            fixed + per_item * items + per_unit * units, rel=0.05, abs=0.2
+        )
 
 
 def test_equal_batches_stay_solvable_and_predict_themselves():
@@ -51,7 +52,9 @@ def test_a_change_of_speed_is_followed():
     assert cost.per_item_s == pytest.approx(0.010, rel=0.1)
 
 
-@pytest.mark.parametrize("items, compute_ms", [(0, 5.0), (-3, 5.0), (4, math.nan), (4, math.inf), (4, -1.0)])
+@pytest.mark.parametrize(
+    "items, compute_ms", [(0, 5.0), (-3, 5.0), (4, math.nan), (4, math.inf), (4, -1.0)]
+)
 def test_impossible_observations_are_ignored(items, compute_ms):
     cost = BatchCost()
     cost.observe(items, 10, compute_ms)

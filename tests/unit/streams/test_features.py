@@ -82,14 +82,29 @@ def make_table(path: Path, rows: dict[str, tuple], columns=COLUMNS) -> None:
         db.executemany(f"INSERT INTO features VALUES ({marks})", [(k, *v) for k, v in rows.items()])
 
 
-def model_config(model_dir: Path, ttl: int = 60, url: str = "sqlite:///{version_dir}/features.sqlite",
-                 **extra) -> ModelConfig:
+def model_config(
+    model_dir: Path, ttl: int = 60, url: str = "sqlite:///{version_dir}/features.sqlite", **extra
+) -> ModelConfig:
     inputs = (TensorSpec("x", "FP32", (2,)),)
-    features = parse_features({"url": url, "columns": COLUMNS, "cache_ttl_s": ttl, **extra}, inputs, {})
-    return ModelConfig(name="scorer", task=TASK, backend="onnxruntime", inputs=inputs,
-                       outputs=(TensorSpec("y", "FP32", (2,)),), max_batch_size=8, max_batch_delay_ms=20,
-                       instances=1, device="cpu", warmup=False, path=model_dir, versions=("1",),
-                       default_version="1", features=features)
+    features = parse_features(
+        {"url": url, "columns": COLUMNS, "cache_ttl_s": ttl, **extra}, inputs, {}
+    )
+    return ModelConfig(
+        name="scorer",
+        task=TASK,
+        backend="onnxruntime",
+        inputs=inputs,
+        outputs=(TensorSpec("y", "FP32", (2,)),),
+        max_batch_size=8,
+        max_batch_delay_ms=20,
+        instances=1,
+        device="cpu",
+        warmup=False,
+        path=model_dir,
+        versions=("1",),
+        default_version="1",
+        features=features,
+    )
 
 
 class ScoringModel:
@@ -114,16 +129,27 @@ class Item:  # what fill reads of a PendingRequest
 
 
 def item(*ids: str) -> Item:
-    request = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK,
-                               inputs=[Tensor.from_numpy("entity_id", np.array(ids, dtype=object))])
+    request = InferenceRequest(
+        request_id=str(uuid.uuid4()),
+        task=TASK,
+        inputs=[Tensor.from_numpy("entity_id", np.array(ids, dtype=object))],
+    )
     return Item(request, {"entity_id": np.array(ids, dtype=object)})
 
 
 @pytest.fixture
 def model(tmp_path: Path) -> ScoringModel:
     (tmp_path / "1").mkdir()
-    make_table(tmp_path / "1" / "features.sqlite", {"1": (1.0, 2.0), "2": (3, 4.5), "null": (None, 1.0),
-                                                    "text": ("abc", 1.0), "inf": (1.0, math.inf)})
+    make_table(
+        tmp_path / "1" / "features.sqlite",
+        {
+            "1": (1.0, 2.0),
+            "2": (3, 4.5),
+            "null": (None, 1.0),
+            "text": ("abc", 1.0),
+            "inf": (1.0, math.inf),
+        },
+    )
     return ScoringModel(model_config(tmp_path))
 
 
@@ -157,8 +183,12 @@ async def test_db_then_cache_in_one_query_per_batch(model: ScoringModel) -> None
     with Queries() as queries:
         failed, looked = await lookup.fill(model, items)
     assert failed == {}
-    assert len(queries.statements) == 1 and " IN " in queries.statements[0]  # one IN (...) for the batch
-    assert items[0].inputs["x"].tolist() == [[1.0, 2.0]] and items[0].inputs["x"].dtype == np.float32
+    assert (
+        len(queries.statements) == 1 and " IN " in queries.statements[0]
+    )  # one IN (...) for the batch
+    assert (
+        items[0].inputs["x"].tolist() == [[1.0, 2.0]] and items[0].inputs["x"].dtype == np.float32
+    )
     assert items[1].inputs["x"].tolist() == [[3.0, 4.5], [1.0, 2.0]]
     assert {v.source for v in looked.values()} == {"db"}
     key = cache_key(model, "2")
@@ -170,8 +200,12 @@ async def test_db_then_cache_in_one_query_per_batch(model: ScoringModel) -> None
     assert failed == {} and queries.statements == []  # all from Redis
     assert {v.source for v in looked.values()} == {"cache"}
     assert again[0].inputs["x"].tolist() == [[3.0, 4.5]]
-    assert metrics.REGISTRY.get_sample_value(
-        "inference_feature_lookup_seconds_count", {"task": TASK, "source": "cache"}) >= 2
+    assert (
+        metrics.REGISTRY.get_sample_value(
+            "inference_feature_lookup_seconds_count", {"task": TASK, "source": "cache"}
+        )
+        >= 2
+    )
     lookup.close()
 
 
@@ -181,7 +215,9 @@ async def test_unknown_and_invalid_rows_fail_alone_and_are_not_cached(model: Sco
     items = [item("1"), item("404"), item("null"), item("text"), item("inf"), item("1", "404")]
     failed, _ = await lookup.fill(model, items)
     assert id(items[0]) not in failed and items[0].inputs["x"].tolist() == [[1.0, 2.0]]
-    assert isinstance(failed[id(items[1])], FeaturesNotFound) and "'404'" in str(failed[id(items[1])])
+    assert isinstance(failed[id(items[1])], FeaturesNotFound) and "'404'" in str(
+        failed[id(items[1])]
+    )
     # (SQLite stores a NaN as NULL; the cache and other databases can hold one: see below)
     for bad, what in ((items[2], "is NULL"), (items[3], "is 'abc'"), (items[4], "is inf")):
         error = failed[id(bad)]
@@ -199,7 +235,9 @@ async def test_sql_looking_ids_are_bound_parameters(model: ScoringModel) -> None
     failed, _ = await lookup.fill(model, items)
     assert all(isinstance(failed[id(i)], FeaturesNotFound) for i in items)
     again = [item("1")]  # the table is still there
-    assert (await lookup.fill(model, again))[0] == {} and again[0].inputs["x"].tolist() == [[1.0, 2.0]]
+    assert (await lookup.fill(model, again))[0] == {} and again[0].inputs["x"].tolist() == [
+        [1.0, 2.0]
+    ]
     lookup.close()
 
 
@@ -212,7 +250,9 @@ async def test_a_cache_entry_of_other_columns_is_a_miss(model: ScoringModel) -> 
     lookup = FeatureLookup(lambda: redis, PREFIX)
     failed, looked = await lookup.fill(model, items)
     assert list(failed) == [id(items[2])] and items[0].inputs["x"].tolist() == [[1.0, 2.0]]
-    assert failed[id(items[2])].code == "FEATURES_NOT_FOUND"  # a NaN from the cache is no entry either
+    assert (
+        failed[id(items[2])].code == "FEATURES_NOT_FOUND"
+    )  # a NaN from the cache is no entry either
     assert looked[items[0].request.request_id].source == "db"
     lookup.close()
 
@@ -221,7 +261,9 @@ async def test_a_table_without_a_declared_column_fails_every_lookup(tmp_path: Pa
     (tmp_path / "1").mkdir()
     make_table(tmp_path / "1" / "features.sqlite", {"1": (1.0,)}, columns=["a"])
     items = [item("1"), item("2")]
-    failed, _ = await FeatureLookup(lambda: FakeRedis(), PREFIX).fill(ScoringModel(model_config(tmp_path)), items)
+    failed, _ = await FeatureLookup(lambda: FakeRedis(), PREFIX).fill(
+        ScoringModel(model_config(tmp_path)), items
+    )
     assert all(failed[id(i)].code == "FEATURE_VALIDATION_FAILED" for i in items)
     assert "no columns ['b b']" in str(failed[id(items[0])])
 
@@ -230,7 +272,9 @@ async def test_an_unreachable_database_is_retriable_and_keeps_its_password(tmp_p
     (tmp_path / "1").mkdir()
     model = ScoringModel(model_config(tmp_path))
     items = [item("1")]
-    with pytest.raises(FeatureStoreUnavailable) as info:  # no file: sqlite must not make an empty one
+    with pytest.raises(
+        FeatureStoreUnavailable
+    ) as info:  # no file: sqlite must not make an empty one
         await FeatureLookup(lambda: FakeRedis(), PREFIX).fill(model, items)
     assert is_transient(info.value) and not (tmp_path / "1" / "features.sqlite").exists()
     assert list(items[0].inputs) == ["entity_id"]  # nothing changed: the batch runs again as it was
@@ -256,7 +300,9 @@ def silent_server():
         listener.close()
 
 
-async def test_a_database_that_never_answers_is_unavailable_within_the_bound(tmp_path: Path) -> None:
+async def test_a_database_that_never_answers_is_unavailable_within_the_bound(
+    tmp_path: Path,
+) -> None:
     pytest.importorskip("psycopg")
     (tmp_path / "1").mkdir()
     model = ScoringModel(model_config(tmp_path, timeout_s=0.5))
@@ -274,7 +320,9 @@ async def test_a_database_that_never_answers_is_unavailable_within_the_bound(tmp
     lookup.close()
 
 
-async def test_a_sqlite_file_locked_by_a_writer_is_unavailable_within_the_bound(tmp_path: Path) -> None:
+async def test_a_sqlite_file_locked_by_a_writer_is_unavailable_within_the_bound(
+    tmp_path: Path,
+) -> None:
     (tmp_path / "1").mkdir()
     path = tmp_path / "1" / "features.sqlite"
     make_table(path, {"1": (1.0, 2.0)})
@@ -292,7 +340,9 @@ async def test_a_sqlite_file_locked_by_a_writer_is_unavailable_within_the_bound(
         writer.execute("ROLLBACK")
         writer.close()
     again = [item("1")]
-    assert (await lookup.fill(model, again))[0] == {} and again[0].inputs["x"].tolist() == [[1.0, 2.0]]
+    assert (await lookup.fill(model, again))[0] == {} and again[0].inputs["x"].tolist() == [
+        [1.0, 2.0]
+    ]
     lookup.close()
 
 
@@ -300,11 +350,17 @@ def test_drivers_get_connect_and_statement_timeouts() -> None:
     from streaminfer.streams.features import driver_timeouts
 
     assert driver_timeouts(sa.make_url("postgresql+psycopg://u:p@h/db"), 2.5) == {
-        "connect_timeout": 3, "options": "-c statement_timeout=2500"}
-    assert driver_timeouts(sa.make_url("postgresql+psycopg://u:p@h/db?options=-c%20x%3D1"), 2.5) == {
-        "connect_timeout": 3}  # the operator's own options stay
+        "connect_timeout": 3,
+        "options": "-c statement_timeout=2500",
+    }
+    assert driver_timeouts(
+        sa.make_url("postgresql+psycopg://u:p@h/db?options=-c%20x%3D1"), 2.5
+    ) == {"connect_timeout": 3}  # the operator's own options stay
     assert driver_timeouts(sa.make_url("mysql+pymysql://u:p@h/db"), 0.2) == {
-        "connect_timeout": 1, "read_timeout": 1, "write_timeout": 1}
+        "connect_timeout": 1,
+        "read_timeout": 1,
+        "write_timeout": 1,
+    }
     assert driver_timeouts(sa.make_url("mssql+pyodbc://u:p@h/db"), 2.5) == {}
 
 
@@ -319,14 +375,21 @@ async def test_cached_rows_belong_to_one_version_and_one_database(tmp_path: Path
     await lookup.fill(ScoringModel(config, "1"), first)
     _, looked = await lookup.fill(ScoringModel(config, "2"), second)  # v1's row is cached
     assert first[0].inputs["x"].tolist() == [[1.0, 1.0]]
-    assert second[0].inputs["x"].tolist() == [[7.0, 7.0]] and looked[second[0].request.request_id].source == "db"
+    assert (
+        second[0].inputs["x"].tolist() == [[7.0, 7.0]]
+        and looked[second[0].request.request_id].source == "db"
+    )
     assert len(redis.data) == 2
     other = tmp_path / "other.sqlite"
     make_table(other, {"1": (3.0, 3.0)})
     moved = [item("1")]  # the same version pointed at another database: not its cached rows
-    await FeatureLookup(lambda: redis, PREFIX, url=f"sqlite:///{other}").fill(ScoringModel(config, "1"), moved)
+    await FeatureLookup(lambda: redis, PREFIX, url=f"sqlite:///{other}").fill(
+        ScoringModel(config, "1"), moved
+    )
     assert moved[0].inputs["x"].tolist() == [[3.0, 3.0]]
-    assert not any(str(tmp_path) in key or "sqlite" in key for key in redis.data)  # a hash, not the URL
+    assert not any(
+        str(tmp_path) in key or "sqlite" in key for key in redis.data
+    )  # a hash, not the URL
     lookup.close()
 
 
@@ -374,21 +437,42 @@ class RedisPublisher(FakePublisher):
 
 
 def entity_event(codec: AvroCodec, offset: int, *ids: str) -> tuple[SourceEvent, InferenceRequest]:
-    request = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK,
-                               inputs=[Tensor.from_numpy("entity_id", np.array(ids, dtype=object))])
-    return SourceEvent(f"{PREFIX}.requests.{TASK}.normal", 0, offset, request.request_id.encode(),
-                       codec.encode(request)), request
+    request = InferenceRequest(
+        request_id=str(uuid.uuid4()),
+        task=TASK,
+        inputs=[Tensor.from_numpy("entity_id", np.array(ids, dtype=object))],
+    )
+    return SourceEvent(
+        f"{PREFIX}.requests.{TASK}.normal",
+        0,
+        offset,
+        request.request_id.encode(),
+        codec.encode(request),
+    ), request
 
 
 def processor(model: ScoringModel, publisher: RedisPublisher, codec: AvroCodec) -> RequestProcessor:
-    return RequestProcessor(repository=Repository(model), publisher=publisher, codec=codec, prefix=PREFIX,
-                            worker_id="w1", tasks=[TASK], retry_backoff_s=0.001)
+    return RequestProcessor(
+        repository=Repository(model),
+        publisher=publisher,
+        codec=codec,
+        prefix=PREFIX,
+        worker_id="w1",
+        tasks=[TASK],
+        retry_backoff_s=0.001,
+    )
 
 
-async def test_results_say_what_the_lookup_took_and_failures_are_failed(model: ScoringModel) -> None:
+async def test_results_say_what_the_lookup_took_and_failures_are_failed(
+    model: ScoringModel,
+) -> None:
     codec, publisher = AvroCodec(), RedisPublisher()
     worker = processor(model, publisher, codec)
-    events = [entity_event(codec, 0, "1"), entity_event(codec, 1, "404"), entity_event(codec, 2, "null")]
+    events = [
+        entity_event(codec, 0, "1"),
+        entity_event(codec, 1, "404"),
+        entity_event(codec, 2, "null"),
+    ]
     acked: list[int] = []
     await worker.start()
     try:
@@ -408,8 +492,15 @@ async def test_results_say_what_the_lookup_took_and_failures_are_failed(model: S
     assert (broken.status, broken.error.code) == (Status.FAILED, "FEATURE_VALIDATION_FAILED")
     assert not unknown.error.retriable and publisher.letters == []
     assert publisher.cache == {}, "a lookup request's result never goes into the content cache"
-    terminal = [a for a in publisher.audits if a.type is AuditType.SUCCEEDED and a.request_id == first.request_id]
-    assert terminal[0].details["feature_source"] == "db" and float(terminal[0].details["feature_lookup_ms"]) > 0
+    terminal = [
+        a
+        for a in publisher.audits
+        if a.type is AuditType.SUCCEEDED and a.request_id == first.request_id
+    ]
+    assert (
+        terminal[0].details["feature_source"] == "db"
+        and float(terminal[0].details["feature_lookup_ms"]) > 0
+    )
 
 
 async def test_a_database_outage_holds_the_request_until_it_is_back(tmp_path: Path) -> None:
@@ -422,7 +513,9 @@ async def test_a_database_outage_holds_the_request_until_it_is_back(tmp_path: Pa
     await worker.start()
     try:
         await feed(worker, [source], acked, timeout_s=0.5)
-        assert acked == [] and publisher.results == [] and publisher.letters == []  # held, not answered
+        assert (
+            acked == [] and publisher.results == [] and publisher.letters == []
+        )  # held, not answered
         make_table(tmp_path / "1" / "features.sqlite", {"1": (1.0, 2.0)})  # the database is back
         await until_acked(acked, 1, timeout_s=8.0)
     finally:
@@ -432,10 +525,17 @@ async def test_a_database_outage_holds_the_request_until_it_is_back(tmp_path: Pa
     assert publisher.results[0].outputs[0].to_numpy().tolist() == [[2.0, 4.0]]
 
 
-@pytest.mark.parametrize(("value", "what"), [
-    (math.nan, "is nan"), (-math.inf, "is -inf"), (True, "is True"), ("1.5", "is '1.5'"), (10**400, "is 1000"),
-    ([1.0], "is [1.0]"),
-])
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [
+        (math.nan, "is nan"),
+        (-math.inf, "is -inf"),
+        (True, "is True"),
+        ("1.5", "is '1.5'"),
+        (10**400, "is 1000"),
+        ([1.0], "is [1.0]"),
+    ],
+)
 def test_values_that_are_no_finite_number_fail_validation(value, what: str) -> None:
     from streaminfer.streams.features import _values
 
@@ -446,15 +546,34 @@ def test_values_that_are_no_finite_number_fail_validation(value, what: str) -> N
     assert _values({"a": 1, "b b": Decimal("2.5")}, COLUMNS, "e") == [1.0, 2.5]
 
 
-async def test_hostile_kafka_entity_ids_fail_at_intake_and_the_worker_goes_on(model: ScoringModel) -> None:
+async def test_hostile_kafka_entity_ids_fail_at_intake_and_the_worker_goes_on(
+    model: ScoringModel,
+) -> None:
     codec, publisher = AvroCodec(), RedisPublisher()
     worker = processor(model, publisher, codec)
-    hostile = [entity_event(codec, 0, ""), entity_event(codec, 1, "x" * 129),
-               entity_event(codec, 2, "a\x00b"), entity_event(codec, 3, "1")]
-    bad_utf8 = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK,
-                                inputs=[Tensor.from_numpy("entity_id", np.array([b"\xff\xfe"], dtype=object))])
-    hostile.append((SourceEvent(f"{PREFIX}.requests.{TASK}.normal", 0, 4, bad_utf8.request_id.encode(),
-                                codec.encode(bad_utf8)), bad_utf8))
+    hostile = [
+        entity_event(codec, 0, ""),
+        entity_event(codec, 1, "x" * 129),
+        entity_event(codec, 2, "a\x00b"),
+        entity_event(codec, 3, "1"),
+    ]
+    bad_utf8 = InferenceRequest(
+        request_id=str(uuid.uuid4()),
+        task=TASK,
+        inputs=[Tensor.from_numpy("entity_id", np.array([b"\xff\xfe"], dtype=object))],
+    )
+    hostile.append(
+        (
+            SourceEvent(
+                f"{PREFIX}.requests.{TASK}.normal",
+                0,
+                4,
+                bad_utf8.request_id.encode(),
+                codec.encode(bad_utf8),
+            ),
+            bad_utf8,
+        )
+    )
     acked: list[int] = []
     await worker.start()
     try:
@@ -467,4 +586,6 @@ async def test_hostile_kafka_entity_ids_fail_at_intake_and_the_worker_goes_on(mo
         result = by_id[request.request_id]
         assert (result.status, result.error.code) == (Status.FAILED, "INVALID_INPUT"), result.error
     assert by_id[hostile[3][1].request_id].status is Status.SUCCEEDED
-    assert model.calls and all(batch.shape[1] == 2 for batch in model.calls)  # only real features ran
+    assert model.calls and all(
+        batch.shape[1] == 2 for batch in model.calls
+    )  # only real features ran

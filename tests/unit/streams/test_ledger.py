@@ -19,7 +19,9 @@ class Recorder:
         async def ack():
             self.acked.append((partition, offset))
 
-        return ledger.take("t", partition, offset, ack, lambda: self.released.append((partition, offset)))
+        return ledger.take(
+            "t", partition, offset, ack, lambda: self.released.append((partition, offset))
+        )
 
 
 async def test_an_answer_waits_for_every_earlier_event_of_its_partition():
@@ -96,7 +98,9 @@ async def test_answering_twice_acks_once():
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=60), st.randoms())
-async def test_acks_are_a_prefix_in_offset_order_whatever_the_answer_order(partitions, rnd: random.Random):
+async def test_acks_are_a_prefix_in_offset_order_whatever_the_answer_order(
+    partitions, rnd: random.Random
+):
     ledger, rec = AckLedger(), Recorder()
     offsets: dict[int, int] = {}
     entries = []
@@ -115,6 +119,8 @@ async def test_acks_are_a_prefix_in_offset_order_whatever_the_answer_order(parti
             # every acked offset and all before it were answered
             assert all((part, off) in answered for off in acked)
             # the run stops exactly at the first unanswered offset
-            first_open = next((off for off in range(offsets[part] + 1) if (part, off) not in answered), None)
+            first_open = next(
+                (off for off in range(offsets[part] + 1) if (part, off) not in answered), None
+            )
             assert len(acked) == (first_open if first_open is not None else offsets[part] + 1)
     assert ledger.held == 0

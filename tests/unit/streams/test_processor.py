@@ -35,7 +35,11 @@ def codec():
 
 async def test_batch_with_a_breaking_request_fails_only_that_one(codec):
     model, publisher = FakeModel(), FakePublisher()
-    events = [event(codec, [[1, 2]], 0), event(codec, [[-1, 0]], 1), event(codec, [[3, 4], [5, 6]], 2)]
+    events = [
+        event(codec, [[1, 2]], 0),
+        event(codec, [[-1, 0]], 1),
+        event(codec, [[3, 4], [5, 6]], 2),
+    ]
     acked = await run(make(model, publisher, codec), [e for e, _ in events])
     assert sorted(acked) == [0, 1, 2]
     by_id = {r.request_id: r for r in publisher.results}
@@ -54,15 +58,20 @@ async def test_requests_of_different_sizes_in_one_batch_run_as_one_batch_per_siz
     processor = make(model, publisher, codec)
     spec = processor._repository.configs[TASK].inputs[0]
     processor._repository.configs[TASK] = dataclasses.replace(
-        processor._repository.configs[TASK], inputs=(dataclasses.replace(spec, shape=(-1,)),),
-        outputs=(dataclasses.replace(spec, name="y", shape=(-1,)),))
+        processor._repository.configs[TASK],
+        inputs=(dataclasses.replace(spec, shape=(-1,)),),
+        outputs=(dataclasses.replace(spec, name="y", shape=(-1,)),),
+    )
     events = [event(codec, [[1, 2]], 0), event(codec, [[1, 2, 3]], 1), event(codec, [[3, 4]], 2)]
     with caplog.at_level("WARNING"):
         acked = await run(processor, [e for e, _ in events])
     assert sorted(acked) == [0, 1, 2]
     by_id = {r.request_id: r for r in publisher.results}
     assert [by_id[r.request_id].outputs[0].to_numpy().tolist() for _, r in events] == [
-        [[2, 4]], [[2, 4, 6]], [[6, 8]]]
+        [[2, 4]],
+        [[2, 4, 6]],
+        [[6, 8]],
+    ]
     assert sorted(model.calls) == [1, 2], "one batch of the two pairs, one of the triple"
     assert "failed" not in caplog.text
 
@@ -92,7 +101,10 @@ async def test_expired_and_cancelled_requests_do_not_run(codec):
     acked = await run(make(model, publisher, codec), [expired, cancelled])
     assert sorted(acked) == [0, 1] and model.calls == []
     statuses = {r.request_id: r.status for r in publisher.results}
-    assert statuses == {expired_req.request_id: Status.EXPIRED, cancelled_req.request_id: Status.CANCELLED}
+    assert statuses == {
+        expired_req.request_id: Status.EXPIRED,
+        cancelled_req.request_id: Status.CANCELLED,
+    }
     types = {a.type for a in publisher.audits}
     assert {AuditType.EXPIRED, AuditType.CANCELLED} <= types
 
@@ -113,6 +125,7 @@ async def test_a_deadline_passing_while_the_batch_waits_for_an_instance_expires_
     def ack_of(offset):
         async def ack():
             acked.append(offset)
+
         return ack
 
     await processor.start()
@@ -129,7 +142,9 @@ async def test_a_deadline_passing_while_the_batch_waits_for_an_instance_expires_
     assert sorted(acked) == [0, 1]
 
 
-@pytest.mark.parametrize("payload", [b"", b"\xc3\x01garbage", b"\x00\x00\x00\x00\x01", bytes(range(256))])
+@pytest.mark.parametrize(
+    "payload", [b"", b"\xc3\x01garbage", b"\x00\x00\x00\x00\x01", bytes(range(256))]
+)
 async def test_undecodable_event_is_dead_lettered_and_acked(codec, payload):
     model, publisher = FakeModel(), FakePublisher()
     source = SourceEvent(f"{PREFIX}.requests.{TASK}.normal", 3, 42, b"k", payload)
@@ -152,8 +167,11 @@ async def test_wrong_shape_fails_with_a_clear_error_and_is_dead_lettered(codec):
 
 async def test_unknown_task_is_dead_lettered(codec):
     model, publisher = FakeModel(), FakePublisher()
-    request = InferenceRequest(request_id=str(uuid.uuid4()), task="nope",
-                               inputs=[Tensor.from_numpy("x", np.zeros((1, 2), np.float32))])
+    request = InferenceRequest(
+        request_id=str(uuid.uuid4()),
+        task="nope",
+        inputs=[Tensor.from_numpy("x", np.zeros((1, 2), np.float32))],
+    )
     source = SourceEvent(f"{PREFIX}.requests.{TASK}.normal", 0, 7, None, codec.encode(request))
     acked = await run(make(model, publisher, codec), [source])
     assert acked == [7] and publisher.letters[0][0].error_code == "TASK_NOT_FOUND"
@@ -190,7 +208,9 @@ class PacedModel(FakeModel):
 
 
 @pytest.mark.parametrize("scheduling", ["deadline", "fifo"])
-async def test_a_request_that_cannot_make_its_deadline_is_shed_before_it_takes_model_time(codec, scheduling):
+async def test_a_request_that_cannot_make_its_deadline_is_shed_before_it_takes_model_time(
+    codec, scheduling
+):
     model, publisher = PacedModel(), FakePublisher()
     processor = make(model, publisher, codec)
     processor._deadline_aware = scheduling == "deadline"
@@ -208,7 +228,9 @@ async def test_a_request_that_cannot_make_its_deadline_is_shed_before_it_takes_m
     if scheduling == "deadline":
         assert result.status == Status.EXPIRED and result.error.code == "DEADLINE_UNREACHABLE"
         assert model.calls == [1, 1, 1], "no model time for it"
-        assert "EXPIRED" in {a.type.value for a in publisher.audits if a.request_id == hopeless_req.request_id}
+        assert "EXPIRED" in {
+            a.type.value for a in publisher.audits if a.request_id == hopeless_req.request_id
+        }
     else:  # FIFO runs it (the instance is idle) and it finishes after its deadline
         assert result.status == Status.SUCCEEDED and model.calls == [1, 1, 1, 1]
         assert result.completed_at > hopeless_req.deadline_at
@@ -217,8 +239,9 @@ async def test_a_request_that_cannot_make_its_deadline_is_shed_before_it_takes_m
 async def test_the_tasks_default_deadline_applies_to_a_request_without_one(codec):
     model, publisher = FakeModel(), FakePublisher()
     processor = make(model, publisher, codec)
-    processor._repository.configs[TASK] = dataclasses.replace(processor._repository.configs[TASK],
-                                                              default_deadline_ms=1)
+    processor._repository.configs[TASK] = dataclasses.replace(
+        processor._repository.configs[TASK], default_deadline_ms=1
+    )
     old = now_ms() - 1_000
     stale, stale_req = event(codec, [[1, 1]], 0, created_at=old)
     own, own_req = event(codec, [[1, 1]], 1, created_at=old, deadline_at=now_ms() + 60_000)

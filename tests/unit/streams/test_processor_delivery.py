@@ -47,12 +47,20 @@ def raw(payload: bytes, offset: int, partition: int = 0) -> SourceEvent:
 
 
 def hostile(codec, offset: int, **overrides) -> tuple[SourceEvent, InferenceRequest]:
-    fields = dict(request_id=str(uuid.uuid4()), task=TASK,
-                  inputs=[Tensor("x", DataType.FP32, [2 ** 62, 0], b"")])
+    fields = dict(
+        request_id=str(uuid.uuid4()),
+        task=TASK,
+        inputs=[Tensor("x", DataType.FP32, [2**62, 0], b"")],
+    )
     fields.update(overrides)
     request = InferenceRequest(**fields)
-    return SourceEvent(f"{PREFIX}.requests.{TASK}.normal", 0, offset, request.request_id.encode(),
-                       codec.encode(request)), request
+    return SourceEvent(
+        f"{PREFIX}.requests.{TASK}.normal",
+        0,
+        offset,
+        request.request_id.encode(),
+        codec.encode(request),
+    ), request
 
 
 async def test_a_rejection_answered_first_is_acked_only_after_the_queued_request_before_it(codec):
@@ -84,20 +92,37 @@ async def test_a_shape_of_2_62_elements_is_rejected_and_the_worker_goes_on(codec
     assert letter.error_code == "INVALID_TENSOR" and letter.payload == bad.value
 
 
-@pytest.mark.parametrize("overrides, code, status", [
-    ({"created_at": -5}, "INVALID_TIMESTAMP", Status.REJECTED),
-    ({"created_at": 2 ** 62}, "INVALID_TIMESTAMP", Status.REJECTED),
-    ({"deadline_at": 2 ** 63 - 1}, "INVALID_TIMESTAMP", Status.REJECTED),
-    ({"model_version": "../../etc"}, "MODEL_VERSION_NOT_FOUND", Status.FAILED),
-    ({"inputs": []}, "INVALID_INPUT", Status.FAILED),
-    ({"inputs": [Tensor("x", DataType.FP32, [1, 2], b"\0" * 8)] * 2}, "INVALID_TENSOR", Status.REJECTED),
-    ({"inputs": [Tensor("x", DataType.BYTES, [1, 2], [b"a", b"b"])]}, "INVALID_INPUT", Status.FAILED),
-    ({"inputs": [Tensor("x", DataType.FP32, [3, 2], b"\0" * 8)]}, "INVALID_TENSOR", Status.REJECTED),
-    ({"inputs": [Tensor("x", DataType.FP32, [-1, 2], b"")]}, "INVALID_TENSOR", Status.REJECTED),
-])
+@pytest.mark.parametrize(
+    "overrides, code, status",
+    [
+        ({"created_at": -5}, "INVALID_TIMESTAMP", Status.REJECTED),
+        ({"created_at": 2**62}, "INVALID_TIMESTAMP", Status.REJECTED),
+        ({"deadline_at": 2**63 - 1}, "INVALID_TIMESTAMP", Status.REJECTED),
+        ({"model_version": "../../etc"}, "MODEL_VERSION_NOT_FOUND", Status.FAILED),
+        ({"inputs": []}, "INVALID_INPUT", Status.FAILED),
+        (
+            {"inputs": [Tensor("x", DataType.FP32, [1, 2], b"\0" * 8)] * 2},
+            "INVALID_TENSOR",
+            Status.REJECTED,
+        ),
+        (
+            {"inputs": [Tensor("x", DataType.BYTES, [1, 2], [b"a", b"b"])]},
+            "INVALID_INPUT",
+            Status.FAILED,
+        ),
+        (
+            {"inputs": [Tensor("x", DataType.FP32, [3, 2], b"\0" * 8)]},
+            "INVALID_TENSOR",
+            Status.REJECTED,
+        ),
+        ({"inputs": [Tensor("x", DataType.FP32, [-1, 2], b"")]}, "INVALID_TENSOR", Status.REJECTED),
+    ],
+)
 async def test_impossible_requests_get_a_result_and_a_dead_letter(codec, overrides, code, status):
     model, publisher = FakeModel(), FakePublisher()
-    source, request = hostile(codec, 0, **{"inputs": [Tensor("x", DataType.FP32, [1, 2], b"\0" * 8)], **overrides})
+    source, request = hostile(
+        codec, 0, **{"inputs": [Tensor("x", DataType.FP32, [1, 2], b"\0" * 8)], **overrides}
+    )
     acked = await run(make(model, publisher, codec), [source])
     assert acked == [0] and model.calls == []
     result = publisher.results[0]
@@ -105,14 +130,19 @@ async def test_impossible_requests_get_a_result_and_a_dead_letter(codec, overrid
     assert [letter.error_code for letter, _ in publisher.letters] == [code]
 
 
-@pytest.mark.parametrize("overrides, code", [
-    ({"request_id": ""}, "INVALID_REQUEST_ID"),
-    ({"request_id": "x" * 10_000}, "INVALID_REQUEST_ID"),
-    ({"request_id": "bad\nid"}, "INVALID_REQUEST_ID"),
-    ({"task": "not-served"}, "TASK_NOT_FOUND"),
-    ({"task": "t" * 100_000}, "TASK_NOT_FOUND"),
-])
-async def test_events_that_name_no_answerable_request_are_dead_lettered_only(codec, overrides, code):
+@pytest.mark.parametrize(
+    "overrides, code",
+    [
+        ({"request_id": ""}, "INVALID_REQUEST_ID"),
+        ({"request_id": "x" * 10_000}, "INVALID_REQUEST_ID"),
+        ({"request_id": "bad\nid"}, "INVALID_REQUEST_ID"),
+        ({"task": "not-served"}, "TASK_NOT_FOUND"),
+        ({"task": "t" * 100_000}, "TASK_NOT_FOUND"),
+    ],
+)
+async def test_events_that_name_no_answerable_request_are_dead_lettered_only(
+    codec, overrides, code
+):
     model, publisher = FakeModel(), FakePublisher()
     source, _ = hostile(codec, 3, **overrides)
     acked = await run(make(model, publisher, codec), [source])
@@ -123,8 +153,12 @@ async def test_events_that_name_no_answerable_request_are_dead_lettered_only(cod
 
 def _varint_beyond_int64(codec) -> bytes:
     """A request whose created_at is a 10-byte varint worth more than 2**64."""
-    request = InferenceRequest(request_id=str(uuid.uuid4()), task=TASK, created_at=2 ** 63 - 1,
-                               inputs=[Tensor("x", DataType.FP32, [1, 2], b"\0" * 8)])
+    request = InferenceRequest(
+        request_id=str(uuid.uuid4()),
+        task=TASK,
+        created_at=2**63 - 1,
+        inputs=[Tensor("x", DataType.FP32, [1, 2], b"\0" * 8)],
+    )
     data = codec.encode(request)
     top = b"\xfe" + b"\xff" * 8 + b"\x01"  # zig-zag of 2**63-1
     assert data.count(top) == 1
@@ -141,7 +175,10 @@ async def test_a_varint_beyond_int64_is_dead_lettered_not_a_lost_batch(codec):
 
 
 async def test_a_result_whose_publish_fails_once_is_published_on_the_retry(codec):
-    model, publisher = FakeModel(), Faulty("publish_results", times=1, error=TimeoutError("kafka send timed out"))
+    model, publisher = (
+        FakeModel(),
+        Faulty("publish_results", times=1, error=TimeoutError("kafka send timed out")),
+    )
     source, request = event(codec, [[1, 1]])
     acked = await run(make(model, publisher, codec), [source])
     assert acked == [0] and publisher.published == [request.request_id]
@@ -157,7 +194,9 @@ async def test_a_redelivered_request_stored_but_never_published_is_published_not
     acked = await run(make(model, publisher, codec), [source])
     assert acked == [0] and model.calls == []
     assert publisher.published == [request.request_id]
-    assert publisher.stored[request.request_id].avro == b"stored-avro", "the stored result, not a new one"
+    assert publisher.stored[request.request_id].avro == b"stored-avro", (
+        "the stored result, not a new one"
+    )
 
 
 async def test_a_dead_letter_that_fails_after_the_result_is_stored_is_written_once(codec):
@@ -186,8 +225,15 @@ async def test_a_registry_outage_waits_and_never_dead_letters_valid_data(codec):
     assert publisher.results[0].status is Status.SUCCEEDED
 
 
-WRITES = ["store_results", "publish_results", "audit", "dead_letter", "claim_dead_letters", "mark_running",
-          "lookup"]
+WRITES = [
+    "store_results",
+    "publish_results",
+    "audit",
+    "dead_letter",
+    "claim_dead_letters",
+    "mark_running",
+    "lookup",
+]
 
 
 @pytest.mark.parametrize("method", WRITES)
@@ -213,7 +259,9 @@ async def test_every_write_failing_once_or_for_a_while_loses_nothing(codec, meth
     ids = [r.request_id for r in publisher.results]
     assert sorted(ids) == sorted(valid_ids), "one result per request"
     assert set(publisher.published) == set(valid_ids)
-    assert sorted(letter.offset for letter, _ in publisher.letters) == garbage, "one dead letter each"
+    assert sorted(letter.offset for letter, _ in publisher.letters) == garbage, (
+        "one dead letter each"
+    )
 
 
 async def test_a_model_input_that_breaks_merging_fails_alone(codec):

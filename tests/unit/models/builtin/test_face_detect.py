@@ -44,7 +44,9 @@ def _encoded(image: np.ndarray, fmt: str = "PNG", **options) -> str:
 
 
 def _friendly(model, inputs) -> dict:
-    return tensors_to_friendly(model.config, model.predict_batch(friendly_to_tensors(model.config, inputs)))
+    return tensors_to_friendly(
+        model.config, model.predict_batch(friendly_to_tensors(model.config, inputs))
+    )
 
 
 def _thumbnail(image: np.ndarray, size: int) -> np.ndarray:
@@ -54,8 +56,10 @@ def _thumbnail(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def _holds(box: dict, point: tuple[float, float]) -> bool:
-    return (box["x"] <= point[0] <= box["x"] + box["width"]
-            and box["y"] <= point[1] <= box["y"] + box["height"])
+    return (
+        box["x"] <= point[0] <= box["x"] + box["width"]
+        and box["y"] <= point[1] <= box["y"] + box["height"]
+    )
 
 
 def _assert_one_face_at(faces: list, shape: tuple, point: tuple[float, float]) -> None:
@@ -76,10 +80,20 @@ def _assert_one_face_at(faces: list, shape: tuple, point: tuple[float, float]) -
 def test_build_writes_model_py_and_the_cascade_and_checks_the_photos(built):
     repo, metrics = built
     version_dir = repo / "face-detect" / "1"
-    assert sorted(p.name for p in version_dir.iterdir()) == [CASCADE_FILE, "metrics.json", "model.py"]
+    assert sorted(p.name for p in version_dir.iterdir()) == [
+        CASCADE_FILE,
+        "metrics.json",
+        "model.py",
+    ]
     assert metrics["photos_checked"] is True
-    assert metrics["faces_found"] == {"astronaut": 1, "coffee": 0, "chelsea": 0, "camera": 0,
-                                      "rocket": 0, "astronaut_256px": 1}
+    assert metrics["faces_found"] == {
+        "astronaut": 1,
+        "coffee": 0,
+        "chelsea": 0,
+        "camera": 0,
+        "rocket": 0,
+        "astronaut_256px": 1,
+    }
     assert _holds(metrics["astronaut_box"], ASTRONAUT_FACE)
     assert json.loads((version_dir / "metrics.json").read_text())["faces_found"]["astronaut"] == 1
 
@@ -90,7 +104,9 @@ def test_template_contract(tmp_path):
     (model_dir / "model.yaml").write_bytes(template_path("face-detect").read_bytes())
     config = load_model_config(model_dir)
     assert config.backend == "python" and config.artifact == "model.py"
-    assert [(s.name, s.datatype, s.shape) for s in config.inputs] == [("image", "UINT8", (-1, -1, 3))]
+    assert [(s.name, s.datatype, s.shape) for s in config.inputs] == [
+        ("image", "UINT8", (-1, -1, 3))
+    ]
     assert [(s.name, s.datatype, s.shape) for s in config.outputs] == [("faces_json", "BYTES", ())]
     signature = config.signature()
     assert signature["friendly_inputs"] == {"image": "image"}
@@ -140,7 +156,9 @@ def test_a_uint8_tensor_batch(model):
 
 def test_a_list_of_images_of_one_size_is_one_batch(model):
     astronaut = skimage_data.astronaut()
-    faces = _friendly(model, {"image": [_encoded(astronaut), _encoded(np.zeros_like(astronaut))]})["faces"]
+    faces = _friendly(model, {"image": [_encoded(astronaut), _encoded(np.zeros_like(astronaut))]})[
+        "faces"
+    ]
     assert len(faces) == 2 and len(faces[0]) == 1 and faces[1] == []
 
 
@@ -179,22 +197,33 @@ def test_confidence_is_monotone_in_0_1():
 
 def _png_header_only(width: int, height: int) -> str:
     """A PNG whose header declares ``width x height`` and whose data is missing."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return base64.b64encode(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")).decode()
+    return base64.b64encode(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+    ).decode()
 
 
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        (base64.b64encode(b"just some text, no image").decode(), "not a readable image, PNG or JPEG"),
+        (
+            base64.b64encode(b"just some text, no image").decode(),
+            "not a readable image, PNG or JPEG",
+        ),
         ("not base64 at all!", "not valid base64"),
         (_png_header_only(5000, 5000), r"image of 5000x5000 is too large; at most 307200"),
         (_png_header_only(100_000, 100_000), "could be decompression bomb"),  # Pillow's own guard
         (_png_header_only(641, 480), r"image of 641x480 is too large"),
-        (_png_header_only(64, 64), "not a readable image"),  # the header passes, the data is missing
+        (
+            _png_header_only(64, 64),
+            "not a readable image",
+        ),  # the header passes, the data is missing
         (12345, "expected a base64 image"),
         ([], "the list is empty"),
     ],
@@ -206,7 +235,9 @@ def test_hostile_images_are_invalid_input(model, value, message):
 
 def test_a_gif_is_refused(model):
     with pytest.raises(InvalidInput, match="PNG or JPEG"):
-        friendly_to_tensors(model.config, {"image": _encoded(np.zeros((32, 32, 3), np.uint8), "GIF")})
+        friendly_to_tensors(
+            model.config, {"image": _encoded(np.zeros((32, 32, 3), np.uint8), "GIF")}
+        )
 
 
 def test_tiny_and_empty_images_have_no_face(model):
@@ -242,10 +273,16 @@ def test_friendly_sections_refuse_what_they_cannot_map():
     with pytest.raises(ModelConfigError, match=r"max_pixels must be an int in 1\.\.4194304"):
         parse_friendly({"inputs": {"image": {"kind": "image", "max_pixels": 10**9}}}, rgb, text_out)
     with pytest.raises(ModelConfigError, match="kind json needs a BYTES tensor"):
-        parse_friendly({**image, "outputs": {"n": {"tensor": "count", "kind": "json"}}}, rgb, number_out)
+        parse_friendly(
+            {**image, "outputs": {"n": {"tensor": "count", "kind": "json"}}}, rgb, number_out
+        )
     with pytest.raises(ModelConfigError, match="friendly.outputs.n"):
-        parse_friendly({**image, "outputs": {"n": {"tensor": "faces_json", "kind": "yaml"}}}, rgb, text_out)
-    parsed = parse_friendly({**image, "outputs": {"faces": {"tensor": "faces_json", "kind": "json"}}}, rgb, text_out)
+        parse_friendly(
+            {**image, "outputs": {"n": {"tensor": "faces_json", "kind": "yaml"}}}, rgb, text_out
+        )
+    parsed = parse_friendly(
+        {**image, "outputs": {"faces": {"tensor": "faces_json", "kind": "json"}}}, rgb, text_out
+    )
     assert parsed["outputs"] == {} and parsed["json_outputs"] == {"faces": "faces_json"}
     assert "json_outputs" not in parse_friendly(image, rgb, text_out), "absent unless declared"
     assert parsed["inputs"]["image"]["native"] is True
@@ -265,6 +302,11 @@ def test_building_without_opencv_names_the_install_command(monkeypatch):
     from streaminfer.models.errors import MissingDependency
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cv2" else real(name, *a))
-    with pytest.raises(MissingDependency, match=r"'cv2'; install it with: pip install 'opencv-python-headless>=4.8,<5'"):
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "cv2" else real(name, *a)
+    )
+    with pytest.raises(
+        MissingDependency,
+        match=r"'cv2'; install it with: pip install 'opencv-python-headless>=4.8,<5'",
+    ):
         check_build_dependencies(["face-detect"])

@@ -9,13 +9,28 @@ from streaminfer.bench.plot import plot_latency_vs_load
 
 def point(fraction: float, p99_ms: float) -> LoadPoint:
     offered = 100.0 * fraction
-    return LoadPoint(fraction, offered, Figures(f"open loop {fraction:.0%}", 32, 500, 500 / offered, offered,
-                                                p50_ms=p99_ms / 3, p95_ms=p99_ms / 1.5, p99_ms=p99_ms,
-                                                max_ms=p99_ms * 1.2, mean_batch=4.0))
+    return LoadPoint(
+        fraction,
+        offered,
+        Figures(
+            f"open loop {fraction:.0%}",
+            32,
+            500,
+            500 / offered,
+            offered,
+            p50_ms=p99_ms / 3,
+            p95_ms=p99_ms / 1.5,
+            p99_ms=p99_ms,
+            max_ms=p99_ms * 1.2,
+            mean_batch=4.0,
+        ),
+    )
 
 
 def test_plot_writes_a_png(tmp_path):
     points = [point(f, p99) for f, p99 in ((0.25, 30.0), (0.5, 45.0), (0.75, 90.0), (0.9, 400.0))]
-    path = plot_latency_vs_load(points, 100.0, tmp_path / "out" / "latency-vs-load.png", target_ms=125.0)
+    path = plot_latency_vs_load(
+        points, 100.0, tmp_path / "out" / "latency-vs-load.png", target_ms=125.0
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 5000
