@@ -212,98 +212,79 @@ async def test_idempotency_claims_stay_bound_until_the_publish_is_confirmed(redi
         await store.stop()
 
 
+class Waiter:
+    """A gateway ResultStore on ``own_redis`` with one ``?wait=`` on its way, and what a worker
+    does when it answers (store the result, announce it)."""
+
+    def __init__(self, own_redis, liveness_s: float | None = None) -> None:
+        from streaminfer.embedded import redis_address
+        from streaminfer.gateway.results import ResultStore
+        from streaminfer.schemas.codec import AvroCodec
+
+        self.url, self.codec = redis_address(own_redis), AvroCodec()
+        self.store = ResultStore(self.url, self.codec, "t-wait-" + os.urandom(4).hex(), ttl_s=60)
+        if liveness_s is not None:
+            self.store.liveness_s = liveness_s
+
+    async def subscribed(self, up: bool = True) -> bool:
+        return self.store._subscribed.is_set() == up
+
+    async def __aenter__(self) -> Waiter:
+        await self.store.start()
+        assert await until(self.subscribed, timeout_s=10)
+        self.waiting = asyncio.create_task(self.store.wait("rid-1", 20.0))
+        await asyncio.sleep(0.2)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.store.stop()
+
+    async def answer(self) -> None:
+        """Store and announce the result at once (as the worker does), then expect the wait to
+        end with it within 5 s, not after its whole 20 s."""
+        from redis.asyncio import Redis
+
+        from streaminfer.schemas import keys
+        from streaminfer.schemas.records import InferenceResult, Status
+
+        result = InferenceResult(
+            request_id="rid-1", task=TASK, status=Status.SUCCEEDED, worker_id="w"
+        )
+        async with Redis.from_url(self.url) as redis:
+            key = keys.result_key(self.store._prefix, "rid-1")
+            await redis.hset(key, keys.RESULT_FIELD_AVRO, self.codec.encode(result))
+            await redis.publish(keys.result_channel(self.store._prefix, "rid-1"), b"1")
+        started = time.monotonic()
+        found = await asyncio.wait_for(self.waiting, 25)
+        assert found is not None and found.request_id == "rid-1"
+        assert time.monotonic() - started < 5, (
+            "found once subscribed again, not after the whole wait"
+        )
+
+
 async def test_a_result_stored_while_the_subscription_was_down_ends_the_wait_once_it_is_back(
     own_redis,
 ):
     """A worker may store (and announce) a result while the gateway's result subscription is
     still reconnecting after a Redis restart: nobody hears that announcement. The waiter must
     look again once subscribed, not wait out its whole ?wait= (seen: a 30 s wait timed out)."""
-    from redis.asyncio import Redis
-
-    from streaminfer.embedded import redis_address
-    from streaminfer.gateway.results import ResultStore
-    from streaminfer.schemas import keys
-    from streaminfer.schemas.codec import AvroCodec
-    from streaminfer.schemas.records import InferenceResult, Status
-
-    url, codec = redis_address(own_redis), AvroCodec()
-    store = ResultStore(url, codec, "t-rejoin-" + os.urandom(4).hex(), ttl_s=60)
-    await store.start()
-    try:
-
-        async def subscribed(up: bool = True) -> bool:
-            return store._subscribed.is_set() == up
-
-        assert await until(subscribed, timeout_s=10)
-        waiting = asyncio.create_task(store.wait("rid-1", 20.0))
-        await asyncio.sleep(0.2)
+    async with Waiter(own_redis) as waiter:
         own_redis._terminate(5.0)
-        assert await until(lambda: subscribed(False), timeout_s=10, interval_s=0.02)
+        assert await until(lambda: waiter.subscribed(False), timeout_s=10, interval_s=0.02)
         own_redis.restart()
-        result = InferenceResult(
-            request_id="rid-1", task=TASK, status=Status.SUCCEEDED, worker_id="w"
-        )
-        async with Redis.from_url(url) as redis:  # the worker's store and announcement, at once
-            await redis.hset(
-                keys.result_key(store._prefix, "rid-1"),
-                keys.RESULT_FIELD_AVRO,
-                codec.encode(result),
-            )
-            await redis.publish(keys.result_channel(store._prefix, "rid-1"), b"1")
-        started = time.monotonic()
-        found = await asyncio.wait_for(waiting, 25)
-        assert found is not None and found.request_id == "rid-1"
-        assert time.monotonic() - started < 5, (
-            "found once subscribed again, not after the whole wait"
-        )
-    finally:
-        await store.stop()
+        await waiter.answer()
 
 
 async def test_a_subscription_that_dies_without_a_reset_is_noticed_and_the_wait_ends(own_redis):
     """A connection that dies silently (a failover, an idle drop on the way: frozen Redis here)
     never raises on a blocking read; the listener's PING finds it, it resubscribes once Redis
     answers, and a result stored meanwhile ends the wait."""
-    from redis.asyncio import Redis
-
-    from streaminfer.embedded import redis_address
-    from streaminfer.gateway.results import ResultStore
-    from streaminfer.schemas import keys
-    from streaminfer.schemas.codec import AvroCodec
-    from streaminfer.schemas.records import InferenceResult, Status
-
-    url, codec = redis_address(own_redis), AvroCodec()
-    store = ResultStore(url, codec, "t-silent-" + os.urandom(4).hex(), ttl_s=60)
-    store.liveness_s = 0.6
-    await store.start()
-    try:
-
-        async def subscribed(up: bool = True) -> bool:
-            return store._subscribed.is_set() == up
-
-        assert await until(subscribed, timeout_s=10)
-        waiting = asyncio.create_task(store.wait("rid-2", 20.0))
-        await asyncio.sleep(0.2)
+    async with Waiter(own_redis, liveness_s=0.6) as waiter:
         os.kill(own_redis.proc.pid, signal.SIGSTOP)
         try:
-            assert await until(lambda: subscribed(False), timeout_s=5, interval_s=0.05), (
+            assert await until(lambda: waiter.subscribed(False), timeout_s=5, interval_s=0.05), (
                 "a frozen subscription is taken as lost"
             )
         finally:
             os.kill(own_redis.proc.pid, signal.SIGCONT)
-        result = InferenceResult(
-            request_id="rid-2", task=TASK, status=Status.SUCCEEDED, worker_id="w"
-        )
-        async with Redis.from_url(url) as redis:
-            await redis.hset(
-                keys.result_key(store._prefix, "rid-2"),
-                keys.RESULT_FIELD_AVRO,
-                codec.encode(result),
-            )
-            await redis.publish(keys.result_channel(store._prefix, "rid-2"), b"1")
-        started = time.monotonic()
-        found = await asyncio.wait_for(waiting, 25)
-        assert found is not None and found.request_id == "rid-2"
-        assert time.monotonic() - started < 5
-    finally:
-        await store.stop()
+        await waiter.answer()
