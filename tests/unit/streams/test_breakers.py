@@ -152,11 +152,17 @@ class Consumer:
     def resume(self, tps):
         self.paused -= set(tps)
 
+    def paused_by(self, breakers, **options) -> PartitionPause:
+        """A PartitionPause over this consumer."""
+        return PartitionPause(breakers, lambda: self.assigned, self.pause, self.resume, **options)
+
 
 def test_partitions_pause_while_open_and_resume_once_closed():
     breakers = make_breakers(1, 0.05)
     consumer = Consumer({TP(("t", 0)), TP(("t", 1))})
-    pause = PartitionPause(breakers, lambda: consumer.assigned, consumer.pause, consumer.resume)
+    pause = consumer.paused_by(
+        breakers,
+    )
     pause.sync()
     assert consumer.paused == set()
     breakers.record("redis", RedisConnectionError("refused"))
@@ -185,11 +191,8 @@ def test_a_model_breaker_pauses_only_its_tasks_partitions():
         "a": {"unit.requests.a.normal", "unit.requests.a.high"},
         "b": {"unit.requests.b.normal"},
     }
-    pause = PartitionPause(
+    pause = consumer.paused_by(
         breakers,
-        lambda: consumer.assigned,
-        consumer.pause,
-        consumer.resume,
         topics_of=topics.__getitem__,
     )
     breakers.record("model:a:1", ModelDown("model:a:1", "all failed"))
@@ -315,11 +318,8 @@ def test_a_feature_store_breaker_pauses_only_its_tasks_partitions_and_holds_only
         "churn": {"unit.requests.churn.normal"},
         "text": {"unit.requests.text.normal"},
     }
-    pause = PartitionPause(
+    pause = consumer.paused_by(
         breakers,
-        lambda: consumer.assigned,
-        consumer.pause,
-        consumer.resume,
         topics_of=topics.__getitem__,
     )
     breakers.record("feature-store:tabular", FeatureStoreDown("feature-store:tabular", "no db"))
@@ -336,11 +336,8 @@ def test_partitions_fetch_again_once_the_probe_is_due_so_new_events_can_probe():
     breakers = make_breakers(1, 0.05)
     a0 = TP(("unit.requests.a.normal", 0))
     consumer = Consumer({a0})
-    pause = PartitionPause(
+    pause = consumer.paused_by(
         breakers,
-        lambda: consumer.assigned,
-        consumer.pause,
-        consumer.resume,
         topics_of=lambda task: {"unit.requests.a.normal"},
     )
     breakers.record("model:a:1", ModelDown("model:a:1", "all failed"))
@@ -360,11 +357,8 @@ def test_a_pause_undone_by_the_consumer_is_made_again():
     breakers = make_breakers(1, 30.0)
     t0, t1 = TP(("t", 0)), TP(("t", 1))
     consumer = Consumer({t0, t1})
-    pause = PartitionPause(
+    pause = consumer.paused_by(
         breakers,
-        lambda: consumer.assigned,
-        consumer.pause,
-        consumer.resume,
         paused_now=lambda: consumer.paused,
     )
     breakers.record("redis", RedisConnectionError("refused"))

@@ -4,29 +4,9 @@ test_kafka_load.py, the plot's in test_plot.py."""
 from __future__ import annotations
 
 import pytest
+from helpers.load_points import point
 
-from streaminfer.bench.figures import Figures, LoadPoint
 from streaminfer.bench.load import check_target, latency_target_ms
-
-
-def point(fraction: float, p99_ms: float) -> LoadPoint:
-    offered = 100.0 * fraction
-    return LoadPoint(
-        fraction,
-        offered,
-        Figures(
-            f"open loop {fraction:.0%}",
-            32,
-            500,
-            500 / offered,
-            offered,
-            p50_ms=p99_ms / 3,
-            p95_ms=p99_ms / 1.5,
-            p99_ms=p99_ms,
-            max_ms=p99_ms * 1.2,
-            mean_batch=4.0,
-        ),
-    )
 
 
 def test_latency_target_is_two_full_batches_plus_25_ms():

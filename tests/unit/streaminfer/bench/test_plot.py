@@ -1,30 +1,11 @@
-"""The bench's latency-vs-load plot (bench/plot.py). Moved whole from test_load.py, with the
-``point`` helper it shares with test_load.py copied."""
+"""The bench's latency-vs-load plot (bench/plot.py). Moved whole from test_load.py; the
+``point`` helper it shares with test_load.py is in tests/helpers/load_points.py."""
 
 from __future__ import annotations
 
-from streaminfer.bench.figures import Figures, LoadPoint
+from helpers.load_points import point
+
 from streaminfer.bench.plot import plot_latency_vs_load
-
-
-def point(fraction: float, p99_ms: float) -> LoadPoint:
-    offered = 100.0 * fraction
-    return LoadPoint(
-        fraction,
-        offered,
-        Figures(
-            f"open loop {fraction:.0%}",
-            32,
-            500,
-            500 / offered,
-            offered,
-            p50_ms=p99_ms / 3,
-            p95_ms=p99_ms / 1.5,
-            p99_ms=p99_ms,
-            max_ms=p99_ms * 1.2,
-            mean_batch=4.0,
-        ),
-    )
 
 
 def test_plot_writes_a_png(tmp_path):
