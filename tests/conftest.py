@@ -166,16 +166,22 @@ class Stack:
             proc._log.close()  # type: ignore[attr-defined]
 
 
-@pytest.fixture(scope="session")
-def stack(kafka_server: str, redis_server: str, model_repository: Path) -> Iterator[Stack]:
-    """The shared stack: one worker (every built-in task) and one gateway."""
-    shared = Stack(kafka_server, redis_server, model_repository)
+def serving(kafka_server: str, redis_server: str, model_repository: Path, **env) -> Iterator[Stack]:
+    """A stack with one worker and one gateway, closed after: the body of a fixture that shares
+    one stack among tests (``yield from serving(...)``)."""
+    shared = Stack(kafka_server, redis_server, model_repository, **env)
     try:
         shared.add_worker()
         shared.add_gateway()
         yield shared
     finally:
         shared.close()
+
+
+@pytest.fixture(scope="session")
+def stack(kafka_server: str, redis_server: str, model_repository: Path) -> Iterator[Stack]:
+    """The shared stack: one worker (every built-in task) and one gateway."""
+    yield from serving(kafka_server, redis_server, model_repository)
 
 
 @pytest.fixture

@@ -65,21 +65,15 @@ async def send(bootstrap: str, prefix: str, *requests: InferenceRequest) -> None
 @pytest.fixture(scope="module")
 def authed_stack(kafka_server, redis_server, model_repository):
     """One stack for the module (its tests name their own requests, items and collections)."""
-    from conftest import Stack
+    from conftest import serving
 
-    stack = Stack(
+    yield from serving(
         kafka_server,
         redis_server,
         model_repository,
         STREAMINFER_AUTH="apikey",
         STREAMINFER_TASKS=TASK,
     )
-    try:
-        stack.add_worker()
-        stack.add_gateway()
-        yield stack
-    finally:
-        stack.close()
 
 
 @pytest.fixture
