@@ -25,13 +25,12 @@ from helpers.kafka import read_records
 from helpers.worker_fakes import TASK, FakeModel, FakeRepository, config
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from integration.test_write_faults import Fault
-from streaminfer.kafka_admin import ensure_topics
+from integration.test_write_faults import Fault, started_publisher
 from streaminfer.models.features import parse_features, resolve_url
 from streaminfer.schemas import keys
 from streaminfer.schemas.codec import AvroCodec
 from streaminfer.schemas.records import InferenceRequest, InferenceResult, Priority, Status, Tensor
-from streaminfer.schemas.topics import all_topics, request_topic, results_topic
+from streaminfer.schemas.topics import request_topic, results_topic
 from streaminfer.streams.features import store_id
 from streaminfer.streams.processor import RequestProcessor
 from streaminfer.streams.publisher import ResultPublisher
@@ -96,12 +95,7 @@ async def serve(
 async def test_a_failing_collection_write_stores_each_item_once(
     kafka_server, redis_server, when, once
 ):
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    await ensure_topics(kafka_server, [*all_topics(prefix, [TASK])], partitions=3)
-    publisher = ResultPublisher(
-        kafka_server, redis_server, CODEC, prefix, result_ttl_s=600, request_timeout_ms=3000
-    )
-    await publisher.start()
+    prefix, publisher = await started_publisher(kafka_server, redis_server)
     fault, store = Fault(once, for_s=3.0), publisher.collections
     upsert = store._upsert
 
@@ -181,12 +175,7 @@ def feature_model(tmp_path: Path) -> FakeModel:
 async def test_a_failing_feature_cache_write_answers_every_request(
     kafka_server, redis_server, tmp_path, once
 ):
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    await ensure_topics(kafka_server, [*all_topics(prefix, [TASK])], partitions=3)
-    publisher = ResultPublisher(
-        kafka_server, redis_server, CODEC, prefix, result_ttl_s=600, request_timeout_ms=3000
-    )
-    await publisher.start()
+    prefix, publisher = await started_publisher(kafka_server, redis_server)
     model = feature_model(tmp_path)
     repository = FakeRepository(model)
     repository.configs = {TASK: model.config}

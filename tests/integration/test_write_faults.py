@@ -63,6 +63,17 @@ class Fault:
         return False
 
 
+async def started_publisher(kafka_server: str, redis_server: str) -> tuple[str, ResultPublisher]:
+    """A fresh prefix with its topics (3 partitions), and a started worker publisher on it."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    await ensure_topics(kafka_server, [*all_topics(prefix, [TASK])], partitions=3)
+    publisher = ResultPublisher(
+        kafka_server, redis_server, CODEC, prefix, result_ttl_s=600, request_timeout_ms=3000
+    )
+    await publisher.start()
+    return prefix, publisher
+
+
 def inject(publisher: ResultPublisher, write: str, fault: Fault, prefix: str) -> None:
     """Fail ``write`` of the real publisher (Redis store, or the produce to one topic)."""
     if write == "redis-store":
@@ -119,12 +130,7 @@ def events(prefix: str, count: int) -> tuple[list[SourceEvent], list[str], list[
 async def test_a_failing_write_loses_nothing_and_stalls_nothing(
     kafka_server, redis_server, write, once
 ):
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    await ensure_topics(kafka_server, [*all_topics(prefix, [TASK])], partitions=3)
-    publisher = ResultPublisher(
-        kafka_server, redis_server, CODEC, prefix, result_ttl_s=600, request_timeout_ms=3000
-    )
-    await publisher.start()
+    prefix, publisher = await started_publisher(kafka_server, redis_server)
     fault = Fault(once, for_s=3.0)
     inject(publisher, write, fault, prefix)
     processor = RequestProcessor(
